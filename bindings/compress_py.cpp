@@ -1,0 +1,93 @@
+// Compressors and messages. Every call that computes releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "efcomm/compressor.hpp"
+#include "efcomm/error.hpp"
+#include "tensor_arg.hpp"
+
+namespace py = pybind11;
+
+namespace efcomm::py_bind {
+
+namespace {
+
+Message messageFromBuffer(py::buffer b) {
+  py::buffer_info info = b.request();
+  EFCOMM_CHECK_MSG(info.ndim <= 1 || info.itemsize == 1, "Message.from_bytes: expected a 1-d byte buffer");
+  size_t n = static_cast<size_t>(info.size) * static_cast<size_t>(info.itemsize);
+  if (info.ndim == 1) {
+    EFCOMM_CHECK_MSG(info.strides[0] == info.itemsize, "Message.from_bytes: buffer is not contiguous");
+  }
+  const void* p = info.ptr;
+  py::gil_scoped_release nogil;
+  return Message::fromBytes(p, n);
+}
+
+}  // namespace
+
+void initCompress(py::module_& m) {
+  py::class_<Message>(m, "Message", py::buffer_protocol(), py::dynamic_attr(),
+                      "A compressed tensor in efcomm's versioned wire format (bytes-like).")
+      .def_static("from_bytes", &messageFromBuffer, py::arg("buf"),
+                  "Copy and validate a wire image; raises CorruptMessageError if malformed.")
+      .def_buffer([](Message& msg) {
+        return py::buffer_info(const_cast<uint8_t*>(msg.data()), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<ssize_t>(msg.size())}, {ssize_t{1}}, /*readonly=*/true);
+      })
+      .def_property_readonly("nbytes", &Message::size)
+      .def("__len__", &Message::size)
+      .def("__bytes__", [](const Message& msg) {
+        return py::bytes(reinterpret_cast<const char*>(msg.data()), msg.size());
+      })
+      .def_property_readonly("version", &Message::version)
+      .def_property_readonly("compressor", [](const Message& msg) { return compressorName(msg.compressorId()); })
+      .def_property_readonly("dtype", [](const Message& msg) { return dtypeName(msg.dtype()); })
+      .def_property_readonly("shape", [](const Message& msg) {
+        py::tuple t(msg.shape().size());
+        for (size_t i = 0; i < msg.shape().size(); ++i) t[i] = msg.shape()[i];
+        return t;
+      })
+      .def_property_readonly("numel", &Message::numel)
+      .def_property_readonly("flags", &Message::flags)
+      .def_property_readonly("payload_nbytes", &Message::payloadSize)
+      .def_property_readonly("checksum", &Message::checksum)
+      .def("__repr__", [](const Message& msg) {
+        return "<efcomm.Message " + compressorName(msg.compressorId()) + " " + dtypeName(msg.dtype()) +
+               shapeString(msg.shape()) + " " + std::to_string(msg.size()) + " bytes>";
+      });
+
+  py::class_<Compressor, std::shared_ptr<Compressor>>(m, "_Compressor")
+      .def_property_readonly("name", &Compressor::name)
+      .def_property_readonly("spec", &Compressor::spec)
+      .def_property_readonly("biased", &Compressor::biased)
+      .def_property_readonly("randomized", &Compressor::randomized)
+      .def("alpha", &Compressor::alpha, py::arg("d"))
+      .def("omega", &Compressor::omega, py::arg("d"))
+      .def("wire_bytes", [](const Compressor& c, int64_t d, const std::string& dtype) {
+        EFCOMM_CHECK(d >= 0, "wire_bytes: d must be >= 0, got ", d);
+        return c.wireBytes(d, parseDType(dtype));
+      }, py::arg("d"), py::arg("dtype") = "float32")
+      .def("compress", [](Compressor& c, py::handle x, std::optional<uint64_t> step) {
+        TensorArg t = tensorArg(x, false, (c.name() + ".compress").c_str());
+        py::gil_scoped_release nogil;
+        return c.compress(t.view(), step);
+      }, py::arg("x"), py::arg("step") = py::none())
+      .def("decompress_into", [](const Compressor& c, const Message& msg, py::handle out) {
+        TensorArg t = tensorArg(out, true, (c.name() + ".decompress(out=...)").c_str());
+        py::gil_scoped_release nogil;
+        c.decompress(msg, t.mutableView());
+      }, py::arg("msg"), py::arg("out"));
+
+  m.def("make_compressor", [](const std::string& spec) {
+    return std::shared_ptr<Compressor>(makeCompressor(spec));
+  }, py::arg("spec"));
+  m.def("compressor_names", &compressorNames);
+  m.def("decompress_into", [](const Message& msg, py::handle out) {
+    TensorArg t = tensorArg(out, true, "decompress(out=...)");
+    py::gil_scoped_release nogil;
+    decompress(msg, t.mutableView());
+  }, py::arg("msg"), py::arg("out"));
+}
+
+}  // namespace efcomm::py_bind

@@ -1,0 +1,15 @@
+// The efcomm._core extension module: one init function per public area.
+#include <pybind11/pybind11.h>
+
+namespace py = pybind11;
+
+namespace efcomm::py_bind {
+void initCommon(py::module_& m);
+void initCompress(py::module_& m);
+}  // namespace efcomm::py_bind
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "efcomm native core";
+  efcomm::py_bind::initCommon(m);
+  efcomm::py_bind::initCompress(m);
+}

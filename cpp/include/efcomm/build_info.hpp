@@ -1,0 +1,22 @@
+#pragma once
+/// @file build_info.hpp
+/// What this build of efcomm contains.
+
+#include <string>
+
+namespace efcomm {
+
+struct BuildInfo {
+  std::string version;   ///< "0.1.0"
+  bool cuda = false;     ///< CUDA kernels compiled in
+  bool nccl = false;     ///< NCCL backend compiled in
+  std::string mpi;       ///< MPI library version string, empty when the MPI backend is absent
+  std::string simd;      ///< widest vector ISA the kernels were compiled for ("avx512", "avx2", ...)
+  bool openmp = false;   ///< kernels multi-threaded with OpenMP
+  int threads = 1;       ///< threads the kernels use
+  std::string compiler;  ///< compiler id and version
+};
+
+BuildInfo buildInfo();
+
+}  // namespace efcomm

@@ -1,0 +1,10 @@
+#pragma once
+/// @file efcomm.hpp
+/// Umbrella header of the efcomm C++ API.
+
+#include "efcomm/build_info.hpp"
+#include "efcomm/compressor.hpp"
+#include "efcomm/config.hpp"
+#include "efcomm/error.hpp"
+#include "efcomm/message.hpp"
+#include "efcomm/tensor.hpp"

@@ -1,0 +1,72 @@
+// Identity: the uncompressed baseline. The payload is the raw little-endian elements.
+#include <cstring>
+
+#include "compress/codec.hpp"
+#include "compress/common.hpp"
+
+namespace efcomm {
+
+namespace {
+
+class Identity final : public Compressor {
+ public:
+  std::string name() const override { return "identity"; }
+  std::string spec() const override { return "identity"; }
+  CompressorId id() const override { return CompressorId::kIdentity; }
+  bool biased() const override { return false; }
+  double alpha(int64_t) const override { return 1.0; }
+  std::optional<double> omega(int64_t) const override { return 0.0; }
+  size_t wireBytes(int64_t d, DType dt) const override {
+    return messageBytes(1, 0, static_cast<size_t>(d) * itemSize(dt));
+  }
+
+ protected:
+  Message doCompress(const ConstTensorView& x, uint64_t) override {
+    const int64_t n = x.numel();
+    Message m = Message::build(id(), x.dtype, x.shape, 0, {}, x.nbytes());
+    uint8_t* out = m.mutablePayload();
+    const bool finite = dispatchDType(x.dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      using C = typename Elem<T>::Compute;
+      const T* in = static_cast<const T*>(x.data);
+      // Copy and check in one pass: v*0 is NaN exactly when v is NaN or Inf, and the
+      // accumulation vectorizes, so the check costs no extra pass over memory.
+      const C acc = blockedReduce<C>(n, [&](int64_t lo, int64_t hi) {
+        C a = 0;
+        std::memcpy(out + lo * sizeof(T), in + lo, static_cast<size_t>(hi - lo) * sizeof(T));
+        for (int64_t i = lo; i < hi; ++i) a += Elem<T>::load(in[i]) * C(0);
+        return a;
+      });
+      return acc == C(0);
+    });
+    if (!finite) throwIfNonFinite(x, "identity.compress");
+    m.finish(x.nbytes());
+    return m;
+  }
+};
+
+void validate(const Message& m) {
+  EFCOMM_CHECK_MSG(m.paramsSize() == 0, "identity: unexpected parameters");
+  EFCOMM_CHECK_MSG(m.payloadSize() == static_cast<size_t>(m.numel()) * itemSize(m.dtype()),
+                   "identity: payload of ", m.payloadSize(), " bytes for ", m.numel(), " elements");
+}
+
+void decode(const Message& m, const TensorView& out) {
+  const size_t bytes = m.payloadSize();
+  parallelBlocks(static_cast<int64_t>(bytes), 1 << 20, [&](int64_t, int64_t lo, int64_t hi) {
+    std::memcpy(static_cast<uint8_t*>(out.data) + lo, m.payload() + lo, static_cast<size_t>(hi - lo));
+  }, 1 << 21);
+}
+
+}  // namespace
+
+Codec identityCodec() {
+  return {"identity", CompressorId::kIdentity,
+          [](SpecParams& p) -> std::unique_ptr<Compressor> {
+            p.finish("");
+            return std::make_unique<Identity>();
+          },
+          validate, decode};
+}
+
+}  // namespace efcomm

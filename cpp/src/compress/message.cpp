@@ -1,0 +1,163 @@
+#include "efcomm/message.hpp"
+
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "common/bytes.hpp"
+#include "common/crc32c.hpp"
+#include "common/parallel.hpp"
+#include "compress/codec.hpp"
+#include "efcomm/error.hpp"
+
+namespace efcomm {
+
+namespace {
+
+constexpr size_t kChecksumChunk = size_t{1} << 20;
+constexpr size_t kHeaderAlign = 16;
+
+std::shared_ptr<uint8_t[]> allocate(size_t n) {
+  // Uninitialized and 64-byte aligned: compressors overwrite every byte, so zero-filling the
+  // buffer would be a wasted pass over memory.
+  uint8_t* p = static_cast<uint8_t*>(::operator new[](n ? n : 1, std::align_val_t{64}));
+  return std::shared_ptr<uint8_t[]>(p, [](uint8_t* q) { ::operator delete[](q, std::align_val_t{64}); });
+}
+
+size_t headerBytes(int ndim, size_t paramsSize) {
+  const size_t raw = kFixedHeaderBytes + 8 * static_cast<size_t>(ndim) + paramsSize;
+  return (raw + kHeaderAlign - 1) / kHeaderAlign * kHeaderAlign;
+}
+
+}  // namespace
+
+size_t messageBytes(int ndim, size_t paramsSize, size_t payloadSize) {
+  return headerBytes(ndim, paramsSize) + payloadSize + 4;
+}
+
+uint32_t wireChecksum(const void* data, size_t size) {
+  if (size <= kChecksumChunk) return crc32c(0, data, size);
+  const auto* p = static_cast<const uint8_t*>(data);
+  const int64_t chunks = static_cast<int64_t>((size + kChecksumChunk - 1) / kChecksumChunk);
+  std::vector<uint32_t> crcs(static_cast<size_t>(chunks));
+  parallelBlocks(chunks, 1, [&](int64_t c, int64_t, int64_t) {
+    const size_t off = static_cast<size_t>(c) * kChecksumChunk;
+    crcs[c] = crc32c(0, p + off, std::min(kChecksumChunk, size - off));
+  }, /*threshold=*/2);
+  return crc32c(0, crcs.data(), crcs.size() * 4);
+}
+
+Message Message::build(CompressorId id, DType dtype, const std::vector<int64_t>& shape, uint16_t flags,
+                       const std::vector<uint8_t>& params, size_t payloadCapacity) {
+  EFCOMM_CHECK(static_cast<int>(shape.size()) <= kMaxDims, "tensor has ", shape.size(),
+               " dimensions; the wire format carries at most ", kMaxDims);
+  EFCOMM_CHECK(params.size() <= 0xffff, "compressor parameters too large");
+  Message m;
+  const size_t hdr = headerBytes(static_cast<int>(shape.size()), params.size());
+  m.capacity_ = hdr + payloadCapacity + 4;
+  m.buf_ = allocate(m.capacity_);
+  uint8_t* b = m.buf_.get();
+  std::memset(b, 0, hdr);
+  int64_t numel = 1;
+  for (int64_t s : shape) numel *= s;
+  storeAs<uint32_t>(b, kWireMagic);
+  b[4] = kWireVersion;
+  b[5] = static_cast<uint8_t>(id);
+  b[6] = static_cast<uint8_t>(dtype);
+  b[7] = static_cast<uint8_t>(shape.size());
+  storeAs<uint16_t>(b + 8, flags);
+  storeAs<uint16_t>(b + 10, static_cast<uint16_t>(params.size()));
+  storeAs<uint32_t>(b + 12, static_cast<uint32_t>(hdr));
+  storeAs<uint64_t>(b + 16, static_cast<uint64_t>(numel));
+  storeAs<uint64_t>(b + 24, 0);
+  for (size_t i = 0; i < shape.size(); ++i) storeAs<int64_t>(b + kFixedHeaderBytes + 8 * i, shape[i]);
+  if (!params.empty()) std::memcpy(b + kFixedHeaderBytes + 8 * shape.size(), params.data(), params.size());
+  m.version_ = kWireVersion;
+  m.id_ = id;
+  m.dtype_ = dtype;
+  m.shape_ = shape;
+  m.numel_ = numel;
+  m.flags_ = flags;
+  m.paramsOffset_ = kFixedHeaderBytes + 8 * shape.size();
+  m.paramsSize_ = params.size();
+  m.payloadOffset_ = hdr;
+  m.payloadSize_ = payloadCapacity;
+  m.size_ = 0;  // not finished
+  return m;
+}
+
+uint8_t* Message::mutablePayload() {
+  EFCOMM_CHECK_T(Error, size_ == 0 && buf_, "message is already finished");
+  return buf_.get() + payloadOffset_;
+}
+
+void Message::finish(size_t payloadSize) {
+  EFCOMM_CHECK_T(Error, size_ == 0 && buf_ && payloadOffset_ + payloadSize + 4 <= capacity_,
+                 "payload of ", payloadSize, " bytes exceeds the reserved capacity");
+  payloadSize_ = payloadSize;
+  size_ = payloadOffset_ + payloadSize + 4;
+  storeAs<uint64_t>(buf_.get() + 24, payloadSize);
+  storeAs<uint32_t>(buf_.get() + size_ - 4, wireChecksum(buf_.get(), size_ - 4));
+}
+
+uint32_t Message::checksum() const { return size_ >= 4 ? loadAs<uint32_t>(buf_.get() + size_ - 4) : 0; }
+
+void Message::parseHeader() {
+  const uint8_t* b = buf_.get();
+  EFCOMM_CHECK_MSG(size_ >= kFixedHeaderBytes + 4, "message of ", size_,
+                   " bytes is shorter than the smallest valid message (", kFixedHeaderBytes + 4, ")");
+  EFCOMM_CHECK_MSG(loadAs<uint32_t>(b) == kWireMagic, "bad magic: not an efcomm message");
+  version_ = b[4];
+  EFCOMM_CHECK_MSG(version_ == kWireVersion, "unsupported wire format version ", int(version_),
+                   "; this build reads version ", int(kWireVersion));
+  const Codec* codec = codecByIdOrNull(b[5]);
+  EFCOMM_CHECK_MSG(codec != nullptr, "unknown compressor id ", int(b[5]));
+  id_ = codec->id;
+  EFCOMM_CHECK_MSG(isValidDType(b[6]), "unknown dtype code ", int(b[6]));
+  dtype_ = static_cast<DType>(b[6]);
+  const int ndim = b[7];
+  EFCOMM_CHECK_MSG(ndim <= kMaxDims, "message claims ", ndim, " dimensions (at most ", kMaxDims, ")");
+  flags_ = loadAs<uint16_t>(b + 8);
+  paramsSize_ = loadAs<uint16_t>(b + 10);
+  const uint32_t hdr = loadAs<uint32_t>(b + 12);
+  EFCOMM_CHECK_MSG(hdr == headerBytes(ndim, paramsSize_), "header length ", hdr,
+                   " does not match ", ndim, " dimensions and ", paramsSize_, " parameter bytes");
+  const uint64_t numel = loadAs<uint64_t>(b + 16);
+  const uint64_t payload = loadAs<uint64_t>(b + 24);
+  EFCOMM_CHECK_MSG(hdr <= size_ - 4 && payload == size_ - 4 - hdr, "payload length ", payload,
+                   " does not match the message size ", size_);
+  shape_.assign(static_cast<size_t>(ndim), 0);
+  uint64_t prod = 1;
+  for (int i = 0; i < ndim; ++i) {
+    const int64_t s = loadAs<int64_t>(b + kFixedHeaderBytes + 8 * i);
+    EFCOMM_CHECK_MSG(s >= 0, "negative dimension ", s);
+    EFCOMM_CHECK_MSG(s == 0 || prod <= (uint64_t{1} << 62) / static_cast<uint64_t>(s),
+                     "shape overflows the element count");
+    prod *= static_cast<uint64_t>(s);
+    shape_[i] = s;
+  }
+  EFCOMM_CHECK_MSG(prod == numel, "element count ", numel, " does not match shape ", shapeString(shape_));
+  numel_ = static_cast<int64_t>(numel);
+  paramsOffset_ = kFixedHeaderBytes + 8 * static_cast<size_t>(ndim);
+  for (size_t i = paramsOffset_ + paramsSize_; i < hdr; ++i)
+    EFCOMM_CHECK_MSG(b[i] == 0, "non-zero header padding");
+  payloadOffset_ = hdr;
+  payloadSize_ = payload;
+}
+
+Message Message::fromBytes(const void* data, size_t size) {
+  EFCOMM_CHECK_MSG(data != nullptr || size == 0, "null buffer");
+  Message m;
+  m.buf_ = allocate(size);
+  if (size) std::memcpy(m.buf_.get(), data, size);
+  m.size_ = m.capacity_ = size;
+  m.parseHeader();
+  const uint32_t stored = loadAs<uint32_t>(m.buf_.get() + size - 4);
+  const uint32_t actual = wireChecksum(m.buf_.get(), size - 4);
+  EFCOMM_CHECK_MSG(stored == actual, "checksum mismatch (stored ", stored, ", computed ", actual,
+                   "): the payload was damaged in transit");
+  codecById(m.id_).validate(m);
+  return m;
+}
+
+}  // namespace efcomm

@@ -1,0 +1,102 @@
+// Wire format, registry and the Identity/Cast compressors.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "test_util.hpp"
+
+namespace efcomm {
+namespace {
+
+TEST(Message, IdentityRoundTripIsExact) {
+  auto c = makeCompressor("identity");
+  auto x = test::randomVector(1000);
+  EXPECT_EQ(test::roundTrip(*c, x), x);
+  EXPECT_EQ(c->compress(test::view(x)).size(), c->wireBytes(1000));
+}
+
+TEST(Message, HeaderFields) {
+  auto c = makeCompressor("identity");
+  std::vector<float> x(12, 1.0f);
+  Message m = c->compress({x.data(), DType::kFloat32, {3, 4}});
+  Message p = Message::fromBytes(m.data(), m.size());
+  EXPECT_EQ(p.version(), kWireVersion);
+  EXPECT_EQ(p.compressorId(), CompressorId::kIdentity);
+  EXPECT_EQ(p.shape(), (std::vector<int64_t>{3, 4}));
+  EXPECT_EQ(p.numel(), 12);
+  EXPECT_EQ(p.dtype(), DType::kFloat32);
+  EXPECT_EQ(p.checksum(), m.checksum());
+}
+
+TEST(Message, EveryByteFlipIsDetected) {
+  auto c = makeCompressor("identity");
+  auto x = test::randomVector(8);
+  Message m = c->compress(test::view(x));
+  std::vector<uint8_t> bytes(m.data(), m.data() + m.size());
+  for (size_t i = 0; i < bytes.size(); ++i) {
+    auto b = bytes;
+    b[i] ^= 0x10;
+    EXPECT_THROW(Message::fromBytes(b.data(), b.size()), CorruptMessageError) << "byte " << i;
+  }
+  for (size_t n = 0; n < bytes.size(); ++n)
+    EXPECT_THROW(Message::fromBytes(bytes.data(), n), CorruptMessageError) << "truncated to " << n;
+}
+
+TEST(Message, EmptyInput) {
+  auto c = makeCompressor("identity");
+  std::vector<float> x;
+  Message m = c->compress({nullptr, DType::kFloat32, {0}});
+  Message p = Message::fromBytes(m.data(), m.size());
+  EXPECT_EQ(p.numel(), 0);
+  c->decompress(p, {nullptr, DType::kFloat32, {0}});
+}
+
+TEST(Registry, UnknownNamesAndParameters) {
+  EXPECT_THROW(makeCompressor("nope"), InvalidArgument);
+  EXPECT_THROW(makeCompressor("identity:x=1"), InvalidArgument);
+  EXPECT_THROW(makeCompressor("cast:dtype=int8"), InvalidArgument);
+  EXPECT_EQ(makeCompressor("cast:dtype=fp16")->spec(), "cast:dtype=fp16");
+}
+
+TEST(Cast, ErrorWithinUnitRoundoff) {
+  for (const char* spec : {"cast:dtype=bf16", "cast:dtype=fp16"}) {
+    auto c = makeCompressor(spec);
+    auto x = test::randomVector(4096);
+    auto y = test::roundTrip(*c, x);
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < x.size(); ++i) {
+      err += (double(y[i]) - x[i]) * (double(y[i]) - x[i]);
+      norm += double(x[i]) * x[i];
+    }
+    EXPECT_LE(err, (1 - c->alpha(4096)) * norm) << spec;
+  }
+}
+
+TEST(Cast, NonFiniteAndOverflowRaise) {
+  auto c = makeCompressor("cast:dtype=fp16");
+  std::vector<float> x(100, 1.0f);
+  x[37] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_THROW(c->compress(test::view(x)), NonFiniteError);
+  x[37] = 1e6f;
+  EXPECT_THROW(c->compress(test::view(x)), NonFiniteError);
+  x[37] = 1e6f;
+  EXPECT_NO_THROW(makeCompressor("cast:dtype=bf16")->compress(test::view(x)));
+}
+
+TEST(Decompress, MismatchedOutputIsRejected) {
+  auto c = makeCompressor("identity");
+  auto x = test::randomVector(10);
+  Message m = c->compress(test::view(x));
+  std::vector<double> wrongType(10);
+  EXPECT_THROW(c->decompress(m, test::mutableView(wrongType)), InvalidArgument);
+  std::vector<float> wrongSize(11);
+  EXPECT_THROW(c->decompress(m, test::mutableView(wrongSize)), InvalidArgument);
+  auto other = makeCompressor("cast:dtype=bf16");
+  std::vector<float> out(10);
+  EXPECT_THROW(other->decompress(m, test::mutableView(out)), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace efcomm
