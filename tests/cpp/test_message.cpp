@@ -44,6 +44,37 @@ TEST(Message, EveryByteFlipIsDetected) {
     EXPECT_THROW(Message::fromBytes(bytes.data(), n), CorruptMessageError) << "truncated to " << n;
 }
 
+// Bitwise CRC32C: the definition, independent of the table/hardware implementation.
+uint32_t referenceCrc32c(const uint8_t* p, size_t n) {
+  uint32_t crc = 0xffffffffu;
+  for (size_t i = 0; i < n; ++i) {
+    crc ^= p[i];
+    for (int k = 0; k < 8; ++k) crc = (crc & 1) ? (crc >> 1) ^ 0x82f63b78u : crc >> 1;
+  }
+  return ~crc;
+}
+
+TEST(Message, ChecksumMatchesTheDocumentedDefinition) {
+  EXPECT_EQ(referenceCrc32c(reinterpret_cast<const uint8_t*>("123456789"), 9), 0xe3069283u);
+  constexpr size_t kChunk = 1 << 16;
+  for (size_t n : {size_t{100}, kChunk, kChunk + 1, 3 * kChunk, 7 * kChunk + 123}) {
+    std::vector<uint8_t> data(n);
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<uint8_t>(i * 2654435761u >> 13);
+    uint32_t expected;
+    if (n <= kChunk) {
+      expected = referenceCrc32c(data.data(), n);
+    } else {
+      std::vector<uint8_t> crcs;
+      for (size_t off = 0; off < n; off += kChunk) {
+        const uint32_t c = referenceCrc32c(data.data() + off, std::min(kChunk, n - off));
+        for (int b = 0; b < 4; ++b) crcs.push_back(static_cast<uint8_t>(c >> (8 * b)));
+      }
+      expected = referenceCrc32c(crcs.data(), crcs.size());
+    }
+    EXPECT_EQ(wireChecksum(data.data(), n), expected) << n;
+  }
+}
+
 TEST(Message, EmptyInput) {
   auto c = makeCompressor("identity");
   std::vector<float> x;

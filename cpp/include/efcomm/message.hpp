@@ -95,7 +95,7 @@ class Message {
 /// Total wire size of a message with the given header parts and payload size.
 size_t messageBytes(int ndim, size_t paramsSize, size_t payloadSize);
 
-/// Chunked CRC32C used as the wire checksum: the CRC32C of each 1 MiB chunk, then the CRC32C of
+/// Chunked CRC32C used as the wire checksum: the CRC32C of each 64 KiB chunk, then the CRC32C of
 /// those CRCs (little-endian) — computed in parallel; documented in docs/wire-format.md.
 uint32_t wireChecksum(const void* data, size_t size);
 

@@ -46,4 +46,25 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t size) {
   return ~crc;
 }
 
+void crc32c3(const uint8_t* const data[3], size_t size, uint32_t out[3]) {
+#if defined(__SSE4_2__)
+  uint64_t c0 = 0xffffffffu, c1 = 0xffffffffu, c2 = 0xffffffffu;
+  size_t i = 0;
+  for (; i + 8 <= size; i += 8) {
+    uint64_t v0, v1, v2;
+    std::memcpy(&v0, data[0] + i, 8);
+    std::memcpy(&v1, data[1] + i, 8);
+    std::memcpy(&v2, data[2] + i, 8);
+    c0 = _mm_crc32_u64(c0, v0);
+    c1 = _mm_crc32_u64(c1, v1);
+    c2 = _mm_crc32_u64(c2, v2);
+  }
+  out[0] = crc32c(~static_cast<uint32_t>(c0), data[0] + i, size - i);
+  out[1] = crc32c(~static_cast<uint32_t>(c1), data[1] + i, size - i);
+  out[2] = crc32c(~static_cast<uint32_t>(c2), data[2] + i, size - i);
+#else
+  for (int k = 0; k < 3; ++k) out[k] = crc32c(0, data[k], size);
+#endif
+}
+
 }  // namespace efcomm

@@ -25,12 +25,13 @@ inline float bf16ToFloat(uint16_t b) {
 }
 
 /// Round to nearest even; NaN stays NaN (quiet), overflow rounds to Inf as IEEE requires.
+/// Branch-free so that conversion loops vectorize.
 inline uint16_t floatToBf16(float f) {
   uint32_t u;
   std::memcpy(&u, &f, 4);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return static_cast<uint16_t>(u >> 16);
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+  const uint32_t quietNan = (u >> 16) | 0x40u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quietNan : rounded);
 }
 
 inline float f16ToFloat(uint16_t h) {

@@ -18,12 +18,19 @@ inline uint64_t drawKey(uint64_t seed, uint64_t step) {
   return mix64(mix64(seed ^ 0x6a09e667f3bcc909ULL) ^ (step + 0x9e3779b97f4a7c15ULL));
 }
 
-/// 32 uniform bits for element i of draw `key`: a 32-bit integer hash ("lowbias32", Wellons)
-/// of the low index bits keyed with key and the high index bits. Cheap enough to vectorize
-/// (32-bit multiplies) inside compression kernels.
-inline uint32_t uniformBits(uint64_t key, uint64_t i) {
-  uint32_t x = static_cast<uint32_t>(i) ^ static_cast<uint32_t>(key);
-  x += static_cast<uint32_t>(key >> 32) ^ static_cast<uint32_t>((i >> 32) * 0x9e3779b9u);
+/// The part of draw `key` that depends on the high 32 bits of index i. Kernels walking a range
+/// of indices with one value of i >> 32 (any range inside an aligned run of 2^32) hoist it out
+/// of the loop and iterate a 32-bit index, which vectorizes better.
+struct RunKey {
+  uint32_t lo, hi;
+};
+inline RunKey runKey(uint64_t key, uint64_t i) {
+  return {static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32) ^ static_cast<uint32_t>((i >> 32) * 0x9e3779b9u)};
+}
+
+/// uniformBits(key, i) == uniformBits(runKey(key, i), uint32_t(i)).
+inline uint32_t uniformBits(RunKey k, uint32_t i) {
+  uint32_t x = (i ^ k.lo) + k.hi;
   x ^= x >> 16;
   x *= 0x7feb352du;
   x ^= x >> 15;
@@ -31,6 +38,11 @@ inline uint32_t uniformBits(uint64_t key, uint64_t i) {
   x ^= x >> 16;
   return x;
 }
+
+/// 32 uniform bits for element i of draw `key`: a 32-bit integer hash ("lowbias32", Wellons)
+/// of the low index bits keyed with key and the high index bits. Cheap enough to vectorize
+/// (32-bit multiplies) inside compression kernels.
+inline uint32_t uniformBits(uint64_t key, uint64_t i) { return uniformBits(runKey(key, i), static_cast<uint32_t>(i)); }
 
 /// Uniform float in [0, 1) from 24 random bits.
 inline float uniform01(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }

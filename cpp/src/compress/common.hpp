@@ -2,6 +2,7 @@
 // Helpers shared by the compressor implementations.
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 #include "common/dispatch.hpp"
@@ -10,6 +11,21 @@
 #include "efcomm/tensor.hpp"
 
 namespace efcomm {
+
+/// 1 when v is NaN or ±Inf (all-ones exponent), else 0. Integer-only, so an OR-reduction of it
+/// vectorizes, unlike a floating-point accumulation that the compiler must keep in order.
+inline uint32_t nonFiniteBit(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  return (u & 0x7f800000u) == 0x7f800000u;
+}
+inline uint32_t nonFiniteBit(double v) {
+  uint64_t u;
+  std::memcpy(&u, &v, 8);
+  return (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+}
+inline uint32_t nonFiniteBit(BF16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
+inline uint32_t nonFiniteBit(F16 v) { return (v.bits & 0x7c00u) == 0x7c00u; }
 
 /// Slow path after a fused check found a non-finite value: finds the first one and throws
 /// NonFiniteError naming it. Returns normally only if every element is finite (the caller's

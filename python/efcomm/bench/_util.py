@@ -1,0 +1,198 @@
+"""Helpers shared by the benchmarks: timing, a progress bar, tables, machine description, and
+rewriting a generated section of a markdown file."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional, Sequence
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of the timed calls (warm-up excluded)."""
+    samples: list
+
+    @property
+    def best(self) -> float:
+        return min(self.samples)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    def to_dict(self) -> dict:
+        return {"best_s": self.best, "median_s": self.median, "calls": len(self.samples)}
+
+
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 1, min_time: float = 0.0) -> Timing:
+    """Calls fn warmup times untimed, then times it at least repeats times and for at least
+    min_time seconds in all. The tables report the best call: on a shared machine the minimum is
+    the least disturbed run, and more calls give a quiet moment more chances to occur."""
+    for _ in range(warmup):
+        fn()
+    samples, total = [], 0.0
+    while len(samples) < repeats or total < min_time:
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        total += samples[-1]
+    return Timing(samples)
+
+
+def gbps(nbytes: int, seconds: float) -> float:
+    """Throughput in GB/s (10^9 bytes per second)."""
+    return nbytes / seconds / 1e9 if seconds > 0 else float("inf")
+
+
+class Progress:
+    """A one-line progress bar on stderr, ``[#####.....] 7/24 qsgd compress``. Draws only when
+    stderr is a terminal, so logs and captured output stay clean."""
+
+    def __init__(self, total: int, width: int = 24, enabled: Optional[bool] = None, stream=None):
+        self.total = max(total, 1)
+        self.width = width
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.done = 0
+        self._last_len = 0
+
+    def step(self, label: str) -> None:
+        """Shows label as the work now running; call once per unit of work, before it starts."""
+        self.done += 1
+        if not self.enabled:
+            return
+        filled = self.width * (self.done - 1) // self.total
+        line = f"[{'#' * filled}{'.' * (self.width - filled)}] {self.done}/{self.total} {label}"
+        self.stream.write("\r" + line.ljust(self._last_len))
+        self.stream.flush()
+        self._last_len = len(line)
+
+    def close(self) -> None:
+        if self.enabled and self._last_len:
+            self.stream.write("\r" + " " * self._last_len + "\r")
+            self.stream.flush()
+
+
+def _aligns(rows: Sequence[Sequence[str]], ncols: int, align: Optional[str]) -> str:
+    if align is not None:
+        return align
+    # Numbers right, text left: a column is numeric when every non-empty cell starts like one.
+    out = []
+    for j in range(ncols):
+        cells = [r[j] for r in rows if r[j] not in ("", "-")]
+        numeric = bool(cells) and all(re.match(r"^[-+]?[0-9.]", c) for c in cells)
+        out.append("r" if numeric else "l")
+    return "".join(out)
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> str:
+    """Plain-text table with aligned columns; align is one 'l' or 'r' per column (default: numbers
+    right, text left)."""
+    align = _aligns(rows, len(headers), align)
+    widths = [max([len(h)] + [len(r[j]) for r in rows]) for j, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if a == "r" else c.ljust(w)
+                         for c, w, a in zip(cells, widths, align)).rstrip()
+
+    return "\n".join([line(headers), "  ".join("-" * w for w in widths)] + [line(r) for r in rows])
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[str] = None) -> str:
+    """GitHub-flavoured markdown table, columns padded so the source reads as a table too."""
+    align = _aligns(rows, len(headers), align)
+    esc = [[c.replace("|", "\\|") for c in r] for r in rows]
+    widths = [max([len(h), 3] + [len(r[j]) for r in esc]) for j, h in enumerate(headers)]
+
+    def line(cells):
+        return "| " + " | ".join(c.rjust(w) if a == "r" else c.ljust(w)
+                                 for c, w, a in zip(cells, widths, align)) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if a == "r" else "-" * (w + 2)
+                          for w, a in zip(widths, align)) + "|"
+    return "\n".join([line(headers), rule] + [line(r) for r in esc])
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict:
+    """What the numbers depend on: CPU, usable cores, library build, array library versions."""
+    import numpy as np
+
+    import efcomm as ef
+
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    info = {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "usable_cores": usable,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "build": ef.build_info(),
+    }
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["torch"] = None
+    return info
+
+
+def busy_warning(info: dict) -> Optional[str]:
+    """A warning when other work was running: parallel kernels lose most on a shared machine."""
+    load = info.get("load_average")
+    if load is None or load < 0.5 * info["usable_cores"]:
+        return None
+    return (f"load average {load:.1f} on {info['usable_cores']} cores when the run started: other work "
+            "was running, the numbers are unreliable (multi-threaded kernels suffer most)")
+
+
+def machine_summary(info: dict) -> str:
+    b = info["build"]
+    torch = (f"torch {info['torch']} ({info['torch_threads']} threads)" if info.get("torch")
+             else "torch not installed")
+    return (f"{info['cpu']}, {info['usable_cores']}/{info['cores']} cores usable; efcomm {b['version']} "
+            f"simd={b['simd']} openmp={b['openmp']} threads={b['threads']} ({b['compiler']}); "
+            f"numpy {info['numpy']}, {torch}; Python {info['python']}")
+
+
+def replace_marked_section(path: str, name: str, content: str) -> None:
+    """Replaces the text between ``<!-- {name}:begin -->`` and ``<!-- {name}:end -->`` in path;
+    appends the marked section if the file lacks it (creates the file if missing)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    block = f"{begin}\n{content.rstrip()}\n{end}"
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        text = ""
+    i, j = text.find(begin), text.find(end)
+    if i >= 0 and j > i:
+        text = text[:i] + block + text[j + len(end):]
+    elif i >= 0 or j >= 0:
+        raise ValueError(f"{path}: unbalanced markers for section {name!r}")
+    else:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
+    with open(path, "w") as f:
+        f.write(text)

@@ -1,0 +1,2 @@
+"""Shared pytest configuration for the Python tests (run by scripts/test.sh against the
+installed package)."""

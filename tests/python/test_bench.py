@@ -1,0 +1,62 @@
+"""The compressor benchmark runs end to end on a small input (a smoke test: no timed assertions)."""
+
+import json
+
+import pytest
+
+from efcomm.bench import compressors as bench
+from efcomm.cli import main
+
+SMALL = ["bench", "compressors", "--size", "65536", "--repeats", "1", "--min-time", "0", "--no-progress"]
+
+
+def run_json(capsys, *extra):
+    assert main([*SMALL, "--json", *extra]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_json_has_every_compressor_and_target(capsys):
+    assert main(["bench", "compressors", "--size", "65536", "--repeats", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["config"]["size"] == 65536
+    assert {"memcpy", "torch_topk", "argpartition", "packbits"} <= set(result["baselines"])
+    assert result["baselines"]["memcpy"]["gbps"] > 0
+    rows = {r["key"]: r for r in result["compressors"]}
+    assert list(rows) == [c.key for c in bench.CASES]
+    for row in rows.values():
+        if row["error"] is None:
+            for direction in ("compress", "decompress"):
+                assert row[direction]["gbps"] > 0 and row[direction]["memcpy_fraction"] > 0
+            assert row["compression_ratio"] > 0
+        else:
+            assert isinstance(row["error"], str) and row["error"]
+    assert rows["identity"]["error"] is None and rows["identity"]["relative_error"] == 0
+    assert rows["cast-bf16"]["error"] is None
+    assert [t["target"] for t in result["targets"]] == [t.text for t in bench.TARGETS]
+    assert all(t["status"] in ("PASS", "FAIL", "SKIP", "ERROR") for t in result["targets"])
+
+
+def test_only_and_a_failing_spec_is_a_row_not_a_crash(capsys):
+    result = run_json(capsys, "--only", "cast", "--spec", "nosuchcompressor")
+    rows = {r["key"]: r for r in result["compressors"]}
+    assert list(rows) == ["cast-bf16", "cast-fp16", "nosuchcompressor"]
+    assert "nosuchcompressor" in rows["nosuchcompressor"]["error"]
+    statuses = {t["target"]: t["status"] for t in result["targets"]}
+    assert statuses["ScaledSign compress >= 40% memcpy"] == "SKIP"
+
+
+def test_unknown_only_is_rejected():
+    with pytest.raises(SystemExit):
+        main([*SMALL, "--only", "nosuch"])
+
+
+def test_text_table_and_docs_section(capsys, tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- bench:compressors:begin -->\nold\n"
+                    "<!-- bench:compressors:end -->\n\nTail.\n")
+    assert main([*SMALL, "--only", "identity", "--write-docs", str(docs)]) == 0
+    out = capsys.readouterr().out
+    assert "identity" in out and "Targets" in out
+    text = docs.read_text()
+    assert "old" not in text and text.startswith("# Benchmarks\n") and text.endswith("Tail.\n")
+    assert "| identity" in text and "efcomm bench compressors --size 65536" in text
