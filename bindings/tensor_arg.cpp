@@ -59,7 +59,8 @@ TensorArg fromBuffer(py::handle obj, bool writable, const char* what) {
   t.dtype = fromFormat(info.format, info.itemsize, what);
   t.data = info.ptr;
   ssize_t expect = info.itemsize;
-  for (ssize_t i = info.ndim - 1; i >= 0; --i) {
+  // An empty array has no memory layout to check (exporters report arbitrary strides).
+  for (ssize_t i = info.ndim - 1; i >= 0 && info.size > 0; --i) {
     EFCOMM_CHECK(info.shape[i] <= 1 || info.strides[i] == expect, what,
                  ": array is not C-contiguous; pass a contiguous copy (numpy.ascontiguousarray / tensor.contiguous())");
     expect *= info.shape[i];
@@ -97,7 +98,9 @@ TensorArg fromDLPack(py::handle obj, const char* what) {
                           ", " + std::to_string(d.dtype.bits) +
                           " bits); expected float32, float64, float16 or bfloat16");
   t.shape.assign(d.shape, d.shape + d.ndim);
-  if (d.strides) {
+  int64_t numel = 1;
+  for (int32_t i = 0; i < d.ndim; ++i) numel *= d.shape[i];
+  if (d.strides && numel > 0) {
     int64_t expect = 1;
     for (int32_t i = d.ndim - 1; i >= 0; --i) {
       EFCOMM_CHECK(d.shape[i] <= 1 || d.strides[i] == expect, what,

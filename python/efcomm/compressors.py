@@ -36,6 +36,13 @@ def _empty_like_message(msg: Message, like: Optional[str]):
     return np.empty(msg.shape, dtype=_NUMPY_DTYPES[msg.dtype])
 
 
+def _check_out_shape(msg: Message, out) -> None:
+    """numpy's rule for ``out=``: the shape must match exactly (dtype is checked natively)."""
+    shape = tuple(getattr(out, "shape", ()))
+    if shape != tuple(msg.shape):
+        raise InvalidArgument(f"decompress: out has shape {shape}, the message holds {tuple(msg.shape)}")
+
+
 class Compressor:
     """Base class: wraps a native compressor built from a spec string."""
 
@@ -96,6 +103,8 @@ class Compressor:
                                   "use efcomm.Message.from_bytes(buf) for raw bytes")
         if out is None:
             out = _empty_like_message(msg, getattr(msg, "_like", None))
+        else:
+            _check_out_shape(msg, out)
         self._impl.decompress_into(msg, out)
         return out
 
@@ -206,6 +215,8 @@ def decompress(msg: Message, *, out=None):
     """Decodes any message (the compressor is named in its header)."""
     if out is None:
         out = _empty_like_message(msg, getattr(msg, "_like", None))
+    else:
+        _check_out_shape(msg, out)
     _core.decompress_into(msg, out)
     return out
 

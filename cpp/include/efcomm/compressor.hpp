@@ -46,7 +46,8 @@ class Compressor {
   /// `InvalidArgument` for a bad view.
   Message compress(const ConstTensorView& x, std::optional<uint64_t> step = std::nullopt);
 
-  /// Decodes `msg` into `out` (same dtype and element count as the compressed input).
+  /// Decodes `msg` into `out`: same dtype and element count as the compressed input (C++ callers
+  /// may decode into a flat buffer; the Python API also requires the same shape).
   /// Throws `InvalidArgument` if `msg` was made by another kind of compressor or `out` does
   /// not match.
   void decompress(const Message& msg, const TensorView& out) const;

@@ -18,6 +18,9 @@ namespace {
 
 constexpr size_t kChecksumChunk = size_t{1} << 16;
 constexpr size_t kHeaderAlign = 16;
+// Bound on the product of the non-zero dimensions: keeps every byte count of any dtype far
+// below 2^63 so that receivers (and the array libraries they allocate with) never overflow.
+constexpr uint64_t kMaxElements = uint64_t{1} << 56;
 
 // Large message buffers are recycled. A fresh multi-megabyte allocation is served by mmap,
 // and first-touching its pages (fault + kernel zeroing) costs more than compressing into it;
@@ -192,15 +195,20 @@ void Message::parseHeader() {
   EFCOMM_CHECK_MSG(hdr <= size_ - 4 && payload == size_ - 4 - hdr, "payload length ", payload,
                    " does not match the message size ", size_);
   shape_.assign(static_cast<size_t>(ndim), 0);
-  uint64_t prod = 1;
+  // The product of the non-zero dimensions is bounded too: an empty shape such as (0, 2^62)
+  // would otherwise pass, and no array library could allocate its output.
+  uint64_t nonzero = 1;
+  bool empty = false;
   for (int i = 0; i < ndim; ++i) {
     const int64_t s = loadAs<int64_t>(b + kFixedHeaderBytes + 8 * i);
     EFCOMM_CHECK_MSG(s >= 0, "negative dimension ", s);
-    EFCOMM_CHECK_MSG(s == 0 || prod <= (uint64_t{1} << 62) / static_cast<uint64_t>(s),
-                     "shape overflows the element count");
-    prod *= static_cast<uint64_t>(s);
+    EFCOMM_CHECK_MSG(s == 0 || nonzero <= kMaxElements / static_cast<uint64_t>(s),
+                     "shape ", shapeString(shape_), "... exceeds 2^56 elements");
+    if (s == 0) empty = true;
+    else nonzero *= static_cast<uint64_t>(s);
     shape_[i] = s;
   }
+  const uint64_t prod = empty ? 0 : nonzero;
   EFCOMM_CHECK_MSG(prod == numel, "element count ", numel, " does not match shape ", shapeString(shape_));
   numel_ = static_cast<int64_t>(numel);
   paramsOffset_ = kFixedHeaderBytes + 8 * static_cast<size_t>(ndim);

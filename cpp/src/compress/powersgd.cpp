@@ -40,6 +40,14 @@ namespace efcomm {
 
 namespace {
 
+// Largest finite value of a storage type.
+template <typename T>
+double maxFinite() {
+  if constexpr (std::is_same_v<T, F16>) return 65504.0;
+  else if constexpr (std::is_same_v<T, BF16>) return 3.3895313892515355e38;
+  else return static_cast<double>(std::numeric_limits<T>::max());
+}
+
 /// Independent partial sums of a dot product: fills vector registers, and fixes the summation
 /// order (element j goes to lane j mod kLanes) whatever the tiling or thread count.
 constexpr int kLanes = 16;
@@ -310,6 +318,18 @@ class PowerSGD final : public Compressor {
       multiplyMtP(in, d, v, p.data(), q.data());
       if (!roundToWire<C>(q))
         throw NonFiniteError("powersgd.compress: Q = M^T P overflows the factors' precision; the input's magnitude is too large");
+      // The receiver forms P Q^T in T: |(P Q^T)_ij| <= max_i sum_k |P_ik| * max |Q|. Refuse a
+      // message whose decoded values could overflow T instead of letting them become Inf there.
+      double rowSum = 0, qMax = 0;
+      for (int64_t i = 0; i < v.m; ++i) {
+        double sum = 0;
+        for (int64_t k = 0; k < v.r; ++k) sum += std::fabs(p[static_cast<size_t>(k * v.m + i)]);
+        rowSum = std::max(rowSum, sum);
+      }
+      for (double e : q) qMax = std::max(qMax, std::fabs(e));
+      if (!(rowSum * qMax <= maxFinite<T>()))
+        throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(x.dtype) +
+                             " range; the input's magnitude is too large");
       for (size_t i = 0; i < p.size(); ++i) storeAs<C>(out + i * sizeof(C), static_cast<C>(p[i]));
       uint8_t* qOut = out + p.size() * sizeof(C);
       for (size_t i = 0; i < q.size(); ++i) storeAs<C>(qOut + i * sizeof(C), static_cast<C>(q[i]));

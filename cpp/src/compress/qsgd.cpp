@@ -9,6 +9,7 @@
 // with key = drawKey(seed, step), used as u_j = int32(b_j)/2^32 + 1/2; decoding needs neither.
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 #include <utility>
 
 #include "common/bitpack.hpp"
@@ -29,8 +30,8 @@ constexpr size_t kNormBytes = 8;
 constexpr int64_t kChunk = 2048;
 // Rescaling of float64 inputs whose sum of squares leaves the normal range. On overflow: d < 2^63
 // squares of at most (DBL_MAX 2^-600)^2 cannot overflow, and elements below 2^-474 that underflow
-// are negligible next to one above 2^480. Below kTinySum, squares of tiny inputs underflow (all
-// of them, for |x_j| < 2^-538): summing (2^600 x_j)^2 keeps them.
+// are negligible next to one above 2^480. Below kTinySum, squares of tiny inputs underflow (to 0
+// for |x_j| < 2^-538): summing (2^600 x_j)^2 keeps them.
 constexpr double kOverflowScale = 0x1p-600;
 constexpr double kUnderflowScale = 0x1p600;
 constexpr double kTinySum = 0x1p-900;
@@ -198,7 +199,7 @@ class QSGD final : public Compressor {
         throwIfNonFinite(x, "qsgd.compress");
         factor = kOverflowScale;
         sum = sumsq(factor);
-      } else if (sum > 0 && sum < kTinySum) {
+      } else if (std::is_same_v<T, double> && sum < kTinySum) {  // squares of narrower types never underflow
         factor = kUnderflowScale;
         sum = sumsq(factor);
       }

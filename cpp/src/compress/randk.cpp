@@ -85,17 +85,25 @@ class RandK final : public Compressor {
       const size_t bytes = static_cast<size_t>(k) * sizeof(T);
       Message m = Message::build(id(), x.dtype, x.shape, 0, params, bytes);
       uint8_t* p = m.mutablePayload();
-      // Gather and check the sent values in one pass.
+      // Gather and check the sent values in one pass. The check covers the value the receiver
+      // will produce (times d/k, in T, exactly as decode computes it), so a finite input near
+      // the top of T's range cannot decode to Inf silently.
+      using C = typename Elem<T>::Compute;
+      const C scale = scaled_ ? C(static_cast<double>(n) / static_cast<double>(k)) : C(1);
       std::vector<uint32_t> bad(starts.size(), 0);
       parallelBlocks(n, kBitBlock, [&](int64_t b, int64_t lo, int64_t hi) {
         uint32_t flag = 0;
         forEachSetBit(asBytes(draw), n, lo, hi, starts[b], [&](int64_t i, int64_t r) {
           storeAs<T>(p + r * sizeof(T), in[i]);
-          flag |= nonFiniteBit(in[i]);
+          flag |= nonFiniteBit(Elem<T>::store(Elem<T>::load(in[i]) * scale));
         });
         bad[b] = flag;
       });
-      if (std::find(bad.begin(), bad.end(), 1u) != bad.end()) throwIfNonFinite(x, "randk.compress");
+      if (std::find(bad.begin(), bad.end(), 1u) != bad.end()) {
+        throwIfNonFinite(x, "randk.compress");
+        throw NonFiniteError("randk.compress: a sent value times d/k = " + std::to_string(static_cast<double>(scale)) +
+                             " overflows " + dtypeName(x.dtype) + "; scale the input down or use scaled=false");
+      }
       m.finish(bytes);
       return m;
     });

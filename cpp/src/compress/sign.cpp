@@ -23,28 +23,26 @@ constexpr double kOverflowScale = 0x1p-64;
 size_t signPayloadBytes(int64_t n) { return kScaleBytes + static_cast<size_t>((n + 7) / 8); }
 
 // Sums factor*|x_j| over [lo, hi) and writes the sign bits of the range (lo % 8 == 0). Eight
-// accumulators in a fixed order keep the sum deterministic while the loop vectorizes.
+// accumulators in a fixed order keep the sum deterministic; the sum and the bits are two loops
+// over the block (which stays in cache) because each vectorizes on its own and the fused one
+// does not.
 template <typename T>
 double l1AndSigns(const T* in, int64_t lo, int64_t hi, double factor, uint8_t* bits) {
   using C = typename Elem<T>::Compute;
   double acc[8] = {};
   const int64_t full = lo + (hi - lo) / 8 * 8;
   for (int64_t i = lo; i < full; i += 8) {
+    for (int k = 0; k < 8; ++k) acc[k] += std::fabs(static_cast<double>(Elem<T>::load(in[i + k]))) * factor;
+  }
+  for (int64_t i = full; i < hi; ++i) acc[i - full] += std::fabs(static_cast<double>(Elem<T>::load(in[i]))) * factor;
+  for (int64_t j = lo / 8; j < full / 8; ++j) {
     unsigned byte = 0;
-    for (int k = 0; k < 8; ++k) {
-      const C v = Elem<T>::load(in[i + k]);
-      acc[k] += std::fabs(static_cast<double>(v)) * factor;
-      byte |= static_cast<unsigned>(v < C(0)) << k;
-    }
-    bits[i / 8] = static_cast<uint8_t>(byte);
+    for (int k = 0; k < 8; ++k) byte |= static_cast<unsigned>(Elem<T>::load(in[8 * j + k]) < C(0)) << k;
+    bits[j] = static_cast<uint8_t>(byte);
   }
   if (full < hi) {
     unsigned byte = 0;
-    for (int64_t i = full; i < hi; ++i) {
-      const C v = Elem<T>::load(in[i]);
-      acc[i - full] += std::fabs(static_cast<double>(v)) * factor;
-      byte |= static_cast<unsigned>(v < C(0)) << (i - full);
-    }
+    for (int64_t i = full; i < hi; ++i) byte |= static_cast<unsigned>(Elem<T>::load(in[i]) < C(0)) << (i - full);
     bits[full / 8] = static_cast<uint8_t>(byte);
   }
   return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
