@@ -12,8 +12,9 @@
 // and of the keys == T the first ones in index order.
 // For k <= d/8 on large inputs a single pass usually suffices: a threshold taken from a sample
 // keeps slightly more than k entries, one pass collects them, and the radix select runs on that
-// short list. When the sample misleads (fewer than k kept, or ties keeping far more) the full
-// radix select runs instead, so the result never depends on the sample.
+// short list; a heavily tied threshold (small integers, sparse inputs) is checked to be the k-th
+// key by one counting pass instead. When the sample misleads the full radix select runs, so the
+// result never depends on the sample.
 // Non-finite input is found without a pass of its own: NaN and Inf have the largest keys, so the
 // kept values include one whenever x does.
 //
@@ -337,11 +338,40 @@ Selection<T> selectByHistogram(const T* x, int64_t n, int64_t k) {
   return out;
 }
 
+// Selection when the k-th largest key is probably t: one counting pass (vectorized, no
+// histogram) checks that fewer than k keys lie above t and at least k at or above it; then one
+// scan keeps the keys above t and the first ties. Returns false if t is not the k-th key.
+template <typename T>
+bool selectAtKey(const T* x, const Blocks& blocks, int64_t k, KeyOf<T> t, Selection<T>& out) {
+  const int64_t nb = blocks.count;
+  std::vector<int64_t> gt(nb), eq(nb);
+  blocks.each([&](int64_t b, int64_t lo, int64_t hi) {
+    const KeyOf<T> key = t;
+    int64_t g = 0, e = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const KeyOf<T> v = magKey(x[i]);
+      g += v > key;
+      e += v == key;
+    }
+    gt[b] = g;
+    eq[b] = e;
+  });
+  const int64_t above = std::accumulate(gt.begin(), gt.end(), int64_t{0});
+  const int64_t ties = std::accumulate(eq.begin(), eq.end(), int64_t{0});
+  if (above >= k || above + ties < k) return false;
+  const std::vector<int64_t> quota = tieQuotas(eq, k - above);
+  Regions<T> kept(sums(gt, quota));  // exact counts: the regions fill the buffer
+  kept.template scan<true>(x, blocks, t, quota, sparseScan(k, blocks.n));
+  out = std::move(kept.buf);
+  return true;
+}
+
 // The one-pass path for small k: the r-th largest key t of a sample, r four standard deviations
 // above the expected s*k/n, keeps a little more than k keys with high probability; one pass
-// collects them and the radix select runs on that short list. Returns false (the caller falls
-// back to selectByHistogram) when t keeps fewer than k keys, or more than twice the expected
-// count (ties at t).
+// collects them and the radix select runs on that short list. When t keeps far more than
+// expected, t is a heavily tied key (small integers, sparse inputs) and usually the k-th key
+// itself: selectAtKey settles that in two passes. Returns false (the caller falls back to
+// selectByHistogram) when neither holds.
 template <typename T>
 bool selectBySample(const T* x, int64_t n, int64_t k, Selection<T>& out) {
   using K = KeyOf<T>;
@@ -354,15 +384,15 @@ bool selectBySample(const T* x, int64_t n, int64_t k, Selection<T>& out) {
   const int64_t r = std::min(kSample, static_cast<int64_t>(std::ceil(expect + 4 * std::sqrt(expect))) + 8);
   std::nth_element(sample.begin(), sample.begin() + (r - 1), sample.end(), std::greater<K>());
   const K t = sample[r - 1];
-  if (t == 0) return false;
-
   const Blocks blocks(n);
+  if (t == 0) return selectAtKey(x, blocks, k, t, out);
+
   std::vector<int64_t> room(blocks.count);
   for (int64_t b = 0; b < blocks.count; ++b) room[b] = 2 * blocks.length(b) * r / kSample;
   Regions<T> list(room);
   list.template scan<false>(x, blocks, t, std::vector<int64_t>(blocks.count, 0), sparseScan(n / kSample * r, n));
   for (int64_t got : list.got)
-    if (got < 0) return false;
+    if (got < 0) return selectAtKey(x, blocks, k, t, out);
   list.compact();
   if (list.buf.size < k) return false;
   out = selectByHistogram(list.buf.val.get(), list.buf.size, k);

@@ -100,6 +100,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"(default {DEFAULT_MIN_TIME}; 0: exactly --repeats calls)")
     g.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the random input (default 0)")
+    g.add_argument("--input", choices=sorted(INPUTS), default="normal",
+                   help="input distribution: normal (default), ints (integers -3..3: heavy ties), "
+                        "sparse (99%% zeros, the rest normal)")
     g.add_argument("--only", action="append", metavar="NAME",
                    help="benchmark only these (comma-separated; a key such as quant8 or a registry name "
                         f"such as quant; repeatable). Keys: {', '.join(c.key for c in CASES)}")
@@ -252,10 +255,28 @@ def evaluate(result: dict) -> list:
     return out
 
 
+INPUTS = {
+    "normal": "standard normal",
+    "ints": "integers -3..3",
+    "sparse": "99% zeros, 1% standard normal",
+}
+
+
+def make_input(kind: str, size: int, seed: int) -> np.ndarray:
+    """The benchmark vector: float32, from a fixed seed."""
+    rng = np.random.default_rng(seed)
+    if kind == "ints":
+        return rng.integers(-3, 4, size).astype(np.float32)
+    x = rng.standard_normal(size, dtype=np.float32)
+    if kind == "sparse":
+        x[rng.random(size) >= 0.01] = 0
+    return x
+
+
 def run(args) -> dict:
     cases = select_cases(args.only, args.spec)
     machine = machine_info()  # first: its load average should not count this run
-    x = np.random.default_rng(args.seed).standard_normal(args.size, dtype=np.float32)
+    x = make_input(args.input, args.size, args.seed)
     k = min(args.size, max(1, math.floor(TOPK_RATIO * args.size + 0.5)))
     progress = Progress(total=4 + 2 * len(cases) + 1, enabled=None if args.progress else False)
     try:
@@ -274,7 +295,8 @@ def run(args) -> dict:
         "command": command_line(args),
         "machine": machine,
         "config": {"size": args.size, "dtype": "float32", "bytes": int(x.nbytes), "repeats": args.repeats,
-                   "min_time_s": args.min_time, "warmup": args.warmup, "seed": args.seed, "topk_k": k},
+                   "min_time_s": args.min_time, "warmup": args.warmup, "seed": args.seed, "topk_k": k,
+                   "input": args.input},
         "baselines": baselines,
         "compressors": rows,
     }
@@ -293,6 +315,8 @@ def command_line(args) -> str:
         parts.append(f"--min-time {args.min_time:g}")
     if args.seed != DEFAULT_SEED:
         parts.append(f"--seed {args.seed}")
+    if args.input != "normal":
+        parts.append(f"--input {args.input}")
     parts += [f"--only {o}" for o in args.only or []]
     parts += [f"--spec '{s}'" for s in args.spec]
     return " ".join(parts)
@@ -384,7 +408,8 @@ def _method(cfg: dict) -> str:
 
 def render_text(result: dict) -> str:
     cfg = result["config"]
-    lines = [f"efcomm compressor benchmark: {cfg['size']:,} float32 ({_mib(cfg['bytes'])}), "
+    lines = [f"efcomm compressor benchmark: {cfg['size']:,} float32 ({_mib(cfg['bytes'])}, "
+             f"{INPUTS[cfg.get('input', 'normal')]}), "
              f"{_method(cfg)}, seed {cfg['seed']}, {result['date']}",
              f"machine: {machine_summary(result['machine'])}"]
     warning = busy_warning(result["machine"])
@@ -401,7 +426,7 @@ def render_text(result: dict) -> str:
 def render_markdown(result: dict, note: Optional[str] = None) -> str:
     cfg = result["config"]
     lines = [f"Measured {result['date']} with `{result['command']}`: {cfg['size']:,} float32 elements "
-             f"({_mib(cfg['bytes'])}, standard normal, seed {cfg['seed']}), "
+             f"({_mib(cfg['bytes'])}, {INPUTS[cfg.get('input', 'normal')]}, seed {cfg['seed']}), "
              f"{_method(cfg)}.", "",
              f"Machine: {machine_summary(result['machine'])}.", ""]
     for line in (note, busy_warning(result["machine"])):
