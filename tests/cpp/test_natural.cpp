@@ -106,7 +106,7 @@ TEST(Natural, UnbiasedWithBoundedVariance) {
   auto x = spreadVector(64, 77);
   x[5] = 4.0f / 3.0f;  // where the variance bound is attained
   const size_t d = x.size();
-  std::vector<double> var(d, 0.0), mean(d, 0.0);
+  std::vector<double> var(d, 0.0);
   double norm = 0, expectedErr = 0;
   for (size_t j = 0; j < d; ++j) {
     norm += double(x[j]) * x[j];
@@ -117,25 +117,11 @@ TEST(Natural, UnbiasedWithBoundedVariance) {
   }
   EXPECT_LE(expectedErr, *c->omega(int64_t(d)) * norm);
   EXPECT_NEAR(var[5], double(x[5]) * x[5] / 8, 1e-6);
-  double err = 0, errSq = 0;
-  for (int t = 0; t < steps; ++t) {
-    auto y = test::roundTrip(*c, x, uint64_t(t));
-    double e = 0;
-    for (size_t j = 0; j < d; ++j) {
-      mean[j] += y[j];
-      e += (double(y[j]) - x[j]) * (double(y[j]) - x[j]);
-    }
-    err += e;
-    errSq += e * e;
-  }
-  for (size_t j = 0; j < d; ++j) {
-    mean[j] /= steps;
-    EXPECT_NEAR(mean[j], x[j], 5 * std::sqrt(var[j] / steps) + 1e-7 * std::fabs(x[j])) << j;
-  }
-  err /= steps;
-  const double sd = std::sqrt(std::max(errSq / steps - err * err, 0.0) / steps);
-  EXPECT_NEAR(err, expectedErr, 5 * sd);
-  EXPECT_LE(err, *c->omega(int64_t(d)) * norm + 5 * sd);
+  const test::Moments mo = test::empiricalMoments(*c, x, steps);
+  for (size_t j = 0; j < d; ++j)
+    EXPECT_NEAR(mo.mean[j], x[j], 5 * std::sqrt(var[j] / steps) + 1e-7 * std::fabs(x[j])) << j;
+  EXPECT_NEAR(mo.err, expectedErr, 5 * mo.sd);
+  EXPECT_LE(mo.err, *c->omega(int64_t(d)) * norm + 5 * mo.sd);
 }
 
 // The draw is the documented function of (seed, step, j): round up iff the mantissa exceeds

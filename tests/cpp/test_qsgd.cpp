@@ -143,7 +143,7 @@ TEST(QSGD, UnbiasedWithBoundedVariance) {
     auto x = spreadVector(64, 100 + s);
     const size_t d = x.size();
     const double norm = norm2(x), step = norm / s;
-    std::vector<double> mean(d, 0.0), var(d);
+    std::vector<double> var(d);
     double expectedErr = 0;
     for (size_t j = 0; j < d; ++j) {
       const double a = std::fabs(double(x[j])) / step, p = a - std::floor(a);
@@ -151,25 +151,11 @@ TEST(QSGD, UnbiasedWithBoundedVariance) {
       expectedErr += var[j];
     }
     EXPECT_LE(expectedErr, *c->omega(int64_t(d)) * norm * norm);
-    double err = 0, errSq = 0;
-    for (int t = 0; t < steps; ++t) {
-      auto y = test::roundTrip(*c, x, uint64_t(t));
-      double e = 0;
-      for (size_t j = 0; j < d; ++j) {
-        mean[j] += y[j];
-        e += (double(y[j]) - x[j]) * (double(y[j]) - x[j]);
-      }
-      err += e;
-      errSq += e * e;
-    }
-    for (size_t j = 0; j < d; ++j) {
-      mean[j] /= steps;
-      EXPECT_NEAR(mean[j], x[j], 5 * std::sqrt(var[j] / steps) + 1e-6 * norm) << "s=" << s << " j=" << j;
-    }
-    err /= steps;
-    const double sd = std::sqrt(std::max(errSq / steps - err * err, 0.0) / steps);
-    EXPECT_NEAR(err, expectedErr, 5 * sd + 1e-9 * norm * norm) << "s=" << s;
-    EXPECT_LE(err, *c->omega(int64_t(d)) * norm * norm + 5 * sd) << "s=" << s;
+    const test::Moments mo = test::empiricalMoments(*c, x, steps);
+    for (size_t j = 0; j < d; ++j)
+      EXPECT_NEAR(mo.mean[j], x[j], 5 * std::sqrt(var[j] / steps) + 1e-6 * norm) << "s=" << s << " j=" << j;
+    EXPECT_NEAR(mo.err, expectedErr, 5 * mo.sd + 1e-9 * norm * norm) << "s=" << s;
+    EXPECT_LE(mo.err, *c->omega(int64_t(d)) * norm * norm + 5 * mo.sd) << "s=" << s;
   }
 }
 

@@ -204,26 +204,17 @@ std::vector<uint8_t> params(uint64_t k, uint8_t scaled = 1) {
   return ByteWriter().put<uint64_t>(k).put<uint64_t>(1).put<uint64_t>(2).put<uint8_t>(scaled).bytes();
 }
 
-bool rejected(const std::vector<uint8_t>& bytes) {
-  try {
-    Message::fromBytes(bytes.data(), bytes.size());
-  } catch (const CorruptMessageError&) {
-    return true;
-  }
-  return false;
-}
-
 TEST(RandK, MalformedPayloadsAreRejected) {
-  EXPECT_FALSE(rejected(craft(100, params(5), 0, 20)));
-  EXPECT_TRUE(rejected(craft(100, params(5), 0, 16)));   // four values for k = 5
-  EXPECT_TRUE(rejected(craft(100, params(5), 0, 21)));   // not whole values
-  EXPECT_TRUE(rejected(craft(100, params(101), 0, 404))); // k > n
-  EXPECT_TRUE(rejected(craft(100, params(0), 0, 0)));    // k = 0 for n > 0
-  EXPECT_TRUE(rejected(craft(100, params(5, 2), 0, 20)));  // scaled is 0 or 1
-  EXPECT_TRUE(rejected(craft(100, params(5), 1, 20)));   // no flags defined
+  EXPECT_FALSE(test::rejected(craft(100, params(5), 0, 20)));
+  EXPECT_TRUE(test::rejected(craft(100, params(5), 0, 16)));   // four values for k = 5
+  EXPECT_TRUE(test::rejected(craft(100, params(5), 0, 21)));   // not whole values
+  EXPECT_TRUE(test::rejected(craft(100, params(101), 0, 404))); // k > n
+  EXPECT_TRUE(test::rejected(craft(100, params(0), 0, 0)));    // k = 0 for n > 0
+  EXPECT_TRUE(test::rejected(craft(100, params(5, 2), 0, 20)));  // scaled is 0 or 1
+  EXPECT_TRUE(test::rejected(craft(100, params(5), 1, 20)));   // no flags defined
   auto shortParams = params(5);
   shortParams.pop_back();
-  EXPECT_TRUE(rejected(craft(100, shortParams, 0, 20)));
+  EXPECT_TRUE(test::rejected(craft(100, shortParams, 0, 20)));
 }
 
 }  // namespace

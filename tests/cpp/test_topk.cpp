@@ -255,41 +255,32 @@ std::vector<uint8_t> varintPayload(int64_t k, const std::vector<uint64_t>& codes
   return p;
 }
 
-bool rejected(const std::vector<uint8_t>& bytes) {
-  try {
-    Message::fromBytes(bytes.data(), bytes.size());
-  } catch (const CorruptMessageError&) {
-    return true;
-  }
-  return false;
-}
-
 TEST(TopK, MalformedPayloadsAreRejected) {
   const int64_t n = 20;
   // Indices 3, 4, 10: codes 3, 0, 5.
-  EXPECT_FALSE(rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 5}))));
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 16}))));  // index 20 out of range
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 0, varintPayload(3, {3, ~uint64_t{1}, 0}))));  // wraps: decreasing
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0}))));        // two indices for k = 3
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 5, 1}))));  // trailing index
-  EXPECT_TRUE(rejected(craft(n, kParam(21), 0, varintPayload(21, std::vector<uint64_t>(21, 0)))));  // k > n
-  EXPECT_TRUE(rejected(craft(n, kParam(0), 0, {})));                              // k = 0 for n > 0
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 4, varintPayload(3, {3, 0, 5}))));     // unknown flag
-  EXPECT_TRUE(rejected(craft(n, ByteWriter().put<uint32_t>(3).bytes(), 0, varintPayload(3, {3, 0, 5}))));
-  EXPECT_TRUE(rejected(craft(n, kParam(uint64_t{1} << 62), 0, {})));               // values cannot fit
+  EXPECT_FALSE(test::rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 5}))));
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 16}))));  // index 20 out of range
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 0, varintPayload(3, {3, ~uint64_t{1}, 0}))));  // wraps: decreasing
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0}))));        // two indices for k = 3
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 0, varintPayload(3, {3, 0, 5, 1}))));  // trailing index
+  EXPECT_TRUE(test::rejected(craft(n, kParam(21), 0, varintPayload(21, std::vector<uint64_t>(21, 0)))));  // k > n
+  EXPECT_TRUE(test::rejected(craft(n, kParam(0), 0, {})));                              // k = 0 for n > 0
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 4, varintPayload(3, {3, 0, 5}))));     // unknown flag
+  EXPECT_TRUE(test::rejected(craft(n, ByteWriter().put<uint32_t>(3).bytes(), 0, varintPayload(3, {3, 0, 5}))));
+  EXPECT_TRUE(test::rejected(craft(n, kParam(uint64_t{1} << 62), 0, {})));               // values cannot fit
 
   std::vector<uint8_t> bitmap(3 * 4, 0);
   bitmap.insert(bitmap.end(), {0x18, 0x04, 0x00});  // indices 3, 4, 10
-  EXPECT_FALSE(rejected(craft(n, kParam(3), 1, bitmap)));
+  EXPECT_FALSE(test::rejected(craft(n, kParam(3), 1, bitmap)));
   auto wrongCount = bitmap;
   wrongCount[12] = 0x19;
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 1, wrongCount)));  // popcount 4 for k = 3
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 1, wrongCount)));  // popcount 4 for k = 3
   auto pastEnd = bitmap;
   pastEnd[14] = 0x10;  // bit 20 >= n, besides the three valid ones
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 1, pastEnd)));
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 1, pastEnd)));
   auto shortMap = bitmap;
   shortMap.pop_back();
-  EXPECT_TRUE(rejected(craft(n, kParam(3), 1, shortMap)));
+  EXPECT_TRUE(test::rejected(craft(n, kParam(3), 1, shortMap)));
 }
 
 // Random damage to parameters, flags and payload behind a valid checksum: parsing either rejects
