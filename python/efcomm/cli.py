@@ -14,10 +14,10 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        width = max(len(k) for k in info)
-        for k, v in info.items():
+        rows = list(info.items()) + [("compressors", ", ".join(ef._core.compressor_names()))]
+        width = max(len(k) for k, _ in rows)
+        for k, v in rows:
             print(f"{k:<{width}}  {v}")
-        print(f"{'compressors':<{width}}  {', '.join(ef._core.compressor_names())}")
     return 0
 
 
