@@ -4,6 +4,7 @@
 
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
+#include "state_arg.hpp"
 #include "tensor_arg.hpp"
 
 namespace py = pybind11;
@@ -77,7 +78,10 @@ void initCompress(py::module_& m) {
         TensorArg t = tensorArg(out, true, (c.name() + ".decompress(out=...)").c_str());
         py::gil_scoped_release nogil;
         c.decompress(msg, t.mutableView());
-      }, py::arg("msg"), py::arg("out"));
+      }, py::arg("msg"), py::arg("out"))
+      .def("state_dict", [](const Compressor& c) { return stateToPython(c.stateDict()); })
+      .def("load_state_dict", [](Compressor& c, py::handle d) { c.loadStateDict(stateFromPython(d)); },
+           py::arg("state"));
 
   m.def("make_compressor", [](const std::string& spec) {
     return std::shared_ptr<Compressor>(makeCompressor(spec));

@@ -6,10 +6,12 @@ namespace py = pybind11;
 namespace efcomm::py_bind {
 void initCommon(py::module_& m);
 void initCompress(py::module_& m);
+void initFeedback(py::module_& m);
 }  // namespace efcomm::py_bind
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "efcomm native core";
   efcomm::py_bind::initCommon(m);
   efcomm::py_bind::initCompress(m);
+  efcomm::py_bind::initFeedback(m);
 }

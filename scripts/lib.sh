@@ -4,8 +4,9 @@
 
 EFCOMM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # For the sourcing scripts: what --no-build-isolation needs to build the wheel, plus the
-# runtime dependency numpy; torch pinned to the release the tests are run with.
-EFCOMM_BUILD_DEPS=(scikit-build-core pybind11 ninja cmake numpy)
+# runtime dependencies numpy and (the simulator's) scikit-learn and matplotlib; torch pinned to the
+# release the tests are run with.
+EFCOMM_BUILD_DEPS=(scikit-build-core pybind11 ninja cmake numpy scikit-learn matplotlib)
 EFCOMM_TORCH="torch==2.13.0"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 

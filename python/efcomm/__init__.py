@@ -9,6 +9,7 @@ from .errors import (BackendUnavailable, CollectiveTimeout, CorruptMessageError,
                      InvalidArgument, MismatchError, NonFiniteError)
 from . import compressors
 from .compressors import Compressor, Message, compressor
+from . import feedback, sim
 
 __version__ = _core.build_info()["version"]
 
@@ -18,6 +19,6 @@ def build_info() -> dict:
     return _core.build_info()
 
 
-__all__ = ["__version__", "build_info", "compressor", "compressors", "Compressor", "Message",
+__all__ = ["__version__", "build_info", "compressor", "compressors", "feedback", "sim", "Compressor", "Message",
            "Error", "InvalidArgument", "NonFiniteError", "CorruptMessageError", "MismatchError",
            "CollectiveTimeout", "BackendUnavailable"]

@@ -1,4 +1,4 @@
-"""The ``efcomm`` command line: ``efcomm info | bench``."""
+"""The ``efcomm`` command line: ``efcomm info | bench | sim``."""
 
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ def _cmd_info(args) -> int:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import compressors as bench_compressors
+    return args.bench_main(args)
 
-    if args.what == "compressors":
-        return bench_compressors.main(args)
-    raise SystemExit(f"unknown benchmark {args.what!r}")
+
+def _cmd_sim(args) -> int:
+    from .sim import cli as sim_cli
+
+    return sim_cli.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,10 +40,18 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=_cmd_info)
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    bench.add_argument("what", choices=["compressors"], help="which benchmark")
-    from .bench import compressors as bench_compressors
-    bench_compressors.add_arguments(bench)
-    bench.set_defaults(fn=_cmd_bench)
+    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback}")
+    from .bench import compressors as bench_compressors, feedback as bench_feedback
+    for name, module, text in (("compressors", bench_compressors, "compress/decompress throughput of every compressor"),
+                               ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone")):
+        b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
+        module.add_arguments(b)
+        b.set_defaults(fn=_cmd_bench, bench_main=module.main)
+
+    sim = sub.add_parser("sim", help="simulate error feedback x compressors on n clients")
+    from .sim import cli as sim_cli
+    sim_cli.add_arguments(sim)
+    sim.set_defaults(fn=_cmd_sim)
     return p
 
 

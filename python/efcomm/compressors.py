@@ -108,6 +108,15 @@ class Compressor:
         self._impl.decompress_into(msg, out)
         return out
 
+    def state_dict(self) -> dict:
+        """The step counter (and PowerSGD's warm start): a restored compressor continues
+        bit-identically. Plain dict of str and numpy arrays."""
+        return self._impl.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a state_dict(); raises MismatchError if it was saved by another spec."""
+        self._impl.load_state_dict(state)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r})"
 

@@ -60,3 +60,11 @@ def test_text_table_and_docs_section(capsys, tmp_path):
     text = docs.read_text()
     assert "old" not in text and text.startswith("# Benchmarks\n") and text.endswith("Tail.\n")
     assert "| identity" in text and "efcomm bench compressors --size 65536" in text
+
+
+def test_feedback_benchmark_json(capsys):
+    assert main(["bench", "feedback", "--size", "65536", "--repeats", "1", "--min-time", "0", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in result["methods"]] == ["none", "ef14", "ef21", "ef21sgdm", "econtrol"]
+    assert all(r["gbps"] > 0 and r["fraction_of_compressor"] > 0 for r in result["methods"])
+    assert result["target"]["status"] in ("PASS", "FAIL")

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "efcomm/message.hpp"
+#include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"
 
 namespace efcomm {
@@ -41,7 +42,8 @@ class Compressor {
   virtual size_t wireBytes(int64_t d, DType dtype = DType::kFloat32) const = 0;
 
   /// Compresses `x` (any shape, contiguous). `step` selects the random draw of randomized
-  /// compressors; when absent an internal counter (starting at 0) is used and advanced.
+  /// compressors; when absent an internal counter (starting at 0) is used. A successful call
+  /// sets the counter to step + 1; a call that throws leaves it unchanged.
   /// Throws `NonFiniteError` if x holds NaN or Inf (detected inside the compression pass) and
   /// `InvalidArgument` for a bad view.
   Message compress(const ConstTensorView& x, std::optional<uint64_t> step = std::nullopt);
@@ -52,9 +54,20 @@ class Compressor {
   /// not match.
   void decompress(const Message& msg, const TensorView& out) const;
 
+  /// The state a restored compressor needs to continue bit-identically: meta "spec" and "step"
+  /// (the internal step counter), plus compressor-specific entries (PowerSGD's warm start).
+  StateDict stateDict() const;
+  /// Restores a `stateDict()`. Throws `MismatchError` if it was saved by another spec and
+  /// `InvalidArgument` if an entry is missing or malformed; on a throw nothing is changed.
+  void loadStateDict(const StateDict& state);
+
  protected:
   /// The compressor-specific part of `compress`: x is validated, step resolved.
   virtual Message doCompress(const ConstTensorView& x, uint64_t step) = 0;
+  /// Compressor-specific state beyond the step counter (default: none).
+  virtual void saveExtra(StateDict&) const {}
+  /// Restores what saveExtra wrote; must check it fully before changing anything.
+  virtual void loadExtra(const StateDict&) {}
 
  private:
   uint64_t nextStep_ = 0;
@@ -69,6 +82,11 @@ std::vector<std::string> compressorNames();
 
 /// Decodes any message into `out`, dispatching on the compressor id in its header.
 void decompress(const Message& msg, const TensorView& out);
+
+/// out += weight * decode(msg), without a full-size temporary where the format allows (sparse
+/// messages touch only their k entries). `out` must have the message's dtype (float32 or
+/// float64) and element count; throws `InvalidArgument` otherwise.
+void accumulate(const Message& msg, const TensorView& out, double weight);
 
 /// Registry name of a compressor id ("topk"); throws CorruptMessageError for unknown ids.
 std::string compressorName(CompressorId id);

@@ -6,5 +6,7 @@
 #include "efcomm/compressor.hpp"
 #include "efcomm/config.hpp"
 #include "efcomm/error.hpp"
+#include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"

@@ -21,6 +21,9 @@ struct Codec {
   void (*validate)(const Message& msg);
   /// Decodes a validated message into out (dtype and numel already checked).
   void (*decode)(const Message& msg, const TensorView& out);
+  /// out += weight * decoded for a validated message and a float32/float64 out of the right
+  /// size. nullptr: decode into a temporary, then add (accumulateDecoded).
+  void (*accumulate)(const Message& msg, const TensorView& out, double weight) = nullptr;
 };
 
 /// Adds a codec; throws InvalidArgument if the name or id is taken.

@@ -11,14 +11,30 @@ Message Compressor::compress(const ConstTensorView& x, std::optional<uint64_t> s
                "-d input; at most ", kMaxDims, " dimensions are supported");
   itemSize(x.dtype);  // validates the dtype
   const uint64_t s = step ? *step : nextStep_;
-  nextStep_ = s + 1;
-  return doCompress(x, s);
+  Message m = doCompress(x, s);
+  nextStep_ = s + 1;  // only on success: a failed call leaves the compressor's state unchanged
+  return m;
 }
 
 void Compressor::decompress(const Message& msg, const TensorView& out) const {
   EFCOMM_CHECK(msg.empty() || msg.compressorId() == id(), name(), ".decompress: message was made by '",
                compressorName(msg.compressorId()), "'");
   efcomm::decompress(msg, out);
+}
+
+StateDict Compressor::stateDict() const {
+  StateDict d;
+  d.meta["spec"] = spec();
+  d.meta["step"] = std::to_string(nextStep_);
+  saveExtra(d);
+  return d;
+}
+
+void Compressor::loadStateDict(const StateDict& state) {
+  state.expect("spec", spec(), "the saved compressor spec");
+  const uint64_t step = state.integer("step");
+  loadExtra(state);
+  nextStep_ = step;
 }
 
 }  // namespace efcomm

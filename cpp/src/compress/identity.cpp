@@ -1,5 +1,8 @@
 // Identity: the uncompressed baseline. The payload is the raw little-endian elements.
 #include <cstring>
+#include <type_traits>
+
+#include "common/bytes.hpp"
 
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
@@ -56,6 +59,20 @@ void decode(const Message& m, const TensorView& out) {
   }, 1 << 21);
 }
 
+void accumulateInto(const Message& m, const TensorView& out, double weight) {
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_floating_point_v<T>) {
+      T* o = static_cast<T*>(out.data);
+      const T w = static_cast<T>(weight);
+      const uint8_t* in = m.payload();
+      parallelRanges(m.numel(), [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) o[i] += w * loadAs<T>(in + i * sizeof(T));
+      });
+    }
+  });
+}
+
 }  // namespace
 
 Codec identityCodec() {
@@ -64,7 +81,7 @@ Codec identityCodec() {
             p.finish("");
             return std::make_unique<Identity>();
           },
-          validate, decode};
+          validate, decode, accumulateInto};
 }
 
 }  // namespace efcomm

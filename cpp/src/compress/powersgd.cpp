@@ -342,6 +342,40 @@ class PowerSGD final : public Compressor {
     return msg;
   }
 
+  // The warm start: without it a restored run would restart the power iteration.
+  void saveExtra(StateDict& d) const override {
+    d.meta["warm"] = m_ >= 0 ? "1" : "0";
+    if (m_ < 0) return;
+    d.meta["m"] = std::to_string(m_);
+    d.meta["n"] = std::to_string(n_);
+    d.tensors["q"] = StateTensor::fromDoubles(q_);
+    d.tensors["init"] = StateTensor::fromDoubles(init_);
+  }
+
+  void loadExtra(const StateDict& d) override {
+    if (d.integer("warm") == 0) {
+      q_.clear();
+      init_.clear();
+      m_ = n_ = -1;
+      return;
+    }
+    const uint64_t m = d.integer("m"), n = d.integer("n");
+    EFCOMM_CHECK(m >= 1 && n >= 1 && m <= (uint64_t{1} << 40) && n <= (uint64_t{1} << 40),
+                 "powersgd state: bad matrix shape ", m, " x ", n);
+    const int64_t r = std::min<int64_t>(rank_, static_cast<int64_t>(std::min(m, n)));
+    const StateTensor& q = d.tensor("q", DType::kFloat64, static_cast<int64_t>(n) * r);
+    const StateTensor& init = d.tensor("init", DType::kFloat64, static_cast<int64_t>(n) * r);
+    const auto doubles = [](const StateTensor& t) {
+      std::vector<double> v(static_cast<size_t>(t.numel()));
+      if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
+      return v;
+    };
+    q_ = doubles(q);
+    init_ = doubles(init);
+    m_ = static_cast<int64_t>(m);
+    n_ = static_cast<int64_t>(n);
+  }
+
  private:
   std::vector<uint8_t> paramBytes(const View& v) const {
     return ByteWriter()

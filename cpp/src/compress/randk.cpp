@@ -16,6 +16,7 @@
 // dtype (raw bits), in increasing index order, unscaled: the receiver applies d/k, so payloads
 // of the same draw from several ranks can be summed before decoding.
 #include <algorithm>
+#include <type_traits>
 
 #include "common/bytes.hpp"
 #include "common/rng.hpp"
@@ -157,6 +158,29 @@ void decode(const Message& m, const TensorView& out) {
   });
 }
 
+// Sparse scatter-add of the k drawn coordinates, with the value decode would produce.
+void accumulateInto(const Message& m, const TensorView& out, double weight) {
+  const Params pr = paramsOf(m);
+  const int64_t n = m.numel();
+  const std::vector<uint64_t> draw = drawIndices(pr.seed, pr.step, n, pr.k);
+  const std::vector<int64_t> starts = bitBlockStarts(asBytes(draw), n);
+  const uint8_t* vals = m.payload();
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_floating_point_v<T>) {
+      T* o = static_cast<T*>(out.data);
+      const T w = static_cast<T>(weight);
+      const T scale = pr.scaled ? T(static_cast<double>(n) / static_cast<double>(pr.k)) : T(1);
+      parallelBlocks(n, kBitBlock, [&](int64_t b, int64_t lo, int64_t hi) {
+        forEachSetBit(asBytes(draw), n, lo, hi, starts[b], [&](int64_t i, int64_t r) {
+          const T decoded = loadAs<T>(vals + r * sizeof(T)) * scale;
+          o[i] += w * decoded;
+        });
+      });
+    }
+  });
+}
+
 }  // namespace
 
 Codec randkCodec() {
@@ -174,7 +198,7 @@ Codec randkCodec() {
             return std::make_unique<RandK>(k ? 0.0 : ratio.value_or(0.01), k.value_or(0),
                                            static_cast<uint64_t>(seed), scaled);
           },
-          validate, decode};
+          validate, decode, accumulateInto};
 }
 
 }  // namespace efcomm

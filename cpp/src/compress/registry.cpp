@@ -1,6 +1,10 @@
 #include <map>
 #include <mutex>
+#include <type_traits>
+#include <vector>
 
+#include "common/dispatch.hpp"
+#include "common/parallel.hpp"
 #include "compress/codec.hpp"
 #include "efcomm/error.hpp"
 
@@ -76,7 +80,9 @@ std::unique_ptr<Compressor> makeCompressor(const std::string& spec) {
   return it->second.make(params);
 }
 
-void decompress(const Message& msg, const TensorView& out) {
+namespace {
+
+void checkOutput(const Message& msg, const TensorView& out) {
   EFCOMM_CHECK(!msg.empty(), "cannot decompress an empty (unfinished) message");
   EFCOMM_CHECK(out.dtype == msg.dtype(), "output dtype ", dtypeName(out.dtype),
                " does not match the message's ", dtypeName(msg.dtype()));
@@ -84,7 +90,43 @@ void decompress(const Message& msg, const TensorView& out) {
                shapeString(out.shape), "; the message holds ", msg.numel(), " ",
                shapeString(msg.shape()));
   EFCOMM_CHECK(out.data != nullptr || msg.numel() == 0, "output buffer is null");
+}
+
+// The generic accumulate: decode into a temporary, then add it in one parallel pass.
+void accumulateDecoded(const Message& msg, const TensorView& out, double weight) {
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_floating_point_v<T>) {
+      std::vector<T> tmp(static_cast<size_t>(msg.numel()));
+      const Codec& codec = codecById(msg.compressorId());
+      codec.decode(msg, {tmp.data(), out.dtype, out.shape});
+      T* o = static_cast<T*>(out.data);
+      const T w = static_cast<T>(weight);
+      const T* d = tmp.data();
+      parallelRanges(msg.numel(), [&](int64_t lo, int64_t hi) {
+        for (int64_t i = lo; i < hi; ++i) o[i] += w * d[i];
+      });
+    }
+  });
+}
+
+}  // namespace
+
+void decompress(const Message& msg, const TensorView& out) {
+  checkOutput(msg, out);
   codecById(msg.compressorId()).decode(msg, out);
+}
+
+void accumulate(const Message& msg, const TensorView& out, double weight) {
+  checkOutput(msg, out);
+  EFCOMM_CHECK(out.dtype == DType::kFloat32 || out.dtype == DType::kFloat64,
+               "accumulate: float32 or float64 output required, got ", dtypeName(out.dtype));
+  const Codec& codec = codecById(msg.compressorId());
+  if (codec.accumulate) {
+    codec.accumulate(msg, out, weight);
+  } else {
+    accumulateDecoded(msg, out, weight);
+  }
 }
 
 }  // namespace efcomm

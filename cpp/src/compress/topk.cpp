@@ -33,6 +33,7 @@
 #include <limits>
 #include <memory>
 #include <numeric>
+#include <type_traits>
 
 #include "common/bytes.hpp"
 #include "common/rng.hpp"
@@ -593,6 +594,29 @@ void decode(const Message& m, const TensorView& out) {
   });
 }
 
+// Sparse scatter-add: touches the k kept entries of out only.
+void accumulateInto(const Message& m, const TensorView& out, double weight) {
+  const Layout l = layoutOf(m);
+  const int64_t n = m.numel();
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (std::is_floating_point_v<T>) {
+      T* o = static_cast<T*>(out.data);
+      const T w = static_cast<T>(weight);
+      const auto value = [&](int64_t j) { return loadAs<T>(l.values + j * sizeof(T)); };
+      if (l.bitmap) {
+        const std::vector<int64_t> starts = bitBlockStarts(l.index, n);
+        EFCOMM_CHECK_MSG(starts.back() == l.k, "topk: bitmap does not hold ", l.k, " indices");
+        parallelBlocks(n, kBitBlock, [&](int64_t b, int64_t lo, int64_t hi) {
+          forEachSetBit(l.index, n, lo, hi, starts[b], [&](int64_t i, int64_t r) { o[i] += w * value(r); });
+        });
+      } else {
+        readVarintIndices(l, n, [&](int64_t j, int64_t i) { o[i] += w * value(j); });
+      }
+    }
+  });
+}
+
 }  // namespace
 
 Codec topkCodec() {
@@ -606,7 +630,7 @@ Codec topkCodec() {
             EFCOMM_CHECK(!k || *k >= 1, "topk: k must be >= 1, got ", *k);
             return std::make_unique<TopK>(k ? 0.0 : ratio.value_or(0.01), k.value_or(0));
           },
-          validate, decode};
+          validate, decode, accumulateInto};
 }
 
 }  // namespace efcomm

@@ -1,0 +1,60 @@
+#pragma once
+// StateDict <-> the Python state dict {"spec": str, "meta": {str: str}, "tensors": {str: ndarray}}:
+// plain Python objects and numpy arrays, so pickle and torch.save store it as is.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <string>
+
+#include "efcomm/error.hpp"
+#include "efcomm/state.hpp"
+#include "tensor_arg.hpp"
+
+namespace efcomm::py_bind {
+
+/// A new numpy array holding a copy of v (float32 or float64).
+inline pybind11::array toNumpy(const ConstTensorView& v) {
+  pybind11::dtype dt = v.dtype == DType::kFloat64 ? pybind11::dtype::of<double>() : pybind11::dtype::of<float>();
+  EFCOMM_CHECK(v.dtype == DType::kFloat64 || v.dtype == DType::kFloat32, "cannot convert ", dtypeName(v.dtype),
+               " state to numpy");
+  pybind11::array a(dt, std::vector<pybind11::ssize_t>(v.shape.begin(), v.shape.end()));
+  if (v.nbytes()) std::memcpy(a.mutable_data(), v.data, v.nbytes());
+  return a;
+}
+
+inline pybind11::dict stateToPython(const StateDict& d) {
+  pybind11::dict out, meta, tensors;
+  for (const auto& kv : d.meta) {
+    if (kv.first == "spec") {
+      out["spec"] = kv.second;
+    } else {
+      meta[pybind11::str(kv.first)] = kv.second;
+    }
+  }
+  for (const auto& kv : d.tensors) tensors[pybind11::str(kv.first)] = toNumpy(kv.second.view());
+  out["meta"] = meta;
+  out["tensors"] = tensors;
+  return out;
+}
+
+inline StateDict stateFromPython(pybind11::handle obj) {
+  EFCOMM_CHECK(pybind11::isinstance<pybind11::dict>(obj), "load_state_dict: expected a dict, got ",
+               std::string(pybind11::str(pybind11::type::handle_of(obj).attr("__name__"))));
+  pybind11::dict d = pybind11::reinterpret_borrow<pybind11::dict>(obj);
+  for (const char* key : {"spec", "meta", "tensors"})
+    EFCOMM_CHECK(d.contains(key), "load_state_dict: the dict has no '", key, "' entry");
+  StateDict s;
+  s.meta["spec"] = pybind11::cast<std::string>(d["spec"]);
+  for (auto kv : pybind11::cast<pybind11::dict>(d["meta"]))
+    s.meta[pybind11::cast<std::string>(kv.first)] = pybind11::cast<std::string>(kv.second);
+  for (auto kv : pybind11::cast<pybind11::dict>(d["tensors"])) {
+    const std::string name = pybind11::cast<std::string>(kv.first);
+    pybind11::object arr = pybind11::module_::import("numpy").attr("ascontiguousarray")(kv.second);
+    TensorArg t = tensorArg(arr, false, ("state tensor '" + name + "'").c_str());
+    s.tensors[name] = StateTensor::fromView(t.view());
+  }
+  return s;
+}
+
+}  // namespace efcomm::py_bind

@@ -1,0 +1,76 @@
+#include "efcomm/state.hpp"
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+
+#include "efcomm/error.hpp"
+
+namespace efcomm {
+
+StateTensor StateTensor::fromView(const ConstTensorView& v) {
+  StateTensor t;
+  t.dtype = v.dtype;
+  t.shape = v.shape;
+  t.bytes.resize(v.nbytes());
+  if (!t.bytes.empty()) std::memcpy(t.bytes.data(), v.data, t.bytes.size());
+  return t;
+}
+
+StateTensor StateTensor::fromDoubles(const std::vector<double>& values) {
+  return fromView({values.data(), DType::kFloat64, {static_cast<int64_t>(values.size())}});
+}
+
+int64_t StateTensor::numel() const { return ConstTensorView{nullptr, dtype, shape}.numel(); }
+
+const std::string& StateDict::text(const std::string& key) const {
+  auto it = meta.find(key);
+  EFCOMM_CHECK(it != meta.end(), "state dict: missing entry '", key, "'");
+  return it->second;
+}
+
+uint64_t StateDict::integer(const std::string& key) const {
+  const std::string& s = text(key);
+  EFCOMM_CHECK(!s.empty() && s.size() <= 20 && s.find_first_not_of("0123456789") == std::string::npos,
+               "state dict: entry '", key, "' = '", s, "' is not an unsigned integer");
+  errno = 0;
+  const unsigned long long v = std::strtoull(s.c_str(), nullptr, 10);
+  EFCOMM_CHECK(errno == 0, "state dict: entry '", key, "' = '", s, "' is out of range");
+  return v;
+}
+
+const StateTensor& StateDict::tensor(const std::string& key, DType dtype, int64_t numel) const {
+  auto it = tensors.find(key);
+  EFCOMM_CHECK(it != tensors.end(), "state dict: missing tensor '", key, "'");
+  const StateTensor& t = it->second;
+  EFCOMM_CHECK_T(MismatchError, t.dtype == dtype, "state dict: tensor '", key, "' is ", dtypeName(t.dtype),
+                 ", expected ", dtypeName(dtype));
+  EFCOMM_CHECK_T(MismatchError, t.numel() == numel, "state dict: tensor '", key, "' has shape ",
+                 shapeString(t.shape), ", expected ", numel, " elements");
+  EFCOMM_CHECK(t.bytes.size() == static_cast<size_t>(numel) * itemSize(dtype), "state dict: tensor '", key,
+               "' holds ", t.bytes.size(), " bytes for ", numel, " elements");
+  return t;
+}
+
+void StateDict::expect(const std::string& key, const std::string& expected, const std::string& what) const {
+  const std::string& got = text(key);
+  EFCOMM_CHECK_T(MismatchError, got == expected, "state dict: ", what, " is '", got, "', this object's is '",
+                 expected, "'");
+}
+
+void StateDict::merge(const StateDict& other, const std::string& prefix) {
+  for (const auto& kv : other.meta) meta[prefix + kv.first] = kv.second;
+  for (const auto& kv : other.tensors) tensors[prefix + kv.first] = kv.second;
+}
+
+StateDict StateDict::sub(const std::string& prefix) const {
+  StateDict out;
+  for (auto it = meta.lower_bound(prefix); it != meta.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+    out.meta[it->first.substr(prefix.size())] = it->second;
+  for (auto it = tensors.lower_bound(prefix);
+       it != tensors.end() && it->first.compare(0, prefix.size(), prefix) == 0; ++it)
+    out.tensors[it->first.substr(prefix.size())] = it->second;
+  return out;
+}
+
+}  // namespace efcomm

@@ -1,0 +1,129 @@
+"""Error-feedback step throughput: ``efcomm bench feedback``.
+
+Times one worker step ``fb.step(v)`` of every feedback method wrapped around TopK 1 % on a
+float32 vector (16M elements by default): forming the vector to compress, compressing it and
+updating the method's state. The baseline, measured in the same run, is TopK compression alone
+of the same vector (and memcpy). Issue 3's target: EF21 + TopK 1 % at least 40 % of the
+throughput of TopK alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+
+import numpy as np
+
+from ._util import (Progress, busy_warning, format_table, gbps, machine_info, machine_summary,
+                    markdown_table, replace_marked_section, time_calls)
+
+DEFAULT_SIZE = 1 << 24
+METHODS = ("none", "ef14", "ef21", "ef21sgdm", "econtrol")
+TARGET = ("ef21", 0.40)
+DOCS_SECTION = "bench:feedback"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="float32 elements (default 16777216 = 64 MiB)")
+    p.add_argument("--compressor", default="topk:ratio=0.01", help="compressor spec (default topk:ratio=0.01)")
+    p.add_argument("--repeats", type=int, default=5, help="at least this many timed steps per method (default 5)")
+    p.add_argument("--min-time", type=float, default=0.1, metavar="SECONDS",
+                   help="and more steps until each measurement took this long (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random gradients (default 0)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--markdown", action="store_true", help="print the markdown table")
+    p.add_argument("--write-docs", metavar="PATH", help="replace the bench:feedback section of this markdown file")
+    p.add_argument("--check", action="store_true", help="exit with status 1 if the target is not met")
+
+
+def run(args) -> dict:
+    import efcomm as ef
+
+    machine = machine_info()
+    rng = np.random.default_rng(args.seed)
+    # Two gradients alternate so that every step sees new data, as in training.
+    grads = [rng.standard_normal(args.size, dtype=np.float32) for _ in range(2)]
+    progress = Progress(total=2 + len(METHODS))
+    try:
+        progress.step("memcpy")
+        dst = np.empty_like(grads[0])
+        memcpy = time_calls(lambda: np.copyto(dst, grads[0]), args.repeats, min_time=args.min_time)
+        progress.step("compressor alone")
+        comp = ef.compressor(args.compressor)
+        alone = time_calls(lambda: comp.compress(grads[0]), args.repeats, min_time=args.min_time)
+        rows = []
+        for method in METHODS:
+            progress.step(f"{method} step")
+            fb = ef.feedback.make(method, ef.compressor(args.compressor))
+            counter = iter(range(1 << 62))
+            t = time_calls(lambda: fb.step(grads[next(counter) % 2]), args.repeats, min_time=args.min_time)
+            rows.append({"method": method, "best_s": t.best, "gbps": gbps(grads[0].nbytes, t.best),
+                         "fraction_of_compressor": alone.best / t.best,
+                         "fraction_of_memcpy": memcpy.best / t.best})
+    finally:
+        progress.close()
+    target = next(r for r in rows if r["method"] == TARGET[0])
+    return {
+        "benchmark": "feedback",
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": f"efcomm bench feedback --size {args.size} --compressor {args.compressor}",
+        "machine": machine,
+        "config": {"size": args.size, "dtype": "float32", "compressor": args.compressor},
+        "baselines": {"memcpy": {"best_s": memcpy.best, "gbps": gbps(grads[0].nbytes, memcpy.best)},
+                      "compressor": {"best_s": alone.best, "gbps": gbps(grads[0].nbytes, alone.best)}},
+        "methods": rows,
+        "target": {"what": f"{TARGET[0]} step >= {TARGET[1]:.0%} of {args.compressor} compress alone",
+                   "value": target["fraction_of_compressor"],
+                   "status": "PASS" if target["fraction_of_compressor"] >= TARGET[1] else "FAIL"},
+    }
+
+
+def _table(result: dict):
+    headers = ["method", "step ms", "GB/s", "% of compressor alone", "% memcpy"]
+    rows = [["(compressor alone)", f"{result['baselines']['compressor']['best_s'] * 1e3:.2f}",
+             f"{result['baselines']['compressor']['gbps']:.2f}", "100",
+             f"{100 * result['baselines']['memcpy']['best_s'] / result['baselines']['compressor']['best_s']:.0f}"]]
+    for r in result["methods"]:
+        rows.append([r["method"], f"{r['best_s'] * 1e3:.2f}", f"{r['gbps']:.2f}",
+                     f"{100 * r['fraction_of_compressor']:.0f}", f"{100 * r['fraction_of_memcpy']:.0f}"])
+    return headers, rows
+
+
+def _target_line(result: dict) -> str:
+    t = result["target"]
+    return f"target: {t['what']}: {100 * t['value']:.0f}% {t['status']}"
+
+
+def render_markdown(result: dict) -> str:
+    headers, rows = _table(result)
+    lines = [f"Measured {result['date']} with `{result['command']}` ({result['config']['size']:,} float32, "
+             f"standard normal; best step of several). Machine: {machine_summary(result['machine'])}.", ""]
+    warning = busy_warning(result["machine"])
+    if warning:
+        lines += [f"> {warning}", ""]
+    lines += [markdown_table(headers, rows, "lrrrr"), "", _target_line(result) + "."]
+    return "\n".join(lines)
+
+
+def main(args) -> int:
+    result = run(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.markdown:
+        print(render_markdown(result))
+    else:
+        headers, rows = _table(result)
+        print(f"efcomm feedback benchmark: {result['config']['size']:,} float32, {result['config']['compressor']}")
+        print(f"machine: {machine_summary(result['machine'])}")
+        warning = busy_warning(result["machine"])
+        if warning:
+            print(f"WARNING: {warning}")
+        print()
+        print(format_table(headers, rows, "lrrrr"))
+        print()
+        print(_target_line(result))
+    if args.write_docs:
+        replace_marked_section(args.write_docs, DOCS_SECTION, render_markdown(result))
+    return 1 if args.check and result["target"]["status"] != "PASS" else 0

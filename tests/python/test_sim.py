@@ -1,0 +1,232 @@
+"""The simulator: problems' gradients and smoothness constants against brute force, the stepsize
+formulas, output files, the command line, and reproduction 1 of issue 3."""
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+import efcomm as ef
+from efcomm import sim
+from efcomm.cli import main as cli_main
+
+
+def _has_feedback() -> bool:
+    try:
+        import efcomm.feedback  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+needs_feedback = pytest.mark.skipif(not _has_feedback(), reason="efcomm.feedback not built")
+
+
+def _has(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
+
+
+def _problems():
+    probs = [sim.Counterexample(), sim.LeastSquares(n=3, d=4, m=6, zeta=2.0, l_ratio=5.0, seed=1),
+             sim.synthetic_logreg(n=3, d=4, m=7, l_ratio=10.0, lam=0.3, seed=2)]
+    if _has("sklearn"):
+        probs.append(sim.breast_cancer(n=4, lam=0.1))
+    return probs
+
+
+def _num_grad(f, x, h=1e-6):
+    e = np.eye(len(x))
+    return np.array([(f(x + h * e[j]) - f(x - h * e[j])) / (2 * h) for j in range(len(x))])
+
+
+def _num_hessian(g, x, h=1e-5):
+    e = np.eye(len(x))
+    H = np.stack([(g(x + h * e[j]) - g(x - h * e[j])) / (2 * h) for j in range(len(x))])
+    return (H + H.T) / 2
+
+
+@pytest.mark.parametrize("prob", _problems(), ids=lambda p: p.name)
+def test_gradients_match_finite_differences(prob):
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        x = rng.standard_normal(prob.d)
+        for i in range(prob.n):
+            num = _num_grad(lambda z: prob.f_i(i, z), x)
+            np.testing.assert_allclose(prob.grad_i(i, x), num, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(prob.grads(x).mean(axis=0), prob.grad(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("prob", _problems(), ids=lambda p: p.name)
+def test_smoothness_bounds_numerical_hessian(prob):
+    """L_i and L bound the numerical Hessian's spectral norm at random points; for quadratics
+    they are exact."""
+    rng = np.random.default_rng(1)
+    exact = isinstance(prob, sim.Quadratic)
+    for x in [prob.x0, *rng.standard_normal((3, prob.d))]:
+        for i in range(prob.n):
+            lam = np.abs(np.linalg.eigvalsh(_num_hessian(lambda z: prob.grad_i(i, z), x))).max()
+            assert lam <= prob.L_i[i] * (1 + 1e-6)
+            if exact:
+                assert lam == pytest.approx(prob.L_i[i], rel=1e-6)
+        lam = np.abs(np.linalg.eigvalsh(_num_hessian(prob.grad, x))).max()
+        assert lam <= prob.L * (1 + 1e-6)
+        if exact:
+            assert lam == pytest.approx(prob.L, rel=1e-6)
+
+
+def test_logreg_bound_attained_at_zero_without_data_curvature_loss():
+    """At x = 0 every sigmoid' is 1/4 and the regularizer's curvature is its maximum 2 lam, so the
+    Hessian of f_i there is exactly A_i^T A_i/(4 m_i) + 2 lam I: the bound L_i is tight."""
+    p = sim.synthetic_logreg(n=2, d=3, m=5, lam=0.5, seed=3)
+    for i in range(p.n):
+        lam = np.linalg.eigvalsh(_num_hessian(lambda z: p.grad_i(i, z), np.zeros(p.d)))[-1]
+        assert lam == pytest.approx(p.L_i[i], rel=1e-6)
+
+
+def test_quadratic_optimum():
+    p = sim.LeastSquares(n=4, d=5, m=8, zeta=3.0, seed=4)
+    np.testing.assert_allclose(p.grad(p.x_star), 0, atol=1e-12)
+    A = np.vstack([a / math.sqrt(len(a)) for a in p.A_i])
+    b = np.concatenate([bi / math.sqrt(len(bi)) for bi in p.b_i])
+    np.testing.assert_allclose(p.x_star, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-10)
+    x = np.ones(5)
+    assert p.f_gap(x) == pytest.approx(p.f(x) - p.f_star, rel=1e-9)
+    c = sim.Counterexample()
+    np.testing.assert_allclose(c.L_i, 35.0, rtol=1e-13)
+    assert c.f_star == 0 and not c.x_star.any()
+    # zeta = 0 and no noise: every client's minimizer is x*, so every grad f_i(x*) = 0
+    p0 = sim.LeastSquares(n=3, d=4, m=8, zeta=0.0, seed=5)
+    np.testing.assert_allclose(p0.grads(p0.x_star), 0, atol=1e-12)
+
+
+def test_heterogeneity_of_L_i():
+    p = sim.synthetic_logreg(n=8, d=10, m=40, l_ratio=100.0, lam=0.0)
+    assert 30 < p.L_i.max() / p.L_i.min() < 300
+    c = sim.problem_constants(p)
+    assert c.L <= c.L_AM <= c.L_QM
+    assert c.L_AM == pytest.approx(np.mean(p.L_i)) and c.L_QM == pytest.approx(np.sqrt(np.mean(p.L_i ** 2)))
+    assert sim.problem_constants(sim.synthetic_logreg(n=8, l_ratio=1.0, lam=0.0)).ratio < c.ratio
+
+
+def test_stepsize_formulas():
+    for a in (0.01, 1 / 3, 0.5, 0.9):
+        th, be = 1 - math.sqrt(1 - a), (1 - a) / (1 - math.sqrt(1 - a))
+        assert sim.theta(a) == pytest.approx(th) and sim.beta(a) == pytest.approx(be)
+        assert sim.xi(a) == pytest.approx(math.sqrt(be / th))
+        # xi(alpha) <= 2/alpha - 1 (EF21 paper, Lemma 3's simplification)
+        assert sim.xi(a) <= 2 / a - 1 + 1e-12
+    assert sim.xi(1.0) == 0 and sim.theta(1.0) == 1
+    c = sim.constants(2.0, [1.0, 3.0])
+    assert c.L_AM == 2.0 and c.L_QM == pytest.approx(math.sqrt(5))
+    a = 0.25
+    assert sim.stepsize("theory", c, a) == pytest.approx(1 / (2 + math.sqrt(5) * sim.xi(a)))
+    assert sim.stepsize("theory-am", c, a, multiplier=3) == pytest.approx(3 / (2 + 2 * sim.xi(a)))
+    assert sim.stepsize("theory", c, 1.0) == pytest.approx(1 / c.L)
+    np.testing.assert_allclose(sim.ef21w_weights([1, 3]), [0.25, 0.75])
+    with pytest.raises(ef.InvalidArgument):
+        sim.xi(0.0)
+    with pytest.raises(ef.InvalidArgument):
+        sim.stepsize("nope", c, a)
+    with pytest.raises(ef.InvalidArgument):
+        sim.ef21_stepsize(1.0, 1.0, 0.5, multiplier=0)
+
+
+def test_parse_spec():
+    assert sim.parse_spec("ef21") == ("ef21", {})
+    assert sim.parse_spec("econtrol:eta=0.1") == ("econtrol", {"eta": 0.1})
+    assert sim.parse_spec("ef21:init=compressed") == ("ef21", {"init": "compressed"})
+    with pytest.raises(ef.InvalidArgument):
+        sim.parse_spec("ef21:init")
+
+
+def test_make_problem_names():
+    for name in sim.PROBLEMS:
+        if name == "logreg" and not _has("sklearn"):
+            continue
+        p = sim.make_problem(name, clients=4)
+        assert p.n == (3 if name == "counterexample" else 4)
+    with pytest.raises(ef.InvalidArgument):
+        sim.make_problem("nope")
+
+
+# ---- runs (need ef.feedback) -------------------------------------------------------------------
+
+@needs_feedback
+def test_run_records_history_and_bits(tmp_path):
+    p = sim.LeastSquares(n=4, d=6, m=10, seed=0)
+    r = sim.run(p, "ef21", "topk:k=2", rounds=30, csv_path=tmp_path / "run.csv")
+    assert not r.diverged and r.rounds_run == 30
+    assert len(r.history["round"]) == 31 and r.history["bits"][0] == 0
+    # bits come from the messages: 4 clients, round 1 carries the full gradient, then TopK-2
+    topk = ef.compressor("topk:k=2").wire_bytes(6, "float64") * 8
+    assert r.history["bits"][-1] >= 29 * 4 * topk * 0.5
+    assert np.all(np.diff(r.history["bits"]) > 0)
+    assert r.history["dist_sq"][-1] < r.history["dist_sq"][0]
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert len(rows) == 31 and list(rows[0]) == list(sim.COLUMNS)
+    assert float(rows[-1]["bits"]) == r.history["bits"][-1]
+
+
+@needs_feedback
+def test_plots_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    p = sim.Counterexample()
+    rs = [sim.run(p, fb, "topk:k=1", rounds=20, stepsize=0.01) for fb in ("none", "ef21")]
+    paths = sim.plot_all(rs, tmp_path)
+    assert paths and all(open(q, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for q in paths)
+
+
+@needs_feedback
+def test_reproduction_1_counterexample():
+    """Issue 3, reproduction 1: on the 3-client counterexample with Top1, compressed gradient
+    descent without feedback diverges, while EF14 and EF21 converge to x* = 0."""
+    p = sim.Counterexample()
+    gamma = 0.05
+    none = sim.run(p, "none", "topk:k=1", rounds=2000, stepsize=gamma)
+    assert none.diverged or none.final["dist_sq"] > 1e3 * none.history["dist_sq"][0]
+    for fb in ("ef14", "ef21"):
+        r = sim.run(p, fb, "topk:k=1", rounds=2000, stepsize=gamma)
+        assert not r.diverged
+        assert r.final["dist_sq"] < 1e-10, (fb, r.final)
+    # the theoretical EF21 stepsize converges too
+    r = sim.run(p, "ef21", "topk:k=1", rounds=2000, stepsize="theory")
+    assert r.final["dist_sq"] < 1e-6
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def test_cli_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["sim", "--help"])
+    assert e.value.code == 0
+    assert "--feedback" in capsys.readouterr().out
+
+
+@needs_feedback
+def test_cli_json(tmp_path, capsys):
+    rc = cli_main(["sim", "--problem", "counterexample", "--feedback", "none", "ef21",
+                   "--compressor", "topk:k=1", "--rounds", "50", "--stepsize", "0.05",
+                   "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["feedback"] for r in out["runs"]] == ["none", "ef21"]
+    assert out["constants"]["L_QM"] == pytest.approx(35.0)
+    assert (tmp_path / "summary.json").exists()
+    assert len(list(tmp_path.glob("*.csv"))) == 2
+    if _has("matplotlib"):
+        assert list(tmp_path.glob("*.png"))
+
+
+@needs_feedback
+def test_cli_table(capsys):
+    rc = cli_main(["sim", "--problem", "lsq", "--clients", "3", "--dim", "5", "--samples", "8",
+                   "--feedback", "ef21", "--compressor", "topk:k=2", "--rounds", "20"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "L_QM" in out and "ef21" in out and "topk" in out
