@@ -142,38 +142,42 @@ Params paramsOf(const Message& m) {
 
 void validate(const Message& m) { paramsOf(m); }
 
+// The coordinates a message's values belong to, redrawn from its (seed, step).
+struct Redraw {
+  explicit Redraw(const Message& m)
+      : pr(paramsOf(m)), n(m.numel()), draw(drawIndices(pr.seed, pr.step, n, pr.k)),
+        starts(bitBlockStarts(asBytes(draw), n)), vals(m.payload()) {}
+  Params pr;
+  int64_t n;
+  std::vector<uint64_t> draw;
+  std::vector<int64_t> starts;
+  const uint8_t* vals;
+};
+
 void decode(const Message& m, const TensorView& out) {
-  const Params pr = paramsOf(m);
-  const int64_t n = m.numel();
-  const std::vector<uint64_t> draw = drawIndices(pr.seed, pr.step, n, pr.k);
-  const std::vector<int64_t> starts = bitBlockStarts(asBytes(draw), n);
-  const uint8_t* vals = m.payload();
+  const Redraw r(m);
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using C = typename Elem<T>::Compute;
-    const C scale = pr.scaled ? C(static_cast<double>(n) / static_cast<double>(pr.k)) : C(1);
-    expandBitmap(asBytes(draw), n, starts, static_cast<T*>(out.data), [&](int64_t r) {
-      return Elem<T>::store(Elem<T>::load(loadAs<T>(vals + r * sizeof(T))) * scale);
+    const C scale = r.pr.scaled ? C(static_cast<double>(r.n) / static_cast<double>(r.pr.k)) : C(1);
+    expandBitmap(asBytes(r.draw), r.n, r.starts, static_cast<T*>(out.data), [&](int64_t j) {
+      return Elem<T>::store(Elem<T>::load(loadAs<T>(r.vals + j * sizeof(T))) * scale);
     });
   });
 }
 
 // Sparse scatter-add of the k drawn coordinates, with the value decode would produce.
 void accumulateInto(const Message& m, const TensorView& out, double weight) {
-  const Params pr = paramsOf(m);
-  const int64_t n = m.numel();
-  const std::vector<uint64_t> draw = drawIndices(pr.seed, pr.step, n, pr.k);
-  const std::vector<int64_t> starts = bitBlockStarts(asBytes(draw), n);
-  const uint8_t* vals = m.payload();
+  const Redraw r(m);
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     if constexpr (std::is_floating_point_v<T>) {
       T* o = static_cast<T*>(out.data);
       const T w = static_cast<T>(weight);
-      const T scale = pr.scaled ? T(static_cast<double>(n) / static_cast<double>(pr.k)) : T(1);
-      parallelBlocks(n, kBitBlock, [&](int64_t b, int64_t lo, int64_t hi) {
-        forEachSetBit(asBytes(draw), n, lo, hi, starts[b], [&](int64_t i, int64_t r) {
-          const T decoded = loadAs<T>(vals + r * sizeof(T)) * scale;
+      const T scale = r.pr.scaled ? T(static_cast<double>(r.n) / static_cast<double>(r.pr.k)) : T(1);
+      parallelBlocks(r.n, kBitBlock, [&](int64_t b, int64_t lo, int64_t hi) {
+        forEachSetBit(asBytes(r.draw), r.n, lo, hi, r.starts[b], [&](int64_t i, int64_t j) {
+          const T decoded = loadAs<T>(r.vals + j * sizeof(T)) * scale;
           o[i] += w * decoded;
         });
       });
