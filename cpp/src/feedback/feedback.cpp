@@ -6,7 +6,6 @@
 // receiver forms it, not a re-derived g from an in-place r.
 #include "efcomm/feedback.hpp"
 
-
 #include "feedback/common.hpp"
 
 namespace efcomm {

@@ -23,6 +23,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stepsize", default="theory",
                    help="theory (1/(L + L_QM xi(alpha))), theory-am (1/(L + L_AM xi(alpha))) or a number")
     p.add_argument("--multiplier", type=float, default=1.0, help="factor applied to the stepsize")
+    p.add_argument("--participation", type=float, default=1.0,
+                   help="probability that a client takes part in a round (EF21-PP); absent clients send nothing")
     p.add_argument("--clients", type=int, default=10, help="number of clients (counterexample: always 3)")
     p.add_argument("--seed", type=int, default=0, help="data split / synthetic data seed")
     p.add_argument("--lam", type=float, default=0.1, help="nonconvex regularizer weight (logreg)")
@@ -76,7 +78,9 @@ def main(args) -> int:
         for comp in args.compressor:
             csv_path = (os.path.join(args.out, f"{_slug(fb)}__{_slug(comp)}.csv") if args.out else None)
             results.append(runner.run(prob, fb, comp, rounds=args.rounds, stepsize=step,
-                                      multiplier=args.multiplier, dtype=args.dtype, csv_path=csv_path))
+                                      multiplier=args.multiplier, dtype=args.dtype,
+                                      participation=args.participation, participation_seed=args.seed,
+                                      csv_path=csv_path))
     pngs = []
     if args.out and not args.no_plots:
         try:

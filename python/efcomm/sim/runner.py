@@ -35,6 +35,8 @@ FEEDBACKS = STEP_TYPE + EF21_TYPE
 COLUMNS = ("round", "bits", "bits_per_client", "grad_norm_sq", "f", "f_gap", "dist_sq")
 #: a run stops as diverged when ||grad f||^2 grows past this factor times its start (or max(1, .))
 DIVERGENCE_FACTOR = 1e12
+#: compressors that draw from (seed, step): each client gets its own seed (see :func:`client_specs`)
+RANDOMIZED = ("randk", "qsgd", "natural")
 
 
 def parse_spec(spec: str) -> tuple:
@@ -61,6 +63,19 @@ def _value(s: str):
     return s
 
 
+def client_specs(spec: str, n: int) -> list:
+    """One compressor spec per client. A randomized compressor (:data:`RANDOMIZED`) gets seed
+    ``base * 1000 + i`` for client i (base: the spec's seed, default 0), so the clients draw
+    independent coordinates, as the theory of unbiased and random-sparsification compressors
+    assumes; other specs are used as given."""
+    name, params = parse_spec(spec)
+    if name not in RANDOMIZED:
+        return [spec] * n
+    base = int(params.pop("seed", 0))
+    rest = ",".join(f"{k}={v}" for k, v in params.items())
+    return [f"{name}:{rest + ',' if rest else ''}seed={base * 1000 + i}" for i in range(n)]
+
+
 @dataclass
 class RunResult:
     """One run: its configuration, the per-round history (numpy arrays keyed by :data:`COLUMNS`;
@@ -72,6 +87,7 @@ class RunResult:
     stepsize: float
     stepsize_rule: str
     multiplier: float
+    participation: float
     alpha: float
     n: int
     d: int
@@ -116,7 +132,7 @@ class RunResult:
 
     def to_dict(self, history: bool = False) -> dict:
         d = {k: getattr(self, k) for k in ("label", "problem", "feedback", "compressor", "stepsize",
-                                           "stepsize_rule", "multiplier", "alpha", "n", "d", "rounds",
+                                           "stepsize_rule", "multiplier", "participation", "alpha", "n", "d", "rounds",
                                            "diverged", "diverged_at", "seconds")}
         d.update(rounds_run=self.rounds_run, bits_per_client_round=self.bits_per_client_round,
                  final=self.final)
@@ -155,8 +171,8 @@ class _Progress:
 
 def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: int = 1000,
         stepsize: Union[str, float] = "theory", multiplier: float = 1.0, *,
-        dtype: str = "float64", label: Optional[str] = None, csv_path=None,
-        progress: Optional[bool] = None) -> RunResult:
+        dtype: str = "float64", participation: float = 1.0, participation_seed: int = 0,
+        label: Optional[str] = None, csv_path=None, progress: Optional[bool] = None) -> RunResult:
     """Runs ``rounds`` rounds of ``feedback`` x ``compressor`` (spec strings, e.g.
     ``"ef21:init=compressed"``, ``"topk:k=1"``) on ``problem`` from ``problem.x0``.
 
@@ -164,7 +180,13 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     EF21's 1/(L + L_QM xi(alpha)), ``"theory-am"`` 1/(L + L_AM xi(alpha))); either is multiplied
     by ``multiplier``. ``dtype`` is what travels (float64 or float32); the iterate stays float64.
     EF21-W's weights w_i = L_i / sum L_j come from the problem. A run whose ||grad f||^2 becomes
-    non-finite or grows by :data:`DIVERGENCE_FACTOR` stops and is marked diverged."""
+    non-finite or grows by :data:`DIVERGENCE_FACTOR` stops and is marked diverged.
+
+    ``participation`` p < 1 is partial participation (EF21-PP for the EF21 family): from round 2
+    on each client takes part with probability p, drawn from ``numpy.random.default_rng(
+    participation_seed)``; an absent client sends nothing (None to the aggregate, which keeps its
+    share) and keeps its state, and only senders' bits count. Round 1 carries every client's
+    initial message, as EF21-PP starts from g_i^0 = grad f_i(x_0) for all i."""
     import efcomm as ef
     from efcomm import feedback as ef_feedback
 
@@ -175,8 +197,11 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
         raise InvalidArgument(f"rounds must be >= 0, got {rounds}")
     if dtype not in ("float64", "float32"):
         raise InvalidArgument(f"dtype must be float64 or float32, got {dtype!r}")
+    if not 0 < participation <= 1:
+        raise InvalidArgument(f"participation must be in (0, 1], got {participation}")
     n, d = problem.n, problem.d
-    comps = [ef.compressor(compressor) for _ in range(n)]
+    specs = client_specs(compressor, n)
+    comps = [ef.compressor(s) for s in specs]
     alpha = comps[0].alpha(d)
     consts = theory.problem_constants(problem)
     if isinstance(stepsize, str):
@@ -203,6 +228,7 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     G = problem.grads(x)
     bits = 0
     diverged_at = None
+    part_rng = np.random.default_rng(participation_seed)
     bar = _Progress(label, rounds, progress)
     t0 = time.perf_counter()
 
@@ -230,11 +256,14 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
         for t in range(1, rounds + 1):
             V = (v_scale * G).astype(np_dtype, copy=False)
             try:
-                msgs = [workers[i].step(np.ascontiguousarray(V[i]), step=t - 1) for i in range(n)]
+                present = (part_rng.random(n) < participation if participation < 1 and t > 1
+                           else np.ones(n, dtype=bool))
+                msgs = [workers[i].step(np.ascontiguousarray(V[i]), step=t - 1) if present[i] else None
+                        for i in range(n)]
             except NonFiniteError:
                 diverged_at = t
                 break
-            bits += 8 * sum(m.nbytes for m in msgs)
+            bits += 8 * sum(m.nbytes for m in msgs if m is not None)
             g = np.asarray(agg.update(msgs), dtype=np.float64)
             with np.errstate(all="ignore"):
                 x = x - x_scale * g
@@ -246,8 +275,8 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
                 break
     finally:
         bar.close()
-    result = RunResult(label=label, problem=problem.name, feedback=feedback, compressor=comps[0].spec,
-                       stepsize=gamma, stepsize_rule=rule, multiplier=multiplier, alpha=alpha, n=n, d=d,
+    result = RunResult(label=label, problem=problem.name, feedback=feedback, compressor=comps[0].spec if specs[0] == specs[-1] else compressor,
+                       stepsize=gamma, stepsize_rule=rule, multiplier=multiplier, participation=participation, alpha=alpha, n=n, d=d,
                        rounds=rounds, history={k: np.asarray(v) for k, v in hist.items()},
                        diverged=diverged_at is not None, diverged_at=diverged_at,
                        seconds=time.perf_counter() - t0)
