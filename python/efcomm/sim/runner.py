@@ -215,8 +215,9 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     workers = [ef_feedback.make(fb_name, comps[i], **fb_params,
                                  **({"weight": float(weights[i]), "n": n} if weights is not None else {}))
                for i in range(n)]
-    agg = ef_feedback.Aggregate(fb_name, n, weights=None if weights is None else weights.tolist(),
-                                 shape=(d,), dtype=dtype)
+    # EF21-W's receiver is EF21's running sum g += sum w_i decoded, with the weights w_i.
+    agg = ef_feedback.Aggregate("ef21" if fb_name == "ef21w" else fb_name, n,
+                                 weights=None if weights is None else weights.tolist(), shape=(d,), dtype=dtype)
     # ef14/none compress the step gamma grad f_i and move by the mean message; EF21-type methods
     # compress gradients and move by gamma times the estimate.
     v_scale, x_scale = (gamma, 1.0) if fb_name in STEP_TYPE else (1.0, gamma)
@@ -275,8 +276,10 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
                 break
     finally:
         bar.close()
-    result = RunResult(label=label, problem=problem.name, feedback=feedback, compressor=comps[0].spec if specs[0] == specs[-1] else compressor,
-                       stepsize=gamma, stepsize_rule=rule, multiplier=multiplier, participation=participation, alpha=alpha, n=n, d=d,
+    result = RunResult(label=label, problem=problem.name, feedback=feedback,
+                       compressor=comps[0].spec if specs[0] == specs[-1] else compressor,
+                       stepsize=gamma, stepsize_rule=rule, multiplier=multiplier, participation=participation,
+                       alpha=alpha, n=n, d=d,
                        rounds=rounds, history={k: np.asarray(v) for k, v in hist.items()},
                        diverged=diverged_at is not None, diverged_at=diverged_at,
                        seconds=time.perf_counter() - t0)
