@@ -3,6 +3,7 @@
 /// Umbrella header of the efcomm C++ API.
 
 #include "efcomm/build_info.hpp"
+#include "efcomm/comm.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/config.hpp"
 #include "efcomm/error.hpp"

@@ -1,0 +1,233 @@
+// The in-process backend: every collective for several group sizes, sequence numbers,
+// agreement checks, timeouts and error propagation from runRanks.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <numeric>
+#include <stdexcept>
+#include <thread>
+#include <vector>
+
+#include "efcomm/comm.hpp"
+
+namespace efcomm {
+namespace {
+
+// Rank r's allgatherv contribution: r * 3 bytes (rank 0 sends nothing), value r * 16 + i.
+std::vector<uint8_t> contribution(int r) {
+  std::vector<uint8_t> v(static_cast<size_t>(r) * 3);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<uint8_t>(r * 16 + static_cast<int>(i));
+  return v;
+}
+
+class CommSizes : public ::testing::TestWithParam<int> {};
+
+TEST_P(CommSizes, AllgathervVariableSizes) {
+  const int n = GetParam();
+  runRanks(n, [n](Backend& b) {
+    EXPECT_EQ(b.size(), n);
+    const std::vector<uint8_t> mine = contribution(b.rank());
+    ByteBlocks recv;
+    b.allgatherv(mine.data(), mine.size(), recv)->wait();
+    ASSERT_EQ(recv.size(), static_cast<size_t>(n));
+    size_t total = 0;
+    for (int j = 0; j < n; ++j) {
+      EXPECT_EQ(recv.copyBlock(static_cast<size_t>(j)), contribution(j));
+      total += contribution(j).size();
+    }
+    EXPECT_EQ(recv.data.size(), total);  // no padding
+  });
+}
+
+TEST_P(CommSizes, AlltoallvVariableSizes) {
+  const int n = GetParam();
+  // Rank i sends (i + j) % 3 bytes of value i * 10 + j to rank j.
+  runRanks(n, [n](Backend& b) {
+    const int i = b.rank();
+    std::vector<size_t> counts;
+    std::vector<uint8_t> send;
+    for (int j = 0; j < n; ++j) {
+      counts.push_back(static_cast<size_t>((i + j) % 3));
+      send.insert(send.end(), counts.back(), static_cast<uint8_t>(i * 10 + j));
+    }
+    ByteBlocks recv;
+    b.alltoallv(send.data(), counts, recv)->wait();
+    ASSERT_EQ(recv.size(), static_cast<size_t>(n));
+    for (int j = 0; j < n; ++j) {
+      EXPECT_EQ(recv.copyBlock(static_cast<size_t>(j)),
+                std::vector<uint8_t>(static_cast<size_t>((j + i) % 3), static_cast<uint8_t>(j * 10 + i)));
+    }
+  });
+}
+
+template <typename T>
+std::vector<T> rankValues(int r, size_t count) {
+  std::vector<T> v(count);
+  // Values of very different magnitudes so that the summation order changes the rounding.
+  for (size_t k = 0; k < count; ++k) v[k] = static_cast<T>((r % 2 ? 1e8 : 1.0) * (0.1 + r) / (1.0 + k) - r * 0.37);
+  return v;
+}
+
+template <typename T>
+void checkAllreduceSum(int n, DType dtype) {
+  const size_t count = 257;
+  std::vector<T> expected = rankValues<T>(0, count);
+  for (int r = 1; r < n; ++r) {
+    const std::vector<T> x = rankValues<T>(r, count);
+    for (size_t k = 0; k < count; ++k) expected[k] += x[k];
+  }
+  runRanks(n, [&](Backend& b) {
+    std::vector<T> buf = rankValues<T>(b.rank(), count);
+    b.allreduceSum(buf.data(), count, dtype)->wait();
+    EXPECT_EQ(std::memcmp(buf.data(), expected.data(), count * sizeof(T)), 0) << "rank " << b.rank();
+  });
+}
+
+TEST_P(CommSizes, AllreduceSumFixedOrderBitIdentical) {
+  checkAllreduceSum<float>(GetParam(), DType::kFloat32);
+  checkAllreduceSum<double>(GetParam(), DType::kFloat64);
+}
+
+TEST_P(CommSizes, BroadcastFromEveryRoot) {
+  const int n = GetParam();
+  runRanks(n, [n](Backend& b) {
+    for (int root = 0; root < n; ++root) {
+      std::vector<uint8_t> buf(5, static_cast<uint8_t>(b.rank() == root ? 100 + root : 0));
+      b.broadcast(buf.data(), buf.size(), root)->wait();
+      EXPECT_EQ(buf, std::vector<uint8_t>(5, static_cast<uint8_t>(100 + root)));
+    }
+  });
+}
+
+TEST_P(CommSizes, BarrierOrdersWrites) {
+  const int n = GetParam();
+  std::vector<int> seen(static_cast<size_t>(n), 0);
+  runRanks(n, [&](Backend& b) {
+    seen[static_cast<size_t>(b.rank())] = 1;
+    b.barrier()->wait();
+    EXPECT_EQ(std::accumulate(seen.begin(), seen.end(), 0), n);
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Comm, CommSizes, ::testing::Values(1, 2, 3, 4, 5));
+
+TEST(Comm, ManyConsecutiveCollectivesInFlight) {
+  // Several collectives posted before any wait: sequence numbers keep them apart.
+  runRanks(3, [](Backend& b) {
+    for (int round = 0; round < 50; ++round) {
+      const std::vector<uint8_t> a(static_cast<size_t>(b.rank() + round % 4), static_cast<uint8_t>(round));
+      double x = b.rank() + round;
+      ByteBlocks ga;
+      auto w1 = b.allgatherv(a.data(), a.size(), ga);
+      auto w2 = b.allreduceSum(&x, 1, DType::kFloat64);
+      auto w3 = b.barrier();
+      w3->wait();
+      w2->wait();
+      w1->wait();
+      EXPECT_TRUE(w1->completed());
+      EXPECT_EQ(x, 3.0 + 3 * round);
+      for (size_t j = 0; j < 3; ++j) EXPECT_EQ(ga.blockBytes(j), j + round % 4);
+    }
+  });
+}
+
+TEST(Comm, MissingRankTimesOutNamingIt) {
+  std::atomic<int> timeouts{0};
+  runRanks(3, [&](Backend& b) {
+    if (b.rank() == 2) return;  // never calls
+    try {
+      b.barrier(0.2)->wait();
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_EQ(e.culprits(), std::vector<int>{2});
+      EXPECT_EQ(e.code(), ErrorCode::kCollectiveTimeout);
+      ++timeouts;
+    }
+  });
+  EXPECT_EQ(timeouts.load(), 2);
+}
+
+TEST(Comm, LateRankSeesTheTimeoutToo) {
+  // A collective fails on every rank: the rank that arrives after the others gave up gets the
+  // same error, and the next collective is matched correctly again.
+  std::atomic<int> timeouts{0};
+  runRanks(2, [&](Backend& b) {
+    if (b.rank() == 0) {
+      EXPECT_THROW(b.barrier(0.05)->wait(), CollectiveTimeout);
+      ++timeouts;
+    } else {
+      while (timeouts.load() == 0) std::this_thread::yield();
+      EXPECT_THROW(b.barrier(5.0)->wait(), CollectiveTimeout);
+    }
+    double x = 1.0;
+    b.allreduceSum(&x, 1, DType::kFloat64)->wait();
+    EXPECT_EQ(x, 2.0);
+  });
+}
+
+TEST(Comm, WaitTimeoutAbortsTheCollective) {
+  runRanks(2, [](Backend& b) {
+    if (b.rank() == 1) return;
+    auto w = b.barrier(60.0);
+    EXPECT_FALSE(w->completed());
+    try {
+      w->wait(0.05);
+      ADD_FAILURE() << "wait returned";
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_EQ(e.culprits(), std::vector<int>{1});
+    }
+    EXPECT_TRUE(w->completed());
+    EXPECT_THROW(w->wait(), CollectiveTimeout);  // the stored error, every time
+  });
+}
+
+TEST(Comm, MismatchedCollectivesFailOnEveryRank) {
+  std::atomic<int> mismatches{0};
+  runRanks(3, [&](Backend& b) {
+    std::vector<uint8_t> buf(4);
+    try {
+      if (b.rank() == 1) {
+        b.barrier()->wait();
+      } else {
+        b.broadcast(buf.data(), buf.size(), 0)->wait();
+      }
+    } catch (const MismatchError&) {
+      ++mismatches;
+    }
+    try {
+      b.broadcast(buf.data(), b.rank() == 2 ? 3 : 4, 0)->wait();
+    } catch (const MismatchError&) {
+      ++mismatches;
+    }
+  });
+  EXPECT_EQ(mismatches.load(), 6);
+}
+
+TEST(Comm, InvalidArguments) {
+  runRanks(2, [](Backend& b) {
+    ByteBlocks recv;
+    float f = 0;
+    EXPECT_THROW(b.alltoallv(nullptr, {0}, recv), InvalidArgument);
+    EXPECT_THROW(b.broadcast(&f, 4, 2), InvalidArgument);
+    EXPECT_THROW(b.allreduceSum(&f, 1, DType::kFloat16), InvalidArgument);
+    EXPECT_THROW(b.barrier(0.0), InvalidArgument);
+    EXPECT_THROW(b.allgatherv(nullptr, 3, recv), InvalidArgument);
+    b.barrier()->wait();  // rejected calls consumed no sequence number
+  });
+  EXPECT_THROW(InProcessGroup(0), InvalidArgument);
+}
+
+TEST(Comm, ExceptionInOneRankPropagatesAndReleasesTheOthers) {
+  try {
+    runRanks(3, [](Backend& b) {
+      if (b.rank() == 1) throw std::runtime_error("boom on rank 1");
+      b.barrier()->wait();  // default timeout is minutes: only the abort ends this quickly
+    });
+    FAIL() << "runRanks returned";
+  } catch (const std::runtime_error& e) {
+    EXPECT_STREQ(e.what(), "boom on rank 1");
+  }
+}
+
+}  // namespace
+}  // namespace efcomm
