@@ -9,5 +9,6 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "efcomm/reducer.hpp"
 #include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"
