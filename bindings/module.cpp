@@ -7,6 +7,7 @@ namespace efcomm::py_bind {
 void initCommon(py::module_& m);
 void initCompress(py::module_& m);
 void initFeedback(py::module_& m);
+void initComm(py::module_& m);
 }  // namespace efcomm::py_bind
 
 PYBIND11_MODULE(_core, m) {
@@ -14,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   efcomm::py_bind::initCommon(m);
   efcomm::py_bind::initCompress(m);
   efcomm::py_bind::initFeedback(m);
+  efcomm::py_bind::initComm(m);
 }

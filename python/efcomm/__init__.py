@@ -10,6 +10,8 @@ from .errors import (BackendUnavailable, CollectiveTimeout, CorruptMessageError,
 from . import compressors
 from .compressors import Compressor, Message, compressor
 from . import feedback, sim
+from .comm import Communicator, Reducer
+from . import testing
 
 __version__ = _core.build_info()["version"]
 
@@ -19,6 +21,7 @@ def build_info() -> dict:
     return _core.build_info()
 
 
-__all__ = ["__version__", "build_info", "compressor", "compressors", "feedback", "sim", "Compressor", "Message",
+__all__ = ["__version__", "build_info", "compressor", "compressors", "feedback", "sim", "testing", "Compressor", "Message",
+           "Communicator", "Reducer",
            "Error", "InvalidArgument", "NonFiniteError", "CorruptMessageError", "MismatchError",
            "CollectiveTimeout", "BackendUnavailable"]

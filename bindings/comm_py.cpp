@@ -1,0 +1,97 @@
+// Collectives: the in-process group, backends and the Reducer. Every call that may block on other
+// ranks releases the GIL, since the ranks of `ef.testing.run_ranks` are Python threads.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "efcomm/comm.hpp"
+#include "efcomm/reducer.hpp"
+#include "state_arg.hpp"
+#include "tensor_arg.hpp"
+
+namespace py = pybind11;
+
+namespace efcomm::py_bind {
+
+namespace {
+
+py::dict statsToPython(const ReducerStats& s) {
+  py::dict d;
+  d["bytes_sent"] = s.bytesSent;
+  d["bytes_received"] = s.bytesReceived;
+  d["control_bytes"] = s.controlBytes;
+  d["compress_seconds"] = s.compressSeconds;
+  d["comm_seconds"] = s.commSeconds;
+  d["aggregate_seconds"] = s.aggregateSeconds;
+  d["calls"] = s.calls;
+  return d;
+}
+
+// Output storage for x: numpy of the same dtype for float32/float64; raw 16-bit storage otherwise,
+// so a dtype the reducer rejects still reaches it (and the other ranks learn of it, not hang).
+py::array outputLike(const TensorArg& t) {
+  std::vector<py::ssize_t> shape(t.shape.begin(), t.shape.end());
+  switch (t.dtype) {
+    case DType::kFloat64: return py::array(py::dtype::of<double>(), shape);
+    case DType::kFloat32: return py::array(py::dtype::of<float>(), shape);
+    default: return py::array(py::dtype::of<uint16_t>(), shape);
+  }
+}
+
+}  // namespace
+
+void initComm(py::module_& m) {
+  py::class_<Backend, std::shared_ptr<Backend>>(m, "_Backend")
+      .def_property_readonly("rank", &Backend::rank)
+      .def_property_readonly("size", &Backend::size)
+      .def("barrier", [](Backend& b, std::optional<double> timeout) {
+        py::gil_scoped_release nogil;
+        b.barrier(timeout)->wait();
+      }, py::arg("timeout") = py::none());
+
+  py::class_<InProcessGroup, std::shared_ptr<InProcessGroup>>(m, "_InProcessGroup")
+      .def(py::init<int, double>(), py::arg("size"), py::arg("timeout") = kDefaultCollectiveTimeout)
+      .def_property_readonly("size", &InProcessGroup::size)
+      .def("backend", &InProcessGroup::backend, py::arg("rank"))
+      .def("abort", [](InProcessGroup& g, int culprit, const std::string& reason) {
+        py::gil_scoped_release nogil;
+        g.abort(culprit, reason);
+      }, py::arg("culprit"), py::arg("reason"));
+
+  py::class_<Reducer, std::shared_ptr<Reducer>>(m, "_Reducer")
+      .def(py::init<std::shared_ptr<Backend>, std::string, std::string, std::vector<double>>(), py::arg("backend"),
+           py::arg("compressor"), py::arg("feedback"), py::arg("weights"))
+      .def_property_readonly("rank", &Reducer::rank)
+      .def_property_readonly("size", &Reducer::size)
+      .def_property_readonly("compressor", &Reducer::compressorSpec)
+      .def_property_readonly("feedback", &Reducer::feedbackSpec)
+      .def_property_readonly("algorithm", &Reducer::algorithm)
+      .def("allreduce", [](Reducer& r, py::handle x, const std::string& key) {
+        TensorArg t = tensorArg(x, false, "Reducer.allreduce");
+        py::array out = outputLike(t);
+        TensorView ov{out.mutable_data(), t.dtype, t.shape};
+        {
+          py::gil_scoped_release nogil;
+          r.allreduce(t.view(), ov, key);
+        }
+        return out;
+      }, py::arg("x"), py::arg("key"))
+      .def("stats", [](const Reducer& r) {
+        py::dict d;
+        for (const auto& kv : r.stats()) d[py::str(kv.first)] = statsToPython(kv.second);
+        return d;
+      })
+      // The reducer's state has no "spec" of its own; tag it so it has the common dict layout.
+      .def("state_dict", [](const Reducer& r) {
+        py::dict d = stateToPython(r.stateDict());
+        if (!d.contains("spec")) d["spec"] = "reducer";
+        return d;
+      })
+      .def("load_state_dict", [](Reducer& r, py::handle d) {
+        StateDict s = stateFromPython(d);
+        py::gil_scoped_release nogil;
+        r.loadStateDict(s);
+      }, py::arg("state"));
+}
+
+}  // namespace efcomm::py_bind

@@ -1,0 +1,136 @@
+"""ef.Reducer and ef.testing.run_ranks on in-process ranks: the mean, bit-identical results on
+every rank, mismatches and exceptions that fail every rank instead of hanging, state dicts."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+import efcomm as ef
+
+SIZES = [1, 2, 3, 4]
+
+
+def _grad(rank, step, shape=(37, 5), dtype=np.float32):
+    rng = np.random.default_rng(1000 * rank + step)
+    return rng.standard_normal(shape).astype(dtype)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_identity_none_is_the_mean(n, dtype):
+    def fn(comm):
+        r = ef.Reducer(comm, compressor="identity", feedback="none", algorithm="allgather")
+        return [r.allreduce(_grad(comm.rank, s, dtype=dtype), key="w") for s in range(3)]
+
+    outs = ef.testing.run_ranks(n, fn)
+    for s in range(3):
+        mean = np.mean([_grad(r, s, dtype=dtype).astype(np.float64) for r in range(n)], axis=0)
+        first = outs[0][s]
+        assert first.dtype == dtype and first.shape == mean.shape
+        np.testing.assert_allclose(first, mean, rtol=1e-6, atol=1e-7)
+        for r in range(1, n):
+            assert outs[r][s].tobytes() == first.tobytes()
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_ef21_topk_bit_identical(n):
+    def fn(comm):
+        r = ef.Reducer(comm, compressor="topk:ratio=0.1", feedback="ef21")
+        assert r.algorithm == "allgather"
+        outs = [r.allreduce(_grad(comm.rank, s), key="a") for s in range(4)]
+        outs.append(r.allreduce(_grad(comm.rank, 9, shape=(11,), dtype=np.float64), key="b"))
+        return outs, r.stats
+
+    res = ef.testing.run_ranks(n, fn)
+    for r in range(1, n):
+        for a, b in zip(res[0][0], res[r][0]):
+            assert a.tobytes() == b.tobytes()
+    for _, stats in res:
+        assert set(stats) == {"a", "b"}
+        assert stats["a"]["calls"] == 4 and stats["a"]["bytes_sent"] > 0
+        assert stats["b"]["bytes_sent"] > 0
+        if n > 1:
+            assert stats["a"]["bytes_received"] > 0
+
+
+def test_torch_in_torch_out():
+    torch = pytest.importorskip("torch")
+
+    def fn(comm):
+        r = ef.Reducer(comm, compressor="identity", feedback="none")
+        x = torch.from_numpy(_grad(comm.rank, 0)).requires_grad_(True)
+        return r.allreduce(x, key="t")
+
+    outs = ef.testing.run_ranks(2, fn)
+    assert isinstance(outs[0], torch.Tensor) and outs[0].dtype == torch.float32 and tuple(outs[0].shape) == (37, 5)
+    mean = (_grad(0, 0).astype(np.float64) + _grad(1, 0)) / 2
+    np.testing.assert_allclose(outs[0].numpy(), mean, rtol=1e-6)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_shape_mismatch_raises_on_every_rank(n):
+    def fn(comm):
+        r = ef.Reducer(comm, compressor="identity", feedback="none")
+        shape = (8,) if comm.rank == n - 1 else (7,)
+        try:
+            r.allreduce(np.ones(shape, np.float32), key="x")
+        except ef.MismatchError as e:
+            return type(e)
+        return None
+
+    assert ef.testing.run_ranks(n, fn, timeout=20.0) == [ef.MismatchError] * n
+
+
+def test_exception_in_one_rank_propagates_and_releases_the_others():
+    class Boom(Exception):
+        pass
+
+    def fn(comm):
+        if comm.rank == 1:
+            raise Boom("rank 1 failed")
+        r = ef.Reducer(comm, compressor="identity", feedback="none")
+        r.allreduce(np.ones(4, np.float32), key="x")  # rank 1 never arrives: aborted, not a hang
+
+    with pytest.raises(Boom, match="rank 1 failed"):
+        ef.testing.run_ranks(3, fn, timeout=30.0)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_state_dict_round_trip_continues_bit_identically(n):
+    spec = dict(compressor="topk:ratio=0.2", feedback="ef21")
+
+    def fn(comm):
+        a = ef.Reducer(comm, **spec)
+        for s in range(3):
+            a.allreduce(_grad(comm.rank, s), key="w")
+        state = pickle.loads(pickle.dumps(a.state_dict()))
+        b = ef.Reducer(comm, **spec)
+        b.load_state_dict(state)
+        outs_a = [a.allreduce(_grad(comm.rank, s), key="w") for s in range(3, 6)]
+        outs_b = [b.allreduce(_grad(comm.rank, s), key="w") for s in range(3, 6)]
+        return outs_a, outs_b
+
+    for outs_a, outs_b in ef.testing.run_ranks(n, fn):
+        for x, y in zip(outs_a, outs_b):
+            assert x.tobytes() == y.tobytes()
+
+
+def test_run_ranks_returns_in_rank_order():
+    assert ef.testing.run_ranks(4, lambda c: (c.rank, c.size)) == [(r, 4) for r in range(4)]
+
+
+def test_unimplemented_algorithms_and_mpi():
+    def fn(comm):
+        for alg in ("reduce_scatter", "allreduce"):
+            with pytest.raises(ef.InvalidArgument, match="not implemented"):
+                ef.Reducer(comm, algorithm=alg)
+        with pytest.raises(ef.InvalidArgument):
+            ef.Reducer(comm, algorithm="ring")
+        assert ef.Reducer(comm, algorithm="auto").algorithm == "allgather"
+
+    ef.testing.run_ranks(1, fn)
+    with pytest.raises(ef.BackendUnavailable, match="MPI"):
+        ef.Communicator.mpi()
