@@ -75,8 +75,9 @@ class Reducer {
   const std::string& algorithm() const { return algorithm_; }
 
   /// Meta "reducer.compressor", "reducer.feedback", "reducer.algorithm", "reducer.rank",
-  /// "reducer.size", "reducer.calls"; per key "key/<name>/shape" and "key/<name>/dtype", the
-  /// worker's state under "key/<name>/worker." and the aggregate's under "key/<name>/aggregate.".
+  /// "reducer.size", "reducer.calls", "reducer.keys"; per key i (in key order) "slot/<i>/key",
+  /// "slot/<i>/shape" and "slot/<i>/dtype", the
+  /// worker's state under "slot/<i>/worker." and the aggregate's under "slot/<i>/aggregate.".
   StateDict stateDict() const;
   /// Restores a stateDict() saved by the same rank of a reducer with the same specs, size and
   /// weights; the keys it holds replace all current keys. Throws `MismatchError` for state of

@@ -268,13 +268,17 @@ StateDict Reducer::stateDict() const {
   sd.meta["reducer.rank"] = std::to_string(rank());
   sd.meta["reducer.size"] = std::to_string(size());
   sd.meta["reducer.calls"] = std::to_string(calls_);
+  // Keys are arbitrary strings, so slots are numbered and each records its key.
+  size_t index = 0;
   for (const auto& [key, s] : slots_) {
-    const std::string prefix = "key/" + key + "/";
+    const std::string prefix = "slot/" + std::to_string(index++) + "/";
+    sd.meta[prefix + "key"] = key;
     sd.meta[prefix + "shape"] = joinShape(s->shape);
     sd.meta[prefix + "dtype"] = dtypeName(s->dtype);
     sd.merge(s->worker->stateDict(), prefix + "worker.");
     sd.merge(s->aggregate->stateDict(), prefix + "aggregate.");
   }
+  sd.meta["reducer.keys"] = std::to_string(slots_.size());
   return sd;
 }
 
@@ -285,22 +289,19 @@ void Reducer::loadStateDict(const StateDict& state) {
   state.expect("reducer.rank", std::to_string(rank()), "rank");
   state.expect("reducer.size", std::to_string(size()), "group size");
   const uint64_t calls = state.integer("reducer.calls");
-  const std::string kPrefix = "key/", kSuffix = "/shape";
+  const uint64_t keys = state.integer("reducer.keys");
   std::map<std::string, std::unique_ptr<Slot>> slots;
-  for (const auto& [name, value] : state.meta) {
-    if (name.size() <= kPrefix.size() + kSuffix.size() || name.compare(0, kPrefix.size(), kPrefix) != 0 ||
-        name.compare(name.size() - kSuffix.size(), kSuffix.size(), kSuffix) != 0)
-      continue;
-    const std::string key = name.substr(kPrefix.size(), name.size() - kPrefix.size() - kSuffix.size());
-    const std::string prefix = kPrefix + key + "/";
+  for (uint64_t i = 0; i < keys; ++i) {
+    const std::string prefix = "slot/" + std::to_string(i) + "/";
+    const std::string key = state.text(prefix + "key");
     auto s = std::make_unique<Slot>();
-    s->shape = parseShape(value);
+    s->shape = parseShape(state.text(prefix + "shape"));
     s->dtype = parseDType(state.text(prefix + "dtype"));
     s->worker = makeFeedback(feedbackSpec_, makeCompressor(compressorSpec_));
     s->worker->loadStateDict(state.sub(prefix + "worker."));
     s->aggregate = std::make_unique<Aggregate>(feedbackSpec_, size(), weights_, s->shape, s->dtype);
     s->aggregate->loadStateDict(state.sub(prefix + "aggregate."));
-    slots.emplace(key, std::move(s));
+    EFCOMM_CHECK(slots.emplace(key, std::move(s)).second, "reducer state dict: key '", key, "' appears twice");
   }
   slots_ = std::move(slots);
   calls_ = calls;
