@@ -3,6 +3,7 @@ rewriting a generated section of a markdown file."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -196,3 +197,18 @@ def replace_marked_section(path: str, name: str, content: str) -> None:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
     with open(path, "w") as f:
         f.write(text)
+
+
+def emit(result: dict, args, render_text: Callable[[dict], str], render_markdown: Callable[[dict], str],
+         section: str) -> None:
+    """Prints a benchmark result (--json, --markdown or the text tables) and, with --write-docs,
+    rewrites its marked section of the markdown file."""
+    if args.json:
+        print(json.dumps(result, indent=2))
+    elif args.markdown:
+        print(render_markdown(result))
+    else:
+        print(render_text(result))
+    if args.write_docs:
+        replace_marked_section(args.write_docs, section, render_markdown(result))
+        print(f"wrote the {section} section of {args.write_docs}", file=sys.stderr)

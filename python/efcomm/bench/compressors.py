@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
 
-from ._util import (Progress, Timing, busy_warning, format_table, gbps, machine_info, machine_summary,
-                    markdown_table, replace_marked_section, time_calls)
+from ._util import (Progress, Timing, busy_warning, emit, format_table, gbps, machine_info, machine_summary,
+                    markdown_table, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -441,14 +439,6 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
 
 def main(args) -> int:
     result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif args.markdown:
-        print(render_markdown(result, args.note))
-    else:
-        print(render_text(result))
-    if args.write_docs:
-        replace_marked_section(args.write_docs, DOCS_SECTION, render_markdown(result, args.note))
-        print(f"wrote the {DOCS_SECTION} section of {args.write_docs}", file=sys.stderr)
+    emit(result, args, render_text, lambda r: render_markdown(r, args.note), DOCS_SECTION)
     failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
     return 1 if args.check and failed else 0

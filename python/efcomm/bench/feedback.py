@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 
 import numpy as np
 
-from ._util import (Progress, busy_warning, format_table, gbps, machine_info, machine_summary,
-                    markdown_table, replace_marked_section, time_calls)
+from ._util import (Progress, busy_warning, emit, format_table, gbps, machine_info, machine_summary,
+                    markdown_table, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 METHODS = ("none", "ef14", "ef21", "ef21sgdm", "econtrol")
@@ -107,23 +106,18 @@ def render_markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def render_text(result: dict) -> str:
+    headers, rows = _table(result)
+    lines = [f"efcomm feedback benchmark: {result['config']['size']:,} float32, {result['config']['compressor']}",
+             f"machine: {machine_summary(result['machine'])}"]
+    warning = busy_warning(result["machine"])
+    if warning:
+        lines.append(f"WARNING: {warning}")
+    lines += ["", format_table(headers, rows, "lrrrr"), "", _target_line(result)]
+    return "\n".join(lines)
+
+
 def main(args) -> int:
     result = run(args)
-    if args.json:
-        print(json.dumps(result, indent=2))
-    elif args.markdown:
-        print(render_markdown(result))
-    else:
-        headers, rows = _table(result)
-        print(f"efcomm feedback benchmark: {result['config']['size']:,} float32, {result['config']['compressor']}")
-        print(f"machine: {machine_summary(result['machine'])}")
-        warning = busy_warning(result["machine"])
-        if warning:
-            print(f"WARNING: {warning}")
-        print()
-        print(format_table(headers, rows, "lrrrr"))
-        print()
-        print(_target_line(result))
-    if args.write_docs:
-        replace_marked_section(args.write_docs, DOCS_SECTION, render_markdown(result))
+    emit(result, args, render_text, render_markdown, DOCS_SECTION)
     return 1 if args.check and result["target"]["status"] != "PASS" else 0
