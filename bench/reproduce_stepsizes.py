@@ -220,7 +220,6 @@ def section_2(res: dict, date: str) -> str:
     small_xi = [r for r in res["rows"] if r["compressor"] != "topk:k=1" and r["xi"] > 0]
     exact = [r for r in res["rows"] if r["xi"] == 0]
     bits_dev = max(abs(r["gain_bits"] / r["gain_rounds"] - 1) for r in res["rows"] if r["gain_rounds"])
-    c = res["headline"]["constants"]
     w = res["headline"]["runs"][2]
     small = ", ".join(r["compressor"] for r in small_xi)
     small_xis = ", ".join(f"{r['xi']:.2g}" for r in small_xi)

@@ -5,6 +5,7 @@ crash in a decoder is reported as a test failure with its reproducer instead of 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -41,6 +42,11 @@ CLASS_OF = {
 }
 WIRE_ID = {"identity": 1, "cast": 2, "topk": 3, "randk": 4, "sign": 5, "qsgd": 6, "natural": 7,
            "quant": 8, "powersgd": 9}
+
+
+def has_module(name: str) -> bool:
+    """Whether an optional dependency (scikit-learn, matplotlib) is importable."""
+    return importlib.util.find_spec(name) is not None
 
 
 def parse_spec(spec: str) -> tuple[str, dict]:

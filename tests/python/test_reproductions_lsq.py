@@ -11,18 +11,6 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def _has_sim() -> bool:
-    try:
-        import efcomm.feedback  # noqa: F401
-        from efcomm import sim  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _has_sim(), reason="efcomm.feedback / efcomm.sim not available")
-
-
 @pytest.fixture(scope="module")
 def repro():
     spec = importlib.util.spec_from_file_location("reproduce_lsq", ROOT / "bench" / "reproduce_lsq.py")

@@ -9,19 +9,9 @@ import pytest
 
 import efcomm as ef
 from efcomm import sim
+from helpers import has_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
-
-
-pytestmark = pytest.mark.skipif(not _has("efcomm.feedback"), reason="efcomm.feedback not built")
 
 
 def _script():
@@ -47,7 +37,7 @@ def test_reproduction_2_am_stepsize_gain():
     assert not exact["within_20"]
 
 
-@pytest.mark.skipif(not _has("sklearn"), reason="needs scikit-learn's embedded data set")
+@pytest.mark.skipif(not has_module("sklearn"), reason="needs scikit-learn's embedded data set")
 def test_reproduction_3_ef21_tolerates_8x_theory_ef14_stalls():
     res = _script().reproduction_3(quick=True)
     e21, e14 = res["runs"]["ef21", 8], res["runs"]["ef14", 8]

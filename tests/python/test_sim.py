@@ -11,31 +11,13 @@ import pytest
 import efcomm as ef
 from efcomm import sim
 from efcomm.cli import main as cli_main
-
-
-def _has_feedback() -> bool:
-    try:
-        import efcomm.feedback  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-needs_feedback = pytest.mark.skipif(not _has_feedback(), reason="efcomm.feedback not built")
-
-
-def _has(module: str) -> bool:
-    try:
-        __import__(module)
-    except ImportError:
-        return False
-    return True
+from helpers import has_module
 
 
 def _problems():
     probs = [sim.Counterexample(), sim.LeastSquares(n=3, d=4, m=6, zeta=2.0, l_ratio=5.0, seed=1),
              sim.synthetic_logreg(n=3, d=4, m=7, l_ratio=10.0, lam=0.3, seed=2)]
-    if _has("sklearn"):
+    if has_module("sklearn"):
         probs.append(sim.breast_cancer(n=4, lam=0.1))
     return probs
 
@@ -147,7 +129,7 @@ def test_parse_spec():
 
 def test_make_problem_names():
     for name in sim.PROBLEMS:
-        if name == "logreg" and not _has("sklearn"):
+        if name == "logreg" and not has_module("sklearn"):
             continue
         p = sim.make_problem(name, clients=4)
         assert p.n == (3 if name == "counterexample" else 4)
@@ -157,7 +139,6 @@ def test_make_problem_names():
 
 # ---- runs (need ef.feedback) -------------------------------------------------------------------
 
-@needs_feedback
 def test_run_records_history_and_bits(tmp_path):
     p = sim.LeastSquares(n=4, d=6, m=10, seed=0)
     r = sim.run(p, "ef21", "topk:k=2", rounds=30, csv_path=tmp_path / "run.csv")
@@ -173,7 +154,6 @@ def test_run_records_history_and_bits(tmp_path):
     assert float(rows[-1]["bits"]) == r.history["bits"][-1]
 
 
-@needs_feedback
 def test_plots_written(tmp_path):
     pytest.importorskip("matplotlib")
     p = sim.Counterexample()
@@ -182,7 +162,6 @@ def test_plots_written(tmp_path):
     assert paths and all(open(q, "rb").read(8) == b"\x89PNG\r\n\x1a\n" for q in paths)
 
 
-@needs_feedback
 def test_reproduction_1_counterexample():
     """Issue 3, reproduction 1: on the 3-client counterexample with Top1, compressed gradient
     descent without feedback diverges, while EF14 and EF21 converge to x* = 0."""
@@ -208,7 +187,6 @@ def test_cli_help(capsys):
     assert "--feedback" in capsys.readouterr().out
 
 
-@needs_feedback
 def test_cli_json(tmp_path, capsys):
     rc = cli_main(["sim", "--problem", "counterexample", "--feedback", "none", "ef21",
                    "--compressor", "topk:k=1", "--rounds", "50", "--stepsize", "0.05",
@@ -219,11 +197,10 @@ def test_cli_json(tmp_path, capsys):
     assert out["constants"]["L_QM"] == pytest.approx(35.0)
     assert (tmp_path / "summary.json").exists()
     assert len(list(tmp_path.glob("*.csv"))) == 2
-    if _has("matplotlib"):
+    if has_module("matplotlib"):
         assert list(tmp_path.glob("*.png"))
 
 
-@needs_feedback
 def test_cli_table(capsys):
     rc = cli_main(["sim", "--problem", "lsq", "--clients", "3", "--dim", "5", "--samples", "8",
                    "--feedback", "ef21", "--compressor", "topk:k=2", "--rounds", "20"])
