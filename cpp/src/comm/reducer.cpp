@@ -13,6 +13,7 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "feedback/common.hpp"
 
 namespace efcomm {
 
@@ -118,26 +119,6 @@ std::vector<uint8_t> encodeHeader(uint64_t keyHash, uint64_t call, uint64_t spec
   std::vector<uint8_t> bytes(kHeaderBytes);
   for (size_t f = 0; f < kFieldCount; ++f) storeAs<uint64_t>(bytes.data() + f * sizeof(uint64_t), h[f]);
   return bytes;
-}
-
-std::string joinShape(const std::vector<int64_t>& shape) {
-  std::string s;
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? "," : "") + std::to_string(shape[i]);
-  return s;
-}
-
-std::vector<int64_t> parseShape(const std::string& s) {
-  std::vector<int64_t> shape;
-  size_t pos = 0;
-  while (pos < s.size()) {
-    const size_t end = std::min(s.find(',', pos), s.size());
-    const std::string part = s.substr(pos, end - pos);
-    EFCOMM_CHECK(!part.empty() && part.find_first_not_of("0123456789") == std::string::npos,
-                 "Reducer.loadStateDict: malformed shape '", s, "'");
-    shape.push_back(std::stoll(part));
-    pos = end + 1;
-  }
-  return shape;
 }
 
 }  // namespace
@@ -273,7 +254,7 @@ StateDict Reducer::stateDict() const {
   for (const auto& [key, s] : slots_) {
     const std::string prefix = "slot/" + std::to_string(index++) + "/";
     sd.meta[prefix + "key"] = key;
-    sd.meta[prefix + "shape"] = joinShape(s->shape);
+    sd.meta[prefix + "shape"] = feedback::shapeText(s->shape);
     sd.meta[prefix + "dtype"] = dtypeName(s->dtype);
     sd.merge(s->worker->stateDict(), prefix + "worker.");
     sd.merge(s->aggregate->stateDict(), prefix + "aggregate.");
@@ -295,7 +276,7 @@ void Reducer::loadStateDict(const StateDict& state) {
     const std::string prefix = "slot/" + std::to_string(i) + "/";
     const std::string key = state.text(prefix + "key");
     auto s = std::make_unique<Slot>();
-    s->shape = parseShape(state.text(prefix + "shape"));
+    s->shape = feedback::parseShape(state.text(prefix + "shape"));
     s->dtype = parseDType(state.text(prefix + "dtype"));
     s->worker = makeFeedback(feedbackSpec_, makeCompressor(compressorSpec_));
     s->worker->loadStateDict(state.sub(prefix + "worker."));
