@@ -44,9 +44,6 @@ inline uint32_t uniformBits(RunKey k, uint32_t i) {
 /// (32-bit multiplies) inside compression kernels.
 inline uint32_t uniformBits(uint64_t key, uint64_t i) { return uniformBits(runKey(key, i), static_cast<uint32_t>(i)); }
 
-/// Uniform float in [0, 1) from 24 random bits.
-inline float uniform01(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }
-
 /// Sequential generator for algorithms that need a stream (index sampling, PowerSGD init).
 class SplitMix64 {
  public:

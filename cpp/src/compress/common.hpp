@@ -39,7 +39,4 @@ int64_t keepCount(int64_t d, double ratio, int64_t k);
 /// "ratio=0.01" or "k=100" for spec strings.
 std::string keepSpec(double ratio, int64_t k);
 
-/// Checks message parameters against the element count; throws CorruptMessageError.
-inline void checkCount(bool ok, const char* what) { EFCOMM_CHECK_MSG(ok, what); }
-
 }  // namespace efcomm
