@@ -17,6 +17,7 @@ namespace {
 
 py::dict statsToPython(const ReducerStats& s) {
   py::dict d;
+  d["algorithm"] = s.algorithm;
   d["bytes_sent"] = s.bytesSent;
   d["bytes_received"] = s.bytesReceived;
   d["control_bytes"] = s.controlBytes;
@@ -58,14 +59,48 @@ void initComm(py::module_& m) {
         g.abort(culprit, reason);
       }, py::arg("culprit"), py::arg("reason"));
 
+  // The Work of an async call keeps its input and output arrays alive until it is waited on.
+  struct PyWork {
+    std::shared_ptr<Work> work;
+    py::object inputs, out;  // (x, its buffer) and the output array
+  };
+  py::class_<PyWork>(m, "_Work")
+      .def("wait", [](PyWork& w, std::optional<double> timeout) {
+        {
+          py::gil_scoped_release nogil;
+          w.work->wait(timeout);
+        }
+        return w.out;
+      }, py::arg("timeout") = py::none())
+      .def("completed", [](const PyWork& w) { return w.work->completed(); });
+
   py::class_<Reducer, std::shared_ptr<Reducer>>(m, "_Reducer")
-      .def(py::init<std::shared_ptr<Backend>, std::string, std::string, std::vector<double>>(), py::arg("backend"),
-           py::arg("compressor"), py::arg("feedback"), py::arg("weights"))
+      .def(py::init([](std::shared_ptr<Backend> backend, std::string compressor, std::string feedback,
+                       std::string algorithm, std::vector<double> weights, size_t bucketBytes) {
+             ReducerOptions o;
+             o.algorithm = std::move(algorithm);
+             o.weights = std::move(weights);
+             o.bucketBytes = bucketBytes;
+             return std::make_shared<Reducer>(std::move(backend), std::move(compressor), std::move(feedback),
+                                              std::move(o));
+           }),
+           py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
+           py::arg("bucket_bytes"))
       .def_property_readonly("rank", &Reducer::rank)
       .def_property_readonly("size", &Reducer::size)
       .def_property_readonly("compressor", &Reducer::compressorSpec)
       .def_property_readonly("feedback", &Reducer::feedbackSpec)
       .def_property_readonly("algorithm", &Reducer::algorithm)
+      .def_property_readonly("link", [](const Reducer& r) -> py::object {
+        py::gil_scoped_release nogil;
+        const std::optional<LinkModel> l = r.link();
+        py::gil_scoped_acquire gil;
+        if (!l) return py::none();
+        py::dict d;
+        d["alpha_seconds"] = l->alphaSeconds;
+        d["beta_seconds_per_byte"] = l->betaSecondsPerByte;
+        return d;
+      })
       .def("allreduce", [](Reducer& r, py::handle x, const std::string& key) {
         TensorArg t = tensorArg(x, false, "Reducer.allreduce");
         py::array out = outputLike(t);
@@ -76,6 +111,35 @@ void initComm(py::module_& m) {
         }
         return out;
       }, py::arg("x"), py::arg("key"))
+      .def("allreduce_async", [](Reducer& r, py::handle x, const std::string& key) {
+        TensorArg t = tensorArg(x, false, "Reducer.allreduce_async");
+        py::array out = outputLike(t);
+        TensorView ov{out.mutable_data(), t.dtype, t.shape};
+        std::shared_ptr<Work> w;
+        {
+          py::gil_scoped_release nogil;
+          w = r.allreduceAsync(t.view(), ov, key);
+        }
+        return PyWork{std::move(w), py::make_tuple(x, t.owner), out};
+      }, py::arg("x"), py::arg("key"))
+      .def("allreduce_coalesced", [](Reducer& r, const py::list& xs, const std::string& key) {
+        std::vector<TensorArg> args;
+        std::vector<ConstTensorView> views;
+        std::vector<TensorView> outViews;
+        py::list outs;
+        for (py::handle x : xs) args.push_back(tensorArg(x, false, "Reducer.allreduce_coalesced"));
+        for (const TensorArg& t : args) {
+          py::array out = outputLike(t);
+          outViews.push_back(TensorView{out.mutable_data(), t.dtype, t.shape});
+          views.push_back(t.view());
+          outs.append(out);
+        }
+        {
+          py::gil_scoped_release nogil;
+          r.allreduceCoalesced(views, outViews, key);
+        }
+        return outs;
+      }, py::arg("xs"), py::arg("key"))
       .def("stats", [](const Reducer& r) {
         py::dict d;
         for (const auto& kv : r.stats()) d[py::str(kv.first)] = statsToPython(kv.second);

@@ -10,7 +10,7 @@ from .errors import (BackendUnavailable, CollectiveTimeout, CorruptMessageError,
 from . import compressors
 from .compressors import Compressor, Message, compressor
 from . import feedback, sim
-from .comm import Communicator, Reducer
+from .comm import Communicator, Reducer, Work
 from . import testing
 
 __version__ = _core.build_info()["version"]
@@ -22,6 +22,6 @@ def build_info() -> dict:
 
 
 __all__ = ["__version__", "build_info", "compressor", "compressors", "feedback", "sim", "testing", "Compressor", "Message",
-           "Communicator", "Reducer",
+           "Communicator", "Reducer", "Work",
            "Error", "InvalidArgument", "NonFiniteError", "CorruptMessageError", "MismatchError",
            "CollectiveTimeout", "BackendUnavailable"]

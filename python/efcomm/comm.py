@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 from . import _core
 from .errors import BackendUnavailable, InvalidArgument
 
-__all__ = ["Communicator", "Reducer"]
+__all__ = ["Communicator", "Reducer", "Work"]
 
 _ALGORITHMS = ("allgather", "reduce_scatter", "allreduce", "auto")
 
@@ -47,6 +47,40 @@ class Communicator:
         return f"Communicator(rank={self.rank}, size={self.size})"
 
 
+def _is_torch(x) -> bool:
+    return type(x).__module__.startswith("torch")
+
+
+def _like(out, x):
+    """The native result as x's kind of array: numpy stays numpy, torch gets a torch tensor."""
+    if _is_torch(x):
+        import torch
+        return torch.from_numpy(out).to(device=x.device)
+    return out
+
+
+def _host(x):
+    return x.detach() if _is_torch(x) and x.requires_grad else x
+
+
+class Work:
+    """An asynchronous :meth:`Reducer.allreduce_async` call (PyTorch's ``Work``).
+
+    ``wait(timeout=None)`` blocks until the call has completed and returns its result, or raises
+    its error; with a timeout that runs out first it raises CollectiveTimeout and the call goes on.
+    """
+
+    def __init__(self, native, x):
+        self._native = native
+        self._x = x
+
+    def wait(self, timeout: Optional[float] = None):
+        return _like(self._native.wait(timeout), self._x)
+
+    def is_completed(self) -> bool:
+        return self._native.completed()
+
+
 class Reducer:
     """Compressed allreduce with per-key error-feedback state; one object per rank.
 
@@ -55,24 +89,29 @@ class Reducer:
     keys, shapes and dtypes in the same order; a disagreement raises MismatchError on every rank.
     ``weights`` (one per rank) default to 1/size each: with ``identity`` and ``none`` the result
     is the mean.
+
+    ``algorithm``: ``allgather``, ``reduce_scatter``, ``allreduce`` (identity and RandK, whose
+    payloads add) or ``auto`` (per key at its first call, the cheapest under an alpha-beta model
+    of the links measured by that call; the choice is in ``stats[key]["algorithm"]``).
+    ``bucket_bytes``: the largest fused bucket of :meth:`allreduce_coalesced`.
     """
 
     def __init__(self, comm: Communicator, compressor: str = "topk:ratio=0.01", feedback: str = "ef21",
-                 algorithm: str = "auto", weights: Optional[Sequence[float]] = None):
+                 algorithm: str = "auto", weights: Optional[Sequence[float]] = None,
+                 bucket_bytes: int = 25 << 20):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"Reducer: comm must be an efcomm.Communicator, got {type(comm).__name__}")
         if algorithm not in _ALGORITHMS:
             raise InvalidArgument(f"Reducer: unknown algorithm {algorithm!r}; expected one of {_ALGORITHMS}")
-        # Only allgather exists in the native core so far; auto has nothing else to choose.
-        if algorithm not in ("allgather", "auto"):
-            raise InvalidArgument(f"Reducer: algorithm {algorithm!r} is not implemented yet (use 'allgather')")
         compressor = getattr(compressor, "spec", compressor)
         feedback = getattr(feedback, "spec", feedback)
         if not isinstance(compressor, str) or not isinstance(feedback, str):
             raise InvalidArgument("Reducer: compressor and feedback must be spec strings")
+        if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
+            raise InvalidArgument(f"Reducer: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self._comm = comm
-        self._impl = _core._Reducer(comm._backend, compressor, feedback,
-                                    [] if weights is None else [float(w) for w in weights])
+        self._impl = _core._Reducer(comm._backend, compressor, feedback, algorithm,
+                                    [] if weights is None else [float(w) for w in weights], bucket_bytes)
 
     @property
     def comm(self) -> Communicator:
@@ -90,23 +129,39 @@ class Reducer:
     def algorithm(self) -> str:
         return self._impl.algorithm
 
+    @property
+    def link(self) -> Optional[dict]:
+        """The link model of ``auto`` (alpha_seconds, beta_seconds_per_byte), once measured."""
+        return self._impl.link
+
+    @staticmethod
+    def _check_key(key, what):
+        if not isinstance(key, str):
+            raise InvalidArgument(f"Reducer.{what}: key must be a string, got {type(key).__name__}")
+
     def allreduce(self, x, *, key: str):
         """The aggregated estimate of every rank's x, bit-identical on every rank."""
-        if not isinstance(key, str):
-            raise InvalidArgument(f"Reducer.allreduce: key must be a string, got {type(key).__name__}")
-        is_torch = type(x).__module__.startswith("torch")
-        if is_torch and x.requires_grad:
-            x = x.detach()
-        out = self._impl.allreduce(x, key)
-        if is_torch:
-            import torch
-            return torch.from_numpy(out).to(device=x.device)
-        return out
+        self._check_key(key, "allreduce")
+        return _like(self._impl.allreduce(_host(x), key), x)
+
+    def allreduce_async(self, x, *, key: str) -> Work:
+        """Starts :meth:`allreduce` on the reducer's worker thread; calls run in the order made.
+        x must not be modified until the Work has completed."""
+        self._check_key(key, "allreduce_async")
+        return Work(self._impl.allreduce_async(_host(x), key), x)
+
+    def allreduce_coalesced(self, xs, *, key: str) -> list:
+        """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
+        key ``f"{key}#{j}"``); returns the results in order. The same list on every rank."""
+        self._check_key(key, "allreduce_coalesced")
+        xs = list(xs)
+        outs = self._impl.allreduce_coalesced([_host(x) for x in xs], key)
+        return [_like(o, x) for o, x in zip(outs, xs)]
 
     @property
     def stats(self) -> dict:
-        """Per key: bytes_sent, bytes_received, control_bytes, compress_seconds, comm_seconds,
-        aggregate_seconds, calls."""
+        """Per key: algorithm, bytes_sent, bytes_received, control_bytes, compress_seconds,
+        comm_seconds, aggregate_seconds, calls."""
         return self._impl.stats()
 
     def state_dict(self) -> dict:

@@ -1,9 +1,12 @@
-// Reducer (allgather algorithm) on the in-process backend: the mean with identity/none, the EF21
-// aggregate against standalone workers, bit-identical results across ranks, interleaved keys,
-// mismatch detection on every rank, state dict round trip and stats.
+// Reducer on the in-process backend, for every algorithm: the mean with identity/none, the EF21
+// aggregate against standalone workers (allgather), convergence to the mean with fixed inputs,
+// agreement between algorithms, bit-identical results across ranks, interleaved keys, mismatch
+// detection on every rank, state dict round trip, stats, async calls, buckets and auto.
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cmath>
+#include <tuple>
 #include <cstring>
 #include <vector>
 
@@ -27,12 +30,15 @@ std::vector<float> input(int rank, int step, size_t d = kDim) {
 // out[rank][step]: the reducer's result on every rank for `steps` calls of one key.
 using Results = std::vector<std::vector<std::vector<float>>>;
 
-Results reduce(int n, const std::string& comp, const std::string& fb, int steps) {
+std::shared_ptr<Backend> borrow(Backend& b) { return std::shared_ptr<Backend>(&b, [](Backend*) {}); }
+
+Results reduce(int n, const std::string& comp, const std::string& fb, int steps, const std::string& alg = "allgather",
+               bool fixedInput = false) {
   Results res(static_cast<size_t>(n));
   runRanks(n, [&](Backend& b) {
-    Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), comp, fb);
+    Reducer red(borrow(b), comp, fb, ReducerOptions{alg});
     for (int t = 0; t < steps; ++t) {
-      const auto x = input(b.rank(), t);
+      const auto x = input(b.rank(), fixedInput ? 0 : t);
       std::vector<float> out(kDim);
       red.allreduce(view(x), mutableView(out), "w");
       res[static_cast<size_t>(b.rank())].push_back(out);
@@ -47,11 +53,13 @@ void expectIdenticalAcrossRanks(const Results& res) {
       EXPECT_EQ(std::memcmp(res[r][t].data(), res[0][t].data(), kDim * sizeof(float)), 0) << "rank " << r << " step " << t;
 }
 
-class ReducerSizes : public ::testing::TestWithParam<int> {};
+const char* const kAlgorithms[] = {"allgather", "reduce_scatter", "allreduce"};
 
-TEST_P(ReducerSizes, IdentityNoneIsTheMean) {
-  const int n = GetParam();
-  const Results res = reduce(n, "identity", "none", 3);
+class ReducerAlgorithms : public ::testing::TestWithParam<std::tuple<int, const char*>> {};
+
+TEST_P(ReducerAlgorithms, IdentityNoneIsTheMean) {
+  const auto [n, alg] = GetParam();
+  const Results res = reduce(n, "identity", "none", 3, alg);
   expectIdenticalAcrossRanks(res);
   for (int t = 0; t < 3; ++t) {
     for (size_t j = 0; j < kDim; ++j) {
@@ -62,6 +70,217 @@ TEST_P(ReducerSizes, IdentityNoneIsTheMean) {
     }
   }
 }
+
+// With the same input every step, EF21 (and the owner's EF21-BC for reduce_scatter) converges to
+// the mean of the inputs.
+TEST_P(ReducerAlgorithms, Ef21ConvergesToTheMeanOfFixedInputs) {
+  const auto [n, alg] = GetParam();
+  const std::string comp = std::string(alg) == "allreduce" ? "randk:ratio=0.25,seed=5,scaled=false" : "topk:ratio=0.25";
+  const Results res = reduce(n, comp, "ef21:init=compressed", 80, alg, true);
+  expectIdenticalAcrossRanks(res);
+  double err = 0, norm = 0;
+  for (size_t j = 0; j < kDim; ++j) {
+    double mean = 0;
+    for (int r = 0; r < n; ++r) mean += input(r, 0)[j];
+    mean /= n;
+    err += (res[0].back()[j] - mean) * (res[0].back()[j] - mean);
+    norm += mean * mean;
+  }
+  EXPECT_LT(err, 1e-6 * norm) << alg << " n=" << n;
+}
+
+TEST_P(ReducerAlgorithms, StatsConserveBytes) {
+  const auto [n, alg] = GetParam();
+  std::vector<ReducerStats> stats(static_cast<size_t>(n));
+  runRanks(n, [&](Backend& b) {
+    Reducer red(borrow(b), std::string(alg) == "allreduce" ? "randk:ratio=0.05" : "topk:ratio=0.05", "ef21",
+                ReducerOptions{alg});
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> out(kDim);
+      red.allreduce(view(input(b.rank(), t)), mutableView(out), "w");
+    }
+    stats[static_cast<size_t>(b.rank())] = red.stats().at("w");
+  });
+  uint64_t sent = 0, received = 0;
+  for (const ReducerStats& st : stats) {
+    EXPECT_EQ(st.algorithm, alg);
+    EXPECT_EQ(st.calls, 3u);
+    sent += st.bytesSent;
+    received += st.bytesReceived;
+  }
+  EXPECT_EQ(sent, received);
+  if (n > 1) EXPECT_GT(sent, 0u);
+}
+
+TEST_P(ReducerAlgorithms, StateDictContinuesBitIdentically) {
+  const auto [n, alg] = GetParam();
+  const std::string comp = std::string(alg) == "allreduce" ? "randk:ratio=0.1,seed=9" : "topk:ratio=0.05";
+  std::vector<StateDict> saved(static_cast<size_t>(n));
+  Results first(static_cast<size_t>(n)), second(static_cast<size_t>(n));
+  auto run = [&](Reducer& red, int rank, int t0, int t1, Results& res) {
+    for (int t = t0; t < t1; ++t) {
+      const auto x = input(rank, t);
+      std::vector<float> out(kDim);
+      red.allreduce(view(x), mutableView(out), "layer/0/shape");  // a key that looks like a state path
+      res[static_cast<size_t>(rank)].push_back(out);
+    }
+  };
+  runRanks(n, [&](Backend& b) {
+    Reducer red(borrow(b), comp, "ef21", ReducerOptions{alg});
+    Results scratch(static_cast<size_t>(n));
+    run(red, b.rank(), 0, 3, scratch);
+    saved[static_cast<size_t>(b.rank())] = red.stateDict();
+    run(red, b.rank(), 3, 6, first);
+  });
+  runRanks(n, [&](Backend& b) {
+    Reducer red(borrow(b), comp, "ef21", ReducerOptions{alg});
+    red.loadStateDict(saved[static_cast<size_t>(b.rank())]);
+    run(red, b.rank(), 3, 6, second);
+  });
+  for (int r = 0; r < n; ++r)
+    for (size_t t = 0; t < 3; ++t)
+      EXPECT_EQ(std::memcmp(first[static_cast<size_t>(r)][t].data(), second[static_cast<size_t>(r)][t].data(),
+                            kDim * sizeof(float)), 0) << alg;
+}
+
+TEST_P(ReducerAlgorithms, NonFiniteRankSkipsTheRoundAndEveryRankRaises) {
+  const auto [n, alg] = GetParam();
+  if (n < 2) GTEST_SKIP();
+  const std::string comp = std::string(alg) == "allreduce" ? "randk:ratio=0.5,seed=1" : "topk:ratio=0.5";
+  std::atomic<int> nonFinite{0};
+  Results after(static_cast<size_t>(n));
+  runRanks(
+      n,
+      [&](Backend& b) {
+        Reducer red(borrow(b), comp, "ef21:init=compressed", ReducerOptions{alg});
+        std::vector<float> x(kDim, b.rank() == 1 ? std::nanf("") : 1.0f), out(kDim);
+        try {
+          red.allreduce(view(x), mutableView(out), "w");
+        } catch (const NonFiniteError& e) {
+          if (b.rank() != 1) EXPECT_NE(std::string(e.what()).find("rank 1"), std::string::npos) << e.what();
+          ++nonFinite;
+        }
+        // The ranks stay in step and their estimates consistent: the next round works everywhere.
+        const auto y = input(b.rank(), 1);
+        red.allreduce(view(y), mutableView(out), "w");
+        after[static_cast<size_t>(b.rank())].push_back(out);
+      },
+      20.0);
+  EXPECT_EQ(nonFinite.load(), n);
+  expectIdenticalAcrossRanks(after);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ranks, ReducerAlgorithms,
+                         ::testing::Combine(::testing::Values(1, 2, 3, 4), ::testing::ValuesIn(kAlgorithms)));
+
+TEST(Reducer, AlgorithmsAgreeOnAdditivePayloads) {
+  // RandK with a shared seed: allgather folds n messages, allreduce sums their payloads first.
+  for (int n : {2, 3}) {
+    const Results a = reduce(n, "randk:ratio=0.2,seed=4", "ef21", 4, "allgather");
+    const Results b = reduce(n, "randk:ratio=0.2,seed=4", "ef21", 4, "allreduce");
+    for (size_t t = 0; t < 4; ++t)
+      for (size_t j = 0; j < kDim; ++j) EXPECT_NEAR(a[0][t][j], b[0][t][j], 1e-5 * (1 + std::abs(a[0][t][j])));
+  }
+}
+
+TEST(Reducer, ReduceScatterBytesDoNotGrowWithRanks) {
+  // Per-rank bytes: allgather sends (n-1) m(d); reduce_scatter 2 (n-1)/n m(d) < 2 m(d).
+  constexpr size_t kBig = 1 << 18;
+  auto perRank = [&](int n, const char* alg) {
+    std::vector<uint64_t> sent(static_cast<size_t>(n));
+    runRanks(n, [&](Backend& b) {
+      Reducer red(borrow(b), "topk:ratio=0.01", "ef21:init=compressed", ReducerOptions{alg});
+      std::vector<float> out(kBig);
+      red.allreduce(view(input(b.rank(), 0, kBig)), mutableView(out), "w");
+      sent[static_cast<size_t>(b.rank())] = red.stats().at("w").bytesSent;
+    });
+    return static_cast<double>(sent[0]);
+  };
+  // m(d): rank 0's message of the whole vector.
+  const double m = static_cast<double>(
+      makeFeedback("ef21:init=compressed", makeCompressor("topk:ratio=0.01"))->step(view(input(0, 0, kBig))).size());
+  for (int n : {2, 4, 8}) {
+    EXPECT_NEAR(perRank(n, "allgather") / m, n - 1, 0.05 * (n - 1)) << n;
+    EXPECT_NEAR(perRank(n, "reduce_scatter") / m, 2.0 * (n - 1) / n, 0.1) << n;
+  }
+}
+
+TEST(Reducer, AsyncCallsRunInOrderAndMatchBlockingOnes) {
+  const Results blocking = reduce(3, "topk:ratio=0.05", "ef21", 4);
+  runRanks(3, [&](Backend& b) {
+    Reducer red(borrow(b), "topk:ratio=0.05", "ef21", ReducerOptions{"allgather"});
+    std::vector<std::vector<float>> xs, outs(4, std::vector<float>(kDim));
+    std::vector<std::shared_ptr<Work>> works;
+    for (int t = 0; t < 4; ++t) xs.push_back(input(b.rank(), t));
+    for (int t = 0; t < 4; ++t) works.push_back(red.allreduceAsync(view(xs[t]), mutableView(outs[t]), "w"));
+    for (auto& w : works) w->wait(30.0);
+    for (size_t t = 0; t < 4; ++t) EXPECT_EQ(std::memcmp(outs[t].data(), blocking[0][t].data(), kDim * sizeof(float)), 0);
+    // A blocking call after async ones runs after them, on the reducer's thread.
+    std::vector<float> out(kDim);
+    red.allreduce(view(xs[0]), mutableView(out), "v");
+    EXPECT_EQ(red.stats().at("w").calls, 4u);
+  });
+}
+
+TEST(Reducer, CoalescedBucketsMatchOneFusedCall) {
+  runRanks(2, [&](Backend& b) {
+    ReducerOptions o{"allgather"};
+    o.bucketBytes = 100 * sizeof(float);
+    Reducer red(borrow(b), "identity", "none", o);
+    std::vector<std::vector<float>> xs = {input(b.rank(), 0, 30), input(b.rank(), 1, 60), input(b.rank(), 2, 150),
+                                          input(b.rank(), 3, 5)};
+    std::vector<std::vector<float>> outs;
+    std::vector<ConstTensorView> in;
+    std::vector<TensorView> out;
+    for (auto& x : xs) outs.emplace_back(x.size());
+    for (size_t i = 0; i < xs.size(); ++i) {
+      in.push_back(view(xs[i]));
+      out.push_back(mutableView(outs[i]));
+    }
+    red.allreduceCoalesced(in, out, "grads");
+    // Buckets: [30 + 60], [150], [5].
+    const auto st = red.stats();
+    EXPECT_EQ(st.size(), 3u);
+    EXPECT_TRUE(st.count("grads#0") && st.count("grads#1") && st.count("grads#2"));
+    for (size_t i = 0; i < xs.size(); ++i) {
+      for (size_t j = 0; j < xs[i].size(); ++j) {
+        double mean = 0;
+        for (int r = 0; r < 2; ++r) mean += input(r, static_cast<int>(i), xs[i].size())[j];
+        EXPECT_NEAR(outs[i][j], mean / 2, 1e-6);
+      }
+    }
+  });
+}
+
+TEST(Reducer, AutoChoosesByTheLinkModelAndAgreesAcrossRanks) {
+  // Latency-bound links favour allgather's single round; bandwidth-bound ones reduce_scatter.
+  for (const auto& [link, expected] : {std::pair{LinkModel{1e-3, 1e-12}, "allgather"},
+                                       std::pair{LinkModel{1e-7, 1e-8}, "reduce_scatter"}}) {
+    runRanks(4, [&](Backend& b) {
+      ReducerOptions o;
+      o.link = link;
+      Reducer red(borrow(b), "topk:ratio=0.01", "ef21", o);
+      std::vector<float> out(1 << 14);
+      red.allreduce(view(input(b.rank(), 0, 1 << 14)), mutableView(out), "w");
+      EXPECT_EQ(red.stats().at("w").algorithm, expected);
+    });
+  }
+  // Measured: the same model on every rank.
+  std::vector<LinkModel> seen(3);
+  runRanks(3, [&](Backend& b) {
+    Reducer red(borrow(b), "identity", "none");
+    std::vector<float> out(64);
+    red.allreduce(view(input(b.rank(), 0, 64)), mutableView(out), "w");
+    seen[static_cast<size_t>(b.rank())] = *red.link();
+  });
+  for (const LinkModel& l : seen) {
+    EXPECT_EQ(l.alphaSeconds, seen[0].alphaSeconds);
+    EXPECT_EQ(l.betaSecondsPerByte, seen[0].betaSecondsPerByte);
+    EXPECT_GT(l.alphaSeconds, 0);
+  }
+}
+
+class ReducerSizes : public ::testing::TestWithParam<int> {};
 
 TEST_P(ReducerSizes, Ef21TopKIsTheMeanOfWorkerEstimates) {
   const int n = GetParam();
@@ -90,7 +309,7 @@ TEST_P(ReducerSizes, StatsCountMessageBytes) {
   const int steps = 4;
   std::vector<ReducerStats> stats(static_cast<size_t>(n));
   runRanks(n, [&](Backend& b) {
-    Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.05", "ef21");
+    Reducer red(borrow(b), "topk:ratio=0.05", "ef21", ReducerOptions{"allgather"});
     for (int t = 0; t < steps; ++t) {
       const auto x = input(b.rank(), t);
       std::vector<float> out(kDim);
@@ -104,7 +323,7 @@ TEST_P(ReducerSizes, StatsCountMessageBytes) {
     uint64_t sent = 0;
     for (int t = 0; t < steps; ++t) sent += w->step(view(input(r, t))).size();
     const ReducerStats& st = stats[static_cast<size_t>(r)];
-    EXPECT_EQ(st.bytesSent, sent);
+    EXPECT_EQ(st.bytesSent, sent * static_cast<uint64_t>(n - 1));  // to each of the n - 1 peers
     EXPECT_EQ(st.calls, static_cast<uint64_t>(steps));
     EXPECT_GT(st.controlBytes, 0u);
     EXPECT_GE(st.compressSeconds, 0.0);
@@ -119,7 +338,7 @@ TEST_P(ReducerSizes, InterleavedKeysAreIndependent) {
   const int n = GetParam();
   const Results alone = reduce(n, "topk:ratio=0.05", "ef21", 3);
   runRanks(n, [&](Backend& b) {
-    Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.05", "ef21");
+    Reducer red(borrow(b), "topk:ratio=0.05", "ef21");
     for (int t = 0; t < 3; ++t) {
       const auto y = input(b.rank() + 7, t, 33);
       std::vector<float> outY(33);
@@ -133,37 +352,7 @@ TEST_P(ReducerSizes, InterleavedKeysAreIndependent) {
   });
 }
 
-TEST_P(ReducerSizes, StateDictContinuesBitIdentically) {
-  const int n = GetParam();
-  std::vector<StateDict> saved(static_cast<size_t>(n));
-  Results first(static_cast<size_t>(n)), second(static_cast<size_t>(n));
-  auto run = [&](Reducer& red, int rank, int t0, int t1, Results& res) {
-    for (int t = t0; t < t1; ++t) {
-      const auto x = input(rank, t);
-      std::vector<float> out(kDim);
-      red.allreduce(view(x), mutableView(out), "layer/0/shape");  // a key that looks like a state path
-      res[static_cast<size_t>(rank)].push_back(out);
-    }
-  };
-  runRanks(n, [&](Backend& b) {
-    Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.05", "ef21");
-    Results scratch(static_cast<size_t>(n));
-    run(red, b.rank(), 0, 3, scratch);
-    saved[static_cast<size_t>(b.rank())] = red.stateDict();
-    run(red, b.rank(), 3, 6, first);
-  });
-  runRanks(n, [&](Backend& b) {
-    Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.05", "ef21");
-    red.loadStateDict(saved[static_cast<size_t>(b.rank())]);
-    run(red, b.rank(), 3, 6, second);
-  });
-  for (int r = 0; r < n; ++r)
-    for (size_t t = 0; t < 3; ++t)
-      EXPECT_EQ(std::memcmp(first[static_cast<size_t>(r)][t].data(), second[static_cast<size_t>(r)][t].data(),
-                            kDim * sizeof(float)), 0);
-}
-
-INSTANTIATE_TEST_SUITE_P(Ranks, ReducerSizes, ::testing::Values(1, 2, 3, 4));
+INSTANTIATE_TEST_SUITE_P(AllgatherRanks, ReducerSizes, ::testing::Values(1, 2, 3, 4));
 
 TEST(Reducer, ShapeMismatchFailsOnEveryRank) {
   for (int n : {2, 3, 4}) {
@@ -171,7 +360,7 @@ TEST(Reducer, ShapeMismatchFailsOnEveryRank) {
     runRanks(
         n,
         [&](Backend& b) {
-          Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.05", "ef21");
+          Reducer red(borrow(b), "topk:ratio=0.05", "ef21");
           const size_t d = b.rank() == 1 ? 5 : 4;
           std::vector<float> x(d, 1.0f), out(d);
           try {
@@ -194,7 +383,7 @@ TEST(Reducer, KeyMismatchAndBadArgumentFailOnEveryRank) {
   runRanks(
       3,
       [&](Backend& b) {
-        Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "identity", "none");
+        Reducer red(borrow(b), "identity", "none");
         std::vector<float> x(4, 1.0f), out(4);
         try {
           red.allreduce(view(x), mutableView(out), b.rank() == 2 ? "b" : "a");
@@ -220,7 +409,7 @@ TEST(Reducer, NonFiniteInputFailsOnEveryRank) {
   runRanks(
       2,
       [&](Backend& b) {
-        Reducer red(std::shared_ptr<Backend>(&b, [](Backend*) {}), "topk:ratio=0.5", "ef21:init=compressed");
+        Reducer red(borrow(b), "topk:ratio=0.5", "ef21:init=compressed");
         std::vector<float> x(4, b.rank() == 1 ? std::nanf("") : 1.0f), out(4);
         try {
           red.allreduce(view(x), mutableView(out), "w");
@@ -236,7 +425,9 @@ TEST(Reducer, RejectsBadConfiguration) {
   InProcessGroup g(2);
   EXPECT_THROW(Reducer(g.backend(0), "nope"), InvalidArgument);
   EXPECT_THROW(Reducer(g.backend(0), "identity", "nope"), InvalidArgument);
-  EXPECT_THROW(Reducer(g.backend(0), "identity", "none", {1.0}), InvalidArgument);
+  EXPECT_THROW(Reducer(g.backend(0), "identity", "none", ReducerOptions{"auto", {1.0}}), InvalidArgument);
+  EXPECT_THROW(Reducer(g.backend(0), "identity", "none", ReducerOptions{"ring"}), InvalidArgument);
+  EXPECT_THROW(Reducer(g.backend(0), "topk:ratio=0.1", "ef21", ReducerOptions{"allreduce"}), InvalidArgument);
 }
 
 }  // namespace

@@ -2,12 +2,18 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
 #include <cstring>
 #include <exception>
 #include <optional>
 #include <sstream>
 #include <utility>
 
+#include "comm/backend.hpp"
+#include "comm/reducer_algorithms.hpp"
 #include "common/bytes.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
@@ -18,10 +24,50 @@
 namespace efcomm {
 
 struct Reducer::Slot {
-  std::unique_ptr<Feedback> worker;
-  std::unique_ptr<Aggregate> aggregate;
+  std::string algorithm;
   std::vector<int64_t> shape;
-  DType dtype;
+  DType dtype = DType::kFloat32;
+  uint64_t step = 0;  // calls of this key: the compressors' step, equal on every rank
+  std::unique_ptr<comm::Algorithm> impl;
+};
+
+// One allreduceAsync call, queued for the worker thread.
+struct Reducer::Job final : Work {
+  ConstTensorView x;
+  TensorView out;
+  std::string key;
+  mutable std::mutex mutex;
+  std::condition_variable done;
+  bool finished = false;
+  std::exception_ptr error;
+
+  Job(const ConstTensorView& x_, const TensorView& out_, std::string key_) : x(x_), out(out_), key(std::move(key_)) {}
+
+  void finish(std::exception_ptr e) {
+    std::lock_guard<std::mutex> lock(mutex);
+    error = std::move(e);
+    finished = true;
+    done.notify_all();
+  }
+  // A timeout here leaves the call running (its buffers stay in use): the reduction itself is
+  // bounded by the backend's collective timeouts.
+  void wait(std::optional<double> timeoutSeconds) override {
+    std::unique_lock<std::mutex> lock(mutex);
+    if (timeoutSeconds) {
+      const auto limit = std::chrono::duration<double>(comm::resolveTimeout(timeoutSeconds, 1.0));
+      if (!done.wait_for(lock, limit, [&] { return finished; }))
+        throw CollectiveTimeout("Reducer.allreduce_async(key '" + key + "'): not completed within " +
+                                    std::to_string(*timeoutSeconds) + " s (it is still running)",
+                                {});
+    } else {
+      done.wait(lock, [&] { return finished; });
+    }
+    if (error) std::rethrow_exception(error);
+  }
+  bool completed() const override {
+    std::lock_guard<std::mutex> lock(mutex);
+    return finished;
+  }
 };
 
 namespace {
@@ -36,9 +82,6 @@ enum HeaderField : size_t {
   kFieldCount = kDims + kHeaderDims
 };
 constexpr size_t kHeaderBytes = kFieldCount * sizeof(uint64_t);
-// A 1-byte block in the message exchange marks a rank whose compression failed (a real
-// message is never that short); the byte is its ErrorCode.
-constexpr size_t kFailureBytes = 1;
 
 uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -124,47 +167,157 @@ std::vector<uint8_t> encodeHeader(uint64_t keyHash, uint64_t call, uint64_t spec
 }  // namespace
 
 Reducer::Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec, std::string feedbackSpec,
-                 std::vector<double> weights)
-    : backend_(std::move(backend)), weights_(std::move(weights)) {
+                 ReducerOptions options)
+    : backend_(std::move(backend)), options_(std::move(options)) {
   EFCOMM_CHECK(backend_ != nullptr, "Reducer: null backend");
   std::shared_ptr<Compressor> c = makeCompressor(compressorSpec);
   compressorSpec_ = c->spec();
   feedbackSpec_ = makeFeedback(feedbackSpec, c)->spec();
-  EFCOMM_CHECK(weights_.empty() || weights_.size() == static_cast<size_t>(backend_->size()),
-               "Reducer: ", weights_.size(), " weights for ", backend_->size(), " ranks");
-  Aggregate check(feedbackSpec_, backend_->size(), weights_, {0}, DType::kFloat32);  // validates weights
-  specHash_ = hashString(compressorSpec_ + "|" + feedbackSpec_ + "|" + algorithm_);
-  specHash_ = fnv1a(weights_.data(), weights_.size() * sizeof(double), specHash_);
+  const std::string& alg = options_.algorithm;
+  EFCOMM_CHECK(alg == "allgather" || alg == "reduce_scatter" || alg == "allreduce" || alg == "auto",
+               "Reducer: unknown algorithm '", alg, "'; expected allgather, reduce_scatter, allreduce or auto");
+  if (alg == "allreduce") {
+    const std::string why = comm::allreduceUnsupported(compressorSpec_);
+    EFCOMM_CHECK(why.empty(), "Reducer: ", why);
+  }
+  EFCOMM_CHECK(options_.weights.empty() || options_.weights.size() == static_cast<size_t>(backend_->size()),
+               "Reducer: ", options_.weights.size(), " weights for ", backend_->size(), " ranks");
+  Aggregate check(feedbackSpec_, backend_->size(), options_.weights, {0}, DType::kFloat32);  // validates weights
+  EFCOMM_CHECK(options_.bucketBytes > 0, "Reducer: bucketBytes must be > 0");
+  if (options_.link) {
+    const LinkModel& l = *options_.link;
+    EFCOMM_CHECK(std::isfinite(l.alphaSeconds) && l.alphaSeconds >= 0 && std::isfinite(l.betaSecondsPerByte) &&
+                     l.betaSecondsPerByte >= 0,
+                 "Reducer: link model needs finite alpha, beta >= 0");
+  }
+  specHash_ = hashString(compressorSpec_ + "|" + feedbackSpec_ + "|" + alg);
+  specHash_ = fnv1a(options_.weights.data(), options_.weights.size() * sizeof(double), specHash_);
 }
 
-Reducer::~Reducer() = default;
+Reducer::~Reducer() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+    wake_.notify_all();
+  }
+  if (thread_.joinable()) thread_.join();
+}
 
 int Reducer::rank() const { return backend_->rank(); }
 int Reducer::size() const { return backend_->size(); }
 
-Reducer::Slot& Reducer::slot(const std::string& key, const ConstTensorView& x) {
-  auto it = slots_.find(key);
-  if (it != slots_.end()) return *it->second;
-  auto s = std::make_unique<Slot>();
-  s->worker = makeFeedback(feedbackSpec_, makeCompressor(compressorSpec_));
-  s->aggregate = std::make_unique<Aggregate>(feedbackSpec_, size(), weights_, x.shape, x.dtype);
-  s->shape = x.shape;
-  s->dtype = x.dtype;
-  return *slots_.emplace(key, std::move(s)).first->second;
+std::string Reducer::chooseAlgorithm(const ConstTensorView& x) {
+  if (options_.algorithm != "auto") return options_.algorithm;
+  if (!options_.link) options_.link = comm::measureLink(*backend_);
+  std::string best = "allgather";
+  double bestSeconds = comm::predictSeconds(best, *options_.link, compressorSpec_, size(), x.numel(), x.dtype);
+  for (const char* alg : {"reduce_scatter", "allreduce"}) {
+    if (std::string(alg) == "allreduce" && !comm::allreduceUnsupported(compressorSpec_).empty()) continue;
+    const double t = comm::predictSeconds(alg, *options_.link, compressorSpec_, size(), x.numel(), x.dtype);
+    if (t < bestSeconds) {
+      best = alg;
+      bestSeconds = t;
+    }
+  }
+  return best;
 }
 
 void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key) {
+  bool queued;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queued = thread_.joinable() && std::this_thread::get_id() != thread_.get_id();
+  }
+  if (queued) {
+    allreduceAsync(x, out, key)->wait();
+  } else {
+    reduceNow(x, out, key);
+  }
+}
+
+std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key) {
+  auto job = std::make_shared<Job>(x, out, key);
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!thread_.joinable()) {
+    thread_ = std::thread([this] {
+      std::unique_lock<std::mutex> lock(mutex_);
+      for (;;) {
+        wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;  // stopping, nothing left
+        std::shared_ptr<Job> j = queue_.front();
+        queue_.pop_front();
+        busy_ = true;
+        lock.unlock();
+        std::exception_ptr error;
+        try {
+          reduceNow(j->x, j->out, j->key);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        j->finish(error);
+        lock.lock();
+        busy_ = false;
+        idle_.notify_all();
+      }
+    });
+  }
+  queue_.push_back(job);
+  wake_.notify_all();
+  return job;
+}
+
+void Reducer::drain() const {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (thread_.joinable() && std::this_thread::get_id() == thread_.get_id()) return;
+  idle_.wait(lock, [&] { return queue_.empty() && !busy_; });
+}
+
+void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
+                                 const std::string& key) {
+  EFCOMM_CHECK(xs.size() == outs.size(), "Reducer.allreduce_coalesced(key '", key, "'): ", xs.size(), " inputs but ",
+               outs.size(), " outputs");
+  size_t bucket = 0;
+  for (size_t first = 0; first < xs.size(); ++bucket) {
+    // A bucket: consecutive tensors of one dtype up to bucketBytes (at least one tensor).
+    size_t last = first, bytes = 0;
+    while (last < xs.size() && xs[last].dtype == xs[first].dtype &&
+           (last == first || bytes + xs[last].nbytes() <= options_.bucketBytes)) {
+      EFCOMM_CHECK(outs[last].dtype == xs[last].dtype && outs[last].numel() == xs[last].numel(),
+                   "Reducer.allreduce_coalesced(key '", key, "'): output ", last, " is not like input ", last);
+      bytes += xs[last].nbytes();
+      ++last;
+    }
+    const DType dtype = xs[first].dtype;
+    EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64, "Reducer.allreduce_coalesced(key '", key,
+                 "'): dtype must be float32 or float64, got ", dtypeName(dtype));
+    const size_t words = (bytes + sizeof(double) - 1) / sizeof(double);
+    std::vector<double> fused(words);
+    auto* p = reinterpret_cast<uint8_t*>(fused.data());
+    for (size_t i = first, at = 0; i < last; at += xs[i].nbytes(), ++i) {
+      EFCOMM_CHECK(xs[i].data != nullptr || xs[i].numel() == 0, "Reducer.allreduce_coalesced: null input ", i);
+      if (xs[i].nbytes() > 0) std::memcpy(p + at, xs[i].data, xs[i].nbytes());
+    }
+    const std::vector<int64_t> shape{static_cast<int64_t>(bytes / itemSize(dtype))};
+    allreduce(ConstTensorView{fused.data(), dtype, shape}, TensorView{fused.data(), dtype, shape},
+              key + "#" + std::to_string(bucket));
+    for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i)
+      if (outs[i].nbytes() > 0) std::memcpy(outs[i].data, p + at, outs[i].nbytes());
+    first = last;
+  }
+}
+
+void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key) {
   const auto found = slots_.find(key);
   const Slot* existing = found == slots_.end() ? nullptr : found->second.get();
   const std::string argError =
       checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32);
 
-  // Phase 1: header agreement. Every rank sees every header, so every rank reaches the same verdict.
+  // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
   ByteBlocks headers;
   auto t0 = std::chrono::steady_clock::now();
   backend_->allgatherv(header.data(), header.size(), headers)->wait();
-  double commSeconds = secondsSince(t0);
+  const double agreeSeconds = secondsSince(t0);
   ++calls_;
   EFCOMM_CHECK(argError.empty(), "Reducer.allreduce(key '", key, "'): ", argError);
   const size_t n = static_cast<size_t>(size());
@@ -175,77 +328,52 @@ void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const s
                    " rejected its arguments");
     EFCOMM_CHECK_T(MismatchError, h[kSpecHash] == mine[kSpecHash], "Reducer.allreduce(key '", key,
                    "'): rank ", r, " uses another compressor, feedback, algorithm or weights than rank ",
-                   rank(), " (", compressorSpec_, ", ", feedbackSpec_, ")");
+                   rank(), " (", compressorSpec_, ", ", feedbackSpec_, ", ", options_.algorithm, ")");
     EFCOMM_CHECK_T(MismatchError, h == mine,
                    "Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key), ", rank ",
                    rank(), " has ", describe(mine, key));
   }
 
-  Slot& s = slot(key, x);
+  auto it = slots_.find(key);
+  if (it == slots_.end()) {
+    auto s = std::make_unique<Slot>();
+    s->algorithm = chooseAlgorithm(x);
+    s->shape = x.shape;
+    s->dtype = x.dtype;
+    s->impl = comm::makeAlgorithm(s->algorithm, setupFor(key, s->shape, s->dtype));
+    it = slots_.emplace(key, std::move(s)).first;
+  }
+  Slot& s = *it->second;
   ReducerStats& st = stats_[key];
+  st.algorithm = s.algorithm;
   st.controlBytes += header.size();
-
-  // Phase 2: compress. A failure is announced to the other ranks instead of leaving them waiting.
-  std::optional<Message> msg;
-  std::exception_ptr failure;
-  uint8_t failureCode = 0;
-  t0 = std::chrono::steady_clock::now();
-  try {
-    msg.emplace(s.worker->step(x));
-  } catch (const Error& e) {
-    failure = std::current_exception();
-    failureCode = static_cast<uint8_t>(e.code());
-  } catch (...) {
-    failure = std::current_exception();
-    failureCode = static_cast<uint8_t>(ErrorCode::kInternal);
-  }
-  st.compressSeconds += secondsSince(t0);
-
-  // Phase 3: allgather the messages (variable sizes, no padding).
-  ByteBlocks gathered;
-  t0 = std::chrono::steady_clock::now();
-  if (failure) {
-    backend_->allgatherv(&failureCode, kFailureBytes, gathered)->wait();
-  } else {
-    backend_->allgatherv(msg->data(), msg->size(), gathered)->wait();
-  }
-  commSeconds += secondsSince(t0);
-  st.commSeconds += commSeconds;
-  if (failure) std::rethrow_exception(failure);
-  for (size_t r = 0; r < n; ++r) {
-    if (gathered.blockBytes(r) != kFailureBytes) continue;
-    const auto code = static_cast<ErrorCode>(gathered.block(r)[0]);
-    EFCOMM_CHECK_T(NonFiniteError, code != ErrorCode::kNonFinite, "Reducer.allreduce(key '", key,
-                   "'): rank ", r, " has a non-finite vector to compress");
-    throw Error("Reducer.allreduce(key '" + key + "'): rank " + std::to_string(r) + " failed to compress");
-  }
-
-  // Phase 4: fold every rank's message into the mirror, in rank order (bit-identical everywhere).
-  t0 = std::chrono::steady_clock::now();
-  std::vector<Message> msgs;
-  msgs.reserve(n);
-  uint64_t received = 0;
-  for (size_t r = 0; r < n; ++r) {
-    msgs.push_back(Message::fromBytes(gathered.block(r), gathered.blockBytes(r)));
-    if (r != static_cast<size_t>(rank())) received += gathered.blockBytes(r);
-  }
-  std::vector<const Message*> ptrs;
-  for (const Message& m : msgs) ptrs.push_back(&m);
-  const ConstTensorView est = s.aggregate->update(ptrs);
-  if (est.nbytes() > 0) std::memcpy(out.data, est.data, est.nbytes());
-  st.aggregateSeconds += secondsSince(t0);
-  st.bytesSent += msg->size();
-  st.bytesReceived += received;
+  st.commSeconds += agreeSeconds;
+  const int64_t d = x.numel();
+  s.impl->run(*backend_, ConstTensorView{x.data, x.dtype, {d}}, TensorView{out.data, out.dtype, {d}}, s.step++, st);
   ++st.calls;
 }
 
-std::map<std::string, ReducerStats> Reducer::stats() const { return stats_; }
+comm::SlotSetup Reducer::setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const {
+  return {compressorSpec_, feedbackSpec_, options_.weights, rank(), size(), shape, dtype,
+          "Reducer.allreduce(key '" + key + "')"};
+}
+
+std::map<std::string, ReducerStats> Reducer::stats() const {
+  drain();
+  return stats_;
+}
+
+std::optional<LinkModel> Reducer::link() const {
+  drain();
+  return options_.link;
+}
 
 StateDict Reducer::stateDict() const {
+  drain();
   StateDict sd;
   sd.meta["reducer.compressor"] = compressorSpec_;
   sd.meta["reducer.feedback"] = feedbackSpec_;
-  sd.meta["reducer.algorithm"] = algorithm_;
+  sd.meta["reducer.algorithm"] = options_.algorithm;
   sd.meta["reducer.rank"] = std::to_string(rank());
   sd.meta["reducer.size"] = std::to_string(size());
   sd.meta["reducer.calls"] = std::to_string(calls_);
@@ -256,17 +384,19 @@ StateDict Reducer::stateDict() const {
     sd.meta[prefix + "key"] = key;
     sd.meta[prefix + "shape"] = feedback::shapeText(s->shape);
     sd.meta[prefix + "dtype"] = dtypeName(s->dtype);
-    sd.merge(s->worker->stateDict(), prefix + "worker.");
-    sd.merge(s->aggregate->stateDict(), prefix + "aggregate.");
+    sd.meta[prefix + "algorithm"] = s->algorithm;
+    sd.meta[prefix + "step"] = std::to_string(s->step);
+    sd.merge(s->impl->stateDict(), prefix);
   }
   sd.meta["reducer.keys"] = std::to_string(slots_.size());
   return sd;
 }
 
 void Reducer::loadStateDict(const StateDict& state) {
+  drain();
   state.expect("reducer.compressor", compressorSpec_, "compressor spec");
   state.expect("reducer.feedback", feedbackSpec_, "feedback spec");
-  state.expect("reducer.algorithm", algorithm_, "algorithm");
+  state.expect("reducer.algorithm", options_.algorithm, "algorithm");
   state.expect("reducer.rank", std::to_string(rank()), "rank");
   state.expect("reducer.size", std::to_string(size()), "group size");
   const uint64_t calls = state.integer("reducer.calls");
@@ -278,10 +408,13 @@ void Reducer::loadStateDict(const StateDict& state) {
     auto s = std::make_unique<Slot>();
     s->shape = feedback::parseShape(state.text(prefix + "shape"));
     s->dtype = parseDType(state.text(prefix + "dtype"));
-    s->worker = makeFeedback(feedbackSpec_, makeCompressor(compressorSpec_));
-    s->worker->loadStateDict(state.sub(prefix + "worker."));
-    s->aggregate = std::make_unique<Aggregate>(feedbackSpec_, size(), weights_, s->shape, s->dtype);
-    s->aggregate->loadStateDict(state.sub(prefix + "aggregate."));
+    s->algorithm = state.text(prefix + "algorithm");
+    EFCOMM_CHECK_T(MismatchError, options_.algorithm == "auto" || s->algorithm == options_.algorithm,
+                   "reducer state dict: key '", key, "' was reduced with ", s->algorithm, ", this reducer uses ",
+                   options_.algorithm);
+    s->step = state.integer(prefix + "step");
+    s->impl = comm::makeAlgorithm(s->algorithm, setupFor(key, s->shape, s->dtype));
+    s->impl->loadStateDict(state.sub(prefix));
     EFCOMM_CHECK(slots.emplace(key, std::move(s)).second, "reducer state dict: key '", key, "' appears twice");
   }
   slots_ = std::move(slots);

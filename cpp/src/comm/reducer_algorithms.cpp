@@ -1,0 +1,531 @@
+#include "comm/reducer_algorithms.hpp"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <exception>
+#include <optional>
+#include <utility>
+
+#include "common/bytes.hpp"
+#include "efcomm/compressor.hpp"
+#include "efcomm/error.hpp"
+#include "efcomm/feedback.hpp"
+#include "efcomm/message.hpp"
+
+namespace efcomm::comm {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+// A rank that could not produce a message sends a status block instead: its rank and the
+// ErrorCode, 8 bytes. A message is never that short (its fixed header alone is 32 bytes).
+constexpr size_t kStatusBytes = 8;
+
+struct Failure {
+  int rank = -1;
+  uint32_t code = 0;  // an ErrorCode; 0: no failure
+  explicit operator bool() const { return code != 0; }
+};
+
+std::vector<uint8_t> statusBlock(const Failure& f) {
+  std::vector<uint8_t> b(kStatusBytes);
+  storeAs<uint32_t>(b.data(), f.code);
+  storeAs<uint32_t>(b.data() + 4, static_cast<uint32_t>(f.rank));
+  return b;
+}
+
+Failure readStatus(const uint8_t* p) {
+  return {static_cast<int>(loadAs<uint32_t>(p + 4)), loadAs<uint32_t>(p)};
+}
+
+// The outcome of this rank's compression: a message, or the failure and its exception.
+struct Attempt {
+  std::optional<Message> msg;
+  Failure failure;
+  std::exception_ptr error;
+
+  template <typename F>
+  void run(int rank, F&& compress) {
+    try {
+      msg.emplace(compress());
+    } catch (const Error& e) {
+      failure = {rank, static_cast<uint32_t>(e.code())};
+      error = std::current_exception();
+    } catch (...) {
+      failure = {rank, static_cast<uint32_t>(ErrorCode::kInternal)};
+      error = std::current_exception();
+    }
+  }
+  const uint8_t* bytes() const { return msg ? msg->data() : status().data(); }
+  size_t size() const { return msg ? msg->size() : kStatusBytes; }
+
+ private:
+  const std::vector<uint8_t>& status() const {
+    if (statusBytes_.empty()) statusBytes_ = statusBlock(failure);
+    return statusBytes_;
+  }
+  mutable std::vector<uint8_t> statusBytes_;
+};
+
+// Raises the first failure of a round on every rank: the failing rank rethrows its own error,
+// the others name it.
+[[noreturn]] void raise(const std::string& context, const Failure& f, int rank, std::exception_ptr own) {
+  if (f.rank == rank && own) std::rethrow_exception(own);
+  EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
+                 " has a non-finite vector to compress and skipped this round");
+  throw Error(context + ": rank " + std::to_string(f.rank) + " failed to compress (error code " +
+              std::to_string(f.code) + ") and skipped this round");
+}
+
+void keepFirst(Failure& first, const Failure& f) {
+  if (f && (!first || f.rank < first.rank)) first = f;
+}
+
+ConstTensorView flatPart(const ConstTensorView& x, int64_t begin, int64_t len) {
+  return {static_cast<const uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
+}
+
+TensorView flatPart(const TensorView& x, int64_t begin, int64_t len) {
+  return {static_cast<uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
+}
+
+// Chunk c of d elements split over n ranks: [d c / n, d (c+1) / n).
+int64_t chunkBegin(int64_t d, int n, int c) { return static_cast<int64_t>((static_cast<__int128>(d) * c) / n); }
+
+void copyOut(const ConstTensorView& est, const TensorView& out) {
+  if (est.nbytes() > 0) std::memmove(out.data, est.data, est.nbytes());
+}
+
+// ---- allgather -------------------------------------------------------------------------------
+
+class AllgatherAlgorithm final : public Algorithm {
+ public:
+  explicit AllgatherAlgorithm(const SlotSetup& s)
+      : s_(s),
+        worker_(makeFeedback(s.feedback, makeCompressor(s.compressor))),
+        aggregate_(s.feedback, s.n, s.weights, s.shape, s.dtype) {}
+
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
+           ReducerStats& st) override {
+    Attempt mine;
+    auto t0 = Clock::now();
+    mine.run(s_.rank, [&] { return worker_->step(x, step); });
+    st.compressSeconds += secondsSince(t0);
+
+    ByteBlocks gathered;
+    t0 = Clock::now();
+    backend.allgatherv(mine.bytes(), mine.size(), gathered)->wait();
+    st.commSeconds += secondsSince(t0);
+
+    t0 = Clock::now();
+    Failure first;
+    std::vector<Message> msgs(static_cast<size_t>(s_.n));
+    std::vector<const Message*> ptrs(static_cast<size_t>(s_.n), nullptr);
+    for (int r = 0; r < s_.n; ++r) {
+      const size_t i = static_cast<size_t>(r);
+      if (gathered.blockBytes(i) == kStatusBytes) {
+        keepFirst(first, readStatus(gathered.block(i)));
+        continue;
+      }
+      msgs[i] = Message::fromBytes(gathered.block(i), gathered.blockBytes(i));
+      ptrs[i] = &msgs[i];
+      if (r != s_.rank) st.bytesReceived += gathered.blockBytes(i);
+    }
+    st.bytesSent += mine.size() * static_cast<uint64_t>(s_.n - 1);
+    const ConstTensorView est = aggregate_.update(ptrs);
+    st.aggregateSeconds += secondsSince(t0);
+    if (first) raise(s_.context, first, s_.rank, mine.error);
+    copyOut(est, out);
+  }
+
+  StateDict stateDict() const override {
+    StateDict sd;
+    sd.merge(worker_->stateDict(), "worker.");
+    sd.merge(aggregate_.stateDict(), "aggregate.");
+    return sd;
+  }
+
+  void loadStateDict(const StateDict& state) override {
+    auto worker = makeFeedback(s_.feedback, makeCompressor(s_.compressor));
+    worker->loadStateDict(state.sub("worker."));
+    Aggregate aggregate(s_.feedback, s_.n, s_.weights, s_.shape, s_.dtype);
+    aggregate.loadStateDict(state.sub("aggregate."));
+    worker_ = std::move(worker);
+    aggregate_ = std::move(aggregate);
+  }
+
+ private:
+  SlotSetup s_;
+  std::unique_ptr<Feedback> worker_;
+  Aggregate aggregate_;
+};
+
+// ---- reduce_scatter ------------------------------------------------------------------------------
+
+// Rank c owns chunk c. Every rank keeps a worker per chunk (its own error feedback on that part
+// of its vector), the owner's aggregate of its own chunk, and a mirror per chunk of what the
+// owners broadcast. The owner's second compression is EF21-BC's b += C(g - b) (Gruntkowska et
+// al. 2023, EF21-BC; ALGORITHMS.md), so the re-compression error is fed back too; with `none`
+// it is plain C(g).
+class ReduceScatterAlgorithm final : public Algorithm {
+ public:
+  explicit ReduceScatterAlgorithm(const SlotSetup& s) : s_(s) {
+    d_ = ConstTensorView{nullptr, s.dtype, s.shape}.numel();
+    build(workers_, owner_, ownerCompressor_, mirrors_);
+  }
+
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
+           ReducerStats& st) override {
+    const int n = s_.n;
+    const size_t me = static_cast<size_t>(s_.rank);
+
+    // Phase 1: compress every chunk with its worker; chunk c goes to rank c.
+    std::vector<Attempt> parts(static_cast<size_t>(n));
+    auto t0 = Clock::now();
+    for (int c = 0; c < n; ++c)
+      parts[static_cast<size_t>(c)].run(s_.rank, [&] { return workers_[static_cast<size_t>(c)]->step(chunk(x, c), step); });
+    st.compressSeconds += secondsSince(t0);
+    std::vector<uint8_t> send;
+    std::vector<size_t> counts;
+    for (const Attempt& a : parts) {
+      send.insert(send.end(), a.bytes(), a.bytes() + a.size());
+      counts.push_back(a.size());
+    }
+    ByteBlocks mine;
+    t0 = Clock::now();
+    backend.alltoallv(send.data(), counts, mine)->wait();
+    st.commSeconds += secondsSince(t0);
+    st.bytesSent += send.size() - counts[me];
+
+    // The owner folds its chunk's messages (a rank that failed is absent) and re-compresses.
+    t0 = Clock::now();
+    Failure first;
+    std::vector<Message> msgs(static_cast<size_t>(n));
+    std::vector<const Message*> ptrs(static_cast<size_t>(n), nullptr);
+    for (size_t r = 0; r < static_cast<size_t>(n); ++r) {
+      if (r != me) st.bytesReceived += mine.blockBytes(r);
+      if (mine.blockBytes(r) == kStatusBytes) {
+        keepFirst(first, readStatus(mine.block(r)));
+        continue;
+      }
+      msgs[r] = Message::fromBytes(mine.block(r), mine.blockBytes(r));
+      ptrs[r] = &msgs[r];
+    }
+    Attempt reduced;
+    reduced.run(s_.rank, [&] {
+      owner_->update(ptrs);
+      return ownerCompressor_ ? ownerCompressor_->compress(owner_->estimate(), step) : owner_->lastBroadcast();
+    });
+    st.aggregateSeconds += secondsSince(t0);
+
+    // Phase 2: every rank gathers the owners' blocks: the first failure the owner saw (or none),
+    // then its message unless its own re-compression failed.
+    std::vector<uint8_t> block = statusBlock(first);
+    if (reduced.msg) {
+      block.insert(block.end(), reduced.msg->data(), reduced.msg->data() + reduced.msg->size());
+    } else {
+      block = statusBlock(reduced.failure);
+    }
+    ByteBlocks owners;
+    t0 = Clock::now();
+    backend.allgatherv(block.data(), block.size(), owners)->wait();
+    st.commSeconds += secondsSince(t0);
+    st.bytesSent += block.size() * static_cast<uint64_t>(n - 1);
+
+    t0 = Clock::now();
+    for (int c = 0; c < n; ++c) {
+      const size_t i = static_cast<size_t>(c);
+      if (i != me) st.bytesReceived += owners.blockBytes(i);
+      EFCOMM_CHECK_T(CorruptMessageError, owners.blockBytes(i) >= kStatusBytes, s_.context, ": rank ", c,
+                     " sent a ", owners.blockBytes(i), "-byte block");
+      keepFirst(first, readStatus(owners.block(i)));
+      if (owners.blockBytes(i) == kStatusBytes) continue;  // owner failed: its chunk keeps its value
+      const Message m = Message::fromBytes(owners.block(i) + kStatusBytes, owners.blockBytes(i) - kStatusBytes);
+      mirrors_[i]->update({&m});
+    }
+    st.aggregateSeconds += secondsSince(t0);
+    if (first) raise(s_.context, first, s_.rank, reduced.error ? reduced.error : firstError(parts));
+    for (int c = 0; c < n; ++c) copyOut(mirrors_[static_cast<size_t>(c)]->estimate(), chunk(out, c));
+  }
+
+  StateDict stateDict() const override {
+    StateDict sd;
+    for (size_t c = 0; c < workers_.size(); ++c) {
+      sd.merge(workers_[c]->stateDict(), "chunk/" + std::to_string(c) + "/worker.");
+      sd.merge(mirrors_[c]->stateDict(), "chunk/" + std::to_string(c) + "/mirror.");
+    }
+    sd.merge(owner_->stateDict(), "owner.");
+    if (ownerCompressor_) sd.merge(ownerCompressor_->stateDict(), "owner_compressor.");
+    return sd;
+  }
+
+  void loadStateDict(const StateDict& state) override {
+    std::vector<std::unique_ptr<Feedback>> workers;
+    std::unique_ptr<Aggregate> owner;
+    std::unique_ptr<Compressor> ownerCompressor;
+    std::vector<std::unique_ptr<Aggregate>> mirrors;
+    build(workers, owner, ownerCompressor, mirrors);
+    for (size_t c = 0; c < workers.size(); ++c) {
+      workers[c]->loadStateDict(state.sub("chunk/" + std::to_string(c) + "/worker."));
+      mirrors[c]->loadStateDict(state.sub("chunk/" + std::to_string(c) + "/mirror."));
+    }
+    owner->loadStateDict(state.sub("owner."));
+    if (ownerCompressor) ownerCompressor->loadStateDict(state.sub("owner_compressor."));
+    workers_ = std::move(workers);
+    owner_ = std::move(owner);
+    ownerCompressor_ = std::move(ownerCompressor);
+    mirrors_ = std::move(mirrors);
+  }
+
+ private:
+  int64_t begin(int c) const { return chunkBegin(d_, s_.n, c); }
+  int64_t length(int c) const { return begin(c + 1) - begin(c); }
+  ConstTensorView chunk(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
+  TensorView chunk(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
+
+  static std::exception_ptr firstError(const std::vector<Attempt>& parts) {
+    for (const Attempt& a : parts)
+      if (a.error) return a.error;
+    return nullptr;
+  }
+
+  void build(std::vector<std::unique_ptr<Feedback>>& workers, std::unique_ptr<Aggregate>& owner,
+             std::unique_ptr<Compressor>& ownerCompressor, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
+    const bool plain = makeFeedback(s_.feedback, makeCompressor(s_.compressor))->name() == "none";
+    for (int c = 0; c < s_.n; ++c) {
+      workers.push_back(makeFeedback(s_.feedback, makeCompressor(s_.compressor)));
+      mirrors.push_back(std::make_unique<Aggregate>(plain ? "none" : "ef21", 1, std::vector<double>{1.0},
+                                                    std::vector<int64_t>{length(c)}, s_.dtype));
+    }
+    const std::vector<int64_t> own{length(s_.rank)};
+    if (plain) {
+      owner = std::make_unique<Aggregate>("none", s_.n, s_.weights, own, s_.dtype);
+      ownerCompressor = makeCompressor(s_.compressor);
+    } else {
+      owner = std::make_unique<Aggregate>(s_.feedback, s_.n, s_.weights, own, s_.dtype,
+                                          std::shared_ptr<Compressor>(makeCompressor(s_.compressor)));
+    }
+  }
+
+  SlotSetup s_;
+  int64_t d_ = 0;
+  std::vector<std::unique_ptr<Feedback>> workers_;
+  std::unique_ptr<Aggregate> owner_;
+  std::unique_ptr<Compressor> ownerCompressor_;  // `none` only: the owner's plain re-compression
+  std::vector<std::unique_ptr<Aggregate>> mirrors_;
+};
+
+// ---- allreduce ------------------------------------------------------------------------------
+
+// The part of a message that every rank's message of one round shares when payloads add: the
+// compressor id, flags and parameters (RandK: k, seed, step; equal because every rank passes the
+// same step), and the payload length.
+struct Descriptor {
+  CompressorId id = CompressorId::kIdentity;
+  uint16_t flags = 0;
+  std::vector<uint8_t> params;
+  uint64_t payloadBytes = 0;
+
+  static Descriptor of(const Message& m) {
+    return {m.compressorId(), m.flags(), std::vector<uint8_t>(m.params(), m.params() + m.paramsSize()),
+            m.payloadSize()};
+  }
+  std::vector<uint8_t> encode() const {
+    ByteWriter w;
+    w.put<uint32_t>(0).put<uint32_t>(0);  // the status slot: a descriptor follows a zero status
+    w.put<uint8_t>(static_cast<uint8_t>(id)).put<uint16_t>(flags).put<uint64_t>(payloadBytes);
+    std::vector<uint8_t> bytes = w.bytes();
+    bytes.insert(bytes.end(), params.begin(), params.end());
+    return bytes;
+  }
+  static Descriptor decode(const uint8_t* p, size_t n) {
+    ByteReader r(p + kStatusBytes, n - kStatusBytes, "allreduce descriptor");
+    Descriptor d;
+    d.id = static_cast<CompressorId>(r.get<uint8_t>());
+    d.flags = r.get<uint16_t>();
+    d.payloadBytes = r.get<uint64_t>();
+    const size_t rest = r.remaining();
+    d.params.assign(p + n - rest, p + n);
+    return d;
+  }
+  bool operator==(const Descriptor& o) const {
+    return id == o.id && flags == o.flags && params == o.params && payloadBytes == o.payloadBytes;
+  }
+};
+
+// Payloads that add (identity, RandK with every rank's indices drawn from the shared seed and
+// step): decode(sum_i w_i payload_i) == sum_i w_i decode(msg_i), so the weighted payloads are
+// summed by the backend's allreduceSum and one message folds into a one-worker aggregate.
+class AllreduceAlgorithm final : public Algorithm {
+ public:
+  explicit AllreduceAlgorithm(const SlotSetup& s)
+      : s_(s),
+        worker_(makeFeedback(s.feedback, makeCompressor(s.compressor))),
+        aggregate_(s.feedback, 1, {1.0}, s.shape, s.dtype) {
+    weights_ = s.weights.empty() ? std::vector<double>(static_cast<size_t>(s.n), 1.0 / s.n) : s.weights;
+  }
+
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
+           ReducerStats& st) override {
+    Attempt mine;
+    auto t0 = Clock::now();
+    mine.run(s_.rank, [&] { return worker_->step(x, step); });
+    st.compressSeconds += secondsSince(t0);
+
+    // Round 1: the descriptors (or status blocks), so every rank, a failed one included, knows
+    // the round's message layout and checks that the payloads really add.
+    const std::vector<uint8_t> desc = mine.msg ? Descriptor::of(*mine.msg).encode() : statusBlock(mine.failure);
+    ByteBlocks descs;
+    t0 = Clock::now();
+    backend.allgatherv(desc.data(), desc.size(), descs)->wait();
+    double comm = secondsSince(t0);
+    st.bytesSent += desc.size() * static_cast<uint64_t>(s_.n - 1);
+    Failure first;
+    std::optional<Descriptor> layout;
+    for (int r = 0; r < s_.n; ++r) {
+      const size_t i = static_cast<size_t>(r);
+      if (r != s_.rank) st.bytesReceived += descs.blockBytes(i);
+      EFCOMM_CHECK_T(CorruptMessageError, descs.blockBytes(i) >= kStatusBytes, s_.context, ": rank ", r, " sent a ",
+                     descs.blockBytes(i), "-byte descriptor");
+      const Failure f = readStatus(descs.block(i));
+      if (f) {
+        keepFirst(first, f);
+        continue;
+      }
+      const Descriptor d = Descriptor::decode(descs.block(i), descs.blockBytes(i));
+      if (!layout) layout = d;
+      EFCOMM_CHECK_T(MismatchError, d == *layout, s_.context, ": rank ", r,
+                     "'s message layout differs from the other ranks' (the allreduce algorithm needs payloads "
+                     "that add: the same compressor, parameters and step on every rank)");
+    }
+
+    // Round 2: the weighted payloads, summed in rank order by the backend.
+    if (layout) {
+      const size_t item = itemSize(s_.dtype);
+      EFCOMM_CHECK_T(CorruptMessageError, layout->payloadBytes % item == 0, s_.context, ": a ", layout->payloadBytes,
+                     "-byte payload is not a whole number of ", dtypeName(s_.dtype), " values");
+      const size_t count = layout->payloadBytes / item;
+      std::vector<double> sum((layout->payloadBytes + sizeof(double) - 1) / sizeof(double), 0.0);
+      if (mine.msg) scaleInto(mine.msg->payload(), sum.data(), count, weights_[static_cast<size_t>(s_.rank)]);
+      t0 = Clock::now();
+      backend.allreduceSum(sum.data(), count, s_.dtype)->wait();
+      comm += secondsSince(t0);
+      const uint64_t traffic = allreduceTraffic(count * item);
+      st.bytesSent += traffic;
+      st.bytesReceived += traffic;
+
+      t0 = Clock::now();
+      Message m = Message::build(layout->id, s_.dtype, s_.shape, layout->flags, layout->params, layout->payloadBytes);
+      if (layout->payloadBytes > 0) std::memcpy(m.mutablePayload(), sum.data(), layout->payloadBytes);
+      m.finish(layout->payloadBytes);
+      aggregate_.update({&m});
+      st.aggregateSeconds += secondsSince(t0);
+    }
+    st.commSeconds += comm;
+    if (first) raise(s_.context, first, s_.rank, mine.error);
+    copyOut(aggregate_.estimate(), out);
+  }
+
+  StateDict stateDict() const override {
+    StateDict sd;
+    sd.merge(worker_->stateDict(), "worker.");
+    sd.merge(aggregate_.stateDict(), "aggregate.");
+    return sd;
+  }
+
+  void loadStateDict(const StateDict& state) override {
+    auto worker = makeFeedback(s_.feedback, makeCompressor(s_.compressor));
+    worker->loadStateDict(state.sub("worker."));
+    Aggregate aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
+    aggregate.loadStateDict(state.sub("aggregate."));
+    worker_ = std::move(worker);
+    aggregate_ = std::move(aggregate);
+  }
+
+ private:
+  void scaleInto(const uint8_t* payload, double* out, size_t count, double w) const {
+    if (s_.dtype == DType::kFloat32) {
+      auto* o = reinterpret_cast<float*>(out);
+      for (size_t i = 0; i < count; ++i) o[i] = static_cast<float>(loadAs<float>(payload + 4 * i) * w);
+    } else {
+      for (size_t i = 0; i < count; ++i) out[i] = loadAs<double>(payload + 8 * i) * w;
+    }
+  }
+
+  // What this rank sends in a bandwidth-optimal allreduceSum of `bytes` (a reduce-scatter into
+  // n parts and an allgather of the parts; the MPI backend's algorithm): the parts it does not
+  // own, then its own part to n - 1 peers.
+  uint64_t allreduceTraffic(uint64_t bytes) const {
+    const uint64_t own = static_cast<uint64_t>(chunkBegin(static_cast<int64_t>(bytes), s_.n, s_.rank + 1) -
+                                               chunkBegin(static_cast<int64_t>(bytes), s_.n, s_.rank));
+    return (bytes - own) + own * static_cast<uint64_t>(s_.n - 1);
+  }
+
+  SlotSetup s_;
+  std::vector<double> weights_;
+  std::unique_ptr<Feedback> worker_;
+  Aggregate aggregate_;
+};
+
+}  // namespace
+
+std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetup& setup) {
+  if (name == "allgather") return std::make_unique<AllgatherAlgorithm>(setup);
+  if (name == "reduce_scatter") return std::make_unique<ReduceScatterAlgorithm>(setup);
+  if (name == "allreduce") {
+    const std::string why = allreduceUnsupported(setup.compressor);
+    EFCOMM_CHECK(why.empty(), setup.context, ": ", why);
+    return std::make_unique<AllreduceAlgorithm>(setup);
+  }
+  throw InvalidArgument("Reducer: unknown algorithm '" + name +
+                        "'; expected allgather, reduce_scatter, allreduce or auto");
+}
+
+std::string allreduceUnsupported(const std::string& compressorSpec) {
+  const std::string name = makeCompressor(compressorSpec)->name();
+  if (name == "identity" || name == "randk") return {};
+  return "the allreduce algorithm needs a compressor whose payloads add (identity, randk); '" + name +
+         "' payloads do not: use algorithm allgather, reduce_scatter or auto";
+}
+
+double predictSeconds(const std::string& algorithm, const LinkModel& link, const std::string& compressorSpec, int n,
+                      int64_t d, DType dtype) {
+  if (n <= 1) return 0;
+  const auto c = makeCompressor(compressorSpec);
+  const double peers = n - 1;
+  auto send = [&](double bytes) { return link.alphaSeconds + link.betaSecondsPerByte * bytes; };
+  if (algorithm == "allgather") return peers * send(static_cast<double>(c->wireBytes(d, dtype)));
+  const double part = static_cast<double>(c->wireBytes((d + n - 1) / n, dtype));
+  if (algorithm == "reduce_scatter") return 2 * peers * send(part + kStatusBytes);
+  // allreduce: the descriptor round, then a reduce-scatter and an allgather of the payload.
+  return peers * send(64) + 2 * peers * send(part);
+}
+
+LinkModel measureLink(Backend& backend) {
+  const int n = backend.size();
+  if (n <= 1) return {};
+  auto fastest = [&](size_t bytes, int repeats) {
+    std::vector<uint8_t> buf(bytes, 0);
+    ByteBlocks recv;
+    double best = 0;
+    for (int i = 0; i < repeats; ++i) {
+      const auto t0 = Clock::now();
+      backend.allgatherv(buf.data(), buf.size(), recv)->wait();
+      const double t = secondsSince(t0);
+      best = i == 0 ? t : std::min(best, t);
+    }
+    return best;
+  };
+  constexpr size_t kBig = size_t{1} << 20;
+  const double small = fastest(8, 5);
+  const double big = fastest(kBig, 3);
+  double model[2] = {small / (n - 1), std::max(big - small, 0.0) / ((n - 1) * static_cast<double>(kBig))};
+  backend.allreduceSum(model, 2, DType::kFloat64)->wait();  // the mean: the same model on every rank
+  return {model[0] / n, model[1] / n};
+}
+
+}  // namespace efcomm::comm
