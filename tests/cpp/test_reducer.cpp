@@ -183,6 +183,39 @@ TEST(Reducer, AlgorithmsAgreeOnAdditivePayloads) {
   }
 }
 
+TEST(Reducer, PowerSgdFactorRoundsAreExactAtFullRank) {
+  // 257 elements are a 16 x 17 matrix; rank 16 spans its columns, so P P^T M = M and the summed
+  // messages P (sum_i w_i Q_i)^T are the mean. The P round runs inside the workers' steps.
+  for (int n : {1, 2, 3}) {
+    const Results res = reduce(n, "powersgd:rank=16", "none", 3, "allreduce");
+    expectIdenticalAcrossRanks(res);
+    for (size_t t = 0; t < 3; ++t) {
+      for (size_t j = 0; j < kDim; ++j) {
+        double mean = 0;
+        for (int r = 0; r < n; ++r) mean += input(r, static_cast<int>(t))[j];
+        mean /= n;
+        EXPECT_NEAR(res[0][t][j], mean, 1e-4 * (1 + std::abs(mean))) << n << " " << t << " " << j;
+      }
+    }
+  }
+  // Low rank with EF21: bit-identical, finite, and a non-finite rank fails every rank.
+  const Results low = reduce(3, "powersgd:rank=2", "ef21", 4, "allreduce");
+  expectIdenticalAcrossRanks(low);
+  std::atomic<int> nonFinite{0};
+  runRanks(3, [&](Backend& b) {
+    Reducer red(borrow(b), "powersgd:rank=2", "ef21:init=compressed", ReducerOptions{"allreduce"});
+    std::vector<float> x(kDim, b.rank() == 2 ? std::nanf("") : 1.0f), out(kDim);
+    try {
+      red.allreduce(view(x), mutableView(out), "w");
+    } catch (const NonFiniteError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 2"), std::string::npos) << e.what();
+      ++nonFinite;
+    }
+    red.allreduce(view(input(b.rank(), 1)), mutableView(out), "w");
+  });
+  EXPECT_EQ(nonFinite.load(), 3);
+}
+
 TEST(Reducer, ReduceScatterBytesDoNotGrowWithRanks) {
   // Per-rank bytes: allgather sends (n-1) m(d); reduce_scatter 2 (n-1)/n m(d) < 2 m(d).
   constexpr size_t kBig = 1 << 18;

@@ -348,8 +348,7 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   st.algorithm = s.algorithm;
   st.controlBytes += header.size();
   st.commSeconds += agreeSeconds;
-  const int64_t d = x.numel();
-  s.impl->run(*backend_, ConstTensorView{x.data, x.dtype, {d}}, TensorView{out.data, out.dtype, {d}}, s.step++, st);
+  s.impl->run(*backend_, x, TensorView{out.data, out.dtype, x.shape}, s.step++, st);
   ++st.calls;
 }
 

@@ -12,6 +12,7 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "compress/powersgd.hpp"
 
 namespace efcomm::comm {
 
@@ -71,10 +72,10 @@ struct Attempt {
   mutable std::vector<uint8_t> statusBytes_;
 };
 
-// Raises the first failure of a round on every rank: the failing rank rethrows its own error,
-// the others name it.
-[[noreturn]] void raise(const std::string& context, const Failure& f, int rank, std::exception_ptr own) {
-  if (f.rank == rank && own) std::rethrow_exception(own);
+// Raises a round's failure on every rank: a rank that failed rethrows its own error, the others
+// name the first rank that failed.
+[[noreturn]] void raise(const std::string& context, const Failure& f, std::exception_ptr own) {
+  if (own) std::rethrow_exception(own);
   EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
                  " has a non-finite vector to compress and skipped this round");
   throw Error(context + ": rank " + std::to_string(f.rank) + " failed to compress (error code " +
@@ -138,7 +139,7 @@ class AllgatherAlgorithm final : public Algorithm {
     st.bytesSent += mine.size() * static_cast<uint64_t>(s_.n - 1);
     const ConstTensorView est = aggregate_.update(ptrs);
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(s_.context, first, s_.rank, mine.error);
+    if (first) raise(s_.context, first, mine.error);
     copyOut(est, out);
   }
 
@@ -248,7 +249,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
       mirrors_[i]->update({&m});
     }
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(s_.context, first, s_.rank, reduced.error ? reduced.error : firstError(parts));
+    if (first) raise(s_.context, first, reduced.error ? reduced.error : firstError(parts));
     for (int c = 0; c < n; ++c) copyOut(mirrors_[static_cast<size_t>(c)]->estimate(), chunk(out, c));
   }
 
@@ -357,24 +358,28 @@ struct Descriptor {
   }
 };
 
-// Payloads that add (identity, RandK with every rank's indices drawn from the shared seed and
-// step): decode(sum_i w_i payload_i) == sum_i w_i decode(msg_i), so the weighted payloads are
-// summed by the backend's allreduceSum and one message folds into a one-worker aggregate.
+// Payloads that add: identity; RandK, whose indices every rank draws from the shared seed and
+// step; PowerSGD in its distributed form (compress/powersgd.hpp), whose P every rank shares and
+// whose Q_i add. decode(sum_i w_i payload_i) == sum_i w_i decode(msg_i), so the weighted payloads
+// (PowerSGD: the Q part) are summed by the backend's allreduceSum and the one resulting message
+// folds into a one-worker aggregate.
 class AllreduceAlgorithm final : public Algorithm {
  public:
   explicit AllreduceAlgorithm(const SlotSetup& s)
-      : s_(s),
-        worker_(makeFeedback(s.feedback, makeCompressor(s.compressor))),
-        aggregate_(s.feedback, 1, {1.0}, s.shape, s.dtype) {
+      : s_(s), worker_(makeWorker()), aggregate_(s.feedback, 1, {1.0}, s.shape, s.dtype) {
     weights_ = s.weights.empty() ? std::vector<double>(static_cast<size_t>(s.n), 1.0 / s.n) : s.weights;
   }
 
   void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
            ReducerStats& st) override {
+    backend_ = &backend;
+    stats_ = &st;
+    factorSeconds_ = 0;
     Attempt mine;
     auto t0 = Clock::now();
     mine.run(s_.rank, [&] { return worker_->step(x, step); });
-    st.compressSeconds += secondsSince(t0);
+    st.compressSeconds += secondsSince(t0) - factorSeconds_;
+    double comm = factorSeconds_;
 
     // Round 1: the descriptors (or status blocks), so every rank, a failed one included, knows
     // the round's message layout and checks that the payloads really add.
@@ -382,7 +387,7 @@ class AllreduceAlgorithm final : public Algorithm {
     ByteBlocks descs;
     t0 = Clock::now();
     backend.allgatherv(desc.data(), desc.size(), descs)->wait();
-    double comm = secondsSince(t0);
+    comm += secondsSince(t0);
     st.bytesSent += desc.size() * static_cast<uint64_t>(s_.n - 1);
     Failure first;
     std::optional<Descriptor> layout;
@@ -403,14 +408,17 @@ class AllreduceAlgorithm final : public Algorithm {
                      "that add: the same compressor, parameters and step on every rank)");
     }
 
-    // Round 2: the weighted payloads, summed in rank order by the backend.
+    // Round 2: the weighted payloads (PowerSGD: after the shared P), summed in rank order.
     if (layout) {
       const size_t item = itemSize(s_.dtype);
-      EFCOMM_CHECK_T(CorruptMessageError, layout->payloadBytes % item == 0, s_.context, ": a ", layout->payloadBytes,
-                     "-byte payload is not a whole number of ", dtypeName(s_.dtype), " values");
-      const size_t count = layout->payloadBytes / item;
-      std::vector<double> sum((layout->payloadBytes + sizeof(double) - 1) / sizeof(double), 0.0);
-      if (mine.msg) scaleInto(mine.msg->payload(), sum.data(), count, weights_[static_cast<size_t>(s_.rank)]);
+      const bool factors = layout->id == CompressorId::kPowerSGD;
+      const size_t shared = factors ? sharedP_.size() * item : 0;
+      EFCOMM_CHECK_T(CorruptMessageError, layout->payloadBytes >= shared && (layout->payloadBytes - shared) % item == 0,
+                     s_.context, ": a ", layout->payloadBytes, "-byte payload does not fit the ", dtypeName(s_.dtype),
+                     " layout");
+      const size_t count = (layout->payloadBytes - shared) / item;
+      std::vector<double> sum(count, 0.0);  // count doubles hold count values of either dtype
+      if (mine.msg) scaleInto(mine.msg->payload() + shared, sum.data(), count, weights_[static_cast<size_t>(s_.rank)]);
       t0 = Clock::now();
       backend.allreduceSum(sum.data(), count, s_.dtype)->wait();
       comm += secondsSince(t0);
@@ -420,13 +428,22 @@ class AllreduceAlgorithm final : public Algorithm {
 
       t0 = Clock::now();
       Message m = Message::build(layout->id, s_.dtype, s_.shape, layout->flags, layout->params, layout->payloadBytes);
-      if (layout->payloadBytes > 0) std::memcpy(m.mutablePayload(), sum.data(), layout->payloadBytes);
+      uint8_t* payload = m.mutablePayload();
+      storeValues(sharedP_, payload, sharedP_.size());
+      if (count > 0) std::memcpy(payload + shared, sum.data(), count * item);
       m.finish(layout->payloadBytes);
       aggregate_.update({&m});
+      if (factors) {
+        // Every rank starts the next power iteration from the same summed Q (Algorithm 1).
+        const compress::PowerSgdLayout v = compress::powerSgdLayout(layout->params.data(), layout->params.size());
+        std::vector<double> q(count);
+        loadValues(payload + shared, q.data(), count);
+        compress::setPowerSgdWarmStart(*worker_->compressor(), v.m, v.n, q);
+      }
       st.aggregateSeconds += secondsSince(t0);
     }
     st.commSeconds += comm;
-    if (first) raise(s_.context, first, s_.rank, mine.error);
+    if (first) raise(s_.context, first, mine.error);
     copyOut(aggregate_.estimate(), out);
   }
 
@@ -438,7 +455,7 @@ class AllreduceAlgorithm final : public Algorithm {
   }
 
   void loadStateDict(const StateDict& state) override {
-    auto worker = makeFeedback(s_.feedback, makeCompressor(s_.compressor));
+    auto worker = makeWorker();
     worker->loadStateDict(state.sub("worker."));
     Aggregate aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
     aggregate.loadStateDict(state.sub("aggregate."));
@@ -447,6 +464,55 @@ class AllreduceAlgorithm final : public Algorithm {
   }
 
  private:
+  std::unique_ptr<Feedback> makeWorker() {
+    std::shared_ptr<Compressor> c = makeCompressor(s_.compressor);
+    if (c->name() == "powersgd") {
+      compress::setPowerSgdRounds(*c, {[this](std::vector<double>& p, bool finite) { sumFactor(p, finite); },
+                                       [this](const std::vector<double>& p) { sharedP_ = p; }});
+    }
+    return makeFeedback(s_.feedback, c);
+  }
+
+  // PowerSGD's P round: the weighted sum of the P_i, with one flag per rank for a non-finite P
+  // so that every rank learns who failed (and none waits for a rank that gave up).
+  void sumFactor(std::vector<double>& p, bool finite) {
+    const size_t count = p.size() + static_cast<size_t>(s_.n);
+    std::vector<double> buf(count, 0.0);
+    std::vector<double> local(count, 0.0);
+    if (finite) {
+      const double w = weights_[static_cast<size_t>(s_.rank)];
+      for (size_t i = 0; i < p.size(); ++i) local[i] = p[i] * w;
+    }
+    local[p.size() + static_cast<size_t>(s_.rank)] = finite ? 0.0 : 1.0;
+    storeValues(local, reinterpret_cast<uint8_t*>(buf.data()), count);
+    const auto t0 = Clock::now();
+    backend_->allreduceSum(buf.data(), count, s_.dtype)->wait();
+    factorSeconds_ += secondsSince(t0);
+    const uint64_t traffic = allreduceTraffic(count * itemSize(s_.dtype));
+    stats_->bytesSent += traffic;
+    stats_->bytesReceived += traffic;
+    loadValues(reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
+    for (int r = 0; r < s_.n; ++r)
+      EFCOMM_CHECK_T(NonFiniteError, local[p.size() + static_cast<size_t>(r)] == 0.0, s_.context, ": rank ", r,
+                     " has a non-finite vector to compress (PowerSGD's P round); every rank skips this round");
+    std::copy(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(p.size()), p.begin());
+  }
+
+  // Values as the slot's dtype stores them (float32 or float64), from and to doubles.
+  void storeValues(const std::vector<double>& v, uint8_t* out, size_t count) const {
+    for (size_t i = 0; i < count; ++i) {
+      if (s_.dtype == DType::kFloat32) {
+        storeAs<float>(out + 4 * i, static_cast<float>(v[i]));
+      } else {
+        storeAs<double>(out + 8 * i, v[i]);
+      }
+    }
+  }
+  void loadValues(const uint8_t* in, double* out, size_t count) const {
+    for (size_t i = 0; i < count; ++i)
+      out[i] = s_.dtype == DType::kFloat32 ? loadAs<float>(in + 4 * i) : loadAs<double>(in + 8 * i);
+  }
+
   void scaleInto(const uint8_t* payload, double* out, size_t count, double w) const {
     if (s_.dtype == DType::kFloat32) {
       auto* o = reinterpret_cast<float*>(out);
@@ -469,6 +535,11 @@ class AllreduceAlgorithm final : public Algorithm {
   std::vector<double> weights_;
   std::unique_ptr<Feedback> worker_;
   Aggregate aggregate_;
+  // Set for the duration of run(): PowerSGD's P round runs inside the worker's step.
+  Backend* backend_ = nullptr;
+  ReducerStats* stats_ = nullptr;
+  double factorSeconds_ = 0;
+  std::vector<double> sharedP_;  // PowerSGD: the P of the current round
 };
 
 }  // namespace
@@ -487,8 +558,8 @@ std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetu
 
 std::string allreduceUnsupported(const std::string& compressorSpec) {
   const std::string name = makeCompressor(compressorSpec)->name();
-  if (name == "identity" || name == "randk") return {};
-  return "the allreduce algorithm needs a compressor whose payloads add (identity, randk); '" + name +
+  if (name == "identity" || name == "randk" || name == "powersgd") return {};
+  return "the allreduce algorithm needs a compressor whose payloads add (identity, randk, powersgd); '" + name +
          "' payloads do not: use algorithm allgather, reduce_scatter or auto";
 }
 

@@ -35,6 +35,7 @@
 #include "common/rng.hpp"
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
+#include "compress/powersgd.hpp"
 
 namespace efcomm {
 
@@ -285,6 +286,18 @@ class PowerSGD final : public Compressor {
     return messageBytes(1, paramBytes(v).size(), payloadBytes(v, dt));
   }
 
+  void setRounds(compress::PowerSgdRounds rounds) { rounds_ = std::move(rounds); }
+
+  void setWarmStart(int64_t m, int64_t n, const std::vector<double>& q) {
+    const int64_t r = std::min({rank_, m, n});
+    EFCOMM_CHECK(static_cast<int64_t>(q.size()) == n * r, "powersgd warm start: ", q.size(), " values for ", n,
+                 " x ", r);
+    if (m != m_ || n != n_) init_ = initialQ(seed_, n, r);
+    q_ = q;
+    m_ = m;
+    n_ = n;
+  }
+
  protected:
   Message doCompress(const ConstTensorView& x, uint64_t) override {
     const int64_t d = x.numel();
@@ -309,12 +322,15 @@ class PowerSGD final : public Compressor {
       multiplyMQ(in, d, v, q.data(), p.data());
       // The fused check: Inf * q is +-Inf or NaN for every finite q, so a non-finite element
       // leaves its row's entries of P non-finite. Nothing below touches the warm-start state.
-      if (!std::all_of(p.begin(), p.end(), [](double e) { return std::isfinite(e); })) {
+      const bool finite = std::all_of(p.begin(), p.end(), [](double e) { return std::isfinite(e); });
+      if (rounds_.sumP) rounds_.sumP(p, finite);  // throws on every worker unless all are finite
+      if (!finite) {
         throwIfNonFinite(x, "powersgd.compress");
         throw NonFiniteError("powersgd.compress: M Q overflows; the input's magnitude is too large");
       }
       orthonormalize(p.data(), v.m, v.r);
       roundToWire<C>(p);  // finite: the entries of an orthonormal P lie in [-1, 1]
+      if (rounds_.sharedP) rounds_.sharedP(p);
       multiplyMtP(in, d, v, p.data(), q.data());
       if (!roundToWire<C>(q))
         throw NonFiniteError("powersgd.compress: Q = M^T P overflows the factors' precision; the input's magnitude is too large");
@@ -391,7 +407,14 @@ class PowerSGD final : public Compressor {
   // the initial Q of that shape (restarts zero columns).
   std::vector<double> q_, init_;
   int64_t m_ = -1, n_ = -1;
+  compress::PowerSgdRounds rounds_;  // distributed PowerSGD's collective steps, if installed
 };
+
+PowerSGD& asPowerSgd(Compressor& c) {
+  auto* p = dynamic_cast<PowerSGD*>(&c);
+  EFCOMM_CHECK(p != nullptr, "expected a powersgd compressor, got ", c.spec());
+  return *p;
+}
 
 /// Parameters and payload size: the checks decode relies on to stay in bounds.
 View parseLayout(const Message& msg) {
@@ -461,6 +484,23 @@ void decode(const Message& msg, const TensorView& out) {
 }
 
 }  // namespace
+
+namespace compress {
+
+void setPowerSgdRounds(Compressor& c, PowerSgdRounds rounds) { asPowerSgd(c).setRounds(std::move(rounds)); }
+
+void setPowerSgdWarmStart(Compressor& c, int64_t m, int64_t n, const std::vector<double>& q) {
+  asPowerSgd(c).setWarmStart(m, n, q);
+}
+
+PowerSgdLayout powerSgdLayout(const uint8_t* params, size_t size) {
+  ByteReader rd(params, size, "powersgd parameters");
+  const int64_t rank = rd.get<uint32_t>();
+  const auto m = static_cast<int64_t>(rd.get<uint64_t>()), n = static_cast<int64_t>(rd.get<uint64_t>());
+  return {m, n, std::min({rank, m, n})};
+}
+
+}  // namespace compress
 
 Codec powersgdCodec() {
   return {"powersgd", CompressorId::kPowerSGD,
