@@ -203,13 +203,28 @@ TEST(Comm, MismatchedCollectivesFailOnEveryRank) {
   EXPECT_EQ(mismatches.load(), 6);
 }
 
+TEST(Comm, SixteenBitSumsRoundAfterEveryAddition) {
+  // bf16: 1 + 2^-8 is a tie that rounds to even (1), and so does the next + 2^-8: rank-order
+  // 16-bit arithmetic gives 1, where a float32 sum rounded once would give 1 + 2^-7.
+  runRanks(3, [](Backend& b) {
+    const uint16_t one = 0x3F80, eps = 0x3B80;  // 1.0 and 2^-8 in bfloat16
+    uint16_t v[2] = {b.rank() == 0 ? one : eps, static_cast<uint16_t>(b.rank() == 0 ? 0x3FC0 : 0x3F80)};  // 1.5, 1, 1
+    b.allreduceSum(v, 2, DType::kBFloat16)->wait();
+    EXPECT_EQ(v[0], one);
+    EXPECT_EQ(v[1], 0x4060);  // 3.5
+    uint16_t h = 0x3C00;      // float16 1.0
+    b.allreduceSum(&h, 1, DType::kFloat16)->wait();
+    EXPECT_EQ(h, 0x4200);  // 3.0
+  });
+}
+
 TEST(Comm, InvalidArguments) {
   runRanks(2, [](Backend& b) {
     ByteBlocks recv;
     float f = 0;
     EXPECT_THROW(b.alltoallv(nullptr, {0}, recv), InvalidArgument);
     EXPECT_THROW(b.broadcast(&f, 4, 2), InvalidArgument);
-    EXPECT_THROW(b.allreduceSum(&f, 1, DType::kFloat16), InvalidArgument);
+    EXPECT_THROW(b.allreduceSum(reinterpret_cast<char*>(&f) + 1, 1, DType::kFloat16), InvalidArgument);  // misaligned
     EXPECT_THROW(b.barrier(0.0), InvalidArgument);
     EXPECT_THROW(b.allgatherv(nullptr, 3, recv), InvalidArgument);
     b.barrier()->wait();  // rejected calls consumed no sequence number

@@ -183,6 +183,17 @@ TEST(Reducer, AlgorithmsAgreeOnAdditivePayloads) {
   }
 }
 
+TEST(Reducer, CastPayloadsAddIn16Bits) {
+  for (const char* spec : {"cast:dtype=bf16", "cast:dtype=fp16"}) {
+    const Results a = reduce(3, spec, "none", 2, "allgather");
+    const Results b = reduce(3, spec, "none", 2, "allreduce");
+    expectIdenticalAcrossRanks(b);
+    const double tol = std::string(spec).find("bf16") != std::string::npos ? 2e-2 : 3e-3;
+    for (size_t t = 0; t < 2; ++t)
+      for (size_t j = 0; j < kDim; ++j) EXPECT_NEAR(a[0][t][j], b[0][t][j], tol * (1 + std::abs(a[0][t][j]))) << spec;
+  }
+}
+
 TEST(Reducer, PowerSgdFactorRoundsAreExactAtFullRank) {
   // 257 elements are a 16 x 17 matrix; rank 16 spans its columns, so P P^T M = M and the summed
   // messages P (sum_i w_i Q_i)^T are the mean. The P round runs inside the workers' steps.

@@ -107,9 +107,10 @@ class Backend {
   virtual std::shared_ptr<Work> broadcast(void* buf, size_t bytes, int root,
                                           std::optional<double> timeoutSeconds = std::nullopt) = 0;
 
-  /// In place: `buf` (`count` elements of `dtype`, float32 or float64) becomes the elementwise
-  /// sum over ranks, accumulated in rank order, ((x0 + x1) + x2) + ..., in `dtype` arithmetic,
-  /// so the result is bit-identical on every rank and reproducible from the inputs alone.
+  /// In place: `buf` (`count` elements of `dtype`: float32, float64, bfloat16 or float16)
+  /// becomes the elementwise sum over ranks, accumulated in rank order, ((x0 + x1) + x2) + ...,
+  /// in `dtype` arithmetic (16-bit types: each addition in float32, rounded to the type), so the
+  /// result is bit-identical on every rank and reproducible from the inputs alone.
   /// All ranks pass the same `count` and `dtype`.
   virtual std::shared_ptr<Work> allreduceSum(void* buf, size_t count, DType dtype,
                                              std::optional<double> timeoutSeconds = std::nullopt) = 0;

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <cstdint>
 
+#include "common/half.hpp"
+
 namespace efcomm::comm {
 
 double resolveTimeout(std::optional<double> requested, double fallback) {
@@ -16,8 +18,9 @@ void checkBuffer(const void* p, size_t bytes, const char* what) {
 }
 
 void checkSumBuffer(const void* buf, size_t count, DType dtype) {
-  EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64,
-               "allreduceSum: dtype must be float32 or float64, got ", dtypeName(dtype));
+  EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64 || dtype == DType::kBFloat16 ||
+                   dtype == DType::kFloat16,
+               "allreduceSum: dtype must be float32, float64, bfloat16 or float16, got ", dtypeName(dtype));
   checkBuffer(buf, count, "allreduceSum");
   EFCOMM_CHECK(reinterpret_cast<uintptr_t>(buf) % itemSize(dtype) == 0,
                "allreduceSum: buffer not aligned to ", itemSize(dtype), " bytes");
@@ -28,13 +31,25 @@ template <typename T>
 void addTyped(T* __restrict acc, const T* __restrict x, size_t count) {
   for (size_t i = 0; i < count; ++i) acc[i] += x[i];
 }
+
+// 16-bit arithmetic: each addition in float32, rounded to the 16-bit type (nearest even).
+template <float (*kWiden)(uint16_t), uint16_t (*kRound)(float)>
+void addHalf(uint16_t* __restrict acc, const uint16_t* __restrict x, size_t count) {
+  for (size_t i = 0; i < count; ++i) acc[i] = kRound(kWiden(acc[i]) + kWiden(x[i]));
+}
 }  // namespace
 
 void addInto(void* acc, const void* x, size_t count, DType dtype) {
-  if (dtype == DType::kFloat32) {
-    addTyped(static_cast<float*>(acc), static_cast<const float*>(x), count);
-  } else {
-    addTyped(static_cast<double*>(acc), static_cast<const double*>(x), count);
+  switch (dtype) {
+    case DType::kFloat32: addTyped(static_cast<float*>(acc), static_cast<const float*>(x), count); break;
+    case DType::kFloat64: addTyped(static_cast<double*>(acc), static_cast<const double*>(x), count); break;
+    case DType::kBFloat16:
+      addHalf<bf16ToFloat, floatToBf16>(static_cast<uint16_t*>(acc), static_cast<const uint16_t*>(x), count);
+      break;
+    case DType::kFloat16:
+      addHalf<f16ToFloat, floatToF16>(static_cast<uint16_t*>(acc), static_cast<const uint16_t*>(x), count);
+      break;
+    default: throw InvalidArgument("allreduceSum: unsupported dtype " + dtypeName(dtype));
   }
 }
 

@@ -16,11 +16,13 @@ double resolveTimeout(std::optional<double> requested, double fallback);
 /// Rejects a null pointer for a non-empty buffer.
 void checkBuffer(const void* p, size_t bytes, const char* what);
 
-/// Rejects dtypes other than float32/float64 and buffers not aligned to the element size.
+/// Rejects dtypes other than float32/float64/bfloat16/float16 and buffers not aligned to the
+/// element size.
 void checkSumBuffer(const void* buf, size_t count, DType dtype);
 
-/// acc[i] += x[i] for `count` elements of `dtype` (float32 or float64). Applied once per rank in
-/// rank order it gives ((x0 + x1) + x2) + ..., the order every backend's allreduceSum uses.
+/// acc[i] += x[i] for `count` elements of `dtype` (float32, float64; bfloat16 and float16 add in
+/// float32 and round to the type). Applied once per rank in rank order it gives
+/// ((x0 + x1) + x2) + ..., the order every backend's allreduceSum uses.
 void addInto(void* acc, const void* x, size_t count, DType dtype);
 
 }  // namespace efcomm::comm

@@ -12,6 +12,7 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "common/half.hpp"
 #include "compress/powersgd.hpp"
 
 namespace efcomm::comm {
@@ -358,9 +359,10 @@ struct Descriptor {
   }
 };
 
-// Payloads that add: identity; RandK, whose indices every rank draws from the shared seed and
-// step; PowerSGD in its distributed form (compress/powersgd.hpp), whose P every rank shares and
-// whose Q_i add. decode(sum_i w_i payload_i) == sum_i w_i decode(msg_i), so the weighted payloads
+// Payloads that add: identity; cast (summed in 16-bit arithmetic, as they travel); RandK, whose
+// indices every rank draws from the shared seed and step; PowerSGD in its distributed form
+// (compress/powersgd.hpp), whose P every rank shares and whose Q_i add. decode(sum_i w_i
+// payload_i) == sum_i w_i decode(msg_i) (for cast up to 16-bit rounding), so the weighted payloads
 // (PowerSGD: the Q part) are summed by the backend's allreduceSum and the one resulting message
 // folds into a one-worker aggregate.
 class AllreduceAlgorithm final : public Algorithm {
@@ -410,7 +412,8 @@ class AllreduceAlgorithm final : public Algorithm {
 
     // Round 2: the weighted payloads (PowerSGD: after the shared P), summed in rank order.
     if (layout) {
-      const size_t item = itemSize(s_.dtype);
+      const DType values = payloadDType(*layout);
+      const size_t item = itemSize(values);
       const bool factors = layout->id == CompressorId::kPowerSGD;
       const size_t shared = factors ? sharedP_.size() * item : 0;
       EFCOMM_CHECK_T(CorruptMessageError, layout->payloadBytes >= shared && (layout->payloadBytes - shared) % item == 0,
@@ -418,9 +421,10 @@ class AllreduceAlgorithm final : public Algorithm {
                      " layout");
       const size_t count = (layout->payloadBytes - shared) / item;
       std::vector<double> sum(count, 0.0);  // count doubles hold count values of either dtype
-      if (mine.msg) scaleInto(mine.msg->payload() + shared, sum.data(), count, weights_[static_cast<size_t>(s_.rank)]);
+      if (mine.msg)
+        scaleInto(mine.msg->payload() + shared, sum.data(), count, values, weights_[static_cast<size_t>(s_.rank)]);
       t0 = Clock::now();
-      backend.allreduceSum(sum.data(), count, s_.dtype)->wait();
+      backend.allreduceSum(sum.data(), count, values)->wait();
       comm += secondsSince(t0);
       const uint64_t traffic = allreduceTraffic(count * item);
       st.bytesSent += traffic;
@@ -513,12 +517,32 @@ class AllreduceAlgorithm final : public Algorithm {
       out[i] = s_.dtype == DType::kFloat32 ? loadAs<float>(in + 4 * i) : loadAs<double>(in + 8 * i);
   }
 
-  void scaleInto(const uint8_t* payload, double* out, size_t count, double w) const {
-    if (s_.dtype == DType::kFloat32) {
-      auto* o = reinterpret_cast<float*>(out);
-      for (size_t i = 0; i < count; ++i) o[i] = static_cast<float>(loadAs<float>(payload + 4 * i) * w);
-    } else {
-      for (size_t i = 0; i < count; ++i) out[i] = loadAs<double>(payload + 8 * i) * w;
+  // The element type of the payload: the input's, but cast's target type for cast.
+  DType payloadDType(const Descriptor& d) const {
+    if (d.id != CompressorId::kCast) return s_.dtype;
+    EFCOMM_CHECK_T(CorruptMessageError, d.params.size() == 1 && isValidDType(d.params[0]), s_.context,
+                   ": bad cast parameters");
+    return static_cast<DType>(d.params[0]);
+  }
+
+  // out (count values of `dtype`) = w * payload, rounded to `dtype`.
+  static void scaleInto(const uint8_t* payload, void* out, size_t count, DType dtype, double w) {
+    switch (dtype) {
+      case DType::kFloat32:
+        for (size_t i = 0; i < count; ++i)
+          static_cast<float*>(out)[i] = static_cast<float>(loadAs<float>(payload + 4 * i) * w);
+        break;
+      case DType::kFloat64:
+        for (size_t i = 0; i < count; ++i) static_cast<double*>(out)[i] = loadAs<double>(payload + 8 * i) * w;
+        break;
+      case DType::kBFloat16:
+        for (size_t i = 0; i < count; ++i)
+          static_cast<uint16_t*>(out)[i] = floatToBf16(static_cast<float>(bf16ToFloat(loadAs<uint16_t>(payload + 2 * i)) * w));
+        break;
+      case DType::kFloat16:
+        for (size_t i = 0; i < count; ++i)
+          static_cast<uint16_t*>(out)[i] = floatToF16(static_cast<float>(f16ToFloat(loadAs<uint16_t>(payload + 2 * i)) * w));
+        break;
     }
   }
 
@@ -558,8 +582,8 @@ std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetu
 
 std::string allreduceUnsupported(const std::string& compressorSpec) {
   const std::string name = makeCompressor(compressorSpec)->name();
-  if (name == "identity" || name == "randk" || name == "powersgd") return {};
-  return "the allreduce algorithm needs a compressor whose payloads add (identity, randk, powersgd); '" + name +
+  if (name == "identity" || name == "cast" || name == "randk" || name == "powersgd") return {};
+  return "the allreduce algorithm needs a compressor whose payloads add (identity, cast, randk, powersgd); '" + name +
          "' payloads do not: use algorithm allgather, reduce_scatter or auto";
 }
 
