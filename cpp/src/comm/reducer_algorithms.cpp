@@ -426,7 +426,7 @@ class AllreduceAlgorithm final : public Algorithm {
       t0 = Clock::now();
       backend.allreduceSum(sum.data(), count, values)->wait();
       comm += secondsSince(t0);
-      const uint64_t traffic = allreduceTraffic(count * item);
+      const uint64_t traffic = allreduceTraffic(count, item);
       st.bytesSent += traffic;
       st.bytesReceived += traffic;
 
@@ -492,7 +492,7 @@ class AllreduceAlgorithm final : public Algorithm {
     const auto t0 = Clock::now();
     backend_->allreduceSum(buf.data(), count, s_.dtype)->wait();
     factorSeconds_ += secondsSince(t0);
-    const uint64_t traffic = allreduceTraffic(count * itemSize(s_.dtype));
+    const uint64_t traffic = allreduceTraffic(count, itemSize(s_.dtype));
     stats_->bytesSent += traffic;
     stats_->bytesReceived += traffic;
     loadValues(reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
@@ -546,13 +546,13 @@ class AllreduceAlgorithm final : public Algorithm {
     }
   }
 
-  // What this rank sends in a bandwidth-optimal allreduceSum of `bytes` (a reduce-scatter into
-  // n parts and an allgather of the parts; the MPI backend's algorithm): the parts it does not
-  // own, then its own part to n - 1 peers.
-  uint64_t allreduceTraffic(uint64_t bytes) const {
-    const uint64_t own = static_cast<uint64_t>(chunkBegin(static_cast<int64_t>(bytes), s_.n, s_.rank + 1) -
-                                               chunkBegin(static_cast<int64_t>(bytes), s_.n, s_.rank));
-    return (bytes - own) + own * static_cast<uint64_t>(s_.n - 1);
+  // What this rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes (a
+  // reduce-scatter into n parts of whole values and an allgather of the parts; the MPI
+  // backend's algorithm): the parts it does not own, then its own part to n - 1 peers.
+  uint64_t allreduceTraffic(size_t count, size_t item) const {
+    const auto n = static_cast<size_t>(s_.n);
+    const uint64_t own = count / n + (static_cast<size_t>(s_.rank) < count % n ? 1 : 0);
+    return ((count - own) + own * static_cast<uint64_t>(s_.n - 1)) * item;
   }
 
   SlotSetup s_;
