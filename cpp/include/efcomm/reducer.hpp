@@ -91,7 +91,8 @@ struct ReducerOptions {
 
 /// Compressed allreduce with per-key error-feedback state. One object per rank. The blocking
 /// calls are driven by one thread at a time; `allreduceAsync` runs calls on a worker thread of
-/// the reducer, in the order they were made (then the backend is driven from that thread). All
+/// the reducer, in the order they were made (then the backend is driven from that thread; with an
+/// MPI below MPI_THREAD_SERIALIZED the call runs at once instead). All
 /// ranks must call with the same keys, shapes and dtypes in the same order.
 class Reducer {
  public:

@@ -19,6 +19,7 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "efcomm/mpi.hpp"
 #include "feedback/common.hpp"
 
 namespace efcomm {
@@ -237,6 +238,19 @@ void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const s
 
 std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key) {
   auto job = std::make_shared<Job>(x, out, key);
+  // An MPI initialized below MPI_THREAD_SERIALIZED may only be called from its own thread: the
+  // call then runs here and the Work is complete when returned.
+  const std::optional<MpiThreadLevel> level = mpiThreadLevel(*backend_);
+  if (level && *level < MpiThreadLevel::kSerialized) {
+    std::exception_ptr error;
+    try {
+      reduceNow(x, out, key);
+    } catch (...) {
+      error = std::current_exception();
+    }
+    job->finish(error);
+    return job;
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   if (!thread_.joinable()) {
     thread_ = std::thread([this] {
