@@ -8,6 +8,7 @@ void initCommon(py::module_& m);
 void initCompress(py::module_& m);
 void initFeedback(py::module_& m);
 void initComm(py::module_& m);
+void initMpi(py::module_& m);
 }  // namespace efcomm::py_bind
 
 PYBIND11_MODULE(_core, m) {
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   efcomm::py_bind::initCompress(m);
   efcomm::py_bind::initFeedback(m);
   efcomm::py_bind::initComm(m);
+  efcomm::py_bind::initMpi(m);
 }

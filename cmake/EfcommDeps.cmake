@@ -29,9 +29,58 @@ if(NOT EFCOMM_CUDA STREQUAL "OFF")
 endif()
 set(EFCOMM_HAVE_CUDA_BUILT 0)  # no CUDA targets are compiled yet
 
-# NCCL and MPI backends arrive with the collectives issues.
+# NCCL backend arrives with its issue.
 set(EFCOMM_HAVE_NCCL 0)
+
+# MPI: only an MPICH-ABI mpi.h is needed (for its types and constants); the backend finds the MPI
+# functions at run time, so nothing links MPI. Looked for where `mpicc -show` points, in the
+# Python environment's prefix (the `mpich` wheel installs include/mpi.h there), then the usual
+# system places. EFCOMM_MPI_INCLUDE_DIR may be set by hand.
 set(EFCOMM_HAVE_MPI 0)
+set(EFCOMM_MPI_ABI "")
+if(NOT EFCOMM_MPI STREQUAL "OFF")
+  set(_efcomm_mpi_hints "")
+  find_program(EFCOMM_MPICC NAMES mpicc)
+  if(EFCOMM_MPICC)
+    execute_process(COMMAND "${EFCOMM_MPICC}" -show OUTPUT_VARIABLE _efcomm_mpicc_show ERROR_QUIET
+                    OUTPUT_STRIP_TRAILING_WHITESPACE)
+    separate_arguments(_efcomm_mpicc_show UNIX_COMMAND "${_efcomm_mpicc_show}")
+    foreach(_arg IN LISTS _efcomm_mpicc_show)
+      if(_arg MATCHES "^-I(.+)")
+        list(APPEND _efcomm_mpi_hints "${CMAKE_MATCH_1}")
+      endif()
+    endforeach()
+    get_filename_component(_efcomm_mpicc_prefix "${EFCOMM_MPICC}" DIRECTORY)
+    list(APPEND _efcomm_mpi_hints "${_efcomm_mpicc_prefix}/../include")
+  endif()
+  foreach(_py IN ITEMS "${Python_EXECUTABLE}" "${Python3_EXECUTABLE}")
+    if(_py)
+      execute_process(COMMAND "${_py}" -c "import sys; print(sys.prefix)" OUTPUT_VARIABLE _efcomm_py_prefix
+                      ERROR_QUIET OUTPUT_STRIP_TRAILING_WHITESPACE)
+      if(_efcomm_py_prefix)
+        list(APPEND _efcomm_mpi_hints "${_efcomm_py_prefix}/include")
+      endif()
+    endif()
+  endforeach()
+  if(DEFINED ENV{VIRTUAL_ENV})
+    list(APPEND _efcomm_mpi_hints "$ENV{VIRTUAL_ENV}/include")
+  endif()
+  find_path(EFCOMM_MPI_INCLUDE_DIR mpi.h HINTS ${_efcomm_mpi_hints}
+            PATH_SUFFIXES mpich x86_64-linux-gnu/mpich aarch64-linux-gnu/mpich)
+  if(EFCOMM_MPI_INCLUDE_DIR)
+    file(STRINGS "${EFCOMM_MPI_INCLUDE_DIR}/mpi.h" _efcomm_mpich_version REGEX "^#define MPICH_VERSION ")
+    if(_efcomm_mpich_version MATCHES "\"([^\"]+)\"")
+      set(EFCOMM_HAVE_MPI 1)
+      set(EFCOMM_MPI_ABI "MPICH ABI (mpi.h ${CMAKE_MATCH_1})")
+      message(STATUS "efcomm: MPI backend for the ${EFCOMM_MPI_ABI}, ${EFCOMM_MPI_INCLUDE_DIR}/mpi.h")
+    else()
+      message(STATUS "efcomm: ${EFCOMM_MPI_INCLUDE_DIR}/mpi.h is not MPICH's (Open MPI?): no MPI backend")
+    endif()
+  else()
+    message(STATUS "efcomm: no mpi.h found (pip install mpich, or apt-get install libmpich-dev): no MPI backend")
+  endif()
+  _efcomm_require(EFCOMM_MPI EFCOMM_HAVE_MPI "an MPICH-ABI mpi.h (MPICH, Intel MPI, MVAPICH)")
+endif()
 
 # Vectorization: the kernels are written for the auto-vectorizer; -march decides the ISA.
 set(EFCOMM_KERNEL_FLAGS -O3)

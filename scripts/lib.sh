@@ -5,8 +5,10 @@
 EFCOMM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # For the sourcing scripts: what --no-build-isolation needs to build the wheel, plus the
 # runtime dependencies numpy and (the simulator's) scikit-learn and matplotlib; torch pinned to the
-# release the tests are run with.
-EFCOMM_BUILD_DEPS=(scikit-build-core pybind11 ninja cmake numpy scikit-learn matplotlib)
+# release the tests are run with. mpich (its mpi.h, libmpi and mpiexec) goes in with the build
+# tools, before the wheel is built, so that the build finds mpi.h and has the MPI backend;
+# mpi4py for ef.Communicator.mpi.
+EFCOMM_BUILD_DEPS=(scikit-build-core pybind11 ninja cmake numpy scikit-learn matplotlib mpich mpi4py)
 EFCOMM_TORCH="torch==2.13.0"
 export CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2}
 

@@ -40,10 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=_cmd_info)
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback}")
-    from .bench import compressors as bench_compressors, feedback as bench_feedback
+    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce}")
+    from .bench import allreduce as bench_allreduce, compressors as bench_compressors, feedback as bench_feedback
     for name, module, text in (("compressors", bench_compressors, "compress/decompress throughput of every compressor"),
-                               ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone")):
+                               ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone"),
+                               ("allreduce", bench_allreduce, "Reducer.allreduce against MPI_Allreduce between processes")):
         b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)

@@ -27,9 +27,35 @@ class Communicator:
         self._backend = backend
 
     @classmethod
-    def mpi(cls, comm=None) -> "Communicator":
-        """Wraps an mpi4py communicator (default ``MPI.COMM_WORLD``)."""
-        raise BackendUnavailable("MPI backend not built yet")
+    def mpi(cls, comm=None, timeout: Optional[float] = None) -> "Communicator":
+        """Wraps an mpi4py communicator (default ``MPI.COMM_WORLD``).
+
+        Collective: every rank of ``comm`` calls it. The backend works on a duplicate of ``comm``,
+        so its messages never mix with the caller's. ``timeout``: default timeout of its
+        collectives in seconds (None: 300). Needs mpi4py over an MPICH-ABI MPI library, by
+        default the ``mpich`` wheel (``pip install mpi4py mpich``).
+        """
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise BackendUnavailable(f"Communicator.mpi needs mpi4py and MPICH: pip install mpi4py mpich ({e})") from e
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Comm):
+            raise InvalidArgument(f"Communicator.mpi: expected an mpi4py communicator, got {type(comm).__name__}")
+        if ".mpiabi." in getattr(MPI, "__file__", ""):
+            raise BackendUnavailable("Communicator.mpi: mpi4py runs on the MPI standard ABI (libmpi_abi), efcomm on "
+                                     "the MPICH ABI: set MPI4PY_MPIABI=mpich before importing mpi4py")
+        # mpi4py loads libmpi privately (RTLD_LOCAL), out of the core's sight: tell it which file.
+        library = ""
+        try:
+            with open("/proc/self/maps") as maps:
+                paths = sorted({line.split(None, 5)[-1].strip() for line in maps if "/libmpi" in line})
+            library = next((p for p in paths if p.rsplit("/", 1)[-1].startswith(("libmpi.so", "libmpich.so"))), "")
+        except OSError:  # no /proc (macOS): the core looks for an already loaded libmpi.so.12
+            pass
+        handle = comm.handle if hasattr(comm, "handle") else MPI._handleof(comm)
+        return cls(_core._mpi_backend(int(handle), library, None if timeout is None else float(timeout)))
 
     @property
     def rank(self) -> int:
@@ -110,6 +136,7 @@ class Reducer:
         if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
             raise InvalidArgument(f"Reducer: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self._comm = comm
+        self._pending: list = []
         self._impl = _core._Reducer(comm._backend, compressor, feedback, algorithm,
                                     [] if weights is None else [float(w) for w in weights], bucket_bytes)
 
@@ -148,7 +175,11 @@ class Reducer:
         """Starts :meth:`allreduce` on the reducer's worker thread; calls run in the order made.
         x must not be modified until the Work has completed."""
         self._check_key(key, "allreduce_async")
-        return Work(self._impl.allreduce_async(_host(x), key), x)
+        work = Work(self._impl.allreduce_async(_host(x), key), x)
+        # The native call reads x and writes its output until it completes: keep both alive even
+        # if the caller drops the Work.
+        self._pending = [w for w in self._pending if not w.is_completed()] + [work]
+        return work
 
     def allreduce_coalesced(self, xs, *, key: str) -> list:
         """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
@@ -170,6 +201,13 @@ class Reducer:
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict() of the same rank and configuration (else MismatchError)."""
         self._impl.load_state_dict(state)
+
+    def __del__(self):
+        for work in getattr(self, "_pending", ()):
+            try:
+                work.wait()
+            except Exception:  # noqa: BLE001 - its error belonged to a Work nobody waited for
+                pass
 
     def __repr__(self) -> str:
         return (f"Reducer(rank={self._impl.rank}, size={self._impl.size}, compressor={self.compressor!r}, "

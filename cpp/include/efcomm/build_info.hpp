@@ -10,7 +10,7 @@ struct BuildInfo {
   std::string version;   ///< "0.1.0"
   bool cuda = false;     ///< CUDA kernels compiled in
   bool nccl = false;     ///< NCCL backend compiled in
-  std::string mpi;       ///< MPI library version string, empty when the MPI backend is absent
+  std::string mpi;       ///< MPI ABI the MPI backend was built for ("MPICH ABI (mpi.h 5.0.2)"), empty when absent
   std::string simd;      ///< widest vector ISA the kernels were compiled for ("avx512", "avx2", ...)
   bool openmp = false;   ///< kernels multi-threaded with OpenMP
   int threads = 1;       ///< threads the kernels use

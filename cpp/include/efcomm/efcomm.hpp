@@ -9,6 +9,7 @@
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "efcomm/mpi.hpp"
 #include "efcomm/reducer.hpp"
 #include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"

@@ -10,6 +10,7 @@ BuildInfo buildInfo() {
   b.version = EFCOMM_VERSION;
   b.cuda = EFCOMM_HAVE_CUDA;
   b.nccl = EFCOMM_HAVE_NCCL;
+  b.mpi = EFCOMM_MPI_ABI;
   b.openmp = EFCOMM_HAVE_OPENMP;
   b.threads = maxThreads();
 #if defined(__AVX512F__)

@@ -1,0 +1,321 @@
+// The MPI backend as a C++ application uses it: linked with MPI, efcomm::mpiBackend(MPI_COMM_WORLD).
+// Run under mpiexec with any number of ranks (ctest runs 2, 3 and 4). Every rank runs every test
+// in the same order; rank 0 prints the usual GoogleTest output, the others only their failures,
+// and the exit status is non-zero when any rank failed.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "efcomm/comm.hpp"
+#include "efcomm/mpi.hpp"
+
+namespace efcomm {
+namespace {
+
+// Timeout of the collectives expected to succeed: generous, since 4 ranks may share 2 cores.
+constexpr double kTimeout = 60.0;
+
+int worldRank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+int worldSize() {
+  int n = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+double secondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Rank r's allgatherv contribution: r * 5 bytes (rank 0 sends nothing), value r * 16 + i.
+std::vector<uint8_t> contribution(int r) {
+  std::vector<uint8_t> v(static_cast<size_t>(r) * 5);
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<uint8_t>(r * 16 + static_cast<int>(i));
+  return v;
+}
+
+TEST(Mpi, RankAndSizeMatchTheCommunicator) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  EXPECT_EQ(b->rank(), worldRank());
+  EXPECT_EQ(b->size(), worldSize());
+}
+
+TEST(Mpi, ThreadLevelIsMpis) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  int provided = -1;
+  MPI_Query_thread(&provided);
+  ASSERT_TRUE(mpiThreadLevel(*b).has_value());
+  EXPECT_EQ(static_cast<int>(*mpiThreadLevel(*b)), provided);
+  InProcessGroup group(1);
+  EXPECT_FALSE(mpiThreadLevel(*group.backend(0)).has_value());
+}
+
+TEST(Mpi, AllgathervVariableSizesWithoutPadding) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const int n = b->size();
+  const std::vector<uint8_t> mine = contribution(b->rank());
+  ByteBlocks recv;
+  b->allgatherv(mine.data(), mine.size(), recv)->wait();
+  ASSERT_EQ(recv.size(), static_cast<size_t>(n));
+  size_t total = 0;
+  for (int j = 0; j < n; ++j) {
+    EXPECT_EQ(recv.copyBlock(static_cast<size_t>(j)), contribution(j)) << "block " << j;
+    total += contribution(j).size();
+  }
+  EXPECT_EQ(recv.data.size(), total);
+}
+
+TEST(Mpi, AlltoallvVariableSizes) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const int n = b->size();
+  const int i = b->rank();
+  // Rank i sends (i + 2j) % 4 bytes of value i * 10 + j to rank j.
+  std::vector<size_t> counts;
+  std::vector<uint8_t> send;
+  for (int j = 0; j < n; ++j) {
+    counts.push_back(static_cast<size_t>((i + 2 * j) % 4));
+    send.insert(send.end(), counts.back(), static_cast<uint8_t>(i * 10 + j));
+  }
+  ByteBlocks recv;
+  b->alltoallv(send.data(), counts, recv)->wait();
+  ASSERT_EQ(recv.size(), static_cast<size_t>(n));
+  for (int j = 0; j < n; ++j) {
+    EXPECT_EQ(recv.copyBlock(static_cast<size_t>(j)),
+              std::vector<uint8_t>(static_cast<size_t>((j + 2 * i) % 4), static_cast<uint8_t>(j * 10 + i)));
+  }
+}
+
+TEST(Mpi, BroadcastFromEveryRoot) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  for (int root = 0; root < b->size(); ++root) {
+    std::vector<uint8_t> buf(1000, static_cast<uint8_t>(b->rank() == root ? 0 : 0xEE));
+    if (b->rank() == root) std::iota(buf.begin(), buf.end(), static_cast<uint8_t>(root));
+    b->broadcast(buf.data(), buf.size(), root)->wait();
+    std::vector<uint8_t> want(1000);
+    std::iota(want.begin(), want.end(), static_cast<uint8_t>(root));
+    EXPECT_EQ(buf, want) << "root " << root;
+  }
+}
+
+// Rank r's input to allreduceSum: magnitudes spread over many binades, so that the order of the
+// additions shows in the rounding.
+template <typename T>
+std::vector<T> summand(int rank, size_t count) {
+  std::mt19937_64 rng(1234 + static_cast<uint64_t>(rank));
+  std::uniform_real_distribution<double> mantissa(-1.0, 1.0);
+  std::uniform_int_distribution<int> exponent(-20, 20);
+  std::vector<T> v(count);
+  for (T& x : v) x = static_cast<T>(std::ldexp(mantissa(rng), exponent(rng)));
+  return v;
+}
+
+template <typename T>
+void checkAllreduceSum(Backend& b, size_t count, DType dtype) {
+  const int n = b.size();
+  std::vector<T> buf = summand<T>(b.rank(), count);
+  b.allreduceSum(buf.data(), count, dtype)->wait();
+  // The in-process backend on the same inputs: the MPI result must have exactly its bits.
+  std::vector<T> reference;
+  runRanks(n, [&](Backend& local) {
+    std::vector<T> x = summand<T>(local.rank(), count);
+    local.allreduceSum(x.data(), count, dtype)->wait();
+    if (local.rank() == 0) reference = x;
+  });
+  ASSERT_EQ(buf.size(), reference.size());
+  if (count == 0) return;
+  EXPECT_EQ(std::memcmp(buf.data(), reference.data(), count * sizeof(T)), 0)
+      << dtypeName(dtype) << " x " << count << " differs from the in-process backend's sum";
+  if (n >= 3 && count >= 1000) {
+    // The test can tell orders apart: summing in reverse rank order rounds differently.
+    std::vector<T> reversed = summand<T>(n - 1, count);
+    for (int r = n - 2; r >= 0; --r) {
+      const std::vector<T> x = summand<T>(r, count);
+      for (size_t i = 0; i < count; ++i) reversed[i] += x[i];
+    }
+    EXPECT_NE(std::memcmp(reversed.data(), reference.data(), count * sizeof(T)), 0);
+  }
+}
+
+TEST(Mpi, AllreduceSumIsBitIdenticalToRankOrder) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const size_t n = static_cast<size_t>(b->size());
+  for (size_t count : {size_t{0}, size_t{1}, n - 1, n + 1, size_t{1000}, size_t{100003}}) {
+    checkAllreduceSum<float>(*b, count, DType::kFloat32);
+    checkAllreduceSum<double>(*b, count, DType::kFloat64);
+  }
+}
+
+TEST(Mpi, BarrierAndManyCollectivesInFlight) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const int n = b->size();
+  b->barrier()->wait();
+  // Issued back to back and waited for in reverse order: sequence numbers keep them apart.
+  const std::vector<uint8_t> mine = contribution(b->rank());
+  ByteBlocks gathered;
+  std::vector<double> sum(10, 1.0);
+  std::vector<uint8_t> bcast(64, static_cast<uint8_t>(b->rank()));
+  auto w1 = b->allgatherv(mine.data(), mine.size(), gathered);
+  auto w2 = b->allreduceSum(sum.data(), sum.size(), DType::kFloat64);
+  auto w3 = b->broadcast(bcast.data(), bcast.size(), n - 1);
+  auto w4 = b->barrier();
+  w4->wait();
+  w3->wait();
+  w2->wait();
+  w1->wait();
+  EXPECT_TRUE(w1->completed() && w2->completed() && w3->completed() && w4->completed());
+  EXPECT_EQ(gathered.copyBlock(static_cast<size_t>(n - 1)), contribution(n - 1));
+  EXPECT_EQ(sum, std::vector<double>(10, static_cast<double>(n)));
+  EXPECT_EQ(bcast, std::vector<uint8_t>(64, static_cast<uint8_t>(n - 1)));
+}
+
+TEST(Mpi, MismatchedCollectivesFailOnEveryRankAndTheBackendStaysUsable) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const int n = b->size();
+  const bool odd = b->rank() == n - 1;
+  // The last rank broadcasts while the others gather.
+  std::vector<uint8_t> buf(16, 1);
+  ByteBlocks recv;
+  auto work = odd ? b->broadcast(buf.data(), buf.size(), 0) : b->allgatherv(buf.data(), buf.size(), recv);
+  try {
+    work->wait();
+    ADD_FAILURE() << "no MismatchError on rank " << b->rank();
+  } catch (const MismatchError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("rank 0 called allgatherv but rank " + std::to_string(n - 1) + " called broadcast"),
+              std::string::npos)
+        << what;
+  }
+  // The last rank sums one element more.
+  std::vector<float> x(odd ? 9 : 8, 1.0f);
+  EXPECT_THROW(b->allreduceSum(x.data(), x.size(), DType::kFloat32)->wait(), MismatchError);
+  // A mismatch moves no payload and leaves the ranks in step.
+  std::vector<double> y(5, 2.0);
+  b->allreduceSum(y.data(), y.size(), DType::kFloat64)->wait();
+  EXPECT_EQ(y, std::vector<double>(5, 2.0 * n));
+}
+
+TEST(Mpi, ARankThatSkipsACollectiveIsNamedByTheOthers) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  const int n = b->size();
+  const int skipper = n - 1;
+  constexpr double kShort = 1.0;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (b->rank() != skipper) {
+    std::vector<uint8_t> mine(8, 7);
+    ByteBlocks recv;
+    try {
+      b->allgatherv(mine.data(), mine.size(), recv, kShort)->wait();
+      ADD_FAILURE() << "no CollectiveTimeout on rank " << b->rank();
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_EQ(e.culprits(), std::vector<int>{skipper}) << e.what();
+      // Its own timeout, or a peer's that came first.
+      EXPECT_NE(std::string(e.what()).find("after 1 s waiting for rank(s) " + std::to_string(skipper)),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_LT(secondsSince(t0), 10.0);
+  } else {
+    // Its next collective comes after the others gave up; they told it so, and it fails at once
+    // rather than at its own (long) timeout.
+    std::this_thread::sleep_for(std::chrono::duration<double>(3 * kShort));
+    try {
+      b->barrier(kTimeout)->wait();
+      ADD_FAILURE() << "the late rank's barrier succeeded";
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_EQ(e.culprits(), std::vector<int>{skipper}) << e.what();
+    }
+    EXPECT_LT(secondsSince(t0), 10.0);
+  }
+  // The communicator is unusable from now on: later collectives fail at once.
+  const auto t1 = std::chrono::steady_clock::now();
+  try {
+    b->barrier()->wait();
+    ADD_FAILURE() << "a collective after the timeout succeeded";
+  } catch (const CollectiveTimeout& e) {
+    EXPECT_NE(std::string(e.what()).find("unusable"), std::string::npos) << e.what();
+    EXPECT_EQ(e.culprits(), std::vector<int>{skipper});
+  }
+  EXPECT_LT(secondsSince(t1), 1.0);
+  // A fresh backend on the same MPI communicator works.
+  auto fresh = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  std::vector<double> y(3, 1.0);
+  fresh->allreduceSum(y.data(), y.size(), DType::kFloat64)->wait();
+  EXPECT_EQ(y, std::vector<double>(3, static_cast<double>(n)));
+}
+
+TEST(Mpi, ShortWaitAbortsTheCollective) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  if (b->size() == 1) GTEST_SKIP() << "needs a peer";
+  // Rank 0 waits at most 0.5 s for a barrier rank 1 enters only later.
+  if (b->rank() == 1) std::this_thread::sleep_for(std::chrono::seconds(2));
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    b->barrier()->wait(b->rank() == 0 ? std::optional<double>(0.5) : std::nullopt);
+    ADD_FAILURE() << "barrier succeeded on rank " << b->rank();
+  } catch (const CollectiveTimeout& e) {
+    EXPECT_EQ(e.culprits(), std::vector<int>{1}) << e.what();
+  }
+  EXPECT_LT(secondsSince(t0), 10.0);
+}
+
+TEST(Mpi, InvalidArgumentsAreRejectedBeforeAnythingIsSent) {
+  auto b = mpiBackend(MPI_COMM_WORLD, kTimeout);
+  std::vector<uint8_t> buf(4);
+  ByteBlocks recv;
+  EXPECT_THROW(b->broadcast(buf.data(), buf.size(), b->size()), InvalidArgument);
+  EXPECT_THROW(b->alltoallv(buf.data(), std::vector<size_t>(static_cast<size_t>(b->size()) + 1, 0), recv),
+               InvalidArgument);
+  std::vector<float> sum(4);
+  EXPECT_THROW(b->allreduceSum(reinterpret_cast<uint8_t*>(sum.data()) + 1, 1, DType::kFloat32), InvalidArgument);
+  EXPECT_THROW(b->barrier(-1.0), InvalidArgument);
+  b->barrier()->wait();  // nothing was sent: the ranks are still in step
+}
+
+// Rank 0 keeps GoogleTest's printer; the others print only their failures.
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (r.failed()) {
+      std::fprintf(stderr, "[rank %d] %s:%d: failure\n%s\n", rank_, r.file_name() ? r.file_name() : "?",
+                   r.line_number(), r.summary());
+    }
+  }
+
+ private:
+  int rank_;
+};
+
+}  // namespace
+}  // namespace efcomm
+
+int main(int argc, char** argv) {
+  int provided = 0;
+  MPI_Init_thread(&argc, &argv, MPI_THREAD_SERIALIZED, &provided);
+  ::testing::InitGoogleTest(&argc, argv);
+  const int rank = efcomm::worldRank();
+  if (rank != 0) {
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new efcomm::FailurePrinter(rank));
+  }
+  int failed = RUN_ALL_TESTS() != 0 ? 1 : 0;
+  int anyFailed = 0;
+  MPI_Allreduce(&failed, &anyFailed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  MPI_Finalize();
+  return anyFailed;
+}
