@@ -7,6 +7,16 @@
 
 namespace efcomm::comm {
 
+Clock::time_point deadlineAfter(double seconds) {
+  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+std::string rankList(const std::vector<int>& ranks) {
+  std::string s;
+  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
+  return s;
+}
+
 double resolveTimeout(std::optional<double> requested, double fallback) {
   const double t = requested.value_or(fallback);
   EFCOMM_CHECK(std::isfinite(t) && t > 0, "collective timeout must be finite and > 0 seconds, got ", t);

@@ -2,13 +2,23 @@
 // Helpers shared by the backends: argument checks and the fixed-order reduction that makes
 // allreduceSum bit-identical on every rank whatever the transport.
 
+#include <chrono>
 #include <cstddef>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "efcomm/comm.hpp"
 
 namespace efcomm::comm {
+
+using Clock = std::chrono::steady_clock;
+
+/// The time `seconds` from now.
+Clock::time_point deadlineAfter(double seconds);
+
+/// "0, 2, 3": ranks for error messages.
+std::string rankList(const std::vector<int>& ranks);
 
 /// The collective timeout in seconds: `requested`, or `fallback` when none; must be finite and > 0.
 double resolveTimeout(std::optional<double> requested, double fallback);

@@ -20,7 +20,9 @@ namespace efcomm {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using comm::Clock;
+using comm::deadlineAfter;
+using comm::rankList;
 
 enum class Op { kAllgatherv, kAlltoallv, kBroadcast, kAllreduceSum, kBarrier };
 
@@ -60,16 +62,6 @@ struct Slot {
   Phase phase = Phase::kPending;
   std::exception_ptr error;
 };
-
-Clock::time_point deadlineAfter(double seconds) {
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-}
-
-std::string rankList(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
-  return s;
-}
 
 // Null when all agree, else the MismatchError all ranks get.
 std::exception_ptr checkAgreement(const Slot& slot) {

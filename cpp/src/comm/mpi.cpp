@@ -53,7 +53,9 @@ namespace efcomm {
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using comm::Clock;
+using comm::deadlineAfter;
+using comm::rankList;
 
 // ---- the MPI functions, found at run time --------------------------------------------------
 
@@ -240,16 +242,6 @@ void keepForever(std::shared_ptr<void> p) {
   static auto* kept = new std::vector<std::shared_ptr<void>>();  // never freed, on purpose
   std::lock_guard<std::mutex> lk(mu);
   kept->push_back(std::move(p));
-}
-
-Clock::time_point deadlineAfter(double seconds) {
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-}
-
-std::string rankList(const std::vector<int>& ranks) {
-  std::string s;
-  for (int r : ranks) s += (s.empty() ? "" : ", ") + std::to_string(r);
-  return s;
 }
 
 // Spins briefly, then sleeps 20 us doubling to 1 ms: ranks oversubscribing cores must leave the

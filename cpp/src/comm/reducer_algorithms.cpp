@@ -102,6 +102,23 @@ void copyOut(const ConstTensorView& est, const TensorView& out) {
   if (est.nbytes() > 0) std::memmove(out.data, est.data, est.nbytes());
 }
 
+// The state of a worker and an aggregate, under "worker." and "aggregate.".
+StateDict pairState(const Feedback& worker, const Aggregate& aggregate) {
+  StateDict sd;
+  sd.merge(worker.stateDict(), "worker.");
+  sd.merge(aggregate.stateDict(), "aggregate.");
+  return sd;
+}
+
+// Loads a pairState into fresh objects, then replaces worker and aggregate (unchanged on a throw).
+void loadPair(const StateDict& state, std::unique_ptr<Feedback> freshWorker, Aggregate freshAggregate,
+              std::unique_ptr<Feedback>& worker, Aggregate& aggregate) {
+  freshWorker->loadStateDict(state.sub("worker."));
+  freshAggregate.loadStateDict(state.sub("aggregate."));
+  worker = std::move(freshWorker);
+  aggregate = std::move(freshAggregate);
+}
+
 // ---- allgather -------------------------------------------------------------------------------
 
 class AllgatherAlgorithm final : public Algorithm {
@@ -144,20 +161,11 @@ class AllgatherAlgorithm final : public Algorithm {
     copyOut(est, out);
   }
 
-  StateDict stateDict() const override {
-    StateDict sd;
-    sd.merge(worker_->stateDict(), "worker.");
-    sd.merge(aggregate_.stateDict(), "aggregate.");
-    return sd;
-  }
+  StateDict stateDict() const override { return pairState(*worker_, aggregate_); }
 
   void loadStateDict(const StateDict& state) override {
-    auto worker = makeFeedback(s_.feedback, makeCompressor(s_.compressor));
-    worker->loadStateDict(state.sub("worker."));
-    Aggregate aggregate(s_.feedback, s_.n, s_.weights, s_.shape, s_.dtype);
-    aggregate.loadStateDict(state.sub("aggregate."));
-    worker_ = std::move(worker);
-    aggregate_ = std::move(aggregate);
+    loadPair(state, makeFeedback(s_.feedback, makeCompressor(s_.compressor)),
+             Aggregate(s_.feedback, s_.n, s_.weights, s_.shape, s_.dtype), worker_, aggregate_);
   }
 
  private:
@@ -451,20 +459,10 @@ class AllreduceAlgorithm final : public Algorithm {
     copyOut(aggregate_.estimate(), out);
   }
 
-  StateDict stateDict() const override {
-    StateDict sd;
-    sd.merge(worker_->stateDict(), "worker.");
-    sd.merge(aggregate_.stateDict(), "aggregate.");
-    return sd;
-  }
+  StateDict stateDict() const override { return pairState(*worker_, aggregate_); }
 
   void loadStateDict(const StateDict& state) override {
-    auto worker = makeWorker();
-    worker->loadStateDict(state.sub("worker."));
-    Aggregate aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
-    aggregate.loadStateDict(state.sub("aggregate."));
-    worker_ = std::move(worker);
-    aggregate_ = std::move(aggregate);
+    loadPair(state, makeWorker(), Aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype), worker_, aggregate_);
   }
 
  private:

@@ -212,3 +212,9 @@ def emit(result: dict, args, render_text: Callable[[dict], str], render_markdown
     if args.write_docs:
         replace_marked_section(args.write_docs, section, render_markdown(result))
         print(f"wrote the {section} section of {args.write_docs}", file=sys.stderr)
+
+
+def check_status(result: dict, args) -> int:
+    """The exit status of a benchmark: 1 with --check when a target failed or errored, else 0."""
+    failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
+    return 1 if args.check and failed else 0

@@ -39,7 +39,7 @@ from typing import Optional
 
 from . import _netns
 from .compressors import _error_text
-from ._util import Progress, busy_warning, emit, format_table, machine_info, machine_summary, markdown_table
+from ._util import Progress, busy_warning, check_status, emit, format_table, machine_info, machine_summary, markdown_table
 
 DEFAULT_SIZES = "1M,16M,64M"
 DEFAULT_RANKS = "2,4"
@@ -888,8 +888,7 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
 def main(args) -> int:
     result = run(args)
     emit(result, args, render_text, lambda r: render_markdown(r, args.note), DOCS_SECTION)
-    failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
-    return 1 if args.check and failed else 0
+    return check_status(result, args)
 
 
 if __name__ == "__main__":

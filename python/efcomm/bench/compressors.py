@@ -17,7 +17,7 @@ from typing import Optional
 
 import numpy as np
 
-from ._util import (Progress, Timing, busy_warning, emit, format_table, gbps, machine_info, machine_summary,
+from ._util import (Progress, Timing, busy_warning, check_status, emit, format_table, gbps, machine_info, machine_summary,
                     markdown_table, time_calls)
 
 DEFAULT_SIZE = 1 << 24
@@ -440,5 +440,4 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
 def main(args) -> int:
     result = run(args)
     emit(result, args, render_text, lambda r: render_markdown(r, args.note), DOCS_SECTION)
-    failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
-    return 1 if args.check and failed else 0
+    return check_status(result, args)
