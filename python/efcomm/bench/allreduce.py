@@ -690,6 +690,25 @@ def _scaling_target(result: dict) -> dict:
     return _target(text, spread, SCALING_TOLERANCE, "PASS" if spread <= SCALING_TOLERANCE else "FAIL", shown=shown)
 
 
+def allreduce_bound(n: int) -> float:
+    """2(n - 1)/n: the messages per rank any allreduce must send and receive (a reduce-scatter and
+    an allgather of n parts), relative to n = 2 where it is 1."""
+    return 2 * (n - 1) / n
+
+
+def _scaling_bound_target(result: dict) -> dict:
+    text = (f"reduce_scatter per-rank bytes within {SCALING_TOLERANCE:.0%} of the 2(n-1)/n lower bound, "
+            "2 to 8 ranks (bytes / 2(n-1)/n constant; never above 2 messages)")
+    ok = [r for r in result["rows"] if r["part"] == "scaling" and r["algorithm"] == "reduce_scatter"
+          and r["status"] == "ok"]
+    values = {r["ranks"]: per_rank_bytes(r) / allreduce_bound(r["ranks"]) for r in ok}
+    if not {2, 8} <= set(values):
+        return _target(text, None, SCALING_TOLERANCE, "SKIP", "needs --scaling-ranks spanning 2 to 8")
+    spread = max(values.values()) / min(values.values()) - 1
+    shown = f"+{spread:.1%} ({min(values)}-{max(values)} ranks)"
+    return _target(text, spread, SCALING_TOLERANCE, "PASS" if spread <= SCALING_TOLERANCE else "FAIL", shown=shown)
+
+
 def _wire_target(result: dict) -> dict:
     text = f"bytes on the wire within {WIRE_TOLERANCE:.0%} of the payload sum (every efcomm row)"
     rows = [r for r in result["rows"] if r["kind"] == "efcomm" and "wire_ratio" in r]
@@ -704,7 +723,7 @@ def _wire_target(result: dict) -> dict:
 
 
 def evaluate(result: dict) -> list:
-    return [*_speed_targets(result), _scaling_target(result), _wire_target(result)]
+    return [*_speed_targets(result), _scaling_target(result), _scaling_bound_target(result), _wire_target(result)]
 
 
 # ---- rendering --------------------------------------------------------------------------------
@@ -786,9 +805,14 @@ def _tables(result: dict) -> list:
                     continue
                 cells += [_bytes(r["bytes_sent_per_rank"]), _bytes(r["wire_bytes"] / n) if "wire_bytes" in r
                           else "-", f"{per_rank_bytes(r) / first[a]:.2f}x"]
+            bound = by.get((n, "reduce_scatter"))
+            ok = bound is not None and bound["status"] == "ok" and first.get("reduce_scatter")
+            cells.append(f"{per_rank_bytes(bound) / first['reduce_scatter'] / (allreduce_bound(n) / allreduce_bound(ranks[0])):.2f}x"
+                         if ok else "-")
             body.append(cells)
         headers = ["ranks"] + [h for a in algorithms for h in (f"{a} sent/rank", f"{a} wire/rank",
                                                               f"{a} vs {ranks[0]} ranks")]
+        headers.append("reduce_scatter vs 2(n-1)/n bound")
         size = result["config"]["scaling"]["size"]
         tables.append((f"Bytes per rank and call against the number of ranks: TopK 1% + EF21, {size_text(size)} "
                        "float32, unlimited rate", headers, body, "r" * len(headers)))
