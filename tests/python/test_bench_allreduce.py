@@ -106,7 +106,8 @@ def test_targets_from_rows():
     assert status[0] == ("PASS", 27.0) and status[1] == ("FAIL", 9.0)
     assert status[2] == ("SKIP", None)  # auto: no row at 64M, although the 1 Gbit/s run itself ran
     assert status[3][0] == "FAIL" and status[3][1] == pytest.approx(0.75)
-    assert status[4][0] == "FAIL" and status[4][1] == pytest.approx(0.07)
+    assert status[4][0] == "PASS" and status[4][1] == pytest.approx(0.0)  # exactly on the 2(n-1)/n bound
+    assert status[5][0] == "FAIL" and status[5][1] == pytest.approx(0.07)
 
     runs[0].update(status="timeout", reason="no result within 60 s")
     rows[:2] = []
