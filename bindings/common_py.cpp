@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "common/parallel.hpp"
 #include "efcomm/build_info.hpp"
 #include "efcomm/error.hpp"
 
@@ -42,6 +43,11 @@ void initCommon(py::module_& m) {
       raise(e);
     }
   });
+  m.def("get_num_threads", &maxThreads, "Threads of efcomm's kernels called from this thread.");
+  m.def("set_num_threads", [](int n) {
+    EFCOMM_CHECK(n >= 1, "set_num_threads: n must be >= 1, got ", n);
+    setMaxThreads(n);
+  }, py::arg("n"), "Sets the threads of efcomm's kernels called from this thread (OpenMP's per-thread setting).");
   m.def("build_info", [] {
     const BuildInfo b = buildInfo();
     py::dict d;

@@ -27,6 +27,15 @@ inline int maxThreads() {
 #endif
 }
 
+/// Sets the threads of the kernels called from this thread (OpenMP's per-thread setting).
+inline void setMaxThreads(int n) {
+#if EFCOMM_HAVE_OPENMP
+  omp_set_num_threads(std::max(1, n));
+#else
+  (void)n;
+#endif
+}
+
 /// Calls fn(begin, end) on contiguous ranges covering [0, n), one per thread, in parallel when
 /// n >= threshold. Ranges are ordered by thread index: range t precedes range t+1.
 template <typename Fn>

@@ -1,0 +1,262 @@
+"""PyTorch integration (SPEC.md, "PyTorch"): a DistributedDataParallel communication hook that
+compresses gradient buckets with error feedback.
+
+    state, hook = ef.torch.ddp_hook(compressor="topk:ratio=0.01", feedback="ef21")
+    ddp_model.register_comm_hook(state, hook)
+
+Pure Python over efcomm's native kernels: the compressed messages travel through the DDP process
+group's own collectives (gloo on CPU, NCCL on GPU), so the hook runs wherever DDP runs; no
+compiled code depends on torch.
+
+Per bucket and step: the gradient of each parameter with at least ``min_compress_numel``
+elements and two or more dimensions is compressed by this rank's error-feedback worker for that
+parameter, and every rank's messages are gathered (their sizes first, then the messages of the
+bucket concatenated and padded to the longest, as torch's all_gather needs equal sizes); every
+rank folds them in rank order into its mirror of the workers' estimates
+(``ef.feedback.Aggregate``), so the result is the same on every rank. The other gradients
+(biases, norms, small layers) and every bucket of the first ``start_iter`` iterations are
+averaged uncompressed with one allreduce. Error-feedback state is per parameter, keyed by the
+parameter's place in DDP's initial bucket layout (the same in every process of one model) and
+its shape, so it survives DDP's bucket rebuild and a restart from a checkpoint resumes
+bit-identically whatever the layout at the time.
+
+A rank whose vector to compress is not finite takes no part in that round (its estimate stays,
+as an absent worker under partial participation); the round completes on every rank, then every
+rank raises ``ef.NonFiniteError`` naming it, so the step can be skipped everywhere.
+"""
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import _core
+from . import feedback as _feedback
+from .compressors import Message
+from .errors import InvalidArgument, NonFiniteError
+
+__all__ = ["DDPHookState", "ddp_hook"]
+
+# Marks a rank that could not compress, in the size exchange (a message is never empty).
+_FAILED = -1
+
+
+class _Slot:
+    """One bucket's compressed part: this rank's worker and its mirror of every worker."""
+
+    def __init__(self, feedback: str, compressor: str, n: int, numel: int):
+        self.worker = _feedback.make(feedback, compressor)
+        self.aggregate = _feedback.Aggregate(feedback, n, dim=numel)
+        self.numel = numel
+        self.step = 0
+
+
+class DDPHookState:
+    """The hook's state: configuration, per-bucket error feedback, iteration count and counters.
+
+    ``stats``: ``bytes_sent`` / ``bytes_received`` by this rank through the hook (gathered
+    messages as sent, padding and size exchange included; an uncompressed allreduce counted as a
+    ring allreduce's 2 (n-1)/n of its bytes), ``calls`` (buckets), ``compressed_calls``.
+    Save it with ``torch.save(state.state_dict(), path)`` (or ``torch.save(state, path)``) and
+    restore with ``load_state_dict``: training resumes bit-identically.
+    """
+
+    def __init__(self, compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
+                 start_iter: int = 10, min_compress_numel: int = 1024):
+        compressor = getattr(compressor, "spec", compressor)
+        feedback = getattr(feedback, "spec", feedback)
+        if not isinstance(compressor, str) or not isinstance(feedback, str):
+            raise InvalidArgument("ddp_hook: compressor and feedback must be spec strings")
+        probe = _feedback.make(feedback, compressor)  # validates both specs now, not at the first bucket
+        if not isinstance(start_iter, int) or start_iter < 0:
+            raise InvalidArgument(f"ddp_hook: start_iter must be an int >= 0, got {start_iter!r}")
+        if not isinstance(min_compress_numel, int) or min_compress_numel < 0:
+            raise InvalidArgument(f"ddp_hook: min_compress_numel must be an int >= 0, got {min_compress_numel!r}")
+        self.compressor = probe.compressor.spec
+        self.feedback = probe.spec
+        self.process_group = process_group
+        self.start_iter = start_iter
+        self.min_compress_numel = min_compress_numel
+        self.iter = 0
+        self.stats = {"bytes_sent": 0, "bytes_received": 0, "calls": 0, "compressed_calls": 0}
+        self._slots: dict = {}
+        self._order: dict = {}  # id(parameter) -> its place in the first iteration seen
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"compressor": self.compressor, "feedback": self.feedback, "world": self._world(),
+                "start_iter": self.start_iter,
+                "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
+                "slots": {key: {"numel": s.numel, "step": s.step, "worker": s.worker.state_dict(),
+                                "aggregate": s.aggregate.state_dict()} for key, s in self._slots.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restores a state_dict() of a hook with the same compressor and feedback."""
+        for name in ("compressor", "feedback"):
+            if state.get(name) != getattr(self, name):
+                raise InvalidArgument(f"DDPHookState.load_state_dict: saved {name} {state.get(name)!r}, "
+                                      f"this hook uses {getattr(self, name)!r}")
+        n = int(state["world"])
+        if dist.is_initialized() and n != self._world():
+            raise InvalidArgument(f"DDPHookState.load_state_dict: saved by {n} ranks, the process group has "
+                                  f"{self._world()}")
+        slots = {}
+        for key, saved in state["slots"].items():
+            slot = _Slot(self.feedback, self.compressor, n, int(saved["numel"]))
+            slot.worker.load_state_dict(saved["worker"])
+            slot.aggregate.load_state_dict(saved["aggregate"])
+            slot.step = int(saved["step"])
+            slots[key] = slot
+        self._slots = slots
+        self.start_iter = int(state["start_iter"])
+        self.min_compress_numel = int(state["min_compress_numel"])
+        self.iter = int(state["iter"])
+        self.stats = dict(state["stats"])
+
+    def __getstate__(self):  # torch.save(state): the process group does not pickle
+        return self.state_dict()
+
+    def __setstate__(self, state):
+        self.__init__(state["compressor"], state["feedback"], None, state["start_iter"], state["min_compress_numel"])
+        self.load_state_dict(state)
+
+    def __repr__(self) -> str:
+        return (f"DDPHookState(compressor={self.compressor!r}, feedback={self.feedback!r}, iter={self.iter}, "
+                f"buckets={len(self._slots)})")
+
+    # ---- the hook's work -----------------------------------------------------------------------
+    def _world(self) -> int:
+        return dist.get_world_size(self.process_group) if dist.is_initialized() else 1
+
+    def _allreduce_mean(self, flat: torch.Tensor) -> torch.Tensor:
+        n = self._world()
+        dist.all_reduce(flat, group=self.process_group)
+        flat.div_(n)
+        ring = 2 * (n - 1) * flat.numel() * flat.element_size() // n
+        self.stats["bytes_sent"] += ring
+        self.stats["bytes_received"] += ring
+        return flat
+
+    def _slot(self, key: str, numel: int) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            slot = self._slots[key] = _Slot(self.feedback, self.compressor, self._world(), numel)
+        return slot
+
+    def _compressed_mean(self, keyed: list) -> None:
+        """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
+        rank's compressed gradient: one worker and one mirror per parameter."""
+        n = self._world()
+        slots = [self._slot(key, g.numel()) for key, g in keyed]
+        payloads, sizes, error = [], [], None
+        for slot, (_, g) in zip(slots, keyed):
+            try:
+                msg = slot.worker.step(g.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy(),
+                                       step=slot.step)
+                payloads.append(np.frombuffer(msg, dtype=np.uint8))
+                sizes.append(len(payloads[-1]))
+            except NonFiniteError as e:
+                error = error or e
+                sizes.append(_FAILED)
+            slot.step += 1
+        device = keyed[0][1].device
+        # Round 1: every rank's message sizes (one per parameter); round 2: the messages,
+        # concatenated and padded to the longest concatenation (all_gather needs equal sizes).
+        mine = torch.tensor(sizes, dtype=torch.int64, device=device)
+        all_sizes = [torch.empty_like(mine) for _ in range(n)]
+        dist.all_gather(all_sizes, mine, group=self.process_group)
+        all_sizes = [s.tolist() for s in all_sizes]
+        width = max(max(sum(max(x, 0) for x in s) for s in all_sizes), 1)
+        padded = torch.zeros(width, dtype=torch.uint8)
+        if payloads:
+            joined = torch.from_numpy(np.concatenate(payloads))
+            padded[:joined.numel()] = joined
+        padded = padded.to(device)
+        gathered = [torch.empty_like(padded) for _ in range(n)]
+        dist.all_gather(gathered, padded, group=self.process_group)
+        traffic = (n - 1) * (width + mine.numel() * mine.element_size())
+        self.stats["bytes_sent"] += traffic
+        self.stats["bytes_received"] += traffic
+        blocks = [g.cpu().numpy() for g in gathered]
+        offsets = [0] * n
+        failed = set()
+        for j, (slot, (_, grad)) in enumerate(zip(slots, keyed)):
+            messages = []
+            for r in range(n):
+                size = all_sizes[r][j]
+                if size == _FAILED:
+                    failed.add(r)
+                    messages.append(None)
+                    continue
+                messages.append(Message.from_bytes(blocks[r][offsets[r]:offsets[r] + size]))
+                offsets[r] += size
+            estimate = slot.aggregate.update(messages)
+            grad.copy_(torch.from_numpy(estimate).view_as(grad))
+        if failed:
+            if error is not None:
+                raise error
+            raise NonFiniteError(f"efcomm DDP hook (bucket with {len(keyed)} compressed parameters): rank "
+                                 f"{min(failed)} has non-finite gradients and skipped this round; skip this step "
+                                 "on every rank")
+        self.stats["compressed_calls"] += 1
+
+    def _keys(self, bucket) -> list:
+        """A key per parameter of the bucket that does not depend on DDP's bucket layout: the
+        parameter's place in the first iteration this process saw (DDP's initial layout, the same
+        in every process of one model), and its shape."""
+        keys = []
+        for p in bucket.parameters():
+            index = self._order.setdefault(id(p), len(self._order))
+            keys.append(f"p{index}:{'x'.join(map(str, p.shape))}")
+        return keys
+
+    def _bucket(self, bucket) -> torch.Tensor:
+        buf = bucket.buffer()
+        keys = self._keys(bucket)
+        self.stats["calls"] += 1
+        warm = self.iter < self.start_iter or self._world() == 1
+        if bucket.is_last():
+            self.iter += 1
+        if warm:
+            return self._allreduce_mean(buf)
+        grads = bucket.gradients()
+        big = [g.dim() >= 2 and g.numel() >= self.min_compress_numel for g in grads]
+        small = [g for g, b in zip(grads, big) if not b]
+        if small:
+            out = self._allreduce_mean(torch.cat([g.reshape(-1) for g in small]))
+            _scatter(out, small)
+        # Compressed in a fixed order (by key), whatever the order of the bucket.
+        keyed = sorted(((k, g) for k, g, b in zip(keys, grads, big) if b), key=lambda kg: int(kg[0][1:].split(":")[0]))
+        if keyed:
+            self._compressed_mean(keyed)
+        return buf
+
+
+def _scatter(flat: torch.Tensor, views: list) -> None:
+    """Copies consecutive pieces of flat into the gradient views (which alias the bucket buffer)."""
+    at = 0
+    for g in views:
+        g.copy_(flat[at:at + g.numel()].view_as(g))
+        at += g.numel()
+
+
+# DDP checks the hook's return annotation, so it is a real (not postponed) annotation.
+def _hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+    # The hook runs on autograd's threads: efcomm's kernels there use as many threads as torch's
+    # intra-op setting (ranks sharing a machine set it to avoid oversubscription). An error is
+    # raised here, and DDP raises it from backward().
+    _core.set_num_threads(torch.get_num_threads())
+    fut = torch.futures.Future()
+    fut.set_result(state._bucket(bucket))
+    return fut
+
+
+def ddp_hook(compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
+             start_iter: int = 10, min_compress_numel: int = 1024):
+    """Returns ``(state, hook)`` for ``DistributedDataParallel.register_comm_hook(state, hook)``.
+
+    ``compressor`` / ``feedback``: efcomm specs. ``process_group``: the DDP model's group (None:
+    the default group). ``start_iter``: iterations averaged uncompressed first (DDP rebuilds its
+    buckets after the first one). ``min_compress_numel``: parameters smaller than this, and 1-d
+    ones, are averaged uncompressed.
+    """
+    return DDPHookState(compressor, feedback, process_group, start_iter, min_compress_numel), _hook

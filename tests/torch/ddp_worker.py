@@ -1,0 +1,129 @@
+"""Runs DDP scenarios with efcomm's comm hook on n gloo ranks (torch.multiprocessing, spawn) and
+writes each rank's results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
+
+    python tests/torch/ddp_worker.py SCENARIO N OUT [PORT]
+"""
+
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import efcomm as ef
+
+STEPS = 6
+
+
+def model_and_data(rank, dtype=torch.float32):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 96), torch.nn.ReLU(), torch.nn.Linear(96, 10)).to(dtype)
+    g = torch.Generator().manual_seed(100 + rank)
+    batches = [(torch.randn(16, 64, generator=g).to(dtype), torch.randint(0, 10, (16,), generator=g))
+               for _ in range(2 * STEPS)]
+    return model, batches
+
+
+def train(ddp, opt, batches, steps, accumulate=1):
+    losses = []
+    for i in range(steps):
+        for j in range(accumulate):
+            x, y = batches[(i * accumulate + j) % len(batches)]
+            if j < accumulate - 1:
+                with ddp.no_sync():
+                    torch.nn.functional.cross_entropy(ddp(x).float(), y).backward()
+            else:
+                loss = torch.nn.functional.cross_entropy(ddp(x).float(), y)
+                loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(loss.item())
+    return losses
+
+
+def params(model):
+    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+
+
+def run(rank, n, scenario, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=n)
+    try:
+        result = scenario_result(rank, scenario, out)
+        torch.save(result, os.path.join(out, f"{scenario}-{rank}.pt"))
+        dist.barrier()  # the DDP models of the scenario are gone: no rank tears down mid-collective
+    finally:
+        dist.destroy_process_group()
+    # torch 2.13 aborts now and then ("terminate called without an active exception") while
+    # tearing down a process that ran DDP with a Python comm hook over gloo, efcomm or not (seen
+    # with a hook of plain dist.all_reduce: 1 run in 16); the results are saved, so skip teardown.
+    os._exit(0)
+
+
+def scenario_result(rank, scenario, out):
+    result = {}
+    if True:  # noqa
+        if scenario in ("plain", "identity"):
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            if scenario == "identity":
+                state, hook = ef.torch.ddp_hook("identity", "none", start_iter=0, min_compress_numel=0)
+                ddp.register_comm_hook(state, hook)
+                result["stats"] = state.stats
+            train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
+            result["params"] = params(model)
+        elif scenario in ("topk", "topk_bf16", "topk_accumulate"):
+            dtype = torch.bfloat16 if scenario == "topk_bf16" else torch.float32
+            model, batches = model_and_data(rank, dtype)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100)
+            ddp.register_comm_hook(state, hook)
+            result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS,
+                                     accumulate=3 if scenario == "topk_accumulate" else 1)
+            result["params"] = params(model)
+            result["stats"] = state.stats
+            result["state"] = state
+        elif scenario in ("resume_a", "resume_b"):
+            # a: 3 steps, checkpoint (model, optimizer, hook), 3 more; b: load the checkpoint, 3 steps.
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=1, min_compress_numel=100)
+            ddp.register_comm_hook(state, hook)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
+            ckpt = os.path.join(out, f"ckpt-{rank}.pt")
+            if scenario == "resume_a":
+                train(ddp, opt, batches, 3)
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, ckpt)
+            else:
+                saved = torch.load(ckpt, weights_only=False)
+                model.load_state_dict(saved["model"])
+                opt.load_state_dict(saved["opt"])
+                state.load_state_dict(saved["hook"])
+            train(ddp, opt, batches[3:], 3)
+            result["params"] = params(model)
+            result["keys"] = sorted(state.state_dict()["slots"])
+        elif scenario == "nonfinite":
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100)
+            ddp.register_comm_hook(state, hook)
+            x, y = batches[0]
+            if rank == 1:
+                x = x.clone()
+                x[0, 0] = float("nan")
+            try:
+                torch.nn.functional.cross_entropy(ddp(x), y).backward()
+                result["error"] = None
+            except Exception as e:  # noqa: BLE001 - DDP re-raises the hook's error
+                result["error"] = f"{type(e).__name__}: {e}"
+        else:
+            raise SystemExit(f"unknown scenario {scenario}")
+    return result
+
+
+if __name__ == "__main__":
+    scenario, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    port = int(sys.argv[4]) if len(sys.argv) > 4 else 29500
+    mp.start_processes(run, args=(n, scenario, out, port), nprocs=n, start_method="spawn")
