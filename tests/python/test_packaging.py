@@ -43,7 +43,8 @@ def _build_and_run_example(prefix, build_dir):
     _run([_cmake(), "--build", build_dir, "-j", "2"])
     out = _run([Path(build_dir) / "compress_roundtrip"], timeout=60).stdout
     assert "topk:" in out and "exactly" in out, out
-    return out
+    reduced = _run([Path(build_dir) / "reduce_ranks"], timeout=60).stdout
+    assert "bit-identical" in reduced and "reduce_scatter" in reduced, reduced
 
 
 def _efcomm_cli(*args):
