@@ -1,4 +1,4 @@
-"""The ``efcomm`` command line: ``efcomm info | bench | sim``."""
+"""The ``efcomm`` command line: ``efcomm info | demo | bench | sim``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ def _cmd_sim(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import demo as demo_module
+
     p = argparse.ArgumentParser(prog="efcomm", description="Communication-efficient distributed training.")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -39,12 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(fn=_cmd_info)
 
+    demo = sub.add_parser("demo", help="the main job: DDP training uncompressed, with TopK + EF21 and TopK alone",
+                          description=(demo_module.__doc__ or "").strip().splitlines()[0])
+    demo_module.add_arguments(demo)
+    demo.set_defaults(fn=demo_module.main)
+
     bench = sub.add_parser("bench", help="run a benchmark")
-    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce,ddp}")
     from .bench import allreduce as bench_allreduce, compressors as bench_compressors, feedback as bench_feedback
+    from .bench import ddp as bench_ddp
     for name, module, text in (("compressors", bench_compressors, "compress/decompress throughput of every compressor"),
                                ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone"),
-                               ("allreduce", bench_allreduce, "Reducer.allreduce against MPI_Allreduce between processes")):
+                               ("allreduce", bench_allreduce, "Reducer.allreduce against MPI_Allreduce between processes"),
+                               ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training")):
         b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)

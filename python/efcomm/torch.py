@@ -15,7 +15,9 @@ bucket concatenated and padded to the longest, as torch's all_gather needs equal
 rank folds them in rank order into its mirror of the workers' estimates
 (``ef.feedback.Aggregate``), so the result is the same on every rank. The other gradients
 (biases, norms, small layers) and every bucket of the first ``start_iter`` iterations are
-averaged uncompressed with one allreduce. Error-feedback state is per parameter, keyed by the
+averaged uncompressed with one allreduce; with an ``init=full`` method (EF21's default) the last
+warm-up step also starts the estimates, so the first compressed step already sends compressed
+messages. Error-feedback state is per parameter, keyed by the
 parameter's place in DDP's initial bucket layout (the same in every process of one model) and
 its shape, so it survives DDP's bucket rebuild and a restart from a checkpoint resumes
 bit-identically whatever the layout at the time.
@@ -213,22 +215,42 @@ class DDPHookState:
         buf = bucket.buffer()
         keys = self._keys(bucket)
         self.stats["calls"] += 1
-        warm = self.iter < self.start_iter or self._world() == 1
+        n = self._world()
+        warm = self.iter < self.start_iter or n == 1
+        last_warm = self.iter == self.start_iter - 1 and n > 1
         if bucket.is_last():
             self.iter += 1
-        if warm:
-            return self._allreduce_mean(buf)
         grads = bucket.gradients()
         big = [g.dim() >= 2 and g.numel() >= self.min_compress_numel for g in grads]
+        # Compressed in a fixed order (by key), whatever the order of the bucket.
+        keyed = sorted(((k, g) for k, g, b in zip(keys, grads, big) if b), key=lambda kg: int(kg[0][1:].split(":")[0]))
+        if warm:
+            local = [g.detach().clone() for _, g in keyed] if last_warm and "init=full" in self.feedback else None
+            self._allreduce_mean(buf)
+            if local is not None:
+                self._start_from_warmup(keyed, local)
+            return buf
         small = [g for g, b in zip(grads, big) if not b]
         if small:
             out = self._allreduce_mean(torch.cat([g.reshape(-1) for g in small]))
             _scatter(out, small)
-        # Compressed in a fixed order (by key), whatever the order of the bucket.
-        keyed = sorted(((k, g) for k, g, b in zip(keys, grads, big) if b), key=lambda kg: int(kg[0][1:].split(":")[0]))
         if keyed:
             self._compressed_mean(keyed)
         return buf
+
+    def _start_from_warmup(self, keyed: list, local: list) -> None:
+        """EF21's init=full starts each worker's estimate at its first vector, sent whole. The last
+        warm-up step has just averaged those vectors, so no message is needed: each worker steps
+        on its own gradient locally (the whole vector becomes its estimate) and every mirror
+        starts at the average, which every rank holds."""
+        for (key, mean), grad in zip(keyed, local):
+            slot = self._slot(key, mean.numel())
+            if slot.worker.initialized:
+                continue
+            slot.worker.step(grad.to(device="cpu", dtype=torch.float32).reshape(-1).numpy(), step=slot.step)
+            state = slot.aggregate.state_dict()
+            state["tensors"]["g"] = mean.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy().copy()
+            slot.aggregate.load_state_dict(state)
 
 
 def _scatter(flat: torch.Tensor, views: list) -> None:

@@ -55,9 +55,10 @@ def test_topk_ef21_trains_identically_on_every_rank(tmp_path, scenario):
 def test_compression_sends_fewer_bytes(tmp_path):
     ident = _run("identity", tmp_path)[0]["stats"]
     topk = _run("topk", tmp_path)[0]["stats"]
-    # 6 steps: identity sends every value each time; TopK 5% + EF21 sends 2 warm-up allreduces,
-    # one full vector (EF21's first message) and 3 messages of 5% of the values with indices.
-    assert topk["bytes_sent"] < 0.6 * ident["bytes_sent"]
+    # 6 steps: identity sends every value each time (~6 vectors); TopK 5% + EF21 sends 2 warm-up
+    # allreduces and 4 messages of 5% of the values with indices (~2.4 vectors): the last warm-up
+    # step starts EF21's estimates, so no compressed step sends a whole vector (that would be 3.4).
+    assert topk["bytes_sent"] < 0.5 * ident["bytes_sent"]
 
 
 def test_checkpoint_resumes_bit_identically(tmp_path):

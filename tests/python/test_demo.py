@@ -1,0 +1,223 @@
+"""``efcomm demo`` and ``efcomm bench ddp`` end to end with tiny settings: real rank processes,
+torch DDP over gloo on the loopback, real bytes; and what happens when a rank dies."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from helpers import has_module
+
+MISSING = [name for module, name in (("torch", "torch"), ("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"))
+           if not has_module(module)]
+pytestmark = pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)}: pip install {' '.join(MISSING)}")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _efcomm(*args, timeout):
+    return subprocess.run([sys.executable, "-m", "efcomm.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_demo_two_ranks(tmp_path):
+    from efcomm import _ddp_train
+
+    png = tmp_path / "demo.png"
+    p = _efcomm("demo", "--ranks", "2", "--epochs", "2", "--json", "--no-progress", "--out", str(png), timeout=300)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    assert png.read_bytes()[:8] == PNG_MAGIC and result["plot"] == str(png)
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["ddp", "topk-ef21", "topk-none"]
+    for r in rows.values():
+        assert r["status"] == "ok", r["reason"]
+        pts = r["points"]
+        assert [p["epoch"] for p in pts] == [0, 1, 2]
+        assert pts[0]["bytes_sent"] == 0 and pts[1]["bytes_sent"] < pts[2]["bytes_sent"]
+        assert pts[-1]["loss"] < pts[0]["loss"] and r["accuracy"] > 30  # chance is 10%
+        assert r["wall_s"] > 0
+    ddp, ef21, none = rows["ddp"], rows["topk-ef21"], rows["topk-none"]
+    # Two ranks: a ring allreduce sends the whole gradient once per step.
+    cfg = result["config"]
+    steps = 2 * (result["data"]["train"] // (2 * cfg["batch"]))
+    assert ddp["bytes_sent_per_rank"] == steps * _ddp_train.model_bytes(cfg["hidden"])
+    assert ddp["accuracy"] > 70
+    for r in (ef21, none):
+        assert 0 < r["bytes_sent_per_rank"] < ddp["bytes_sent_per_rank"] / 5
+        assert r["compression"] == pytest.approx(ddp["bytes_sent_per_rank"] / r["bytes_sent_per_rank"])
+        stats = r["hook_stats"]
+        assert len(stats) == 2 and all(s["compressed_calls"] > 0 and s["bytes_sent"] > 0 for s in stats)
+
+
+def test_demo_text_output(tmp_path):
+    png = tmp_path / "out.png"
+    p = _efcomm("demo", "--ranks", "2", "--epochs", "1", "--ratio", "0.05", "--out", str(png), timeout=300)
+    assert p.returncode == 0, p.stderr
+    for text in ("uncompressed DDP", "TopK 5% + EF21", "TopK 5%, no feedback", "test accuracy", "sent per rank",
+                 f"plot: {png}"):
+        assert text in p.stdout
+    assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def _ranks_of(parent: int) -> dict:
+    """{rank: pid} of the _ddp_train ranks whose parent is `parent`."""
+    out = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and b"efcomm._ddp_train" in argv:
+            out[int(argv[argv.index(b"--rank") + 1])] = int(entry)
+    return out
+
+
+def _rank_pid(rank: int):
+    """The pid of this process's child running rank `rank` of _ddp_train, or None."""
+    return _ranks_of(os.getpid()).get(rank)
+
+
+def test_a_dead_rank_stops_the_run_not_the_others(tmp_path):
+    """SIGKILL to rank 1 in the middle of a method: the run reports it within seconds (not the
+    collective timeout), leaves no rank behind, and the next method runs in a fresh launch."""
+    from efcomm import _ddp_train
+
+    cfg = _ddp_train.TrainConfig(ranks=2, epochs=3)
+    data = str(tmp_path / "digits.npz")
+    _ddp_train.prepare_data(data, cfg)
+    methods = [_ddp_train.Method("victim", "victim", "ddp"), _ddp_train.Method("after", "after", "ddp")]
+    killed = []
+
+    def on_point(point):
+        if point["method"] == "victim" and point["epoch"] == 1 and not killed:
+            pid = _rank_pid(1)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            killed.append(time.monotonic())
+
+    rows = _ddp_train.run(methods, cfg, data, timeout=120, on_point=on_point)
+    assert killed and time.monotonic() - killed[0] < _ddp_train.COLLECTIVE_TIMEOUT_S
+    assert [r["method"] for r in rows] == ["victim", "after"]
+    victim, after = rows
+    assert victim["status"] == "failed" and "rank 1 was killed by SIGKILL" in victim["reason"]
+    assert "during victim" in victim["reason"]
+    assert after["status"] == "ok" and [p["epoch"] for p in after["points"]] == [0, 1, 2, 3]
+    assert _rank_pid(0) is None and _rank_pid(1) is None
+
+
+def _running(pid: int) -> bool:
+    """Whether pid is a process that has not exited (a zombie waiting to be reaped has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_no_rank_outlives_a_killed_parent(tmp_path):
+    """SIGKILL to the process that launched the ranks (no cleanup can run there), while they
+    start (importing torch; nothing to write to the closed pipe yet): they die with it at once,
+    instead of living on until they train, or until their collective timeout."""
+    script = ("import sys\nfrom efcomm import _ddp_train as t\n"
+              "cfg = t.TrainConfig(ranks=2, epochs=200)\n"
+              "t.prepare_data(sys.argv[1], cfg)\n"
+              "t.run([t.Method('ddp', 'ddp', 'ddp')], cfg, sys.argv[1], timeout=300)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "digits.npz")])
+    try:
+        deadline = time.monotonic() + 120
+        while len(_ranks_of(parent.pid)) < 2:
+            assert parent.poll() is None and time.monotonic() < deadline, "the ranks did not start"
+            time.sleep(0.01)
+        ranks = list(_ranks_of(parent.pid).values())
+        parent.kill()
+        parent.wait(timeout=30)
+        deadline = time.monotonic() + 1.0
+        while any(map(_running, ranks)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        alive = [pid for pid in ranks if _running(pid)]
+        for pid in alive:
+            os.kill(pid, signal.SIGKILL)
+        assert not alive, "ranks outlived their parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+
+
+def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
+    from efcomm import _ddp_train
+
+    cfg = _ddp_train.TrainConfig(ranks=2, epochs=1)
+    data = str(tmp_path / "digits.npz")
+    _ddp_train.prepare_data(data, cfg)
+    methods = [_ddp_train.Method("bad", "bad", "efcomm", "topk:ratio=7", "ef21"),
+               _ddp_train.Method("good", "good", "ddp")]
+    bad, good = _ddp_train.run(methods, cfg, data, timeout=120)
+    assert bad["status"] == "failed" and "InvalidArgument" in bad["reason"] and "ratio" in bad["reason"]
+    assert good["status"] == "ok"
+
+
+def test_bench_ddp_quick(tmp_path):
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n<!-- bench:allreduce:begin -->\nkeep\n<!-- bench:allreduce:end -->\n")
+    p = _efcomm("bench", "ddp", "--quick", "--rates", "unlimited", "--json", "--no-progress",
+                "--write-docs", str(docs), timeout=600)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    from efcomm.bench import ddp as bench
+
+    summary = {s["method"]: s for s in result["summary"]}
+    assert list(summary) == [m.key for m in bench.METHODS]
+    for s in summary.values():
+        assert not s["errors"], s["errors"]
+        assert s["accuracy"] > 30 and s["bytes_sent_per_rank"] > 0 and s["by_rate"]["unlimited"]["wall_s"] > 0
+    ddp = summary["ddp"]
+    # What the methods send, relative to DDP's full-precision allreduce: half for fp16, far less for the rest.
+    assert summary["fp16"]["bytes_sent_per_rank"] == pytest.approx(ddp["bytes_sent_per_rank"] / 2)
+    for key in ("powersgd-1", "topk-ef21", "sign-ef14"):
+        assert summary[key]["bytes_sent_per_rank"] < ddp["bytes_sent_per_rank"] / 5, key
+    assert summary["quant8-ef21"]["bytes_sent_per_rank"] < ddp["bytes_sent_per_rank"] / 2
+    if result["transport"]["namespace"]:
+        # The loopback carried every accounted byte, plus TCP/IP headers and gloo's own messages.
+        for s in summary.values():
+            assert s["wire_bytes_per_rank"] >= 0.99 * s["bytes_sent_per_rank"], s
+        assert ddp["wire_bytes_per_rank"] < 1.2 * ddp["bytes_sent_per_rank"]
+    assert {t["status"] for t in result["targets"]} <= {"PASS", "FAIL", "SKIP"}
+    text = docs.read_text()
+    assert "keep" in text and "<!-- bench:ddp:begin -->" in text and "| efcomm TopK 1% + EF21" in text
+    assert "efcomm bench ddp --quick --rates unlimited" in text
+
+
+def _summary(key, kind, accuracy, wire, t1g):
+    return {"method": key, "label": key, "kind": kind, "accuracy": accuracy, "accuracies": [accuracy],
+            "errors": [], "bytes_sent_per_rank": wire, "wire_bytes_per_rank": wire,
+            "by_rate": {"1gbit": {"wall_s": 10.0, "time_to_accuracy_s": t1g, "accuracy": accuracy}}}
+
+
+def test_targets():
+    from efcomm.bench import ddp as bench
+
+    summary = [_summary("ddp", "ddp", 97.0, 2000.0, 20.0), _summary("topk-ef21", "efcomm", 96.6, 95.0, 5.0),
+               _summary("powersgd-1", "powersgd", 96.0, 10.0, None),
+               _summary("powersgd-2", "powersgd", 97.0, 20.0, 6.0)]
+    for s in summary:
+        s["fewer_bytes"] = 2000.0 / s["wire_bytes_per_rank"]
+    result = {"summary": summary, "config": {"seeds": 3}, "runs": [{"rate": None, "status": "ok"},
+                                                                  {"rate": 10**9, "status": "ok"}]}
+    status = [(t["status"], t["value"]) for t in bench.evaluate(result)]
+    assert status[0][0] == "PASS" and status[0][1] == pytest.approx(-0.4)
+    assert status[1][0] == "PASS" and status[1][1] == pytest.approx(2000 / 95)
+    assert status[2][0] == "PASS" and status[2][1] == pytest.approx(6.0 / 5.0)  # rank 1 never got there
+    summary[1].update(accuracy=96.4, wire_bytes_per_rank=101.0, fewer_bytes=2000 / 101)
+    summary[1]["by_rate"]["1gbit"]["time_to_accuracy_s"] = 7.0
+    assert [t["status"] for t in bench.evaluate(result)] == ["FAIL", "FAIL", "FAIL"]
+    result["runs"][1].update(status="skipped", reason="needs root")
+    assert bench.evaluate(result)[2]["status"] == "SKIP"
+    assert bench.time_to([{"seconds": 1.0, "accuracy": 90.0}, {"seconds": 2.0, "accuracy": 95.0}], 95.0) == 2.0
