@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from . import _ddp_train
-from .bench._util import Progress, format_table, machine_info, machine_summary
+from .bench._util import Progress, format_table, machine_info, machine_summary, positive_int, ranks_arg
 from .bench.allreduce import _bytes
 
 DEFAULT_RANKS = 4
@@ -29,20 +29,6 @@ DEFAULT_RATIO = 0.01
 DEFAULT_OUT = "efcomm-demo.png"
 #: per method, beyond the estimate of _ddp_train: the ranks share two cores with whatever else runs
 TIMEOUT_FACTOR = 3
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def _ranks(text: str) -> int:
-    v = int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"needs at least 2 ranks, got {v}")
-    return v
 
 
 def _ratio(text: str) -> float:
@@ -54,9 +40,9 @@ def _ratio(text: str) -> float:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _ddp_train.TrainConfig()
-    p.add_argument("--ranks", type=_ranks, default=DEFAULT_RANKS,
+    p.add_argument("--ranks", type=ranks_arg, default=DEFAULT_RANKS,
                    help=f"processes to train with (default {DEFAULT_RANKS})")
-    p.add_argument("--epochs", type=_positive_int, default=d.epochs, help=f"epochs per method (default {d.epochs})")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs per method (default {d.epochs})")
     p.add_argument("--ratio", type=_ratio, default=DEFAULT_RATIO,
                    help=f"fraction of the gradient TopK keeps (default {DEFAULT_RATIO})")
     p.add_argument("--seed", type=int, default=d.seed,

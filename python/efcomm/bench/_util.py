@@ -3,6 +3,7 @@ rewriting a generated section of a markdown file."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -218,3 +219,83 @@ def check_status(result: dict, args) -> int:
     """The exit status of a benchmark: 1 with --check when a target failed or errored, else 0."""
     failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
     return 1 if args.check and failed else 0
+
+
+# ---- command-line pieces shared by the benchmarks and the demo ------------------------------------
+
+def positive_int(text: str) -> int:
+    """argparse type: an int > 0."""
+    v = int(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0."""
+    v = float(text)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return v
+
+
+def ranks_arg(text: str) -> int:
+    """argparse type: a number of ranks, at least 2."""
+    v = int(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"needs at least 2 ranks, got {v}")
+    return v
+
+
+def add_output_arguments(g, section: str, progress_help: str = "no progress bar") -> None:
+    """--json/--markdown, --write-docs, --note, --check and --no-progress of a benchmark."""
+    out = g.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="machine-readable output")
+    out.add_argument("--markdown", action="store_true", help="print the markdown tables")
+    g.add_argument("--write-docs", metavar="PATH",
+                   help=f"replace the <!-- {section}:begin/end --> section of PATH with the tables")
+    g.add_argument("--note", help="a line added to the markdown (e.g. the conditions of the run)")
+    g.add_argument("--check", action="store_true", help="exit with status 1 if a target is not met")
+    g.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
+
+
+@dataclass
+class Report:
+    """What a benchmark's text and markdown reports are made of."""
+    title: str           # "efcomm allreduce benchmark"
+    warnings: list       # lines about the machine's load
+    conditions: list     # paragraphs: model, transport, timing
+    skipped: list        # lines about what did not run
+    tables: list         # (title, headers, rows, align)
+    targets_table: tuple  # (title, headers, rows, align)
+    summary: str         # "1 FAIL, 5 PASS"
+
+
+def render_report_text(result: dict, r: Report) -> str:
+    lines = [f"{r.title}, {result['date']}: {result['command']}", f"machine: {machine_summary(result['machine'])}"]
+    lines += [f"WARNING: {w}" for w in r.warnings]
+    lines += r.conditions
+    lines += [f"NOTE: {s}" for s in r.skipped]
+    lines.append("")
+    for title, headers, rows, align in r.tables:
+        lines += [title, format_table(headers, rows, align), ""]
+    for t in result["targets"]:
+        lines.append(f"{t['status']}: {t['target']}: {t['shown'] or t['reason']}")
+    lines.append(f"targets: {r.summary}")
+    return "\n".join(lines)
+
+
+def render_report_markdown(result: dict, r: Report, note: Optional[str] = None) -> str:
+    lines = [f"Measured {result['date']} with `{result['command']}`.", "",
+             f"Machine: {machine_summary(result['machine'])}.", ""]
+    for line in (note, *r.warnings):
+        if line:
+            lines += [f"> {line}", ""]
+    for line in r.conditions:
+        lines += [line, ""]
+    for line in r.skipped:
+        lines += [f"> {line}", ""]
+    for title, headers, rows, align in (*r.tables, r.targets_table):
+        lines += [f"#### {title}", "", markdown_table(headers, rows, align), ""]
+    lines.append(f"Targets: {r.summary}.")
+    return "\n".join(lines)

@@ -39,7 +39,8 @@ from typing import Optional
 
 from . import _netns
 from .compressors import _error_text
-from ._util import Progress, busy_warning, check_status, emit, format_table, machine_info, machine_summary, markdown_table
+from ._util import (Progress, Report, add_output_arguments, busy_warning, check_status, emit, machine_info,
+                    positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text)
 
 DEFAULT_SIZES = "1M,16M,64M"
 DEFAULT_RANKS = "2,4"
@@ -105,7 +106,7 @@ def _list(parse):
     def convert(text: str) -> list:
         try:
             values = [parse(item) for item in text.split(",") if item.strip()]
-        except ValueError as e:
+        except (ValueError, argparse.ArgumentTypeError) as e:
             raise argparse.ArgumentTypeError(str(e)) from None
         if not values:
             raise argparse.ArgumentTypeError("empty list")
@@ -113,44 +114,23 @@ def _list(parse):
     return convert
 
 
-def _ranks(text: str) -> int:
-    n = int(text)
-    if n < 2:
-        raise ValueError(f"ranks: need at least 2, got {n}")
-    return n
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {s}")
-    return v
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("allreduce benchmark")
     g.add_argument("--sizes", type=_list(parse_size), metavar="LIST",
                    help=f"float32 elements per vector, K = 2^10, M = 2^20 (default {DEFAULT_SIZES})")
-    g.add_argument("--ranks", type=_list(_ranks), metavar="LIST", help=f"numbers of ranks (default {DEFAULT_RANKS})")
+    g.add_argument("--ranks", type=_list(ranks_arg), metavar="LIST", help=f"numbers of ranks (default {DEFAULT_RANKS})")
     g.add_argument("--rates", type=_list(_netns.parse_rate), metavar="LIST",
                    help=f"rate limits of the ranks' shared loopback, tc syntax (default {DEFAULT_RATES}); "
                         "limited rates need root")
     g.add_argument("--configs", nargs="+", type=_config_arg, metavar="C+F@A",
                    help="efcomm settings COMPRESSOR+FEEDBACK@ALGORITHM (default: "
                         f"{' '.join(DEFAULT_CONFIGS)})")
-    g.add_argument("--repeats", type=_positive_int,
+    g.add_argument("--repeats", type=positive_int,
                    help=f"timed calls per measurement after the warm-up (default {DEFAULT_REPEATS})")
-    g.add_argument("--max-seconds", type=_positive_float, default=DEFAULT_MAX_SECONDS, metavar="S",
+    g.add_argument("--max-seconds", type=positive_float, default=DEFAULT_MAX_SECONDS, metavar="S",
                    help="fewer timed calls once a measurement's calls have taken this long, at least one "
                         f"(default {DEFAULT_MAX_SECONDS:g}: big vectors at 1 Gbit/s take seconds per call)")
-    g.add_argument("--scaling-ranks", type=_list(_ranks), metavar="LIST",
+    g.add_argument("--scaling-ranks", type=_list(ranks_arg), metavar="LIST",
                    help=f"ranks of the bytes-per-rank scaling table (default {DEFAULT_SCALING_RANKS}); "
                         "unlimited rate")
     g.add_argument("--scaling-size", type=parse_size_arg, metavar="N",
@@ -160,17 +140,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a smoke run of under a minute: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                     for k, v in QUICK.items()))
     g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="rank r's vector uses seed + r (default 0)")
-    g.add_argument("--timeout", type=_positive_float, metavar="S",
+    g.add_argument("--timeout", type=positive_float, metavar="S",
                    help="seconds allowed per mpiexec launch (default: estimated from the sizes and rate)")
     g.add_argument("--mpiexec", help="the mpiexec to use (default: the one next to this Python, else PATH)")
-    out = g.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="machine-readable output")
-    out.add_argument("--markdown", action="store_true", help="print the markdown tables")
-    g.add_argument("--write-docs", metavar="PATH",
-                   help=f"replace the <!-- {DOCS_SECTION}:begin/end --> section of PATH with the tables")
-    g.add_argument("--note", help="a line added to the markdown (e.g. the conditions of the run)")
-    g.add_argument("--check", action="store_true", help="exit with status 1 if a target is not met")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_output_arguments(g, DOCS_SECTION)
 
 
 def parse_size_arg(text: str) -> int:
@@ -192,8 +165,8 @@ def resolve(args) -> None:
     preset = QUICK if args.quick else {"sizes": DEFAULT_SIZES, "ranks": DEFAULT_RANKS, "rates": DEFAULT_RATES,
                                        "repeats": DEFAULT_REPEATS, "scaling_ranks": DEFAULT_SCALING_RANKS,
                                        "scaling_size": DEFAULT_SCALING_SIZE}
-    parsers = {"sizes": _list(parse_size), "ranks": _list(_ranks), "rates": _list(_netns.parse_rate),
-               "repeats": int, "scaling_ranks": _list(_ranks), "scaling_size": parse_size}
+    parsers = {"sizes": _list(parse_size), "ranks": _list(ranks_arg), "rates": _list(_netns.parse_rate),
+               "repeats": int, "scaling_ranks": _list(ranks_arg), "scaling_size": parse_size}
     for key, value in preset.items():
         if getattr(args, key) is None:
             setattr(args, key, parsers[key](value) if isinstance(value, str) else value)
@@ -878,35 +851,17 @@ def _warnings(result: dict) -> list:
     return [w for w in out if w]
 
 
+def _report(result: dict) -> Report:
+    return Report("efcomm allreduce benchmark", _warnings(result), _conditions(result), _skipped_lines(result),
+                  _tables(result), _targets_table(result), _summary(result))
+
+
 def render_text(result: dict) -> str:
-    lines = [f"efcomm allreduce benchmark, {result['date']}: {result['command']}",
-             f"machine: {machine_summary(result['machine'])}"]
-    lines += [f"WARNING: {w}" for w in _warnings(result)]
-    lines += _conditions(result)
-    lines += [f"NOTE: {s}" for s in _skipped_lines(result)]
-    lines.append("")
-    for title, headers, rows, align in _tables(result):
-        lines += [title, format_table(headers, rows, align), ""]
-    for t in result["targets"]:
-        lines.append(f"{t['status']}: {t['target']}: {t['shown'] or t['reason']}")
-    lines.append(f"targets: {_summary(result)}")
-    return "\n".join(lines)
+    return render_report_text(result, _report(result))
 
 
 def render_markdown(result: dict, note: Optional[str] = None) -> str:
-    lines = [f"Measured {result['date']} with `{result['command']}`.", "",
-             f"Machine: {machine_summary(result['machine'])}.", ""]
-    for line in (note, *_warnings(result)):
-        if line:
-            lines += [f"> {line}", ""]
-    for line in _conditions(result):
-        lines += [line, ""]
-    for line in _skipped_lines(result):
-        lines += [f"> {line}", ""]
-    for title, headers, rows, align in (*_tables(result), _targets_table(result)):
-        lines += [f"#### {title}", "", markdown_table(headers, rows, align), ""]
-    lines.append(f"Targets: {_summary(result)}.")
-    return "\n".join(lines)
+    return render_report_markdown(result, _report(result), note)
 
 
 def main(args) -> int:

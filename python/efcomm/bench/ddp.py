@@ -32,8 +32,8 @@ from typing import Optional
 
 from .. import _ddp_train
 from . import _netns
-from ._util import (Progress, busy_warning, check_status, emit, format_table, machine_info, machine_summary,
-                    markdown_table)
+from ._util import (Progress, Report, add_output_arguments, busy_warning, check_status, emit, machine_info,
+                    positive_int, ranks_arg, render_report_markdown, render_report_text)
 from .allreduce import _bytes
 
 M = _ddp_train.Method
@@ -61,20 +61,6 @@ TIME_TO_ACCURACY = 95.0
 DDP_FIRST_BUCKET_BYTES = 1 << 20
 #: per method, beyond the estimate of _ddp_train: the ranks share the cores with whatever else runs
 TIMEOUT_FACTOR = 3
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
-def _ranks(text: str) -> int:
-    v = int(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"needs at least 2 ranks, got {v}")
-    return v
 
 
 def _rates(text: str) -> list:
@@ -105,22 +91,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--rates", type=_rates, metavar="LIST",
                    help=f"rate limits of the ranks' shared loopback, tc syntax (default {DEFAULT_RATES}); "
                         "limited rates need root")
-    g.add_argument("--ranks", type=_ranks, help=f"processes (default {d.ranks})")
-    g.add_argument("--epochs", type=_positive_int, help=f"epochs per method (default {d.epochs})")
-    g.add_argument("--seeds", type=_positive_int,
+    g.add_argument("--ranks", type=ranks_arg, help=f"processes (default {d.ranks})")
+    g.add_argument("--epochs", type=positive_int, help=f"epochs per method (default {d.epochs})")
+    g.add_argument("--seeds", type=positive_int,
                    help=f"runs at the first rate whose accuracies are averaged (default {DEFAULT_SEEDS})")
     g.add_argument("--quick", action="store_true",
                    help="a smoke run: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()))
     g.add_argument("--timeout", type=float, metavar="S",
                    help="seconds a method may take before its ranks are stopped (default: estimated from the rate)")
-    out = g.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="machine-readable output")
-    out.add_argument("--markdown", action="store_true", help="print the markdown tables")
-    g.add_argument("--write-docs", metavar="PATH",
-                   help=f"replace the <!-- {DOCS_SECTION}:begin/end --> section of PATH with the tables")
-    g.add_argument("--note", help="a line added to the markdown (e.g. the conditions of the run)")
-    g.add_argument("--check", action="store_true", help="exit with status 1 if a target is not met")
-    g.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_output_arguments(g, DOCS_SECTION)
 
 
 def resolve(args) -> _ddp_train.TrainConfig:
@@ -447,34 +426,17 @@ def _warnings(result: dict) -> list:
     return [w for w in out if w]
 
 
+def _report(result: dict) -> Report:
+    return Report("efcomm DDP benchmark", _warnings(result), _conditions(result), _skipped_lines(result),
+                  [_table(result)], _targets_table(result), _summary_counts(result))
+
+
 def render_text(result: dict) -> str:
-    lines = [f"efcomm DDP benchmark, {result['date']}: {result['command']}",
-             f"machine: {machine_summary(result['machine'])}"]
-    lines += [f"WARNING: {w}" for w in _warnings(result)]
-    lines += _conditions(result)
-    lines += [f"NOTE: {s}" for s in _skipped_lines(result)]
-    title, headers, rows, align = _table(result)
-    lines += ["", title, format_table(headers, rows, align), ""]
-    for t in result["targets"]:
-        lines.append(f"{t['status']}: {t['target']}: {t['shown'] or t['reason']}")
-    lines.append(f"targets: {_summary_counts(result)}")
-    return "\n".join(lines)
+    return render_report_text(result, _report(result))
 
 
 def render_markdown(result: dict, note: Optional[str] = None) -> str:
-    lines = [f"Measured {result['date']} with `{result['command']}`.", "",
-             f"Machine: {machine_summary(result['machine'])}.", ""]
-    for line in (note, *_warnings(result)):
-        if line:
-            lines += [f"> {line}", ""]
-    for line in _conditions(result):
-        lines += [line, ""]
-    for line in _skipped_lines(result):
-        lines += [f"> {line}", ""]
-    for title, headers, rows, align in (_table(result), _targets_table(result)):
-        lines += [f"#### {title}", "", markdown_table(headers, rows, align), ""]
-    lines.append(f"Targets: {_summary_counts(result)}.")
-    return "\n".join(lines)
+    return render_report_markdown(result, _report(result), note)
 
 
 def command_line(args) -> str:
