@@ -133,6 +133,24 @@ class Namespace:
         return ["ip", "netns", "exec", self.name, *argv]
 
 
+def enter(stack, name: str, limited: bool, tool: str):
+    """Creates the namespace `name` on `stack` (a contextlib.ExitStack) where it can be; returns
+    (namespace or None, why not or None). When rate-limited runs are planned (`limited`) and there
+    is no namespace, says on stderr that they are skipped (`tool` names the command)."""
+    import sys
+
+    reason = unavailable_reason()
+    ns = None
+    if reason is None:
+        try:
+            ns = stack.enter_context(Namespace(name))
+        except RuntimeError as e:  # root without CAP_SYS_ADMIN, as in some containers
+            reason = f"{e} (a network namespace needs root with CAP_SYS_ADMIN)"
+    if reason and limited:
+        print(f"{tool}: skipping the limited rates: {reason}", file=sys.stderr)
+    return ns, reason
+
+
 def lo_tx() -> tuple:
     """(bytes, packets, TCP segments retransmitted) sent so far on lo and by TCP, in the calling
     process's network namespace."""

@@ -511,19 +511,12 @@ def run(args) -> dict:
     if reason:
         raise SystemExit(f"efcomm bench allreduce: {reason}")
     machine = machine_info()
-    ns_reason = _netns.unavailable_reason()
     launches = _plan(args)
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the namespace goes too
     try:
         with contextlib.ExitStack() as stack:
-            ns = None
-            if ns_reason is None:
-                try:
-                    ns = stack.enter_context(_netns.Namespace(f"efcomm-bench-{os.getpid()}"))
-                except RuntimeError as e:  # root without CAP_SYS_ADMIN, as in some containers
-                    ns_reason = f"{e} (a network namespace needs root with CAP_SYS_ADMIN)"
-            if ns_reason and any(launch.rate is not None for launch in launches):
-                print(f"efcomm bench allreduce: skipping the limited rates: {ns_reason}", file=sys.stderr)
+            ns, ns_reason = _netns.enter(stack, f"efcomm-bench-{os.getpid()}",
+                                         any(launch.rate is not None for launch in launches), "efcomm bench allreduce")
             progress = Progress(total=sum(p.steps for p in launches), enabled=None if args.progress else False)
             try:
                 done = _run_launches(args, launches, ns, ns_reason, mpiexec, progress)

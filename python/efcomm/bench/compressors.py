@@ -17,8 +17,8 @@ from typing import Optional
 
 import numpy as np
 
-from ._util import (Progress, Timing, busy_warning, check_status, emit, format_table, gbps, machine_info, machine_summary,
-                    markdown_table, time_calls)
+from ._util import (Progress, Timing, add_output_arguments, busy_warning, check_status, emit, format_table, gbps,
+                    machine_info, machine_summary, markdown_table, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -106,15 +106,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"such as quant; repeatable). Keys: {', '.join(c.key for c in CASES)}")
     g.add_argument("--spec", action="append", default=[], metavar="SPEC",
                    help="also benchmark this compressor spec, e.g. topk:ratio=0.001 (repeatable)")
-    out = g.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="machine-readable output")
-    out.add_argument("--markdown", action="store_true", help="print the markdown tables")
-    g.add_argument("--write-docs", metavar="PATH",
-                   help=f"replace the <!-- {DOCS_SECTION}:begin/end --> section of PATH with the tables")
-    g.add_argument("--note", help="a line added to the markdown (e.g. the conditions of the run)")
-    g.add_argument("--check", action="store_true", help="exit with status 1 if a target is not met")
-    g.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar (it is drawn only when stderr is a terminal anyway)")
+    add_output_arguments(g, DOCS_SECTION, "no progress bar (it is drawn only when stderr is a terminal anyway)")
 
 
 def _positive_int(s: str) -> int:

@@ -134,20 +134,13 @@ def run(args) -> dict:
     if reason:
         raise SystemExit(f"efcomm bench ddp: {reason}")
     machine = machine_info()
-    ns_reason = _netns.unavailable_reason()
     plans = _plans(args)
     rows, runs, qdiscs = [], [], {}
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so that the namespace goes too
     try:
         with contextlib.ExitStack() as stack:
-            ns = None
-            if ns_reason is None:
-                try:
-                    ns = stack.enter_context(_netns.Namespace(f"efcomm-ddp-{os.getpid()}"))
-                except RuntimeError as e:  # root without CAP_SYS_ADMIN, as in some containers
-                    ns_reason = f"{e} (a network namespace needs root with CAP_SYS_ADMIN)"
-            if ns_reason and any(p.rate is not None for p in plans):
-                print(f"efcomm bench ddp: skipping the limited rates: {ns_reason}", file=sys.stderr)
+            ns, ns_reason = _netns.enter(stack, f"efcomm-ddp-{os.getpid()}", any(p.rate is not None for p in plans),
+                                         "efcomm bench ddp")
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="efcomm-bench-ddp-"))
             progress = Progress(total=len(plans) * len(args.methods) * cfg.epochs,
                                 enabled=None if args.progress else False)
