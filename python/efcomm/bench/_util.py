@@ -259,6 +259,23 @@ def add_output_arguments(g, section: str, progress_help: str = "no progress bar"
     g.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
 
 
+def target_summary(result: dict) -> str:
+    """"1 FAIL, 5 PASS": the targets' results counted."""
+    counts = {}
+    for t in result["targets"]:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
+    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+
+def load_warnings(result: dict) -> list:
+    """Load warnings: at the start, and at the end (a run takes minutes, other work may start)."""
+    out = [busy_warning(result["machine"])]
+    if result.get("load_average_end") is not None and not out[0]:
+        end = busy_warning({**result["machine"], "load_average": result["load_average_end"]})
+        out.append(end and end.replace("when the run started", "when the run ended"))
+    return [w for w in out if w]
+
+
 @dataclass
 class Report:
     """What a benchmark's text and markdown reports are made of."""

@@ -39,8 +39,9 @@ from typing import Optional
 
 from . import _netns
 from .compressors import _error_text
-from ._util import (Progress, Report, add_output_arguments, busy_warning, check_status, emit, machine_info,
-                    positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text)
+from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
+                    positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text,
+                    target_summary)
 
 DEFAULT_SIZES = "1M,16M,64M"
 DEFAULT_RANKS = "2,4"
@@ -828,25 +829,9 @@ def _conditions(result: dict) -> list:
     return lines
 
 
-def _summary(result: dict) -> str:
-    counts = {}
-    for t in result["targets"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
-def _warnings(result: dict) -> list:
-    """Load warnings: at the start, and at the end (a run takes minutes, other work may start)."""
-    out = [busy_warning(result["machine"])]
-    if result.get("load_average_end") is not None and not out[0]:
-        end = busy_warning({**result["machine"], "load_average": result["load_average_end"]})
-        out.append(end and end.replace("when the run started", "when the run ended"))
-    return [w for w in out if w]
-
-
 def _report(result: dict) -> Report:
-    return Report("efcomm allreduce benchmark", _warnings(result), _conditions(result), _skipped_lines(result),
-                  _tables(result), _targets_table(result), _summary(result))
+    return Report("efcomm allreduce benchmark", load_warnings(result), _conditions(result), _skipped_lines(result),
+                  _tables(result), _targets_table(result), target_summary(result))
 
 
 def render_text(result: dict) -> str:

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ._util import (Progress, Timing, add_output_arguments, busy_warning, check_status, emit, format_table, gbps,
-                    machine_info, machine_summary, markdown_table, time_calls)
+                    machine_info, machine_summary, markdown_table, target_summary, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -384,13 +384,6 @@ def _align(rows_table):
     return "".join("l" if h in left else "r" for h in headers)
 
 
-def _summary(result: dict) -> str:
-    counts = {}
-    for t in result["targets"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
 def _method(cfg: dict) -> str:
     more = f" and >= {cfg['min_time_s']:g} s" if cfg["min_time_s"] > 0 else ""
     return f"best of >= {cfg['repeats']} calls{more} per measurement after {cfg['warmup']} warm-up"
@@ -409,7 +402,7 @@ def render_text(result: dict) -> str:
     for table in _tables(result):
         title, headers, rows = table
         lines += [title, format_table(headers, rows, _align(table)), ""]
-    lines.append(f"targets: {_summary(result)}")
+    lines.append(f"targets: {target_summary(result)}")
     return "\n".join(lines)
 
 
@@ -425,7 +418,7 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
     for table in _tables(result):
         title, headers, rows = table
         lines += [f"#### {title}", "", markdown_table(headers, rows, _align(table)), ""]
-    lines.append(f"Targets: {_summary(result)}.")
+    lines.append(f"Targets: {target_summary(result)}.")
     return "\n".join(lines)
 
 

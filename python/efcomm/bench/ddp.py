@@ -32,8 +32,8 @@ from typing import Optional
 
 from .. import _ddp_train
 from . import _netns
-from ._util import (Progress, Report, add_output_arguments, busy_warning, check_status, emit, machine_info,
-                    positive_int, ranks_arg, render_report_markdown, render_report_text)
+from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
+                    positive_int, ranks_arg, render_report_markdown, render_report_text, target_summary)
 from .allreduce import _bytes
 
 M = _ddp_train.Method
@@ -404,24 +404,9 @@ def _skipped_lines(result: dict) -> list:
             for r in result["runs"] if r["status"] != "ok"]
 
 
-def _summary_counts(result: dict) -> str:
-    counts = {}
-    for t in result["targets"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-
-
-def _warnings(result: dict) -> list:
-    out = [busy_warning(result["machine"])]
-    if not out[0]:
-        end = busy_warning({**result["machine"], "load_average": result["load_average_end"]})
-        out.append(end and end.replace("when the run started", "when the run ended"))
-    return [w for w in out if w]
-
-
 def _report(result: dict) -> Report:
-    return Report("efcomm DDP benchmark", _warnings(result), _conditions(result), _skipped_lines(result),
-                  [_table(result)], _targets_table(result), _summary_counts(result))
+    return Report("efcomm DDP benchmark", load_warnings(result), _conditions(result), _skipped_lines(result),
+                  [_table(result)], _targets_table(result), target_summary(result))
 
 
 def render_text(result: dict) -> str:
