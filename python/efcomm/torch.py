@@ -43,7 +43,7 @@ _FAILED = -1
 
 
 class _Slot:
-    """One bucket's compressed part: this rank's worker and its mirror of every worker."""
+    """One compressed parameter: this rank's worker and its mirror of every rank's worker."""
 
     def __init__(self, feedback: str, compressor: str, n: int, numel: int):
         self.worker = _feedback.make(feedback, compressor)
@@ -53,7 +53,7 @@ class _Slot:
 
 
 class DDPHookState:
-    """The hook's state: configuration, per-bucket error feedback, iteration count and counters.
+    """The hook's state: configuration, per-parameter error feedback, iteration count and counters.
 
     ``stats``: ``bytes_sent`` / ``bytes_received`` by this rank through the hook (gathered
     messages as sent, padding and size exchange included; an uncompressed allreduce counted as a
@@ -123,7 +123,7 @@ class DDPHookState:
 
     def __repr__(self) -> str:
         return (f"DDPHookState(compressor={self.compressor!r}, feedback={self.feedback!r}, iter={self.iter}, "
-                f"buckets={len(self._slots)})")
+                f"compressed parameters={len(self._slots)})")
 
     # ---- the hook's work -----------------------------------------------------------------------
     def _world(self) -> int:
