@@ -3,12 +3,19 @@
 #include <cmath>
 #include <cstdint>
 
-#include "common/half.hpp"
+#include "common/dispatch.hpp"
 
 namespace efcomm::comm {
 
 Clock::time_point deadlineAfter(double seconds) {
   return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+}
+
+double secondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+size_t partBegin(size_t count, int n, int c) {
+  const auto product = static_cast<unsigned __int128>(count) * static_cast<unsigned>(c);
+  return static_cast<size_t>(product / static_cast<unsigned>(n));
 }
 
 std::string rankList(const std::vector<int>& ranks) {
@@ -36,31 +43,14 @@ void checkSumBuffer(const void* buf, size_t count, DType dtype) {
                "allreduceSum: buffer not aligned to ", itemSize(dtype), " bytes");
 }
 
-namespace {
-template <typename T>
-void addTyped(T* __restrict acc, const T* __restrict x, size_t count) {
-  for (size_t i = 0; i < count; ++i) acc[i] += x[i];
-}
-
-// 16-bit arithmetic: each addition in float32, rounded to the 16-bit type (nearest even).
-template <float (*kWiden)(uint16_t), uint16_t (*kRound)(float)>
-void addHalf(uint16_t* __restrict acc, const uint16_t* __restrict x, size_t count) {
-  for (size_t i = 0; i < count; ++i) acc[i] = kRound(kWiden(acc[i]) + kWiden(x[i]));
-}
-}  // namespace
-
 void addInto(void* acc, const void* x, size_t count, DType dtype) {
-  switch (dtype) {
-    case DType::kFloat32: addTyped(static_cast<float*>(acc), static_cast<const float*>(x), count); break;
-    case DType::kFloat64: addTyped(static_cast<double*>(acc), static_cast<const double*>(x), count); break;
-    case DType::kBFloat16:
-      addHalf<bf16ToFloat, floatToBf16>(static_cast<uint16_t*>(acc), static_cast<const uint16_t*>(x), count);
-      break;
-    case DType::kFloat16:
-      addHalf<f16ToFloat, floatToF16>(static_cast<uint16_t*>(acc), static_cast<const uint16_t*>(x), count);
-      break;
-    default: throw InvalidArgument("allreduceSum: unsupported dtype " + dtypeName(dtype));
-  }
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    T* __restrict a = static_cast<T*>(acc);
+    const T* __restrict b = static_cast<const T*>(x);
+    // 16-bit types: each addition in float32, rounded to the type (Elem<T>).
+    for (size_t i = 0; i < count; ++i) a[i] = Elem<T>::store(Elem<T>::load(a[i]) + Elem<T>::load(b[i]));
+  });
 }
 
 }  // namespace efcomm::comm

@@ -17,6 +17,14 @@ using Clock = std::chrono::steady_clock;
 /// The time `seconds` from now.
 Clock::time_point deadlineAfter(double seconds);
 
+/// Seconds elapsed since t0.
+double secondsSince(Clock::time_point t0);
+
+/// Where part `c` of `count` items split into `n` contiguous parts begins: count * c / n. Part c
+/// is [partBegin(count, n, c), partBegin(count, n, c + 1)). The split of the MPI backend's
+/// allreduceSum and of the Reducer's reduce_scatter chunks.
+size_t partBegin(size_t count, int n, int c);
+
 /// "0, 2, 3": ranks for error messages.
 std::string rankList(const std::vector<int>& ranks);
 

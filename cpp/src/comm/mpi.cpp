@@ -543,7 +543,7 @@ class Engine {
   std::vector<size_t> chunkOffsets(size_t count) const {
     const size_t n = static_cast<size_t>(size_);
     std::vector<size_t> begin(n + 1, 0);
-    for (size_t c = 0; c < n; ++c) begin[c + 1] = begin[c] + count / n + (c < count % n ? 1 : 0);
+    for (size_t c = 1; c <= n; ++c) begin[c] = comm::partBegin(count, size_, static_cast<int>(c));
     return begin;
   }
 

@@ -92,10 +92,6 @@ uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
 
 uint64_t hashString(const std::string& s) { return fnv1a(s.data(), s.size()); }
 
-double secondsSince(std::chrono::steady_clock::time_point t0) {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
 using Header = std::vector<uint64_t>;
 
 Header readHeader(const ByteBlocks& blocks, size_t rank) {
@@ -329,9 +325,9 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
   ByteBlocks headers;
-  auto t0 = std::chrono::steady_clock::now();
+  const auto t0 = comm::Clock::now();
   backend_->allgatherv(header.data(), header.size(), headers)->wait();
-  const double agreeSeconds = secondsSince(t0);
+  const double agreeSeconds = comm::secondsSince(t0);
   ++calls_;
   EFCOMM_CHECK(argError.empty(), "Reducer.allreduce(key '", key, "'): ", argError);
   const size_t n = static_cast<size_t>(size());

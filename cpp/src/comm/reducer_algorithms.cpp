@@ -1,27 +1,23 @@
 #include "comm/reducer_algorithms.hpp"
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <exception>
 #include <optional>
 #include <utility>
 
+#include "comm/backend.hpp"
 #include "common/bytes.hpp"
+#include "common/dispatch.hpp"
+#include "compress/powersgd.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
-#include "common/half.hpp"
-#include "compress/powersgd.hpp"
 
 namespace efcomm::comm {
 
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double secondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 // A rank that could not produce a message sends a status block instead: its rank and the
 // ErrorCode, 8 bytes. A message is never that short (its fixed header alone is 32 bytes).
@@ -96,7 +92,34 @@ TensorView flatPart(const TensorView& x, int64_t begin, int64_t len) {
 }
 
 // Chunk c of d elements split over n ranks: [d c / n, d (c+1) / n).
-int64_t chunkBegin(int64_t d, int n, int c) { return static_cast<int64_t>((static_cast<__int128>(d) * c) / n); }
+// count values of `dtype` at `in` as doubles.
+void loadValues(DType dtype, const uint8_t* in, double* out, size_t count) {
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for (size_t i = 0; i < count; ++i) out[i] = Elem<T>::load(loadAs<T>(in + i * sizeof(T)));
+  });
+}
+
+// count doubles stored as values of `dtype` (rounded).
+void storeValues(DType dtype, const double* in, uint8_t* out, size_t count) {
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = typename Elem<T>::Compute;
+    for (size_t i = 0; i < count; ++i) storeAs<T>(out + i * sizeof(T), Elem<T>::store(static_cast<C>(in[i])));
+  });
+}
+
+// out = w * in, count values of `dtype` (rounded to it).
+void scaleValues(DType dtype, const uint8_t* in, uint8_t* out, size_t count, double w) {
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = typename Elem<T>::Compute;
+    for (size_t i = 0; i < count; ++i) {
+      const double v = Elem<T>::load(loadAs<T>(in + i * sizeof(T)));
+      storeAs<T>(out + i * sizeof(T), Elem<T>::store(static_cast<C>(v * w)));
+    }
+  });
+}
 
 void copyOut(const ConstTensorView& est, const TensorView& out) {
   if (est.nbytes() > 0) std::memmove(out.data, est.data, est.nbytes());
@@ -196,8 +219,10 @@ class ReduceScatterAlgorithm final : public Algorithm {
     // Phase 1: compress every chunk with its worker; chunk c goes to rank c.
     std::vector<Attempt> parts(static_cast<size_t>(n));
     auto t0 = Clock::now();
-    for (int c = 0; c < n; ++c)
-      parts[static_cast<size_t>(c)].run(s_.rank, [&] { return workers_[static_cast<size_t>(c)]->step(chunk(x, c), step); });
+    for (int c = 0; c < n; ++c) {
+      Feedback& worker = *workers_[static_cast<size_t>(c)];
+      parts[static_cast<size_t>(c)].run(s_.rank, [&] { return worker.step(chunk(x, c), step); });
+    }
     st.compressSeconds += secondsSince(t0);
     std::vector<uint8_t> send;
     std::vector<size_t> counts;
@@ -292,7 +317,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
   }
 
  private:
-  int64_t begin(int c) const { return chunkBegin(d_, s_.n, c); }
+  int64_t begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d_), s_.n, c)); }
   int64_t length(int c) const { return begin(c + 1) - begin(c); }
   ConstTensorView chunk(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
   TensorView chunk(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
@@ -305,7 +330,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
 
   void build(std::vector<std::unique_ptr<Feedback>>& workers, std::unique_ptr<Aggregate>& owner,
              std::unique_ptr<Compressor>& ownerCompressor, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
-    const bool plain = makeFeedback(s_.feedback, makeCompressor(s_.compressor))->name() == "none";
+    const bool plain = s_.feedback == "none";  // canonical spec: "none" has no parameters
     for (int c = 0; c < s_.n; ++c) {
       workers.push_back(makeFeedback(s_.feedback, makeCompressor(s_.compressor)));
       mirrors.push_back(std::make_unique<Aggregate>(plain ? "none" : "ef21", 1, std::vector<double>{1.0},
@@ -430,7 +455,8 @@ class AllreduceAlgorithm final : public Algorithm {
       const size_t count = (layout->payloadBytes - shared) / item;
       std::vector<double> sum(count, 0.0);  // count doubles hold count values of either dtype
       if (mine.msg)
-        scaleInto(mine.msg->payload() + shared, sum.data(), count, values, weights_[static_cast<size_t>(s_.rank)]);
+        scaleValues(values, mine.msg->payload() + shared, reinterpret_cast<uint8_t*>(sum.data()), count,
+                    weights_[static_cast<size_t>(s_.rank)]);
       t0 = Clock::now();
       backend.allreduceSum(sum.data(), count, values)->wait();
       comm += secondsSince(t0);
@@ -441,7 +467,7 @@ class AllreduceAlgorithm final : public Algorithm {
       t0 = Clock::now();
       Message m = Message::build(layout->id, s_.dtype, s_.shape, layout->flags, layout->params, layout->payloadBytes);
       uint8_t* payload = m.mutablePayload();
-      storeValues(sharedP_, payload, sharedP_.size());
+      storeValues(s_.dtype, sharedP_.data(), payload, sharedP_.size());
       if (count > 0) std::memcpy(payload + shared, sum.data(), count * item);
       m.finish(layout->payloadBytes);
       aggregate_.update({&m});
@@ -449,7 +475,7 @@ class AllreduceAlgorithm final : public Algorithm {
         // Every rank starts the next power iteration from the same summed Q (Algorithm 1).
         const compress::PowerSgdLayout v = compress::powerSgdLayout(layout->params.data(), layout->params.size());
         std::vector<double> q(count);
-        loadValues(payload + shared, q.data(), count);
+        loadValues(s_.dtype, payload + shared, q.data(), count);
         compress::setPowerSgdWarmStart(*worker_->compressor(), v.m, v.n, q);
       }
       st.aggregateSeconds += secondsSince(t0);
@@ -486,33 +512,18 @@ class AllreduceAlgorithm final : public Algorithm {
       for (size_t i = 0; i < p.size(); ++i) local[i] = p[i] * w;
     }
     local[p.size() + static_cast<size_t>(s_.rank)] = finite ? 0.0 : 1.0;
-    storeValues(local, reinterpret_cast<uint8_t*>(buf.data()), count);
+    storeValues(s_.dtype, local.data(), reinterpret_cast<uint8_t*>(buf.data()), count);
     const auto t0 = Clock::now();
     backend_->allreduceSum(buf.data(), count, s_.dtype)->wait();
     factorSeconds_ += secondsSince(t0);
     const uint64_t traffic = allreduceTraffic(count, itemSize(s_.dtype));
     stats_->bytesSent += traffic;
     stats_->bytesReceived += traffic;
-    loadValues(reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
+    loadValues(s_.dtype, reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
     for (int r = 0; r < s_.n; ++r)
       EFCOMM_CHECK_T(NonFiniteError, local[p.size() + static_cast<size_t>(r)] == 0.0, s_.context, ": rank ", r,
                      " has a non-finite vector to compress (PowerSGD's P round); every rank skips this round");
     std::copy(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(p.size()), p.begin());
-  }
-
-  // Values as the slot's dtype stores them (float32 or float64), from and to doubles.
-  void storeValues(const std::vector<double>& v, uint8_t* out, size_t count) const {
-    for (size_t i = 0; i < count; ++i) {
-      if (s_.dtype == DType::kFloat32) {
-        storeAs<float>(out + 4 * i, static_cast<float>(v[i]));
-      } else {
-        storeAs<double>(out + 8 * i, v[i]);
-      }
-    }
-  }
-  void loadValues(const uint8_t* in, double* out, size_t count) const {
-    for (size_t i = 0; i < count; ++i)
-      out[i] = s_.dtype == DType::kFloat32 ? loadAs<float>(in + 4 * i) : loadAs<double>(in + 8 * i);
   }
 
   // The element type of the payload: the input's, but cast's target type for cast.
@@ -523,33 +534,11 @@ class AllreduceAlgorithm final : public Algorithm {
     return static_cast<DType>(d.params[0]);
   }
 
-  // out (count values of `dtype`) = w * payload, rounded to `dtype`.
-  static void scaleInto(const uint8_t* payload, void* out, size_t count, DType dtype, double w) {
-    switch (dtype) {
-      case DType::kFloat32:
-        for (size_t i = 0; i < count; ++i)
-          static_cast<float*>(out)[i] = static_cast<float>(loadAs<float>(payload + 4 * i) * w);
-        break;
-      case DType::kFloat64:
-        for (size_t i = 0; i < count; ++i) static_cast<double*>(out)[i] = loadAs<double>(payload + 8 * i) * w;
-        break;
-      case DType::kBFloat16:
-        for (size_t i = 0; i < count; ++i)
-          static_cast<uint16_t*>(out)[i] = floatToBf16(static_cast<float>(bf16ToFloat(loadAs<uint16_t>(payload + 2 * i)) * w));
-        break;
-      case DType::kFloat16:
-        for (size_t i = 0; i < count; ++i)
-          static_cast<uint16_t*>(out)[i] = floatToF16(static_cast<float>(f16ToFloat(loadAs<uint16_t>(payload + 2 * i)) * w));
-        break;
-    }
-  }
-
   // What this rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes (a
-  // reduce-scatter into n parts of whole values and an allgather of the parts; the MPI
-  // backend's algorithm): the parts it does not own, then its own part to n - 1 peers.
+  // reduce-scatter into n parts and an allgather of the parts; the MPI backend's algorithm): the
+  // parts it does not own, then its own part to n - 1 peers.
   uint64_t allreduceTraffic(size_t count, size_t item) const {
-    const auto n = static_cast<size_t>(s_.n);
-    const uint64_t own = count / n + (static_cast<size_t>(s_.rank) < count % n ? 1 : 0);
+    const size_t own = partBegin(count, s_.n, s_.rank + 1) - partBegin(count, s_.n, s_.rank);
     return ((count - own) + own * static_cast<uint64_t>(s_.n - 1)) * item;
   }
 
