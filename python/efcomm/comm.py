@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from . import _core
+from .compressors import _host, _is_torch
 from .errors import BackendUnavailable, InvalidArgument
 
 __all__ = ["Communicator", "Reducer", "Work"]
@@ -73,20 +74,12 @@ class Communicator:
         return f"Communicator(rank={self.rank}, size={self.size})"
 
 
-def _is_torch(x) -> bool:
-    return type(x).__module__.startswith("torch")
-
-
 def _like(out, x):
     """The native result as x's kind of array: numpy stays numpy, torch gets a torch tensor."""
     if _is_torch(x):
         import torch
         return torch.from_numpy(out).to(device=x.device)
     return out
-
-
-def _host(x):
-    return x.detach() if _is_torch(x) and x.requires_grad else x
 
 
 class Work:

@@ -23,6 +23,11 @@ def _is_torch(x) -> bool:
     return type(x).__module__.startswith("torch")
 
 
+def _host(x):
+    """x as the native code reads it: a torch tensor that requires grad is detached (a view)."""
+    return x.detach() if _is_torch(x) and getattr(x, "requires_grad", False) else x
+
+
 def _empty_like_message(msg: Message, like: Optional[str]):
     """Allocates the output of decompress: torch if the input was torch (or for bfloat16, which
     numpy lacks), numpy otherwise."""
@@ -89,11 +94,8 @@ class Compressor:
 
     def compress(self, x, *, step: Optional[int] = None) -> Message:
         """Compresses x (read in place). ``step`` picks the random draw; default: a counter."""
-        torch_in = _is_torch(x)
-        if torch_in and getattr(x, "requires_grad", False):
-            x = x.detach()
-        msg = self._impl.compress(x, step)
-        msg._like = "torch" if torch_in else "numpy"
+        msg = self._impl.compress(_host(x), step)
+        msg._like = "torch" if _is_torch(x) else "numpy"
         return msg
 
     def decompress(self, msg: Message, *, out=None):

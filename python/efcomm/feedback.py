@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from .compressors import Compressor, Message, _fmt, compressor as _compressor
+from .compressors import Compressor, Message, _fmt, _host, compressor as _compressor
 from .errors import InvalidArgument
 
 __all__ = ["Feedback", "NoFeedback", "EF14", "EF21", "EF21W", "EF21SGDM", "EControl", "Aggregate", "make",
@@ -68,9 +68,7 @@ class Feedback:
     def step(self, v, *, step: Optional[int] = None) -> Message:
         """Consumes v and returns the message to send. ``step`` picks the compressor's random
         draw (default: its counter). On an error (e.g. NonFiniteError) the state is unchanged."""
-        if type(v).__module__.startswith("torch") and getattr(v, "requires_grad", False):
-            v = v.detach()
-        return self._impl.step(v, step)
+        return self._impl.step(_host(v), step)
 
     @property
     def estimate(self) -> Optional[np.ndarray]:

@@ -152,8 +152,7 @@ class DDPHookState:
         payloads, sizes, error = [], [], None
         for slot, (_, g) in zip(slots, keyed):
             try:
-                msg = slot.worker.step(g.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy(),
-                                       step=slot.step)
+                msg = slot.worker.step(_host_f32(g), step=slot.step)
                 payloads.append(np.frombuffer(msg, dtype=np.uint8))
                 sizes.append(len(payloads[-1]))
             except NonFiniteError as e:
@@ -201,19 +200,15 @@ class DDPHookState:
                                  "on every rank")
         self.stats["compressed_calls"] += 1
 
-    def _keys(self, bucket) -> list:
-        """A key per parameter of the bucket that does not depend on DDP's bucket layout: the
-        parameter's place in the first iteration this process saw (DDP's initial layout, the same
-        in every process of one model), and its shape."""
-        keys = []
-        for p in bucket.parameters():
-            index = self._order.setdefault(id(p), len(self._order))
-            keys.append(f"p{index}:{'x'.join(map(str, p.shape))}")
-        return keys
+    def _places(self, bucket) -> list:
+        """Per parameter of the bucket, its place in the first iteration this process saw (DDP's
+        initial layout, the same in every process of one model): an order and, with its shape, a
+        key that do not depend on DDP's bucket layout."""
+        return [(self._order.setdefault(id(p), len(self._order)), p.shape) for p in bucket.parameters()]
 
     def _bucket(self, bucket) -> torch.Tensor:
         buf = bucket.buffer()
-        keys = self._keys(bucket)
+        places = self._places(bucket)
         self.stats["calls"] += 1
         n = self._world()
         warm = self.iter < self.start_iter or n == 1
@@ -222,8 +217,9 @@ class DDPHookState:
             self.iter += 1
         grads = bucket.gradients()
         big = [g.dim() >= 2 and g.numel() >= self.min_compress_numel for g in grads]
-        # Compressed in a fixed order (by key), whatever the order of the bucket.
-        keyed = sorted(((k, g) for k, g, b in zip(keys, grads, big) if b), key=lambda kg: int(kg[0][1:].split(":")[0]))
+        # Compressed in a fixed order (by place), whatever the order of the bucket.
+        keyed = [(f"p{index}:{'x'.join(map(str, shape))}", g)
+                 for (index, shape), g, b in sorted(zip(places, grads, big), key=lambda e: e[0][0]) if b]
         if warm:
             local = [g.detach().clone() for _, g in keyed] if last_warm and "init=full" in self.feedback else None
             self._allreduce_mean(buf)
@@ -247,10 +243,15 @@ class DDPHookState:
             slot = self._slot(key, mean.numel())
             if slot.worker.initialized:
                 continue
-            slot.worker.step(grad.to(device="cpu", dtype=torch.float32).reshape(-1).numpy(), step=slot.step)
+            slot.worker.step(_host_f32(grad), step=slot.step)
             state = slot.aggregate.state_dict()
-            state["tensors"]["g"] = mean.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy().copy()
+            state["tensors"]["g"] = _host_f32(mean).copy()
             slot.aggregate.load_state_dict(state)
+
+
+def _host_f32(t: torch.Tensor) -> np.ndarray:
+    """t as the flat float32 host array the native kernels read (a view where t already is one)."""
+    return t.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy()
 
 
 def _scatter(flat: torch.Tensor, views: list) -> None:
