@@ -36,6 +36,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from .bench._util import ring_factor
+
 #: rank 0's stdout lines for the parent: a method's start, a point per epoch, its result
 _START, _POINT, _RESULT = "@@efcomm-ddp-start ", "@@efcomm-ddp-point ", "@@efcomm-ddp-result "
 #: seconds a rank waits in one collective (or at the start for the others) before gloo raises
@@ -76,11 +78,6 @@ class Method:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def ring_factor(ranks: int) -> float:
-    """Bytes a rank sends in a bandwidth-optimal allreduce, per byte of the vector: 2(n - 1)/n."""
-    return 2 * (ranks - 1) / ranks
 
 
 def build_model(hidden: int, n_in: int = 64, n_out: int = 10):

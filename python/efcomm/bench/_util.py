@@ -259,6 +259,12 @@ def add_output_arguments(g, section: str, progress_help: str = "no progress bar"
     g.add_argument("--no-progress", dest="progress", action="store_false", help=progress_help)
 
 
+def ring_factor(ranks: int) -> float:
+    """Bytes a rank sends (and receives) in a bandwidth-optimal allreduce, per byte of the vector:
+    2(n - 1)/n, a reduce-scatter and an allgather of n parts; 1 at 2 ranks."""
+    return 2 * (ranks - 1) / ranks
+
+
 def target_summary(result: dict) -> str:
     """"1 FAIL, 5 PASS": the targets' results counted."""
     counts = {}

@@ -41,7 +41,7 @@ from . import _netns
 from .compressors import _error_text
 from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
                     positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text,
-                    target_summary)
+                    ring_factor, target_summary)
 
 DEFAULT_SIZES = "1M,16M,64M"
 DEFAULT_RANKS = "2,4"
@@ -657,18 +657,12 @@ def _scaling_target(result: dict) -> dict:
     return _target(text, spread, SCALING_TOLERANCE, "PASS" if spread <= SCALING_TOLERANCE else "FAIL", shown=shown)
 
 
-def allreduce_bound(n: int) -> float:
-    """2(n - 1)/n: the messages per rank any allreduce must send and receive (a reduce-scatter and
-    an allgather of n parts), relative to n = 2 where it is 1."""
-    return 2 * (n - 1) / n
-
-
 def _scaling_bound_target(result: dict) -> dict:
     text = (f"reduce_scatter per-rank bytes within {SCALING_TOLERANCE:.0%} of the 2(n-1)/n lower bound, "
             "2 to 8 ranks (bytes / 2(n-1)/n constant; never above 2 messages)")
     ok = [r for r in result["rows"] if r["part"] == "scaling" and r["algorithm"] == "reduce_scatter"
           and r["status"] == "ok"]
-    values = {r["ranks"]: per_rank_bytes(r) / allreduce_bound(r["ranks"]) for r in ok}
+    values = {r["ranks"]: per_rank_bytes(r) / ring_factor(r["ranks"]) for r in ok}
     if not {2, 8} <= set(values):
         return _target(text, None, SCALING_TOLERANCE, "SKIP", "needs --scaling-ranks spanning 2 to 8")
     spread = max(values.values()) / min(values.values()) - 1
@@ -774,8 +768,11 @@ def _tables(result: dict) -> list:
                           else "-", f"{per_rank_bytes(r) / first[a]:.2f}x"]
             bound = by.get((n, "reduce_scatter"))
             ok = bound is not None and bound["status"] == "ok" and first.get("reduce_scatter")
-            cells.append(f"{per_rank_bytes(bound) / first['reduce_scatter'] / (allreduce_bound(n) / allreduce_bound(ranks[0])):.2f}x"
-                         if ok else "-")
+            if ok:
+                growth = per_rank_bytes(bound) / first["reduce_scatter"]
+                cells.append(f"{growth / (ring_factor(n) / ring_factor(ranks[0])):.2f}x")
+            else:
+                cells.append("-")
             body.append(cells)
         headers = ["ranks"] + [h for a in algorithms for h in (f"{a} sent/rank", f"{a} wire/rank",
                                                               f"{a} vs {ranks[0]} ranks")]
