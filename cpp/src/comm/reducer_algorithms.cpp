@@ -45,11 +45,13 @@ struct Attempt {
   std::optional<Message> msg;
   Failure failure;
   std::exception_ptr error;
+  std::vector<uint8_t> status;  // what travels instead of msg when it failed
 
   template <typename F>
   void run(int rank, F&& compress) {
     try {
       msg.emplace(compress());
+      return;
     } catch (const Error& e) {
       failure = {rank, static_cast<uint32_t>(e.code())};
       error = std::current_exception();
@@ -57,16 +59,10 @@ struct Attempt {
       failure = {rank, static_cast<uint32_t>(ErrorCode::kInternal)};
       error = std::current_exception();
     }
+    status = statusBlock(failure);
   }
-  const uint8_t* bytes() const { return msg ? msg->data() : status().data(); }
-  size_t size() const { return msg ? msg->size() : kStatusBytes; }
-
- private:
-  const std::vector<uint8_t>& status() const {
-    if (statusBytes_.empty()) statusBytes_ = statusBlock(failure);
-    return statusBytes_;
-  }
-  mutable std::vector<uint8_t> statusBytes_;
+  const uint8_t* bytes() const { return msg ? msg->data() : status.data(); }
+  size_t size() const { return msg ? msg->size() : status.size(); }
 };
 
 // Raises a round's failure on every rank: a rank that failed rethrows its own error, the others
