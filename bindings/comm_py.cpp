@@ -48,7 +48,13 @@ void initComm(py::module_& m) {
       .def("barrier", [](Backend& b, std::optional<double> timeout) {
         py::gil_scoped_release nogil;
         b.barrier(timeout)->wait();
-      }, py::arg("timeout") = py::none());
+      }, py::arg("timeout") = py::none())
+      // Backend::abort, for tests: fails this rank's pending and later collectives.
+      .def("abort", [](Backend& b, std::vector<int> culprits, const std::string& message) {
+        const CollectiveTimeout error(message, std::move(culprits));
+        py::gil_scoped_release nogil;
+        b.abort(error);
+      }, py::arg("culprits"), py::arg("message"));
 
   py::class_<InProcessGroup, std::shared_ptr<InProcessGroup>>(m, "_InProcessGroup")
       .def(py::init<int, double>(), py::arg("size"), py::arg("timeout") = kDefaultCollectiveTimeout)

@@ -1,4 +1,4 @@
-"""The ``efcomm`` command line: ``efcomm info | demo | bench | sim``."""
+"""The ``efcomm`` command line: ``efcomm info | demo | bench | sim | doctor``."""
 
 from __future__ import annotations
 
@@ -47,13 +47,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=demo_module.main)
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce,ddp}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce,ddp,faults}")
     from .bench import allreduce as bench_allreduce, compressors as bench_compressors, feedback as bench_feedback
-    from .bench import ddp as bench_ddp
+    from .bench import ddp as bench_ddp, faults as bench_faults
     for name, module, text in (("compressors", bench_compressors, "compress/decompress throughput of every compressor"),
                                ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone"),
                                ("allreduce", bench_allreduce, "Reducer.allreduce against MPI_Allreduce between processes"),
-                               ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training")):
+                               ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training"),
+                               ("faults", bench_faults, "fault-injection campaign: hangs, crashes, stragglers, slow links")):
         b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)
@@ -62,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     from .sim import cli as sim_cli
     sim_cli.add_arguments(sim)
     sim.set_defaults(fn=_cmd_sim)
+
+    from . import doctor as doctor_module
+    doctor = sub.add_parser("doctor", help="merge the ranks' flight records (ef.health dumps) into a verdict",
+                            description=doctor_module.DESCRIPTION,
+                            epilog="exit status: 0 no fault found, 1 a fault found, 2 bad input")
+    doctor_module.add_arguments(doctor)
+    doctor.set_defaults(fn=doctor_module.main)
     return p
 
 

@@ -3,12 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <numeric>
 #include <stdexcept>
 #include <thread>
 #include <vector>
 
+#include "comm/backend.hpp"
 #include "efcomm/comm.hpp"
 
 namespace efcomm {
@@ -241,6 +243,97 @@ TEST(Comm, ExceptionInOneRankPropagatesAndReleasesTheOthers) {
     FAIL() << "runRanks returned";
   } catch (const std::runtime_error& e) {
     EXPECT_STREQ(e.what(), "boom on rank 1");
+  }
+}
+
+TEST(Comm, AbortFromAnotherThreadFailsPendingAndLaterCollectives) {
+  // Ranks 0 and 1 wait in a barrier rank 2 never enters; a monitor thread aborts rank 0's
+  // backend, which fails the group's collectives at once with exactly its error.
+  InProcessGroup group(3);
+  const CollectiveTimeout error("monitor: rank 2 stopped sending heartbeats", {2});
+  std::atomic<int> waiting{0};
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      auto b = group.backend(r);
+      auto w = b->barrier();  // the default timeout is minutes
+      ++waiting;
+      const auto t0 = std::chrono::steady_clock::now();
+      try {
+        w->wait();
+        ADD_FAILURE() << "the barrier succeeded on rank " << r;
+      } catch (const CollectiveTimeout& e) {
+        EXPECT_STREQ(e.what(), error.what());
+        EXPECT_EQ(e.culprits(), std::vector<int>{2});
+      }
+      EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 10.0);
+      EXPECT_LT(w->timing().readySeconds, 0);  // not every rank arrived
+    });
+  }
+  std::thread monitor([&] {
+    while (waiting.load() < 2) std::this_thread::yield();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    group.backend(0)->abort(error);
+  });
+  monitor.join();
+  for (auto& t : ranks) t.join();
+  // A second abort, of the backend or of the group, is ignored: the first error stays.
+  group.backend(1)->abort(CollectiveTimeout("a second abort", {0}));
+  group.abort(1, "a third abort");
+  for (int r = 0; r < 3; ++r) {
+    auto w = group.backend(r)->barrier();
+    EXPECT_TRUE(w->completed());  // failed at once
+    try {
+      w->wait();
+      ADD_FAILURE() << "a collective after the abort succeeded on rank " << r;
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_STREQ(e.what(), error.what());
+      EXPECT_EQ(e.culprits(), std::vector<int>{2});
+    }
+  }
+}
+
+TEST(Comm, TimingMeasuresTheWaitForTheLastRank) {
+  // Rank 2 issues its allreduceSum 50 ms after both others have issued theirs: they waited at
+  // least that long for it.
+  std::atomic<int> issued{0};
+  runRanks(3, [&](Backend& b) {
+    double x = 1.0;
+    if (b.rank() == 2) {
+      while (issued.load() < 2) std::this_thread::yield();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    auto w = b.allreduceSum(&x, 1, DType::kFloat64);
+    ++issued;
+    w->wait();
+    const WorkTiming t = w->timing();
+    EXPECT_GE(t.readySeconds, b.rank() == 2 ? 0.0 : 0.05);
+    EXPECT_TRUE(t.peerSeconds.empty());
+  });
+}
+
+TEST(Comm, LinkDelaySpecIsParsedAndChecked) {
+  using comm::parseLinkDelays;
+  EXPECT_TRUE(parseLinkDelays("", 4).empty());
+  EXPECT_TRUE(parseLinkDelays("  ", 4).empty());
+  const auto d = parseLinkDelays("0>1=0.05, 3>2=1e-3", 4);
+  ASSERT_EQ(d.size(), 2u);
+  EXPECT_EQ(d[0].src, 0);
+  EXPECT_EQ(d[0].dst, 1);
+  EXPECT_DOUBLE_EQ(d[0].seconds, 0.05);
+  EXPECT_EQ(d[1].src, 3);
+  EXPECT_EQ(d[1].dst, 2);
+  EXPECT_DOUBLE_EQ(d[1].seconds, 0.001);
+  for (const char* bad : {"0>1", "0=1>2", "0>1=", ">1=2", "a>1=1", "0>1=x", "0>1=1,", "0>1=1;1>0=1", "0>1=-1",
+                          "0>1=inf", "0>1=nan", "0>4=1", "-1>0=1", "1>1=1", "0>1=1,0>1=2", "0 1=1"}) {
+    try {
+      parseLinkDelays(bad, 4);
+      ADD_FAILURE() << "accepted " << bad;
+    } catch (const InvalidArgument& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("EFCOMM_FAULT_LINK_DELAY"), std::string::npos) << what;
+      EXPECT_NE(what.find("SRC>DST=SECONDS"), std::string::npos) << what;
+    }
   }
 }
 

@@ -25,6 +25,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -40,6 +41,18 @@ struct InProcessState;  // the shared rendezvous; private to inproc.cpp
 /// Timeout of a collective when none is given: long enough for any real step, finite so that a
 /// missing rank is reported instead of hanging the job. Seconds.
 constexpr double kDefaultCollectiveTimeout = 300.0;
+
+/// Where the time of one collective went on one rank, as far as its backend measures it (the
+/// flight recorder's per-peer transfer times, `efcomm::health`).
+struct WorkTiming {
+  /// Seconds from this rank issuing the collective to every rank having arrived at it (as this
+  /// rank learned it); negative when not measured or not reached.
+  double readySeconds = -1;
+  /// Per peer rank: seconds from `readySeconds` until this rank held that peer's data; negative
+  /// for this rank itself, for peers that sent nothing, and when not measured. Empty when the
+  /// backend does not measure per-peer times.
+  std::vector<double> peerSeconds;
+};
 
 /// Handle of one in-flight collective on one rank (PyTorch c10d `Work`). Shared: the backend
 /// keeps its own reference while the operation runs. Thread-safe.
@@ -57,6 +70,10 @@ class Work {
   /// True once the collective has finished, successfully or not (then `wait` throws).
   /// Never blocks.
   virtual bool completed() const = 0;
+
+  /// The collective's timing once it has completed (see `WorkTiming`); the default measures
+  /// nothing.
+  virtual WorkTiming timing() const { return {}; }
 };
 
 /// Variable-sized byte blocks, one per rank, stored back to back without padding: block `i` is
@@ -117,6 +134,29 @@ class Backend {
 
   /// Completes once every rank has entered the barrier.
   virtual std::shared_ptr<Work> barrier(std::optional<double> timeoutSeconds = std::nullopt) = 0;
+
+  /// Fails every pending and every later collective of this rank with `error`, at once: for a
+  /// health monitor that learned out of band (a dead or stopped peer) that they cannot complete.
+  /// The first abort wins; later ones are ignored. Thread-safe: may be called from any thread,
+  /// also while another thread waits on a collective of this backend (whose `wait` then throws
+  /// `error`). The backend is unusable afterwards, as after a timeout.
+  virtual void abort(const CollectiveTimeout& error) = 0;
+
+  /// Names the collectives this rank issues next, for a flight recorder: the Reducer `key` and
+  /// `algorithm` they carry. Backends that record nothing ignore it.
+  virtual void label(const std::string& key, const std::string& algorithm) {
+    (void)key;
+    (void)algorithm;
+  }
+
+  /// Reports a fault the caller found in the ranks' data, for a health monitor: `kind` (e.g.
+  /// "nonfinite"), the `ranks` at fault and a `detail` sentence. Backends that record nothing
+  /// ignore it.
+  virtual void report(const std::string& kind, const std::vector<int>& ranks, const std::string& detail) {
+    (void)kind;
+    (void)ranks;
+    (void)detail;
+  }
 };
 
 /// The in-process backend: `size` ranks in one process, one per thread, sharing a rendezvous in

@@ -8,6 +8,7 @@
 #include "efcomm/config.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
+#include "efcomm/health.hpp"
 #include "efcomm/message.hpp"
 #include "efcomm/mpi.hpp"
 #include "efcomm/reducer.hpp"

@@ -38,6 +38,26 @@ void checkBuffer(const void* p, size_t bytes, const char* what);
 /// element size.
 void checkSumBuffer(const void* buf, size_t count, DType dtype);
 
+/// One slow link of the fault injection below: on rank `src`, payload sends to rank `dst` wait
+/// `seconds` after the collective's headers are all in.
+struct LinkDelay {
+  int src = 0;
+  int dst = 0;
+  double seconds = 0;
+};
+
+/// Fault injection for reliability tests (docs/reliability.md): the environment variable
+/// EFCOMM_FAULT_LINK_DELAY="SRC>DST=SECONDS[,SRC>DST=SECONDS...]", read once by the MPI backend
+/// when it is created, makes every payload send from rank SRC to rank DST start only SECONDS after
+/// all ranks' headers of the collective are in on SRC: an application-level slow link (a network
+/// emulator such as netem is not always available). Unset or empty: no delay, and no cost.
+constexpr const char* kLinkDelayVariable = "EFCOMM_FAULT_LINK_DELAY";
+
+/// Parses a value of EFCOMM_FAULT_LINK_DELAY for a group of `size` ranks (empty or blank: none).
+/// SRC and DST are distinct ranks in [0, size), each pair at most once; SECONDS is a finite
+/// number >= 0. Anything else throws InvalidArgument naming the variable and the format.
+std::vector<LinkDelay> parseLinkDelays(const std::string& value, int size);
+
 /// acc[i] += x[i] for `count` elements of `dtype` (float32, float64; bfloat16 and float16 add in
 /// float32 and round to the type). Applied once per rank in rank order it gives
 /// ((x0 + x1) + x2) + ..., the order every backend's allreduceSum uses.

@@ -40,6 +40,7 @@ const char* opName(Op op) {
 // One rank's arguments to one collective; only the fields of its Op are used.
 struct Entry {
   bool arrived = false;
+  Clock::time_point issued;  // when this rank issued the collective (Work::timing)
   Op op = Op::kBarrier;
   const void* send = nullptr;
   void* buf = nullptr;
@@ -61,6 +62,8 @@ struct Slot {
   int arrived = 0;
   Phase phase = Phase::kPending;
   std::exception_ptr error;
+  bool ready = false;           // every rank arrived before the slot failed (Work::timing)
+  Clock::time_point readyTime;  // when the last rank arrived
 };
 
 // Null when all agree, else the MismatchError all ranks get.
@@ -160,7 +163,22 @@ struct InProcessState {
   std::condition_variable cv;
   // Slots some rank has reached and not every rank has; erased when the last rank arrives.
   std::map<uint64_t, std::shared_ptr<Slot>> slots;
-  std::exception_ptr aborted;
+  std::exception_ptr aborted;  // set once: every pending and later collective fails with it
+
+  // Fails every pending and every later collective of the group with `error`; the first abort
+  // wins. Collectives already moving data (kRunning) complete: their buffers are in use.
+  void abort(std::exception_ptr error) {
+    std::lock_guard<std::mutex> lk(mu);
+    if (aborted) return;
+    aborted = std::move(error);
+    for (auto& [seq, slot] : slots) {
+      if (slot->phase == Phase::kPending) {
+        slot->phase = Phase::kFailed;
+        slot->error = aborted;
+      }
+    }
+    cv.notify_all();
+  }
 
   // Called with mu held: fails a pending slot with CollectiveTimeout naming the absent ranks.
   void failTimeout(Slot& slot, int rank, double seconds) {
@@ -229,6 +247,17 @@ class InProcessWork final : public Work {
     std::lock_guard<std::mutex> lk(state_->mu);
     if (slot_->phase == Phase::kPending && Clock::now() >= deadline_) state_->failTimeout(*slot_, rank_, timeout_);
     return slot_->phase == Phase::kDone || slot_->phase == Phase::kFailed;
+  }
+
+  // No per-peer transfers here: the last rank to arrive moves everybody's data.
+  WorkTiming timing() const override {
+    std::lock_guard<std::mutex> lk(state_->mu);
+    WorkTiming t;
+    if (slot_->ready) {
+      t.readySeconds =
+          std::chrono::duration<double>(slot_->readyTime - slot_->entries[static_cast<size_t>(rank_)].issued).count();
+    }
+    return t;
   }
 
  private:
@@ -305,10 +334,15 @@ class InProcessBackend final : public Backend {
     return arrive(std::move(e), t);
   }
 
+  // The rendezvous is shared: aborting one rank's backend fails the whole group's collectives,
+  // as InProcessGroup::abort does.
+  void abort(const CollectiveTimeout& error) override { state_->abort(std::make_exception_ptr(error)); }
+
  private:
   std::shared_ptr<Work> arrive(Entry entry, double timeout) {
     const uint64_t seq = nextSeq_++;
     entry.arrived = true;
+    entry.issued = Clock::now();
     comm::InProcessState& st = *state_;
     std::unique_lock<std::mutex> lk(st.mu);
     std::shared_ptr<Slot> slot;
@@ -325,6 +359,8 @@ class InProcessBackend final : public Backend {
     if (++slot->arrived == st.size) {
       st.slots.erase(seq);
       if (slot->phase == Phase::kPending) {
+        slot->ready = true;
+        slot->readyTime = Clock::now();
         if (std::exception_ptr mismatch = checkAgreement(*slot)) {
           slot->error = mismatch;
           slot->phase = Phase::kFailed;
@@ -371,17 +407,8 @@ std::shared_ptr<Backend> InProcessGroup::backend(int rank) const {
 }
 
 void InProcessGroup::abort(int culprit, const std::string& reason) {
-  std::lock_guard<std::mutex> lk(state_->mu);
-  if (state_->aborted) return;
-  state_->aborted = std::make_exception_ptr(CollectiveTimeout(
-      detail::concat("efcomm: in-process group aborted because rank ", culprit, " stopped: ", reason), {culprit}));
-  for (auto& [seq, slot] : state_->slots) {
-    if (slot->phase == Phase::kPending) {
-      slot->phase = Phase::kFailed;
-      slot->error = state_->aborted;
-    }
-  }
-  state_->cv.notify_all();
+  state_->abort(std::make_exception_ptr(CollectiveTimeout(
+      detail::concat("efcomm: in-process group aborted because rank ", culprit, " stopped: ", reason), {culprit})));
 }
 
 void runRanks(int n, const std::function<void(Backend&)>& fn, double defaultTimeoutSeconds) {

@@ -13,7 +13,16 @@
 // large sends (that MPICH cannot cancel, and that make its MPI_Finalize fail) off the normal path.
 // Messages of collective #s use tag s mod tagUB; headers and payloads from one peer share it and
 // are told apart by MPI's non-overtaking order. Tag tagUB carries abort notices: a rank that
-// times out tells every peer, so their collectives fail at once instead of at their own timeout.
+// times out, or whose Backend::abort is called (a health monitor found a peer dead or stopped),
+// tells every peer, so their collectives fail at once instead of at their own timeout. Notices
+// are best effort: small nonblocking sends whose failure (a dead peer) is ignored.
+//
+// Timing (Work::timing): a collective notes when it was issued, when its last header came in
+// ("ready") and, per peer, when the last of that peer's payload receives completed.
+//
+// Fault injection: EFCOMM_FAULT_LINK_DELAY="SRC>DST=SECONDS,..." (comm/backend.hpp), read when
+// the backend is created, holds back rank SRC's payload sends to rank DST until SECONDS after the
+// collective's headers are all in; the progress loop posts them when due, other transfers go on.
 
 #include "efcomm/mpi.hpp"
 
@@ -42,6 +51,7 @@ std::optional<MpiThreadLevel> mpiThreadLevel(const Backend&) { return std::nullo
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <mutex>
@@ -210,17 +220,24 @@ struct Header {
 };
 static_assert(sizeof(Header) == 40, "Header is sent as raw bytes");
 
-// An abort notice: rank `rank` timed out in collective #seq waiting for `culprits`.
+// An abort notice: rank `rank` timed out in collective #seq after `seconds` waiting for
+// `culprits`, or (kNoticeAborted) its Backend::abort was called while collective #seq was its
+// oldest unfinished one, giving `culprits` and a reason (`textBytes` of text). Followed by the
+// culprits (int32) and the text.
 struct NoticeHead {
   uint32_t magic = kNoticeMagic;
   uint8_t kind = 0;
-  uint8_t reserved[3] = {0, 0, 0};
+  uint8_t flags = 0;
+  uint16_t textBytes = 0;
   int32_t rank = 0;
   uint32_t culpritCount = 0;
   uint64_t seq = 0;
   double seconds = 0;
 };
 static_assert(sizeof(NoticeHead) == 32, "NoticeHead is sent as raw bytes");
+constexpr uint8_t kNoticeAborted = 1;
+// The reason an aborting rank passes on, cut to this many bytes.
+constexpr size_t kNoticeTextBytes = 512;
 static_assert(MPI_THREAD_SINGLE == static_cast<int>(MpiThreadLevel::kSingle) &&
                   MPI_THREAD_FUNNELED == static_cast<int>(MpiThreadLevel::kFunneled) &&
                   MPI_THREAD_SERIALIZED == static_cast<int>(MpiThreadLevel::kSerialized) &&
@@ -282,6 +299,15 @@ struct Transfer {
 
 enum class Stage { kHeaders, kPayload, kFailing, kDone, kFailed };
 
+// A payload send held back by EFCOMM_FAULT_LINK_DELAY until `due`.
+struct DeferredSend {
+  int peer;
+  Role role;
+  const void* data;
+  size_t bytes;
+  Clock::time_point due;
+};
+
 struct Op {
   Kind kind = Kind::kBarrier;
   uint64_t seq = 0;
@@ -291,6 +317,12 @@ struct Op {
   Clock::time_point graceDeadline;  // kFailing
   Stage stage = Stage::kHeaders;
   std::exception_ptr error;
+
+  // Work::timing
+  Clock::time_point issued;  // start()
+  Clock::time_point ready;   // the last header came in (valid when isReady)
+  bool isReady = false;
+  std::vector<double> peerSeconds;  // per peer: s from ready to its payload being in; -1: none
 
   // Arguments; only those of `kind` are used.
   const uint8_t* send = nullptr;
@@ -310,6 +342,7 @@ struct Op {
   std::vector<size_t> requestTransfer;
   std::vector<Transfer> transfers;
   size_t transfersLeft = 0;
+  std::vector<DeferredSend> deferred;  // not posted yet (fault injection); in posting order
 
   // allreduceSum: chunk c is owned by rank c; rank r's contribution to this rank's chunk lands
   // at scratch + r * (this chunk's bytes), and they are added in rank order as they arrive.
@@ -333,6 +366,18 @@ class Engine {
   Engine(MpiApi api, MPI_Comm userComm, double defaultTimeout) : api_(std::move(api)), defaultTimeout_(defaultTimeout) {
     int rc = api_.queryThread(&threadLevel_);
     check(rc, "MPI_Query_thread");
+    // Before the (collective) duplicate, so that a bad value fails on every rank alike; the
+    // duplicate has the user communicator's ranks.
+    if (const char* value = std::getenv(comm::kLinkDelayVariable)) {
+      int userRank = 0, userSize = 1;
+      check(api_.commRank(userComm, &userRank), "MPI_Comm_rank");
+      check(api_.commSize(userComm, &userSize), "MPI_Comm_size");
+      for (const comm::LinkDelay& d : comm::parseLinkDelays(value, userSize)) {
+        if (d.src != userRank || d.seconds <= 0) continue;
+        linkDelay_.resize(static_cast<size_t>(userSize), 0.0);
+        linkDelay_[static_cast<size_t>(d.dst)] = d.seconds;
+      }
+    }
     // Nonblocking duplicate, so that a rank that never comes is reported instead of hanging.
     MPI_Request dupRequest = MPI_REQUEST_NULL;
     check(api_.commIdup(userComm, &comm_, &dupRequest), "MPI_Comm_idup");
@@ -386,7 +431,7 @@ class Engine {
       for (;;) {
         testLeftovers();
         testAll(noticeRequests_);
-        testAll(noticeOut_);
+        testNotices(noticeOut_);
         if (broken_) drainIncoming();
         const bool settled =
             leftovers_.empty() && drained_.empty() && allNull(noticeRequests_) && allNull(noticeOut_);
@@ -402,8 +447,11 @@ class Engine {
         api_.requestFree(&request);
         keepForever(std::make_shared<std::vector<uint8_t>>(std::move(bytes)));
       }
-      for (MPI_Request& r : noticeOut_) {
-        if (r != MPI_REQUEST_NULL) api_.requestFree(&r);
+      if (!allNull(noticeOut_)) {
+        for (MPI_Request& r : noticeOut_) {
+          if (r != MPI_REQUEST_NULL) api_.requestFree(&r);
+        }
+        keepForever(std::make_shared<std::vector<uint8_t>>(std::move(noticeOutBytes_)));
       }
       if (!allNull(noticeRequests_)) keepForever(std::make_shared<decltype(noticeIn_)>(std::move(noticeIn_)));
       int unmatched = 0;
@@ -424,9 +472,11 @@ class Engine {
 
   // Registers and starts a collective (mu_ held). A broken engine fails it at once.
   void start(const std::shared_ptr<Op>& op) {
+    op->issued = Clock::now();
     op->seq = nextSeq_++;
     op->tag = static_cast<int>(op->seq % static_cast<uint64_t>(tagUb_));
     op->deadline = deadlineAfter(op->timeout);
+    applyAbort();
     if (broken_) {
       op->error = unusable(*op);
       op->stage = Stage::kFailed;
@@ -446,11 +496,12 @@ class Engine {
   bool progress() {
     bool moved = false;
     try {
-      moved = checkNotices();
+      moved = applyAbort();
+      moved |= checkNotices();
       for (const auto& op : active_) moved |= advance(*op);
       if (broken_) drainIncoming();
       testLeftovers();
-      testAll(noticeOut_);
+      testNotices(noticeOut_);
       const auto now = Clock::now();
       for (const auto& op : active_) {
         if (op->running() && now >= op->deadline) timeOut(*op, op->timeout);
@@ -473,8 +524,22 @@ class Engine {
                        " timed out after ", seconds, " s waiting for rank(s) ", rankList(culprits),
                        "; the MPI communicator is unusable from now on"),
         culprits));
-    sendNotices(op, seconds, culprits);
+    sendNotices(op.seq, op.kind, seconds, culprits, nullptr);
     breakDown(error, &op);
+  }
+
+  // Backend::abort (mu_ held): fails every collective in flight and every later one with
+  // `error`, tells the peers and breaks the engine; ignored once the engine is broken or an
+  // abort is pending. The calling thread (a health monitor's) calls MPI only under
+  // MPI_THREAD_MULTIPLE: at lower levels another thread of the application may be inside MPI
+  // right now. There the abort takes effect in the next call of the thread that drives the
+  // backend (start, Work::wait, Work::completed): within a millisecond while it waits.
+  void abort(const CollectiveTimeout& error) {
+    if (broken_ || pendingAbort_) return;
+    pendingAbort_ = std::make_exception_ptr(error);
+    pendingCulprits_ = error.culprits();
+    pendingReason_ = error.what();
+    if (threadLevel_ >= MPI_THREAD_MULTIPLE) applyAbort();
   }
 
  private:
@@ -487,7 +552,28 @@ class Engine {
                                std::string(text, static_cast<size_t>(std::max(len, 0)))));
   }
 
-  size_t noticeBytes() const { return sizeof(NoticeHead) + sizeof(int32_t) * static_cast<size_t>(size_); }
+  size_t noticeBytes() const {
+    return sizeof(NoticeHead) + sizeof(int32_t) * static_cast<size_t>(size_) + kNoticeTextBytes;
+  }
+
+  // Carries out a pending Backend::abort; true if there was one.
+  bool applyAbort() {
+    if (!pendingAbort_) return false;
+    const std::exception_ptr error = std::move(pendingAbort_);
+    pendingAbort_ = nullptr;
+    if (broken_) return true;
+    uint64_t seq = nextSeq_;  // the oldest collective not finished here, or the next one
+    Kind kind = Kind::kBarrier;
+    for (const auto& op : active_) {
+      if (op->running() && op->seq < seq) {
+        seq = op->seq;
+        kind = op->kind;
+      }
+    }
+    sendNotices(seq, kind, 0.0, pendingCulprits_, &pendingReason_);
+    breakDown(error, nullptr);
+    return true;
+  }
 
   static bool allNull(const std::vector<MPI_Request>& rs) {
     return std::all_of(rs.begin(), rs.end(), [](MPI_Request r) { return r == MPI_REQUEST_NULL; });
@@ -499,6 +585,16 @@ class Engine {
       if (r == MPI_REQUEST_NULL) continue;
       int done = 0;
       check(api_.test(&r, &done, MPI_STATUS_IGNORE), "MPI_Test");
+    }
+  }
+
+  // Tests sends of abort notices, ignoring errors: a peer that cannot be told (it may be dead)
+  // does not matter to this rank, which is failing anyway.
+  void testNotices(std::vector<MPI_Request>& rs) {
+    for (MPI_Request& r : rs) {
+      if (r == MPI_REQUEST_NULL) continue;
+      int done = 0;
+      if (api_.test(&r, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) r = MPI_REQUEST_NULL;
     }
   }
 
@@ -540,6 +636,40 @@ class Engine {
     }
   }
 
+  // A payload send: posted now, or, on a link slowed by EFCOMM_FAULT_LINK_DELAY, queued until
+  // its delay after the headers has passed (and after any send to that peer queued before it,
+  // so the sends to one peer keep their order).
+  void postData(Op& op, int peer, Role role, const void* data, size_t bytes) {
+    if (!linkDelay_.empty() && bytes > 0 && linkDelay_[static_cast<size_t>(peer)] > 0) {
+      const auto due = op.ready + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(linkDelay_[static_cast<size_t>(peer)]));
+      const bool queued =
+          std::any_of(op.deferred.begin(), op.deferred.end(), [&](const DeferredSend& d) { return d.peer == peer; });
+      if (queued || Clock::now() < due) {
+        op.deferred.push_back(DeferredSend{peer, role, data, bytes, due});
+        return;
+      }
+    }
+    post(op, peer, role, false, data, bytes);
+  }
+
+  // Posts the held-back sends that are due; true if any. Sends to one peer share their due time.
+  bool postDue(Op& op) {
+    const auto now = Clock::now();
+    bool posted = false;
+    std::vector<DeferredSend> later;
+    for (const DeferredSend& d : op.deferred) {
+      if (d.due <= now) {
+        post(op, d.peer, d.role, false, d.data, d.bytes);
+        posted = true;
+      } else {
+        later.push_back(d);
+      }
+    }
+    if (posted) op.deferred = std::move(later);
+    return posted;
+  }
+
   std::vector<size_t> chunkOffsets(size_t count) const {
     const size_t n = static_cast<size_t>(size_);
     std::vector<size_t> begin(n + 1, 0);
@@ -569,6 +699,8 @@ class Engine {
     op.headerIn.assign(n, false);
     op.headerIn[static_cast<size_t>(rank_)] = true;
     op.headersMissing = size_ - 1;
+    op.peerSeconds.assign(n, -1.0);
+    if (op.headersMissing == 0) markReady(op);
     for (int p = 0; p < size_; ++p) {
       Header& h = op.outHeaders[static_cast<size_t>(p)];
       h.kind = static_cast<uint8_t>(op.kind);
@@ -631,7 +763,8 @@ class Engine {
       }
     }
     if (op.stage == Stage::kPayload) reduceReady(op);
-    if (op.transfersLeft == 0) {
+    if (op.stage == Stage::kPayload && !op.deferred.empty()) moved |= postDue(op);
+    if (op.transfersLeft == 0 && op.deferred.empty()) {
       if (op.stage == Stage::kPayload && (op.kind != Kind::kAllreduceSum || op.reduced)) op.stage = Stage::kDone;
       if (op.stage == Stage::kFailing) op.stage = Stage::kFailed;
     }
@@ -647,9 +780,9 @@ class Engine {
           EFCOMM_CHECK_MSG(h.magic == kHeaderMagic, "efcomm: rank ", rank_, " received a malformed header from rank ",
                            t.peer, " in collective #", op.seq);
           op.headerIn[p] = true;
-          --op.headersMissing;
+          if (--op.headersMissing == 0) markReady(op);
         }
-        break;
+        return;
       case Role::kContribution: op.contributionIn[p] = true; break;
       case Role::kPayload:
         if (!t.isRecv && op.kind == Kind::kAllreduceSum) {
@@ -659,6 +792,13 @@ class Engine {
         break;
       case Role::kResult: break;
     }
+    // The last of this peer's payload receives so far (allreduceSum has two per peer).
+    if (t.isRecv) op.peerSeconds[p] = std::chrono::duration<double>(Clock::now() - op.ready).count();
+  }
+
+  static void markReady(Op& op) {
+    op.ready = Clock::now();
+    op.isReady = true;
   }
 
   // Every rank holds all n headers, so every rank computes the same verdict and message.
@@ -717,7 +857,7 @@ class Engine {
           if (p != rank_) {
             post(op, p, Role::kPayload, true, recv.data.data() + recv.offsets[static_cast<size_t>(p)],
                  recv.blockBytes(static_cast<size_t>(p)));
-            post(op, p, Role::kPayload, false, op.send + (op.kind == Kind::kAlltoallv ? sendOffset : 0), bytes);
+            postData(op, p, Role::kPayload, op.send + (op.kind == Kind::kAlltoallv ? sendOffset : 0), bytes);
           }
           if (op.kind == Kind::kAlltoallv) sendOffset += bytes;
         }
@@ -728,7 +868,7 @@ class Engine {
         // groups and messages broadcast is used for here.
         if (op.root == rank_) {
           for (int p = 0; p < size_; ++p) {
-            if (p != rank_) post(op, p, Role::kPayload, false, op.buf, op.bytes);
+            if (p != rank_) postData(op, p, Role::kPayload, op.buf, op.bytes);
           }
         } else {
           post(op, op.root, Role::kPayload, true, op.buf, op.bytes);
@@ -763,7 +903,7 @@ class Engine {
         op.contributionIn[q] = true;
       }
       if (partBytes > 0) {
-        post(op, p, Role::kPayload, false, op.buf + op.chunkBegin[q] * item, partBytes);
+        postData(op, p, Role::kPayload, op.buf + op.chunkBegin[q] * item, partBytes);
       } else {
         op.partSent[q] = true;
       }
@@ -806,7 +946,7 @@ class Engine {
     if (op.nextToAdd < size_) return;
     op.reduced = true;
     for (int p = 0; p < size_; ++p) {
-      if (p != rank_) post(op, p, Role::kResult, false, mine, myBytes);
+      if (p != rank_) postData(op, p, Role::kResult, mine, myBytes);
     }
   }
 
@@ -822,6 +962,9 @@ class Engine {
       if (!culprits.empty()) break;
       for (const Transfer& t : op.transfers) {
         if (t.piecesLeft > 0 && t.isRecv == recvs) culprits.push_back(t.peer);
+      }
+      if (!recvs) {
+        for (const DeferredSend& d : op.deferred) culprits.push_back(d.peer);
       }
     }
     std::sort(culprits.begin(), culprits.end());
@@ -857,6 +1000,7 @@ class Engine {
       op->error = origin == nullptr || op.get() == origin ? error : unusable(*op);
       op->stage = Stage::kFailing;
       op->graceDeadline = deadlineAfter(kFailGraceSeconds);
+      op->deferred.clear();
       for (size_t i = 0; i < op->requests.size(); ++i) {
         MPI_Request& r = op->requests[i];
         if (r != MPI_REQUEST_NULL && op->transfers[op->requestTransfer[i]].isRecv) api_.cancel(&r);
@@ -877,25 +1021,38 @@ class Engine {
     op->stage = Stage::kFailed;
   }
 
-  void sendNotices(const Op& op, double seconds, const std::vector<int>& culprits) {
+  // Tells every peer that this rank gave up (a timeout in collective #seq, or with `reason` an
+  // abort). Sent once per engine (it breaks right after), from one buffer. Best effort: never
+  // blocks, and a peer that cannot be reached (it may be dead) is skipped.
+  void sendNotices(uint64_t seq, Kind kind, double seconds, const std::vector<int>& culprits,
+                   const std::string* reason) {
+    if (!noticeOut_.empty()) return;
+    const size_t count = std::min(culprits.size(), static_cast<size_t>(size_));
+    const size_t textBytes = reason == nullptr ? 0 : std::min(reason->size(), kNoticeTextBytes);
     NoticeHead head;
-    head.kind = static_cast<uint8_t>(op.kind);
+    head.kind = static_cast<uint8_t>(kind);
+    head.flags = reason == nullptr ? 0 : kNoticeAborted;
+    head.textBytes = static_cast<uint16_t>(textBytes);
     head.rank = rank_;
-    head.culpritCount = static_cast<uint32_t>(culprits.size());
-    head.seq = op.seq;
+    head.culpritCount = static_cast<uint32_t>(count);
+    head.seq = seq;
     head.seconds = seconds;
-    noticeOutBytes_.assign(sizeof head + sizeof(int32_t) * culprits.size(), 0);
+    noticeOutBytes_.assign(sizeof head + sizeof(int32_t) * count + textBytes, 0);
     std::memcpy(noticeOutBytes_.data(), &head, sizeof head);
-    for (size_t i = 0; i < culprits.size(); ++i) {
+    for (size_t i = 0; i < count; ++i) {
       const int32_t c = culprits[i];
       std::memcpy(noticeOutBytes_.data() + sizeof head + sizeof c * i, &c, sizeof c);
+    }
+    if (textBytes > 0) {
+      std::memcpy(noticeOutBytes_.data() + sizeof head + sizeof(int32_t) * count, reason->data(), textBytes);
     }
     for (int p = 0; p < size_; ++p) {
       if (p == rank_) continue;
       MPI_Request r = MPI_REQUEST_NULL;
-      check(api_.isend(noticeOutBytes_.data(), static_cast<int>(noticeOutBytes_.size()), MPI_BYTE, p, tagUb_, comm_, &r),
-            "MPI_Isend(abort notice)");
-      noticeOut_.push_back(r);
+      if (api_.isend(noticeOutBytes_.data(), static_cast<int>(noticeOutBytes_.size()), MPI_BYTE, p, tagUb_, comm_,
+                     &r) == MPI_SUCCESS) {
+        noticeOut_.push_back(r);
+      }
     }
   }
 
@@ -912,7 +1069,8 @@ class Engine {
       const auto& bytes = noticeIn_[static_cast<size_t>(p)];
       NoticeHead head;
       std::memcpy(&head, bytes.data(), sizeof head);
-      EFCOMM_CHECK_MSG(head.magic == kNoticeMagic && head.culpritCount <= static_cast<uint32_t>(size_),
+      EFCOMM_CHECK_MSG(head.magic == kNoticeMagic && head.culpritCount <= static_cast<uint32_t>(size_) &&
+                           head.textBytes <= kNoticeTextBytes,
                        "efcomm: rank ", rank_, " received a malformed abort notice from rank ", p);
       std::vector<int> culprits(head.culpritCount);
       for (size_t i = 0; i < culprits.size(); ++i) {
@@ -920,12 +1078,15 @@ class Engine {
         std::memcpy(&c, bytes.data() + sizeof head + sizeof c * i, sizeof c);
         culprits[i] = c;
       }
-      breakDown(std::make_exception_ptr(CollectiveTimeout(
-                    detail::concat("efcomm: rank ", p, " timed out in ", kindName(static_cast<Kind>(head.kind)),
-                                   " (collective #", head.seq, ") after ", head.seconds, " s waiting for rank(s) ",
-                                   rankList(culprits), "; the MPI communicator is unusable from now on"),
-                    culprits)),
-                nullptr);
+      const auto* text = reinterpret_cast<const char*>(bytes.data()) + sizeof head + sizeof(int32_t) * culprits.size();
+      const std::string message =
+          (head.flags & kNoticeAborted) != 0
+              ? detail::concat("efcomm: rank ", p, " aborted its collectives at collective #", head.seq, " (",
+                               std::string(text, head.textBytes), "); the MPI communicator is unusable from now on")
+              : detail::concat("efcomm: rank ", p, " timed out in ", kindName(static_cast<Kind>(head.kind)),
+                               " (collective #", head.seq, ") after ", head.seconds, " s waiting for rank(s) ",
+                               rankList(culprits), "; the MPI communicator is unusable from now on");
+      breakDown(std::make_exception_ptr(CollectiveTimeout(message, culprits)), nullptr);
     }
     return true;
   }
@@ -961,6 +1122,13 @@ class Engine {
   std::vector<MPI_Request> noticeRequests_;
   std::vector<uint8_t> noticeOutBytes_;
   std::vector<MPI_Request> noticeOut_;
+  // Backend::abort waiting for a thread that may call MPI (see abort).
+  std::exception_ptr pendingAbort_;
+  std::vector<int> pendingCulprits_;
+  std::string pendingReason_;
+  // EFCOMM_FAULT_LINK_DELAY: seconds this rank holds back its payload sends to each peer; empty
+  // when no link from this rank is slowed.
+  std::vector<double> linkDelay_;
   std::vector<std::pair<MPI_Request, std::shared_ptr<Op>>> leftovers_;
   // Discarded messages being received; moving the vectors keeps their buffers in place.
   std::vector<std::pair<MPI_Request, std::vector<uint8_t>>> drained_;
@@ -1015,6 +1183,15 @@ class MpiWork final : public Work {
     std::lock_guard<std::mutex> lk(engine_->mutex());
     engine_->progress();
     return op_->finished();
+  }
+
+  WorkTiming timing() const override {
+    std::lock_guard<std::mutex> lk(engine_->mutex());
+    WorkTiming t;
+    if (op_->isReady) t.readySeconds = std::chrono::duration<double>(op_->ready - op_->issued).count();
+    t.peerSeconds = op_->peerSeconds;
+    t.peerSeconds.resize(static_cast<size_t>(engine_->size()), -1.0);
+    return t;
   }
 
  private:
@@ -1076,6 +1253,11 @@ class MpiBackend final : public Backend {
 
   std::shared_ptr<Work> barrier(std::optional<double> timeoutSeconds) override {
     return start(makeOp(Kind::kBarrier, timeoutSeconds));
+  }
+
+  void abort(const CollectiveTimeout& error) override {
+    std::lock_guard<std::mutex> lk(engine_->mutex());
+    engine_->abort(error);
   }
 
  private:

@@ -317,6 +317,12 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
 }
 
 void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key) {
+  // The collectives of this call carry its key and algorithm in a health monitor's record; later
+  // ones (the application's own) carry none.
+  struct Unlabel {
+    Backend& backend;
+    ~Unlabel() { backend.label("", ""); }
+  } unlabel{*backend_};
   const auto found = slots_.find(key);
   const Slot* existing = found == slots_.end() ? nullptr : found->second.get();
   const std::string argError =
@@ -326,22 +332,39 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
   ByteBlocks headers;
   const auto t0 = comm::Clock::now();
+  backend_->label(key, existing ? existing->algorithm : options_.algorithm);
   backend_->allgatherv(header.data(), header.size(), headers)->wait();
   const double agreeSeconds = comm::secondsSince(t0);
   ++calls_;
   EFCOMM_CHECK(argError.empty(), "Reducer.allreduce(key '", key, "'): ", argError);
   const size_t n = static_cast<size_t>(size());
   const Header mine = readHeader(headers, static_cast<size_t>(rank()));
+  // A disagreement is also reported to the backend (a health monitor records it), naming the
+  // ranks whose header differs from the most common one (ties: the one rank 0 belongs to).
+  const auto mismatch = [&](const std::string& what) {
+    std::vector<int> odd;
+    size_t best = 0, bestCount = 0;
+    for (size_t r = 0; r < n; ++r) {
+      size_t count = 0;
+      for (size_t q = 0; q < n; ++q) count += readHeader(headers, q) == readHeader(headers, r);
+      if (count > bestCount) best = r, bestCount = count;
+    }
+    for (size_t r = 0; r < n; ++r)
+      if (!(readHeader(headers, r) == readHeader(headers, best))) odd.push_back(static_cast<int>(r));
+    backend_->report("mismatch", odd, what);
+    throw MismatchError(what);
+  };
   for (size_t r = 0; r < n; ++r) {
     const Header h = readHeader(headers, r);
-    EFCOMM_CHECK_T(MismatchError, h[kStatus] == 0, "Reducer.allreduce(key '", key, "'): rank ", r,
-                   " rejected its arguments");
-    EFCOMM_CHECK_T(MismatchError, h[kSpecHash] == mine[kSpecHash], "Reducer.allreduce(key '", key,
-                   "'): rank ", r, " uses another compressor, feedback, algorithm or weights than rank ",
-                   rank(), " (", compressorSpec_, ", ", feedbackSpec_, ", ", options_.algorithm, ")");
-    EFCOMM_CHECK_T(MismatchError, h == mine,
-                   "Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key), ", rank ",
-                   rank(), " has ", describe(mine, key));
+    if (h[kStatus] != 0)
+      mismatch(detail::concat("Reducer.allreduce(key '", key, "'): rank ", r, " rejected its arguments"));
+    if (h[kSpecHash] != mine[kSpecHash])
+      mismatch(detail::concat("Reducer.allreduce(key '", key, "'): rank ", r,
+                              " uses another compressor, feedback, algorithm or weights than rank ", rank(), " (",
+                              compressorSpec_, ", ", feedbackSpec_, ", ", options_.algorithm, ")"));
+    if (h != mine)
+      mismatch(detail::concat("Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key), ", rank ",
+                              rank(), " has ", describe(mine, key)));
   }
 
   auto it = slots_.find(key);
@@ -358,6 +381,7 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   st.algorithm = s.algorithm;
   st.controlBytes += header.size();
   st.commSeconds += agreeSeconds;
+  backend_->label(key, s.algorithm);
   s.impl->run(*backend_, x, TensorView{out.data, out.dtype, x.shape}, s.step++, st);
   ++st.calls;
 }

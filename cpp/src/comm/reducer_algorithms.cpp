@@ -66,8 +66,12 @@ struct Attempt {
 };
 
 // Raises a round's failure on every rank: a rank that failed rethrows its own error, the others
-// name the first rank that failed.
-[[noreturn]] void raise(const std::string& context, const Failure& f, std::exception_ptr own) {
+// name the first rank that failed. Non-finite input is also reported to the backend (a health
+// monitor attributes it to its rank).
+[[noreturn]] void raise(Backend& backend, const std::string& context, const Failure& f, std::exception_ptr own) {
+  if (f.code == static_cast<uint32_t>(ErrorCode::kNonFinite))
+    backend.report("nonfinite", {f.rank}, context + ": rank " + std::to_string(f.rank) +
+                                              " has a non-finite vector to compress; every rank skipped the round");
   if (own) std::rethrow_exception(own);
   EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
                  " has a non-finite vector to compress and skipped this round");
@@ -176,7 +180,7 @@ class AllgatherAlgorithm final : public Algorithm {
     st.bytesSent += mine.size() * static_cast<uint64_t>(s_.n - 1);
     const ConstTensorView est = aggregate_.update(ptrs);
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(s_.context, first, mine.error);
+    if (first) raise(backend, s_.context, first, mine.error);
     copyOut(est, out);
   }
 
@@ -279,7 +283,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
       mirrors_[i]->update({&m});
     }
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(s_.context, first, reduced.error ? reduced.error : firstError(parts));
+    if (first) raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
     for (int c = 0; c < n; ++c) copyOut(mirrors_[static_cast<size_t>(c)]->estimate(), chunk(out, c));
   }
 
@@ -477,7 +481,7 @@ class AllreduceAlgorithm final : public Algorithm {
       st.aggregateSeconds += secondsSince(t0);
     }
     st.commSeconds += comm;
-    if (first) raise(s_.context, first, mine.error);
+    if (first) raise(*backend_, s_.context, first, mine.error);
     copyOut(aggregate_.estimate(), out);
   }
 
@@ -516,9 +520,13 @@ class AllreduceAlgorithm final : public Algorithm {
     stats_->bytesSent += traffic;
     stats_->bytesReceived += traffic;
     loadValues(s_.dtype, reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
-    for (int r = 0; r < s_.n; ++r)
-      EFCOMM_CHECK_T(NonFiniteError, local[p.size() + static_cast<size_t>(r)] == 0.0, s_.context, ": rank ", r,
-                     " has a non-finite vector to compress (PowerSGD's P round); every rank skips this round");
+    for (int r = 0; r < s_.n; ++r) {
+      if (local[p.size() + static_cast<size_t>(r)] == 0.0) continue;
+      const std::string what = s_.context + ": rank " + std::to_string(r) +
+                               " has a non-finite vector to compress (PowerSGD's P round); every rank skips this round";
+      backend_->report("nonfinite", {r}, what);
+      throw NonFiniteError(what);
+    }
     std::copy(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(p.size()), p.begin());
   }
 

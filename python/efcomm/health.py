@@ -1,0 +1,102 @@
+"""Fault detection for collectives (SPEC.md, "Health"): :class:`Monitor` records every collective
+of a communicator in a flight recorder, watches it over a control plane of its own (an agent
+thread per rank talking TCP to a coordinator on rank 0), names the ranks a stuck collective waits
+for, and localizes stragglers and slow links. ``efcomm doctor DIR`` merges the ranks' dumps.
+
+Example (every rank)::
+
+    comm = ef.Communicator.mpi()
+    with ef.health.Monitor(comm, dump_dir="flight") as mon:   # before building Reducers on comm
+        red = ef.Reducer(comm, "topk:ratio=0.01", "ef21")
+        for step in range(steps):
+            g = red.allreduce(grad(step), key="w")  # a dead or stopped rank: CollectiveTimeout
+        print(mon.anomalies())                      # on every live rank, naming it
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import List, Optional
+
+from . import _core
+from .comm import Communicator
+from .errors import InvalidArgument
+
+__all__ = ["Anomaly", "Monitor"]
+
+#: Anomaly kinds (SPEC.md)
+KINDS = ("hang", "crash", "straggler", "slow_link", "nonfinite", "mismatch")
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """A fault the monitor found: ``kind`` (one of :data:`KINDS`), the ``ranks`` at fault (for a
+    slow link its sender and receiver), a ``detail`` sentence, the collective's sequence number
+    ``seq`` and when it was found (``time``, seconds since the epoch)."""
+    kind: str
+    ranks: List[int]
+    detail: str
+    seq: int
+    time: float
+
+
+class Monitor:
+    """Records and watches every collective of ``comm`` from now on, the collectives of Reducers
+    built on ``comm`` after it included (build the Monitor first). Collective: every rank of
+    ``comm`` creates it, and it returns once all ranks' agents have reached the coordinator.
+
+    A collective some ranks have reached is overdue after ``max(timeout_floor, timeout_factor x
+    the p99 of recent collective durations)``; a rank whose heartbeats stop for
+    ``heartbeat_timeout`` seconds is stopped; one whose connection drops has crashed. Then every
+    live rank's pending and later collectives raise :class:`efcomm.CollectiveTimeout` whose
+    ``culprits`` are the ranks at fault, and, with ``dump_dir``, each rank writes its flight record
+    there (``efcomm-flight-rank<R>.json``; also on SIGUSR1 and at :meth:`close`).
+    ``capacity``: collectives the flight recorder keeps; ``window``: collectives the straggler and
+    slow-link statistics look back over; ``address``: the coordinator's addresses to advertise
+    (comma-separated IPv4; default: every address of rank 0's host, loopback last).
+    """
+
+    def __init__(self, comm: Communicator, timeout_floor: float = 5.0, timeout_factor: float = 4.0,
+                 dump_dir: Optional[str] = None, *, heartbeat_interval: float = 0.2,
+                 heartbeat_timeout: float = 2.0, capacity: int = 4096, window: int = 20,
+                 address: Optional[str] = None):
+        if not isinstance(comm, Communicator):
+            raise InvalidArgument(f"health.Monitor: expected an ef.Communicator, got {type(comm).__name__}")
+        if dump_dir is not None:
+            import os
+
+            os.makedirs(dump_dir, exist_ok=True)
+        self._comm = comm
+        self._impl = _core._Monitor(comm._backend, float(timeout_floor), float(timeout_factor),
+                                    float(heartbeat_interval), float(heartbeat_timeout), int(capacity),
+                                    int(window), dump_dir or "", address or "")
+        self._unwatched = comm._backend
+        comm._backend = self._impl.backend
+
+    def anomalies(self) -> List[Anomaly]:
+        """Faults found so far, oldest first (every rank hears of the coordinator's findings)."""
+        return [Anomaly(k, list(r), d, s, t) for k, r, d, s, t in self._impl.anomalies()]
+
+    def records(self) -> list:
+        """This rank's flight record: the collectives kept, oldest first (dicts, see :meth:`dump`)."""
+        return json.loads(self._impl.dump_json("demand"))["records"]
+
+    def dump(self, path: str) -> None:
+        """Writes this rank's flight record to ``path`` as JSON (format ``efcomm-flight-record``,
+        version 1; docs/reliability.md describes the fields)."""
+        self._impl.dump(str(path))
+
+    def close(self) -> None:
+        """Says goodbye to the coordinator (leaving is not a crash), stops the control plane and
+        writes the final dump when ``dump_dir`` is set. Collective. The communicator's collectives
+        are recorded no more."""
+        if self._comm._backend is self._impl.backend:
+            self._comm._backend = self._unwatched
+        self._impl.close()
+
+    def __enter__(self) -> "Monitor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,287 @@
+"""``efcomm doctor`` on synthetic flight records: a small generator writes the dumps of a 4-rank job
+(50 collectives, lognormal jitter) with one fault injected, and the verdict must name it; fault-free
+runs must raise no alarm."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from helpers import has_module
+
+from efcomm import doctor
+from efcomm.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+T0 = 1_795_000_000.0
+
+
+def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=0.2, straggler=None,
+               slow_link=None, hang=None, mismatch=None, no_dump=(), peers=True):
+    """Writes efcomm-flight-rank<R>.json for a synchronous job into path. Even seqs follow the step's
+    compute (gap ~ compute), odd ones are issued right after (gap ~ 0.2 ms), as a Reducer's two keys.
+    straggler=(rank, factor); slow_link=(src, dst, factor); hang=(rank, seq): that rank never issues
+    seq, the others wait inside it (pending); mismatch=(rank, seq, op): that rank calls op there, every
+    rank fails with a MismatchError and stops."""
+    rng = np.random.default_rng(seed)
+    records = [[] for _ in range(size)]
+    last_end = np.full(size, T0)
+    stop = seqs
+    for s in range(seqs):
+        base = compute if s % 2 == 0 else 0.0002
+        gap = base * rng.lognormal(0.0, jitter, size)
+        if straggler and s % 2 == 0:
+            gap[straggler[0]] *= straggler[1]
+        enq = last_end + gap
+        if s == 0:
+            gap[:] = np.nan
+        p = link * rng.lognormal(0.0, jitter, (size, size))  # [src, dst]
+        if slow_link:
+            p[slow_link[0], slow_link[1]] *= slow_link[2]
+        np.fill_diagonal(p, np.nan)
+        start = enq.max()
+        end = start + np.nanmax(p, axis=0) + 0.0001
+        ops = ["allgatherv"] * size
+        status, error = ["ok"] * size, [None] * size
+        if mismatch and s == mismatch[1]:
+            ops[mismatch[0]] = mismatch[2]
+            status = ["failed"] * size
+            error = [f"MismatchError: collective {s}: rank {mismatch[0]} called {mismatch[2]}, "
+                     "rank 0 allgatherv"] * size
+            stop = s + 1
+        for r in range(size):
+            if hang and s >= hang[1] and (r == hang[0] or s > hang[1]):
+                continue
+            pending = bool(hang) and s == hang[1]
+            key = "w" if s % 2 == 0 else "b"
+            records[r].append({
+                "seq": s, "op": ops[r], "key": key, "algorithm": "allgather",
+                "bytes": int(1000 + 10 * r + s), "enqueue": float(enq[r]),
+                "start": None if pending else float(start), "end": None if pending else float(end[r]),
+                "status": "pending" if pending else status[r], "error": error[r],
+                "gap": None if not np.isfinite(gap[r]) else float(gap[r]),
+                "peer_seconds": ([None if not np.isfinite(v) else float(v) for v in p[:, r]]
+                                 if peers and not pending else None)})
+        last_end = end
+        if s + 1 >= stop:
+            break
+    written = float(last_end.max()) + (12.0 if hang else 0.5)
+    for r in range(size):
+        if r in no_dump:
+            continue
+        dump = {"format": "efcomm-flight-record", "version": 1, "rank": r, "size": size, "host": "node0",
+                "pid": 1000 + r, "efcomm": "0.1.0", "reason": "timeout" if hang or mismatch else "close",
+                "written": written,
+                "options": {"timeout_floor": 5.0, "timeout_factor": 4.0, "heartbeat_interval": 0.2,
+                            "heartbeat_timeout": 2.0, "capacity": 4096, "window": 20},
+                "dropped": 0, "records": records[r], "anomalies": [], "coordinator": None}
+        (path / f"efcomm-flight-rank{r}.json").write_text(json.dumps(dump))
+    return path
+
+
+def doctor_json(capsys, *paths):
+    code = main(["doctor", *map(str, paths), "--json", "--no-plots"])
+    out = capsys.readouterr().out
+    return code, json.loads(out)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_fault_free_raises_no_alarm(capsys, tmp_path, seed):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, seed=seed))
+    assert code == 0, res["verdict"]
+    assert res["faults"] == [] and res["verdict"].startswith("No fault found")
+    assert res["missing_ranks"] == [] and res["divergence"] is None
+    assert res["complete_seqs"] == 50 and res["stragglers"]["flagged"] == [] and res["links"]["flagged"] == []
+    assert all(0.8 < row["gap_ratio"] < 1.2 for row in res["stragglers"]["rows"])
+    assert res["links"]["matrix_s"][0][0] is None and 0.002 < res["links"]["matrix_s"][0][1] < 0.005
+
+
+def test_fault_free_text(capsys, tmp_path):
+    assert main(["doctor", str(make_dumps(tmp_path)), "--no-plots"]) == 0
+    out = capsys.readouterr().out
+    assert "VERDICT: No fault found" in out and "NTP" in out
+    assert "src\\dst" in out and "gap median" in out
+
+
+def test_hang_names_the_rank_and_seq(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, hang=(2, 30)))
+    assert code == 1
+    top = res["faults"][0]
+    assert top["kind"] == "hang" and top["ranks"] == [2] and top["seq"] == 30
+    assert res["divergence"]["seq"] == 30 and res["divergence"]["absent"] == [2]
+    assert sorted(p["rank"] for p in res["pending"] if p["stuck"]) == [0, 1, 3]
+    assert "rank 2 never reached seq 30" in res["verdict"] and "ranks 0, 1, 3 are stuck inside seq 30" in res["verdict"]
+
+
+def test_missing_dump_names_the_rank(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, hang=(3, 30), no_dump=(3,)))
+    assert code == 1 and res["missing_ranks"] == [3]
+    top = res["faults"][0]
+    assert top["ranks"] == [3] and top["seq"] == 30 and "rank 3 wrote no dump" in top["summary"]
+
+
+def test_stale_dump_is_not_a_hang(capsys, tmp_path):
+    make_dumps(tmp_path)
+    f = tmp_path / "efcomm-flight-rank1.json"
+    d = json.loads(f.read_text())
+    d["records"] = d["records"][:20]
+    d["written"] = d["records"][-1]["end"] + 0.001
+    d["reason"] = "demand"
+    f.write_text(json.dumps(d))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 0, res["verdict"]
+    assert res["stale_dumps"] == [1] and "older" in res["verdict"]
+
+
+def test_dump_taken_while_running_is_not_a_hang(capsys, tmp_path):
+    make_dumps(tmp_path)  # SIGUSR1 mid-run: rank 1 still computes, the others are inside seq 49
+    dumps = {r: json.loads((tmp_path / f"efcomm-flight-rank{r}.json").read_text()) for r in range(4)}
+    issued = min(d["records"][49]["enqueue"] for r, d in dumps.items() if r != 1)
+    for r, d in dumps.items():
+        d["reason"], d["written"] = "signal", issued + 0.03
+        if r == 1:
+            d["records"].pop()
+        else:
+            d["records"][49].update(status="pending", start=None, end=None, peer_seconds=None)
+        (tmp_path / f"efcomm-flight-rank{r}.json").write_text(json.dumps(d))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 0, res["verdict"]
+    assert res["behind"] == [1] and "behind, not stuck" in res["verdict"]
+    assert [p["stuck"] for p in res["pending"]] == [False] * 3 and "3 in flight" in res["verdict"]
+
+
+def test_mismatch_names_the_seq_and_rank(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, mismatch=(1, 12, "broadcast")))
+    assert code == 1
+    top = res["faults"][0]
+    assert top["kind"] == "mismatch" and top["ranks"] == [1] and top["seq"] == 12
+    assert "rank 1 called broadcast" in top["summary"] and "ranks 0, 2, 3 called allgatherv" in top["summary"]
+    assert res["failed"][0]["seq"] == 12 and len(res["faults"]) == 1
+
+
+def test_straggler_names_the_rank(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, straggler=(3, 1.5)))
+    assert code == 1
+    assert [(f["kind"], f["ranks"]) for f in res["faults"]] == [("straggler", [3])]
+    row = res["stragglers"]["rows"][3]
+    assert 1.3 < row["gap_ratio"] < 1.7 and row["late_median_s"] > 0.015 and row["straggler"]
+    assert "rank 3" in res["verdict"]
+
+
+def test_slow_link_names_it(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, slow_link=(1, 2, 3.0)))
+    assert code == 1
+    assert [(f["kind"], f["ranks"]) for f in res["faults"]] == [("slow_link", [1, 2])]
+    assert res["links"]["slowest"]["src"] == 1 and res["links"]["slowest"]["dst"] == 2
+    assert "Slow link 1 -> 2" in res["verdict"]
+
+
+def test_slow_send_side_is_a_row(capsys, tmp_path):
+    make_dumps(tmp_path, size=6, slow_link=None, seed=3)
+    # rank 4's data arrives late everywhere: its send side
+    for f in tmp_path.glob("efcomm-flight-rank*.json"):
+        d = json.loads(f.read_text())
+        for rec in d["records"]:
+            if rec["peer_seconds"] and rec["peer_seconds"][4] is not None:
+                rec["peer_seconds"][4] *= 3
+        f.write_text(json.dumps(d))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and res["links"]["slow_send"] == [4] and res["links"]["slow_recv"] == []
+    assert [(f["kind"], f["ranks"]) for f in res["faults"]] == [("slow_link", [4])]
+    assert "rank 4's send side" in res["verdict"]
+
+
+def test_no_peer_times(capsys, tmp_path):
+    code, res = doctor_json(capsys, make_dumps(tmp_path, peers=False))
+    assert code == 0 and res["links"]["matrix_s"] is None and "links were not compared" in res["verdict"]
+
+
+def test_anomalies_are_merged(capsys, tmp_path):
+    make_dumps(tmp_path)
+    for r in range(4):
+        f = tmp_path / f"efcomm-flight-rank{r}.json"
+        d = json.loads(f.read_text())
+        d["anomalies"] = [{"kind": "nonfinite", "ranks": [2], "seq": 17, "detail": "NaN in rank 2's gradient 'w'",
+                           "time": T0 + 1}]
+        f.write_text(json.dumps(d))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and len(res["anomalies"]) == 1 and res["anomalies"][0]["reported_by"] == [0, 1, 2, 3]
+    assert res["faults"][0]["kind"] == "nonfinite" and res["faults"][0]["ranks"] == [2]
+
+
+def test_bad_input_exits_2(capsys, tmp_path):
+    make_dumps(tmp_path)
+    bad = tmp_path / "efcomm-flight-rank1.json"
+    bad.write_text("{not json")
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    assert str(bad) in capsys.readouterr().err
+    bad.write_text(json.dumps({"format": "something-else"}))
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    assert "not an efcomm flight record" in capsys.readouterr().err
+    bad.write_text(json.dumps({"format": "efcomm-flight-record", "version": 9}))
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    assert "version 9" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["doctor", str(empty)]) == 2
+    assert "no efcomm-flight-rank*.json" in capsys.readouterr().err
+    assert main(["doctor", str(tmp_path / "nosuch")]) == 2
+
+
+def test_sizes_disagree_are_reported(capsys, tmp_path):
+    make_dumps(tmp_path)
+    f = tmp_path / "efcomm-flight-rank3.json"
+    d = json.loads(f.read_text())
+    d["size"] = 8
+    for rec in d["records"]:
+        rec["peer_seconds"] = rec["peer_seconds"] and rec["peer_seconds"] + [None] * 4
+    f.write_text(json.dumps(d))
+    _, res = doctor_json(capsys, tmp_path)
+    assert res["size"] == 8 and res["missing_ranks"] == [4, 5, 6, 7]
+    assert any("disagree on the number of ranks" in w for w in res["warnings"])
+
+
+def test_explicit_files(capsys, tmp_path):
+    make_dumps(tmp_path, hang=(2, 30))
+    files = [str(tmp_path / f"efcomm-flight-rank{r}.json") for r in (0, 1, 2)]
+    code, res = doctor_json(capsys, files[0], *files[1:])
+    assert code == 1 and res["missing_ranks"] == [3] and 2 in res["faults"][0]["ranks"]
+
+
+@pytest.mark.skipif(not has_module("matplotlib"), reason="needs matplotlib: pip install matplotlib")
+def test_plots_and_the_module_entry_point(tmp_path):
+    make_dumps(tmp_path, slow_link=(1, 2, 3.0))
+    out = tmp_path / "plots"
+    p = subprocess.run([sys.executable, "-m", "efcomm.cli", "doctor", str(tmp_path), "--json", "--plots", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    res = json.loads(p.stdout)
+    for name in ("links", "lateness"):
+        png = out / f"efcomm-doctor-{name}.png"
+        assert res["plots"][name] == str(png) and png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_plots_default_to_the_dump_directory(capsys, tmp_path):
+    make_dumps(tmp_path)
+    res = doctor.run([str(tmp_path)])
+    if has_module("matplotlib"):
+        assert (tmp_path / "efcomm-doctor-links.png").exists() and (tmp_path / "efcomm-doctor-lateness.png").exists()
+    else:
+        assert "matplotlib" in res["plots"]["skipped"]
+    assert "Plots" in doctor.render_text(res)
+
+
+def test_without_matplotlib_the_plots_are_skipped(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    make_dumps(tmp_path)
+    assert main(["doctor", str(tmp_path)]) == 0
+    assert "Plots skipped: matplotlib is not installed" in capsys.readouterr().out
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_help_documents_the_exit_status(capsys):
+    with pytest.raises(SystemExit):
+        main(["doctor", "--help"])
+    out = capsys.readouterr().out
+    assert "exit status: 0 no fault found, 1 a fault found, 2 bad input" in out and "--no-plots" in out

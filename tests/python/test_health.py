@@ -1,0 +1,132 @@
+"""ef.health.Monitor on in-process ranks (threads): the flight record, its dump, the watchdog
+naming a rank that never arrives, and the findings the Reducer reports (non-finite, mismatch).
+The multi-process faults (a killed or stopped process) are in test_health_mpi.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import efcomm as ef
+
+# Short timings so a hang is found in about a second.
+FAST = dict(timeout_floor=1.0, timeout_factor=4.0, heartbeat_interval=0.05, heartbeat_timeout=1.0)
+
+
+def grad(rank: int, step: int, n: int = 4096) -> np.ndarray:
+    return np.random.default_rng([rank, step]).standard_normal(n).astype(np.float32)
+
+
+def test_records_every_collective_with_key_and_algorithm(tmp_path):
+    def body(comm):
+        with ef.health.Monitor(comm, dump_dir=str(tmp_path), **FAST) as mon:
+            red = ef.Reducer(comm, "topk:ratio=0.05", "ef21", algorithm="allgather")
+            for step in range(5):
+                red.allreduce(grad(comm.rank, step), key="w")
+            comm.barrier()
+            records = mon.records()
+            mon.dump(str(tmp_path / f"demand{comm.rank}.json"))
+            return records, mon.anomalies()
+
+    results = ef.testing.run_ranks(3, body)
+    for rank, (records, anomalies) in enumerate(results):
+        assert anomalies == []
+        # Each allreduce: the header agreement and the payload allgather; then the barrier.
+        assert [r["seq"] for r in records] == list(range(len(records)))
+        assert [r["op"] for r in records[-3:]] == ["allgatherv", "allgatherv", "barrier"]
+        reduce_records = records[:-1]
+        assert {r["key"] for r in reduce_records} == {"w"}
+        assert {r["algorithm"] for r in reduce_records} == {"allgather"}
+        assert records[-1]["key"] is None  # the application's own collective carries no label
+        assert all(r["status"] == "ok" for r in records)
+        assert all(r["enqueue"] <= r["end"] for r in records)
+        assert records[0]["gap"] is None and all(r["gap"] >= 0 for r in records[1:])
+        demand = json.loads((tmp_path / f"demand{rank}.json").read_text())
+        assert demand["format"] == "efcomm-flight-record" and demand["version"] == 1
+        assert (demand["rank"], demand["size"]) == (rank, 3)
+        closing = json.loads((tmp_path / f"efcomm-flight-rank{rank}.json").read_text())
+        assert closing["reason"] == "close"
+        assert len(closing["records"]) == len(records)
+    # Every rank numbers the same collectives alike.
+    assert len({tuple((r["seq"], r["op"], r["bytes"] > 0) for r in rec) for rec, _ in results}) == 1
+
+
+def test_capacity_keeps_the_newest_records():
+    def body(comm):
+        with ef.health.Monitor(comm, capacity=4, **FAST) as mon:
+            for _ in range(10):
+                comm.barrier()
+            return mon.records()
+
+    for records in ef.testing.run_ranks(2, body):
+        assert [r["seq"] for r in records] == [6, 7, 8, 9]
+
+
+def test_a_rank_that_never_arrives_is_named_on_every_live_rank():
+    def body(comm):
+        with ef.health.Monitor(comm, **FAST) as mon:
+            red = ef.Reducer(comm, "topk:ratio=0.05", "ef21", algorithm="allgather")
+            for step in range(6):
+                red.allreduce(grad(comm.rank, step), key="w")
+            t0 = time.monotonic()
+            try:
+                if comm.rank == 2:
+                    time.sleep(3.0)  # busy elsewhere: alive (heartbeats go on) but never arrives
+                red.allreduce(grad(comm.rank, 6), key="w")
+            except ef.CollectiveTimeout as e:
+                return "timeout", e.culprits, time.monotonic() - t0, [a.kind for a in mon.anomalies()]
+            return "ok", [], time.monotonic() - t0, []
+
+    results = ef.testing.run_ranks(3, body)
+    for rank, (outcome, culprits, seconds, kinds) in enumerate(results):
+        assert outcome == "timeout", (rank, results)
+        assert culprits == [2]
+        assert "hang" in kinds
+        if rank != 2:
+            # found after the floor (1 s), well before rank 2 woke up (3 s)
+            assert 0.9 < seconds < 2.9, results
+
+
+def test_nonfinite_gradient_is_attributed_to_its_rank():
+    def body(comm):
+        with ef.health.Monitor(comm, **FAST) as mon:
+            red = ef.Reducer(comm, "topk:ratio=0.05", "ef21")
+            x = grad(comm.rank, 0)
+            if comm.rank == 1:
+                x[7] = np.nan
+            # the others name rank 1; rank 1 raises its own error, which says where the NaN is
+            with pytest.raises(ef.NonFiniteError, match="NaN" if comm.rank == 1 else "rank 1"):
+                red.allreduce(x, key="w")
+            # the round was skipped on every rank; the next one works
+            red.allreduce(grad(comm.rank, 1), key="w")
+            return [(a.kind, a.ranks) for a in mon.anomalies()]
+
+    for anomalies in ef.testing.run_ranks(3, body):
+        assert anomalies == [("nonfinite", [1])]
+
+
+def test_mismatched_call_is_recorded():
+    def body(comm):
+        with ef.health.Monitor(comm, **FAST) as mon:
+            red = ef.Reducer(comm, "topk:ratio=0.05", "ef21")
+            with pytest.raises(ef.MismatchError):
+                red.allreduce(grad(comm.rank, 0, n=4096 if comm.rank else 2048), key="w")
+            return [a.kind for a in mon.anomalies()]
+
+    for kinds in ef.testing.run_ranks(2, body):
+        assert kinds == ["mismatch"]
+
+
+def test_bad_options_are_rejected():
+    def body(comm):
+        with pytest.raises(ef.InvalidArgument, match="timeout_floor"):
+            ef.health.Monitor(comm, timeout_floor=0)
+        with pytest.raises(ef.InvalidArgument, match="heartbeat"):
+            ef.health.Monitor(comm, heartbeat_interval=1.0, heartbeat_timeout=1.0)
+        with pytest.raises(ef.InvalidArgument, match="Communicator"):
+            ef.health.Monitor("not a communicator")
+
+    ef.testing.run_ranks(1, body)
