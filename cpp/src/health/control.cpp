@@ -51,6 +51,12 @@ using Clock = std::chrono::steady_clock;
 // Coordinator-side and agent-side poll period at most: the granularity of heartbeats, overdue
 // checks and silence checks.
 constexpr double kMaxPollSeconds = 0.05;
+// Arrival and completion reports wait for the agent thread at most this long (or until
+// kBatchBytes are queued): one send per batch instead of two per collective, which keeps the
+// monitor's cost per collective to an append under a mutex. The coordinator's clocks (the overdue
+// deadline, seconds to minutes) do not notice the delay; the detectors use the ranks' own clocks.
+constexpr double kFlushSeconds = 0.02;
+constexpr size_t kBatchBytes = 16u << 10;
 // Bound of each connect attempt to one address.
 constexpr double kConnectAttemptSeconds = 2.0;
 // Bytes an agent queues for a coordinator that does not read; beyond, frames are dropped (the
@@ -717,7 +723,9 @@ struct Agent::Impl {
   }
 
   void start(Backend& bootstrap, double connectTimeout);
-  void post(const std::string& frame);
+  // Queues a frame and sends what is queued; `batch`: only queue it, unless kBatchBytes are
+  // queued (the agent thread sends within kFlushSeconds).
+  void post(const std::string& frame, bool batch = false);
   void close();
 
   void run();
@@ -830,16 +838,17 @@ void Agent::Impl::start(Backend& bootstrap, double connectTimeout) {
   std::vector<int> missing = coordinator_ ? coordinator_->missing() : missing_;
   std::string why = failure_.empty() ? "timed out" : failure_;
   lk.unlock();
+  const std::string absent =
+      missing.empty() ? std::string() : "; rank(s) " + joinRanks(missing) + " did not connect to the coordinator";
   throw Error(detail::concat("health.Monitor: the control plane did not come up within ", connectTimeout, " s on rank ",
-                             rank_, ": ", why,
-                             missing.empty() ? std::string()
-                                             : "; rank(s) " + joinRanks(missing) + " did not connect to the coordinator"));
+                             rank_, ": ", why, absent));
 }
 
-void Agent::Impl::post(const std::string& frame) {
+void Agent::Impl::post(const std::string& frame, bool batch) {
   std::lock_guard<std::mutex> lk(sendMu_);
   if (!sendable_ || out_.size() + frame.size() > kMaxQueued) return;
   out_ += frame;
+  if (batch && out_.size() < kBatchBytes) return;
   std::string why;
   // A failed send is the agent thread's to report: it sees the connection end on its next read.
   if (!flushSome(sock_.get(), out_, &why)) {
@@ -863,9 +872,11 @@ void Agent::Impl::run() {
       std::lock_guard<std::mutex> lk(sendMu_);
       wantWrite = !out_.empty() && sendable_;
     }
-    pollfd fds[2] = {{waker_.fd(), POLLIN, 0}, {sock_.get(), static_cast<short>(POLLIN | (wantWrite ? POLLOUT : 0)), 0}};
+    pollfd fds[2] = {{waker_.fd(), POLLIN, 0},
+                     {sock_.get(), static_cast<short>(POLLIN | (wantWrite ? POLLOUT : 0)), 0}};
     const int k = ::poll(fds, gone_ ? 1 : 2,
-                         pollMs(gone_ ? kMaxPollSeconds : std::min(options_.heartbeatInterval, nextBeat - now)));
+                         pollMs(gone_ ? kMaxPollSeconds
+                                      : std::min({options_.heartbeatInterval, nextBeat - now, kFlushSeconds})));
     if (k < 0 && errno != EINTR) return;
     if (k > 0 && fds[0].revents) waker_.drain();
     if (k > 0 && !gone_ && fds[1].revents) {
@@ -1067,7 +1078,7 @@ void Agent::arrive(const Arrival& arrival) {
   m.op = arrival.op.substr(0, wire::kMaxOpName);
   m.bytes = arrival.bytes;
   m.gap = arrival.gapSeconds;
-  impl_->post(wire::encode(m));
+  impl_->post(wire::encode(m), true);
 }
 
 void Agent::complete(const Completion& completion) {
@@ -1076,8 +1087,9 @@ void Agent::complete(const Completion& completion) {
   m.ok = completion.ok;
   m.seconds = completion.seconds;
   m.readySeconds = completion.timing.readySeconds;
-  if (completion.timing.peerSeconds.size() == static_cast<size_t>(impl_->size_)) m.peerSeconds = completion.timing.peerSeconds;
-  impl_->post(wire::encode(m));
+  if (completion.timing.peerSeconds.size() == static_cast<size_t>(impl_->size_))
+    m.peerSeconds = completion.timing.peerSeconds;
+  impl_->post(wire::encode(m), true);
 }
 
 void Agent::close() { impl_->close(); }

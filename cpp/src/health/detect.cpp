@@ -76,8 +76,6 @@ std::vector<double> Ring::values() const {
   return out;
 }
 
-double Ring::last() const { return size_ == 0 ? kNaN : values_[(next_ + values_.size() - 1) % values_.size()]; }
-
 bool Latch::update(bool raise, bool keep) {
   if (!raised_) {
     run_ = raise ? run_ + 1 : 0;
@@ -210,7 +208,9 @@ std::vector<std::vector<int>> LinkDetector::slowKeys(const std::vector<std::vect
   const std::vector<double> all = exact ? std::vector<double>{} : reference(-1, -1);
   const double allMedian = median(all), allScale = madScale(all, allMedian);
 
-  const auto idx = [&](int s, int d) { return static_cast<size_t>(s) * static_cast<size_t>(n_) + static_cast<size_t>(d); };
+  const auto idx = [&](int s, int d) {
+    return static_cast<size_t>(s) * static_cast<size_t>(n_) + static_cast<size_t>(d);
+  };
   std::vector<char> slow(static_cast<size_t>(n_) * static_cast<size_t>(n_), 0);
   for (int s = 0; s < n_; ++s)
     for (int d = 0; d < n_; ++d) {
@@ -251,7 +251,8 @@ std::vector<std::vector<int>> LinkDetector::slowKeys(const std::vector<std::vect
   }
   for (int s = 0; s < n_; ++s)
     for (int d = 0; d < n_; ++d)
-      if (slow[idx(s, d)] && !rowSlow[static_cast<size_t>(s)] && !colSlow[static_cast<size_t>(d)]) keys.push_back({s, d});
+      if (slow[idx(s, d)] && !rowSlow[static_cast<size_t>(s)] && !colSlow[static_cast<size_t>(d)])
+        keys.push_back({s, d});
   return keys;
 }
 
@@ -284,10 +285,15 @@ std::vector<Finding> LinkDetector::evaluate(uint64_t seq, const std::vector<bool
     const std::string vs = formatSeconds(median(mine)) + " median transfer vs " + formatSeconds(median(rest)) +
                            " for the other links";
     if (d < 0) {
-      out.push_back({"slow_link", {s}, "rank " + std::to_string(s) + " sends slowly to every peer (its NIC or host): " + vs, seq});
+      out.push_back({"slow_link",
+                     {s},
+                     "rank " + std::to_string(s) + " sends slowly to every peer (its NIC or host): " + vs,
+                     seq});
     } else if (s < 0) {
-      out.push_back(
-          {"slow_link", {d}, "rank " + std::to_string(d) + " receives slowly from every peer (its NIC or host): " + vs, seq});
+      out.push_back({"slow_link",
+                     {d},
+                     "rank " + std::to_string(d) + " receives slowly from every peer (its NIC or host): " + vs,
+                     seq});
     } else {
       out.push_back({"slow_link",
                      {s, d},

@@ -43,8 +43,6 @@ class Ring {
   bool full() const { return size_ == values_.size(); }
   /// The values held, oldest first.
   std::vector<double> values() const;
-  /// The most recent value; NaN when empty.
-  double last() const;
 
  private:
   std::vector<double> values_;

@@ -35,6 +35,8 @@ namespace efcomm::health {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+// How long a failed collective waits for the control plane's verdict on it.
+constexpr double kVerdictGraceSeconds = 0.5;
 
 // Seconds since the Unix epoch: the dumps' time base, comparable across the ranks of one host
 // exactly and across hosts as well as their clocks agree.
@@ -408,6 +410,10 @@ class WatchedWork final : public Work {
       finish(e.what(), "mismatch");
       throw;
     } catch (const CollectiveTimeout& e) {
+      // Another rank's abort (the MPI backend's notice, the in-process group's shared abort) can
+      // fail the collective a moment before this rank's own agent hears the verdict: wait for it
+      // briefly, so that anomalies() holds it; a timeout of the backend's own is recorded as a hang.
+      if (!done_ && !monitor_->awaitFatal(kVerdictGraceSeconds)) monitor_->report("hang", e.culprits(), e.what());
       finish(e.what(), nullptr, true);
       throw;
     } catch (const InvalidArgument& e) {

@@ -128,7 +128,8 @@ class Reader {
   uint64_t le(int n) {
     if (s_.size() - pos_ < static_cast<size_t>(n)) throw ProtocolError("frame too short");
     uint64_t v = 0;
-    for (int i = 0; i < n; ++i) v |= static_cast<uint64_t>(static_cast<uint8_t>(s_[pos_ + static_cast<size_t>(i)])) << (8 * i);
+    for (int i = 0; i < n; ++i)
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(s_[pos_ + static_cast<size_t>(i)])) << (8 * i);
     pos_ += static_cast<size_t>(n);
     return v;
   }
