@@ -9,13 +9,15 @@ Run as one process, it is the launcher; it starts three MPI jobs of itself (mpie
      connection within milliseconds), and the ranks leave;
   3. the relaunch: every rank loads the last complete checkpoint (model and Reducer state, written
      every EVERY steps) and trains to STEPS.
-and checks that the relaunched model equals the reference bit for bit. The surviving ranks' flight
-records of job 2 land in WORKDIR/run/flight: `efcomm doctor` on them names the dead rank. Needs mpi4py and MPICH (pip install mpi4py mpich).
+and checks that every iterate of jobs 2 and 3 equals the reference's at the same step, bit for
+bit. The surviving ranks' flight records of job 2 land in WORKDIR/run/flight: `efcomm doctor` on
+them names the dead rank. Needs mpi4py and MPICH (pip install mpi4py mpich).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import pickle
 import shutil
@@ -65,6 +67,9 @@ def rank_main(args) -> int:
                 os.kill(os.getpid(), signal.SIGKILL)
             g = a.T @ (a @ x - b) / ROWS
             x = x - np.float32(0.002) * red.allreduce(g, key="x")
+            if rank == 0:  # every iterate's digest, to compare the runs step by step
+                with open(os.path.join(args.workdir, "iterates.txt"), "a") as f:
+                    f.write(f"{step + 1} {hashlib.sha256(x.tobytes()).hexdigest()}\n")
             if (step + 1) % args.every == 0:
                 save(os.path.join(args.workdir, f"ckpt-{step + 1}-rank{rank}.pkl"),
                      {"x": x, "reducer": red.state_dict()})
@@ -96,6 +101,12 @@ def launch(args, workdir: str, *extra: str) -> subprocess.CompletedProcess:
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
 
 
+def iterates(workdir: str) -> list:
+    """(step, digest of the model after it) pairs rank 0 wrote, in order."""
+    with open(os.path.join(workdir, "iterates.txt")) as f:
+        return [(int(step), digest) for step, digest in (line.split() for line in f)]
+
+
 def launcher(args) -> int:
     root = args.workdir or tempfile.mkdtemp(prefix="efcomm-recovery-")
     ref_dir, run_dir = os.path.join(root, "reference"), os.path.join(root, "run")
@@ -116,10 +127,15 @@ def launcher(args) -> int:
     if again.returncode != 0:
         print(again.stdout + again.stderr)
         return 1
-    same = np.array_equal(np.load(os.path.join(ref_dir, "final.npy")), np.load(os.path.join(run_dir, "final.npy")))
+    reference = dict(iterates(ref_dir))
+    resumed = iterates(run_dir)  # the crashed job's steps, then the relaunch's (the steps after the
+    #                              checkpoint twice: both times they must match)
+    same = (np.array_equal(np.load(os.path.join(ref_dir, "final.npy")), np.load(os.path.join(run_dir, "final.npy")))
+            and len(reference) == args.steps and all(reference[step] == digest for step, digest in resumed))
     named = len(reports) == args.ranks - 1 and all(f"culprits [{args.kill_rank}]" in line for line in reports)
     print(f"every surviving rank named rank {args.kill_rank}: {'yes' if named else 'NO'}")
-    print(f"resumed model equals the uninterrupted one bit for bit: {'yes' if same else 'NO'}")
+    print(f"every iterate of both jobs equals the uninterrupted run's, bit for bit ({len(resumed)} compared): "
+          f"{'yes' if same else 'NO'}")
     print(f"flight records of job 2: efcomm doctor {os.path.join(run_dir, 'flight')}")
     return 0 if same and named else 1
 

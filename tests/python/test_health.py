@@ -130,3 +130,40 @@ def test_bad_options_are_rejected():
             ef.health.Monitor("not a communicator")
 
     ef.testing.run_ranks(1, body)
+
+
+SIGNAL_SCRIPT = r"""
+import json, os, pathlib, signal, sys, time
+import efcomm as ef
+
+out = pathlib.Path(sys.argv[1])
+
+def body(comm):
+    with ef.health.Monitor(comm, dump_dir=str(out)) as mon:
+        comm.barrier()
+        comm.barrier()
+        if comm.rank == 0:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        path = out / f"efcomm-flight-rank{comm.rank}.json"
+        while time.monotonic() < deadline:
+            if path.exists() and json.loads(path.read_text())["reason"] == "signal":
+                break
+            time.sleep(0.01)
+        dump = json.loads(path.read_text())
+        comm.barrier()
+        return dump["reason"], len(dump["records"])
+
+print(json.dumps(ef.testing.run_ranks(2, body)))
+"""
+
+
+def test_sigusr1_dumps_every_rank(tmp_path):
+    # In a process of its own: the handler stays installed for the life of the process.
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [["signal", 2], ["signal", 2]]

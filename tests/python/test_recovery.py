@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,10 @@ def test_killed_rank_is_named_and_the_relaunch_resumes_bit_identically(tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "every surviving rank named rank 1: yes" in out
-    assert "bit for bit: yes" in out
+    # steps 1-12 or 13 of the crashed job (rank 0 may lose the collective rank 1 had finished
+    # before dying: the verdict aborts it), 11-24 of the relaunch: each equal to the reference's
+    compared = re.search(r"equals the uninterrupted run's, bit for bit \((\d+) compared\): yes", out)
+    assert compared and int(compared.group(1)) in (26, 27), out
     assert "relaunch from the checkpoint of step 10" in out
     # the survivors' flight records of the crashed job: efcomm doctor names the dead rank
     flight = tmp_path / "run" / "flight"

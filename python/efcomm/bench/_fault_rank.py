@@ -3,9 +3,11 @@
     mpiexec -disable-auto-cleanup -n N python -m efcomm.bench._fault_rank SPEC_JSON
 
 Every rank watches its communicator with ``ef.health.Monitor`` and runs ``steps`` steps of a
-data-parallel loop: compute (a sleep of ``compute_s``, standing in for the forward and backward
-pass so that 8 ranks on 2 cores measure the monitor, not the machine's contention), then a
-Reducer allreduce of a fresh gradient. The faulty rank injects its fault at ``fault.step``:
+data-parallel loop: compute, then a Reducer allreduce of a fresh gradient. The compute stands in
+for the forward and backward pass: ``compute: "sleep"`` sleeps ``compute_s`` (the ranks' timing
+is then the monitor's and the network's alone); ``"busy"`` multiplies small matrices until the
+thread has used ``compute_s`` of CPU time, so that 8 ranks on 2 cores contend for the cores as a
+real oversubscribed job does. The faulty rank injects its fault at ``fault.step``:
 
 - ``crash``: SIGKILL to itself; ``hang``: SIGSTOP to itself (the harness kills it afterwards);
 - ``straggler``: from then on computes ``fault.factor`` times as long;
@@ -35,6 +37,16 @@ def _write(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
+def busy(seconds: float) -> None:
+    """Computes until this thread has used `seconds` of CPU time."""
+    import numpy as np
+
+    a = np.full((48, 48), 1.0 / 48, np.float32)
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        a = a @ a
+
+
 def run(spec: dict) -> dict:
     import numpy as np
 
@@ -53,12 +65,13 @@ def run(spec: dict) -> dict:
     red = ef.Reducer(comm, spec.get("compressor", "topk:ratio=0.01"), spec.get("feedback", "ef21"),
                      algorithm=spec.get("algorithm", "allgather"))
     compute = float(spec.get("compute_s", 0.02))
+    work = busy if spec.get("compute", "sleep") == "busy" else time.sleep
     try:
         for step in range(int(spec["steps"])):
             key = "grad"
             g = np.random.default_rng([rank, step]).standard_normal(int(spec.get("numel", 1 << 16))).astype(np.float32)
             slow = mine and kind == "straggler" and step >= fault["step"]
-            time.sleep(compute * (float(fault["factor"]) if slow else 1.0))
+            work(compute * (float(fault["factor"]) if slow else 1.0))
             if mine and step == fault["step"]:
                 _write(os.path.join(out_dir, "fault.json"), {"rank": rank, "kind": kind, "step": step,
                                                              "time": time.time()})

@@ -95,10 +95,10 @@ def _kill(pid: int) -> None:
 
 def trial(kind: Optional[str], ranks: int, *, rank: int = 0, step: int = 5, steps: int = 40,
           factor: float = 2.0, delay: float = 0.02, peer: Optional[int] = None, compute_s: float = 0.02,
-          numel: int = 1 << 16, monitor: Optional[dict] = None, timeout: float = 120.0,
+          compute: str = "sleep", numel: int = 1 << 16, monitor: Optional[dict] = None, timeout: float = 120.0,
           workdir: Optional[str] = None) -> dict:
     """One job with one fault (``kind`` None: fault-free) on ``rank`` at ``step``; returns the raw
-    job result plus the score (see :func:`score`)."""
+    job result plus the score (see :func:`score`). ``compute``: "sleep" or "busy" (see _fault_rank)."""
     fault = None
     env = {}
     if kind is not None:
@@ -110,8 +110,8 @@ def trial(kind: Optional[str], ranks: int, *, rank: int = 0, step: int = 5, step
             fault["peer"] = peer
             env["EFCOMM_FAULT_LINK_DELAY"] = f"{rank}>{peer}={delay}"
     with tempfile.TemporaryDirectory(prefix="efcomm-fault-", dir=workdir) as out:
-        spec = {"outdir": out, "steps": steps, "compute_s": compute_s, "numel": numel, "fault": fault,
-                "monitor": monitor or {}}
+        spec = {"outdir": out, "steps": steps, "compute_s": compute_s, "compute": compute, "numel": numel,
+                "fault": fault, "monitor": monitor or {}}
         job = launch(ranks, spec, env=env, timeout=timeout)
         job["dumps"] = sorted(p.name for p in pathlib.Path(out).glob("efcomm-flight-rank*.json"))
     job["kind"] = kind
@@ -170,7 +170,7 @@ def score(job: dict) -> dict:
 # ---- the campaign: efcomm bench faults ----------------------------------------------------------
 
 DOCS_SECTION = "bench:faults"
-DEFAULT_TRIALS = 54          # 9 of each kind
+DEFAULT_TRIALS = 120         # 20 of each kind, 10 per compute mode
 DEFAULT_RANKS = (4, 8)
 DEFAULT_FAULT_FREE_STEPS = 200
 #: --quick: a smoke run of about a minute
@@ -178,10 +178,13 @@ QUICK = {"trials": 6, "ranks": (3,), "fault_free_steps": 20}
 TARGET_LATENCY_S = 5.0
 TARGET_PRECISION = TARGET_RECALL = 0.95
 STEPS = 40                   # per faulty trial; the fault comes at a step in [3, 8]
+#: how a rank computes (_fault_rank): sleeping, and burning CPU (8 ranks on 2 cores contend)
+COMPUTE_MODES = ("sleep", "busy")
 
 
 def plan_trials(trials: int, ranks: tuple, seed: int) -> list:
-    """The randomized trials: kinds in turn (so each gets its share), the rest drawn from seed:
+    """The randomized trials: kinds in turn (so each gets its share), the compute mode alternating
+    by round of kinds, the rest drawn from seed:
     the ranks (one of `ranks`), the faulty rank, the step, a straggler's factor in [1.3, 3], a slow
     link's receiver and delay in [10, 50] ms."""
     import random
@@ -192,7 +195,8 @@ def plan_trials(trials: int, ranks: tuple, seed: int) -> list:
         kind = KINDS[i % len(KINDS)]
         n = rng.choice(ranks)
         rank = rng.randrange(n)
-        t = {"kind": kind, "ranks": n, "rank": rank, "step": rng.randint(3, 8)}
+        t = {"kind": kind, "ranks": n, "rank": rank, "step": rng.randint(3, 8),
+             "compute": COMPUTE_MODES[(i // len(KINDS)) % len(COMPUTE_MODES)]}
         if kind == "straggler":
             t["factor"] = round(rng.uniform(1.3, 3.0), 2)
         if kind == "slow_link":
@@ -267,18 +271,21 @@ def run_campaign(args) -> dict:
 
     machine = machine_info()
     plans = plan_trials(args.trials, args.ranks, args.seed)
-    progress = Progress(total=len(plans) + len(args.ranks) + 1, enabled=None if args.progress else False)
+    progress = Progress(total=len(plans) + len(args.ranks) * len(COMPUTE_MODES) + 1,
+                        enabled=None if args.progress else False)
     rows, fault_free = [], []
     try:
         progress.step(f"overhead: allreduce of {OVERHEAD_NUMEL} float32 watched and not")
         cost = overhead()
         for n in args.ranks:
-            progress.step(f"fault-free, {n} ranks, {args.fault_free_steps} steps")
-            job = trial(None, n, steps=args.fault_free_steps, timeout=120 + 0.5 * args.fault_free_steps * n)
-            fault_free.append({"ranks": n, "steps": args.fault_free_steps, **_row(job)})
+            for mode in COMPUTE_MODES:
+                progress.step(f"fault-free, {n} ranks, {args.fault_free_steps} steps, compute: {mode}")
+                job = trial(None, n, steps=args.fault_free_steps, compute=mode,
+                            timeout=120 + 0.5 * args.fault_free_steps * n)
+                fault_free.append({"ranks": n, "compute": mode, "steps": args.fault_free_steps, **_row(job)})
         for t in plans:
-            progress.step(f"{t['kind']} on rank {t['rank']} of {t['ranks']}")
-            extra = {k: t[k] for k in ("factor", "delay", "peer") if k in t}
+            progress.step(f"{t['kind']} on rank {t['rank']} of {t['ranks']}, compute: {t['compute']}")
+            extra = {k: t[k] for k in ("factor", "delay", "peer", "compute") if k in t}
             job = trial(t["kind"], t["ranks"], rank=t["rank"], step=t["step"], steps=STEPS, **extra)
             rows.append({**t, **_row(job)})
     finally:
@@ -350,7 +357,8 @@ def evaluate(result: dict) -> list:
     alarms = sum(len(r["false_alarms"]) for r in result["fault_free"])
     steps = sum(r["steps"] for r in result["fault_free"])
     add("no false alarm in the fault-free iterations", alarms == 0 and steps >= 1,
-        f"{alarms} in {steps} iterations ({', '.join(str(r['ranks']) for r in result['fault_free'])} ranks)")
+        f"{alarms} in {steps} iterations ({', '.join(sorted({str(r['ranks']) for r in result['fault_free']}))} ranks, "
+        f"sleeping and busy compute)")
     return targets
 
 
@@ -368,19 +376,21 @@ def _report(result: dict):
     headers = ["fault", "trials", "named", "recall", "precision", "latency median", "latency max"]
     rows = [[s["kind"], str(s["trials"]), str(s["detected"]), _f(s["recall"]), _f(s["precision"]),
              _s(s["latency_median"]), _s(s["latency_max"])] for s in result["summary"]]
-    ff = [[str(r["ranks"]), str(r["steps"]), str(len(r["false_alarms"])), "; ".join([a["text"] for a in r["false_alarms"]] + r["problems"]) or "-"]
-          for r in result["fault_free"]]
-    missed = [[r["kind"], str(r["ranks"]), str(r["rank"]), "; ".join(r["problems"] + [a["text"] for a in r["false_alarms"]]) or "not named"]
+    ff = [[str(r["ranks"]), r["compute"], str(r["steps"]), str(len(r["false_alarms"])),
+           "; ".join([a["text"] for a in r["false_alarms"]] + r["problems"]) or "-"] for r in result["fault_free"]]
+    missed = [[r["kind"], str(r["ranks"]), str(r["rank"]), r["compute"],
+               "; ".join(r["problems"] + [a["text"] for a in r["false_alarms"]]) or "not named"]
               for r in result["trials"] if not r["detected"] or r["false_alarms"] or r["problems"]]
     tables = [("Faults injected: detection per kind", headers, rows, "lrrrrrr"),
-              ("Fault-free runs", ["ranks", "iterations", "false alarms", "details"], ff, "rrrl")]
+              ("Fault-free runs", ["ranks", "compute", "iterations", "false alarms", "details"], ff, "rlrrl")]
     if missed:
-        tables.append(("Trials not detected cleanly", ["fault", "ranks", "rank", "what happened"], missed, "lrrl"))
+        tables.append(("Trials not detected cleanly", ["fault", "ranks", "rank", "compute", "what happened"], missed,
+                       "lrrll"))
     c = result["config"]
     conditions = [
         f"{len(result['trials'])} randomized trials over {', '.join(map(str, c['ranks']))} ranks (MPI processes on this "
-        f"machine, mpiexec -disable-auto-cleanup), {c['steps']} steps each: a 20 ms compute stand-in (sleep) then a "
-        "Reducer allreduce (TopK 1% + EF21, allgather) of 65,536 float32, watched by ef.health.Monitor with its default "
+        f"machine, mpiexec -disable-auto-cleanup), {c['steps']} steps each: 20 ms of compute (alternately a sleep, and "
+        "CPU work of 20 ms of CPU time, with which 8 ranks oversubscribe the 2 cores 4x) then a Reducer allreduce (TopK 1% + EF21, allgather) of 65,536 float32, watched by ef.health.Monitor with its default "
         "settings; the fault at a random step in [3, 8]: SIGKILL (crash), SIGSTOP (hang), a 1.3-3x longer compute "
         "(straggler), a 10-50 ms delay on one directed link (slow_link, EFCOMM_FAULT_LINK_DELAY), a NaN in one "
         "gradient (nonfinite), one allreduce under another key (mismatch). Seed " + str(c["seed"]) + ".",
@@ -447,7 +457,7 @@ def add_arguments(p) -> None:
     g.add_argument("--ranks", type=_ranks_list, metavar="LIST",
                    help=f"numbers of ranks drawn from (default {','.join(map(str, DEFAULT_RANKS))})")
     g.add_argument("--fault-free-steps", type=positive_int, metavar="N",
-                   help=f"fault-free iterations per number of ranks (default {DEFAULT_FAULT_FREE_STEPS})")
+                   help=f"fault-free iterations per number of ranks and compute mode (default {DEFAULT_FAULT_FREE_STEPS})")
     g.add_argument("--seed", type=int, default=0, help="seed of the trial plan (default 0)")
     g.add_argument("--quick", action="store_true", help="a smoke run: 6 trials on 3 ranks, 20 fault-free steps")
     add_output_arguments(g, DOCS_SECTION)
