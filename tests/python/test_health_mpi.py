@@ -58,3 +58,21 @@ def test_straggler_is_localized():
 def test_slow_link_is_localized():
     s = check(faults.trial("slow_link", 3, rank=0, peer=2, steps=40, delay=0.03))
     assert s["detected"], s
+
+
+def test_campaign_quick_run_reports_every_target(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    doc = tmp_path / "reliability.md"
+    proc = subprocess.run([sys.executable, "-m", "efcomm.cli", "bench", "faults", "--quick", "--json", "--no-progress",
+                           "--write-docs", str(doc)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert [s["kind"] for s in result["summary"]] == list(faults.KINDS)
+    assert len(result["targets"]) == 6
+    assert {r["compute"] for r in result["fault_free"]} == {"sleep", "busy"}
+    assert result["overhead"]["collectives_per_allreduce"] == 2
+    text = doc.read_text()
+    assert "<!-- bench:faults:begin -->" in text and "Faults injected: detection per kind" in text
