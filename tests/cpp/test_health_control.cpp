@@ -677,6 +677,22 @@ bool readUntil(int fd, wire::Type want, double seconds, std::string* buf) {
   }
 }
 
+// A well-behaved rank's view of a misbehaving one: its agent reports exactly one fatal finding of
+// `kind` naming `culprit`, whose detail holds `detailPart`.
+void expectOneFatalFinding(Backend& b, const std::string& kind, const std::string& detailPart, int culprit) {
+  Inbox inbox;
+  Agent agent(b, fastOptions(), inbox.callback(), 10.0);
+  b.barrier()->wait();
+  bool fatal = false;
+  const Anomaly a = inbox.waitFor(kind, 3.0, &fatal);
+  EXPECT_EQ(a.ranks, std::vector<int>{culprit}) << "rank " << b.rank() << ":\n" << inbox.list();
+  EXPECT_TRUE(fatal);
+  EXPECT_NE(a.detail.find(detailPart), std::string::npos) << a.detail;
+  b.barrier()->wait();
+  agent.close();
+  EXPECT_EQ(inbox.count(), 1u) << inbox.list();
+}
+
 // Rank 2 is a hand-made agent that connects and is READY, then does `misbehave(fd)`; ranks 0 and
 // 1 are real agents that must name rank 2 with `kind`, fatally, in ~the heartbeat timeout.
 void expectRank2Named(const std::string& kind, const std::string& detailPart,
@@ -696,17 +712,7 @@ void expectRank2Named(const std::string& kind, const std::string& detailPart,
           ::close(fd);
           return;
         }
-        Inbox inbox;
-        Agent agent(b, fastOptions(), inbox.callback(), 10.0);
-        b.barrier()->wait();
-        bool fatal = false;
-        const Anomaly a = inbox.waitFor(kind, 3.0, &fatal);
-        EXPECT_EQ(a.ranks, std::vector<int>{2}) << "rank " << b.rank() << ":\n" << inbox.list();
-        EXPECT_TRUE(fatal);
-        EXPECT_NE(a.detail.find(detailPart), std::string::npos) << a.detail;
-        b.barrier()->wait();
-        agent.close();
-        EXPECT_EQ(inbox.count(), 1u) << inbox.list();
+        expectOneFatalFinding(b, kind, detailPart, 2);
       },
       kCollectiveTimeout);
 }
@@ -808,17 +814,7 @@ void expectCoordinatorNamed(const std::string& kind, const std::string& detailPa
           ::close(lfd);
           return;
         }
-        Inbox inbox;
-        Agent agent(b, fastOptions(), inbox.callback(), 10.0);
-        b.barrier()->wait();
-        bool fatal = false;
-        const Anomaly a = inbox.waitFor(kind, 3.0, &fatal);
-        EXPECT_EQ(a.ranks, std::vector<int>{0}) << "rank " << b.rank() << ":\n" << inbox.list();
-        EXPECT_TRUE(fatal);
-        EXPECT_NE(a.detail.find(detailPart), std::string::npos) << a.detail;
-        b.barrier()->wait();
-        agent.close();
-        EXPECT_EQ(inbox.count(), 1u) << inbox.list();
+        expectOneFatalFinding(b, kind, detailPart, 0);
       },
       kCollectiveTimeout);
 }
