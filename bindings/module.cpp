@@ -10,6 +10,7 @@ void initFeedback(py::module_& m);
 void initComm(py::module_& m);
 void initMpi(py::module_& m);
 void initHealth(py::module_& m);
+void initPlan(py::module_& m);
 }  // namespace efcomm::py_bind
 
 PYBIND11_MODULE(_core, m) {
@@ -20,4 +21,5 @@ PYBIND11_MODULE(_core, m) {
   efcomm::py_bind::initComm(m);
   efcomm::py_bind::initMpi(m);
   efcomm::py_bind::initHealth(m);
+  efcomm::py_bind::initPlan(m);
 }

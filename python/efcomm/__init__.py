@@ -11,7 +11,7 @@ from . import compressors
 from .compressors import Compressor, Message, compressor
 from . import feedback, sim
 from .comm import Communicator, Reducer, Work
-from . import health, testing
+from . import health, plan, testing
 
 __version__ = _core.build_info()["version"]
 
@@ -32,7 +32,7 @@ def build_info() -> dict:
     return _core.build_info()
 
 
-__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "compressor", "compressors", "feedback", "health", "sim", "testing", "Compressor", "Message",
+__all__ = ["__version__", "build_info", "get_num_threads", "set_num_threads", "compressor", "compressors", "feedback", "health", "plan", "sim", "testing", "Compressor", "Message",
            "Communicator", "Reducer", "Work",
            "Error", "InvalidArgument", "NonFiniteError", "CorruptMessageError", "MismatchError",
            "CollectiveTimeout", "BackendUnavailable"]

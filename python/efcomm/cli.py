@@ -1,4 +1,4 @@
-"""The ``efcomm`` command line: ``efcomm info | demo | bench | sim | doctor``."""
+"""The ``efcomm`` command line: ``efcomm info | demo | bench | sim | plan | doctor``."""
 
 from __future__ import annotations
 
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .sim import cli as sim_cli
     sim_cli.add_arguments(sim)
     sim.set_defaults(fn=_cmd_sim)
+
+    from . import plan as plan_module
+    plan = sub.add_parser("plan", help="plan a collective's paths on a fabric: ecmp, balanced and split against the bound",
+                          description=plan_module.DESCRIPTION, epilog="exit status: 0 done, 2 bad input")
+    plan_module.add_arguments(plan)
+    plan.set_defaults(fn=plan_module.main)
 
     from . import doctor as doctor_module
     doctor = sub.add_parser("doctor", help="merge the ranks' flight records (ef.health dumps) into a verdict",

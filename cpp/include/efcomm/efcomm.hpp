@@ -11,6 +11,7 @@
 #include "efcomm/health.hpp"
 #include "efcomm/message.hpp"
 #include "efcomm/mpi.hpp"
+#include "efcomm/plan.hpp"
 #include "efcomm/reducer.hpp"
 #include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"
