@@ -16,6 +16,7 @@
 #include "common/rng.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/plan.hpp"
+#include "test_util.hpp"
 #include "plan/plan_internal.hpp"
 
 namespace efcomm::plan {
@@ -23,15 +24,9 @@ namespace {
 
 Topology leafSpine(int leaves, int spines, int hostsPerLeaf, int nics = 1, double hostGbps = 400,
                    double uplinkGbps = 400, bool rail = false, int planes = 1) {
-  LeafSpineSpec s;
-  s.leaves = leaves;
-  s.spines = spines;
-  s.hostsPerLeaf = hostsPerLeaf;
-  s.nicsPerHost = nics;
+  LeafSpineSpec s = test::leafSpineSpec(leaves, spines, hostsPerLeaf, nics, rail, planes);
   s.hostGbps = hostGbps;
   s.uplinkGbps = uplinkGbps;
-  s.railOptimized = rail;
-  s.planes = planes;
   return Topology::leafSpine(s);
 }
 

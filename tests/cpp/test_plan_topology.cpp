@@ -18,20 +18,12 @@
 #include "common/json.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/plan.hpp"
+#include "test_util.hpp"
 
 namespace efcomm::plan {
 namespace {
 
-LeafSpineSpec lsSpec(int leaves, int spines, int hostsPerLeaf, int nics = 1, bool rail = false, int planes = 1) {
-  LeafSpineSpec s;
-  s.leaves = leaves;
-  s.spines = spines;
-  s.hostsPerLeaf = hostsPerLeaf;
-  s.nicsPerHost = nics;
-  s.railOptimized = rail;
-  s.planes = planes;
-  return s;
-}
+using test::leafSpineSpec;
 
 ClosSpec closSpec(int k, int hostsPerLeaf = 0, int nics = 1) {
   ClosSpec s;
@@ -121,7 +113,7 @@ TEST(PlanTopology, LeafSpineSizesAndNames) {
   EXPECT_STREQ(nodeKindName(NodeKind::kAgg), "agg");
 
   // Rail-optimized, 8 NICs: 16 leaves in 2 rail groups of 8; host h's NIC i on leaf (h/4)*8 + i.
-  LeafSpineSpec rail = lsSpec(16, 8, 4, 8, true);
+  LeafSpineSpec rail = leafSpineSpec(16, 8, 4, 8, true);
   rail.hostGbps = 200;
   const Topology r = Topology::leafSpine(rail);
   EXPECT_EQ(r.hosts(), 8);
@@ -137,7 +129,7 @@ TEST(PlanTopology, LeafSpineSizesAndNames) {
   EXPECT_EQ(r.nodes()[nodeNamed(r, "p0.leaf11")].group, 1);
 
   // Dual-plane: every endpoint on its leaf in each plane.
-  const Topology d = Topology::leafSpine(lsSpec(4, 2, 2, 2, false, 2));
+  const Topology d = Topology::leafSpine(leafSpineSpec(4, 2, 2, 2, false, 2));
   EXPECT_EQ(d.hosts(), 8);
   EXPECT_EQ(d.endpoints(), 16);
   EXPECT_EQ(d.nodes().size(), 16u + 2 * (4 + 2));
@@ -178,7 +170,7 @@ TEST(PlanTopology, ClosSizesAndNames) {
 }
 
 TEST(PlanTopology, PathCounts) {
-  const Topology a = Topology::leafSpine(lsSpec(4, 3, 2));
+  const Topology a = Topology::leafSpine(leafSpineSpec(4, 3, 2));
   EXPECT_EQ(a.pathCount(0, 1), 1);  // same leaf
   EXPECT_EQ(a.pathCount(0, 2), 3);  // one per spine
   EXPECT_EQ(a.pathCount(7, 0), 3);
@@ -186,17 +178,17 @@ TEST(PlanTopology, PathCounts) {
   std::vector<int> p = {42};
   a.path(3, 3, 0, p);
   EXPECT_TRUE(p.empty());
-  const Topology dual = Topology::leafSpine(lsSpec(4, 3, 2, 1, false, 2));
+  const Topology dual = Topology::leafSpine(leafSpineSpec(4, 3, 2, 1, false, 2));
   EXPECT_EQ(dual.pathCount(0, 1), 2);
   EXPECT_EQ(dual.pathCount(0, 2), 6);
   // Rail-optimized, 4 NICs, 8 leaves, 2 hosts per leaf: same NIC index of hosts 0, 1 share a leaf;
   // other NIC indices cross a spine, even within a rail group; one host's NICs stay in-host.
-  const Topology rail = Topology::leafSpine(lsSpec(8, 5, 2, 4, true));
+  const Topology rail = Topology::leafSpine(leafSpineSpec(8, 5, 2, 4, true));
   EXPECT_EQ(rail.pathCount(0 * 4 + 1, 1 * 4 + 1), 1);
   EXPECT_EQ(rail.pathCount(0 * 4 + 1, 1 * 4 + 2), 5);
   EXPECT_EQ(rail.pathCount(0 * 4 + 1, 2 * 4 + 1), 5);
   EXPECT_EQ(rail.pathCount(0 * 4 + 1, 0 * 4 + 2), 1);
-  const Topology flat = Topology::leafSpine(lsSpec(4, 5, 2, 4));  // all NICs of a host on one leaf
+  const Topology flat = Topology::leafSpine(leafSpineSpec(4, 5, 2, 4));  // all NICs of a host on one leaf
   EXPECT_EQ(flat.pathCount(0 * 4 + 1, 1 * 4 + 2), 1);
   EXPECT_EQ(flat.pathCount(0 * 4 + 1, 2 * 4 + 2), 5);
   const Topology c4 = Topology::clos(closSpec(4));
@@ -214,8 +206,8 @@ TEST(PlanTopology, PathCounts) {
 }
 
 TEST(PlanTopology, EveryPathIsConnectedUpDownAndDistinct) {
-  for (const LeafSpineSpec& s : {lsSpec(4, 3, 2), lsSpec(4, 2, 1, 2), lsSpec(8, 3, 2, 4, true),
-                                 lsSpec(3, 2, 2, 1, false, 2), lsSpec(4, 2, 1, 2, true, 2), lsSpec(1, 0, 3, 2)}) {
+  for (const LeafSpineSpec& s : {leafSpineSpec(4, 3, 2), leafSpineSpec(4, 2, 1, 2), leafSpineSpec(8, 3, 2, 4, true),
+                                 leafSpineSpec(3, 2, 2, 1, false, 2), leafSpineSpec(4, 2, 1, 2, true, 2), leafSpineSpec(1, 0, 3, 2)}) {
     checkPaths(Topology::leafSpine(s));
   }
   checkPaths(Topology::clos(closSpec(4)));
@@ -225,7 +217,7 @@ TEST(PlanTopology, EveryPathIsConnectedUpDownAndDistinct) {
 
 TEST(PlanTopology, EnumerationOrderAndSameLeafPairs) {
   // Plane-major, then spine; pairs under the same two leaves take the same switch links.
-  const Topology t = Topology::leafSpine(lsSpec(4, 3, 2, 1, false, 2));
+  const Topology t = Topology::leafSpine(leafSpineSpec(4, 3, 2, 1, false, 2));
   std::vector<int> a, b;
   for (int i = 0; i < 6; ++i) {
     t.path(0, 2, i, a);
@@ -274,11 +266,11 @@ void checkFailure(const Topology& t, int link) {
 }
 
 TEST(PlanTopology, FailuresRemoveExactlyTheirCandidates) {
-  const Topology ls = Topology::leafSpine(lsSpec(4, 3, 2, 2, false, 2));
+  const Topology ls = Topology::leafSpine(leafSpineSpec(4, 3, 2, 2, false, 2));
   checkFailure(ls, ls.linkBetween(nodeNamed(ls, "p1.leaf2"), nodeNamed(ls, "p1.spine1")));  // uplink
   checkFailure(ls, ls.linkBetween(nodeNamed(ls, "p0.spine0"), nodeNamed(ls, "p0.leaf0")));  // downlink
   checkFailure(ls, ls.linkBetween(ls.endpointNode(5), nodeNamed(ls, "p0.leaf1")));         // host link
-  Topology wide = Topology::leafSpine(lsSpec(3, 70, 1, 1, false, 2));  // masks of 2 words
+  Topology wide = Topology::leafSpine(leafSpineSpec(3, 70, 1, 1, false, 2));  // masks of 2 words
   wide.failLink(wide.linkBetween(nodeNamed(wide, "p1.leaf0"), nodeNamed(wide, "p1.spine3")));
   checkFailure(wide, wide.linkBetween(nodeNamed(wide, "p1.spine66"), nodeNamed(wide, "p1.leaf2")));
   checkFailure(wide, wide.linkBetween(nodeNamed(wide, "p0.leaf1"), nodeNamed(wide, "p0.spine64")));
@@ -292,7 +284,7 @@ TEST(PlanTopology, FailuresRemoveExactlyTheirCandidates) {
   checkFailure(c8, c8.linkBetween(c8.endpointNode(9), nodeNamed(c8, "pod2.leaf1")));
 
   // A single-plane endpoint whose host link fails is unreachable; several failures compose.
-  Topology one = Topology::leafSpine(lsSpec(2, 2, 2));
+  Topology one = Topology::leafSpine(leafSpineSpec(2, 2, 2));
   one.failLink(one.linkBetween(one.endpointNode(0), nodeNamed(one, "p0.leaf0")));
   EXPECT_EQ(one.pathCount(0, 3), 0);
   EXPECT_EQ(one.pathCount(3, 0), 0);
@@ -306,7 +298,7 @@ TEST(PlanTopology, FailuresRemoveExactlyTheirCandidates) {
 }
 
 TEST(PlanTopology, DegradeScalesBothDirections) {
-  Topology t = Topology::leafSpine(lsSpec(2, 2, 1));
+  Topology t = Topology::leafSpine(leafSpineSpec(2, 2, 1));
   const Topology before = t;
   const int up = t.linkBetween(nodeNamed(t, "p0.leaf0"), nodeNamed(t, "p0.spine1"));
   const int down = t.linkBetween(nodeNamed(t, "p0.spine1"), nodeNamed(t, "p0.leaf0"));
@@ -329,19 +321,19 @@ TEST(PlanTopology, DegradeScalesBothDirections) {
 }
 
 TEST(PlanTopology, BadSpecs) {
-  EXPECT_THROW(Topology::leafSpine(lsSpec(0, 2, 2)), InvalidArgument);
-  EXPECT_THROW(Topology::leafSpine(lsSpec(2, 0, 2)), InvalidArgument);
-  EXPECT_THROW(Topology::leafSpine(lsSpec(2, 2, 0)), InvalidArgument);
-  EXPECT_THROW(Topology::leafSpine(lsSpec(2, 2, 2, 0)), InvalidArgument);
-  EXPECT_THROW(Topology::leafSpine(lsSpec(6, 2, 2, 4, true)), InvalidArgument);  // 6 leaves, rails of 4
-  EXPECT_THROW(Topology::leafSpine(lsSpec(2, 2, 2, 1, false, 0)), InvalidArgument);
-  LeafSpineSpec rate = lsSpec(2, 2, 2);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(0, 2, 2)), InvalidArgument);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(2, 0, 2)), InvalidArgument);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(2, 2, 0)), InvalidArgument);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(2, 2, 2, 0)), InvalidArgument);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(6, 2, 2, 4, true)), InvalidArgument);  // 6 leaves, rails of 4
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(2, 2, 2, 1, false, 0)), InvalidArgument);
+  LeafSpineSpec rate = leafSpineSpec(2, 2, 2);
   rate.uplinkGbps = 0;
   EXPECT_THROW(Topology::leafSpine(rate), InvalidArgument);
   rate.uplinkGbps = INFINITY;
   EXPECT_THROW(Topology::leafSpine(rate), InvalidArgument);
-  EXPECT_THROW(Topology::leafSpine(lsSpec(1 << 20, 1 << 12, 1)), InvalidArgument);  // too large
-  EXPECT_THROW(Topology::leafSpine(lsSpec(INT_MAX, 1, INT_MAX, INT_MAX, false, INT_MAX)), InvalidArgument);
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(1 << 20, 1 << 12, 1)), InvalidArgument);  // too large
+  EXPECT_THROW(Topology::leafSpine(leafSpineSpec(INT_MAX, 1, INT_MAX, INT_MAX, false, INT_MAX)), InvalidArgument);
   EXPECT_THROW(Topology::clos(closSpec(4096, INT_MAX, INT_MAX)), InvalidArgument);
   EXPECT_THROW(Topology::clos(closSpec(3)), InvalidArgument);
   EXPECT_THROW(Topology::clos(closSpec(0)), InvalidArgument);
@@ -371,10 +363,10 @@ void expectSame(const Topology& a, const Topology& b) {
 }
 
 TEST(PlanTopology, JsonRoundTrip) {
-  std::vector<Topology> topos = {Topology::leafSpine(lsSpec(4, 3, 2)), Topology::leafSpine(lsSpec(8, 2, 2, 4, true)),
-                                 Topology::leafSpine(lsSpec(3, 2, 2, 2, false, 2)), Topology::clos(closSpec(4)),
+  std::vector<Topology> topos = {Topology::leafSpine(leafSpineSpec(4, 3, 2)), Topology::leafSpine(leafSpineSpec(8, 2, 2, 4, true)),
+                                 Topology::leafSpine(leafSpineSpec(3, 2, 2, 2, false, 2)), Topology::clos(closSpec(4)),
                                  Topology::clos(closSpec(6, 1, 2))};
-  LeafSpineSpec odd = lsSpec(2, 2, 2);
+  LeafSpineSpec odd = leafSpineSpec(2, 2, 2);
   odd.hostGbps = 123.456789;
   odd.uplinkGbps = 1e-3;
   topos.push_back(Topology::leafSpine(odd));
@@ -398,7 +390,7 @@ TEST(PlanTopology, JsonRoundTrip) {
 
 // Capacities of every magnitude come back bit for bit.
 TEST(PlanTopology, JsonRatesAreExact) {
-  Topology t = Topology::leafSpine(lsSpec(4, 4, 4));
+  Topology t = Topology::leafSpine(leafSpineSpec(4, 4, 4));
   uint64_t x = 88172645463325252ull;
   for (size_t l = 0; l < t.links().size(); ++l) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
@@ -417,7 +409,7 @@ std::string replaceOnce(std::string s, const std::string& from, const std::strin
 
 TEST(PlanTopology, CustomFabricsUseShortestPaths) {
   // A leaf-spine described as custom: the same candidates (as sets), found by BFS.
-  Topology ls = Topology::leafSpine(lsSpec(3, 3, 2, 2, false, 2));
+  Topology ls = Topology::leafSpine(leafSpineSpec(3, 3, 2, 2, false, 2));
   ls.failLink(ls.linkBetween(nodeNamed(ls, "p1.leaf0"), nodeNamed(ls, "p1.spine2")));
   const Topology custom = Topology::fromJson(replaceOnce(ls.toJson(), "\"leaf_spine\"", "\"custom\""));
   EXPECT_NE(custom.toJson().find("\"kind\": \"custom\""), std::string::npos);
@@ -462,7 +454,7 @@ TEST(PlanTopology, CustomFabricsUseShortestPaths) {
 
   // At most 64 candidates: a 100-spine leaf-spine as custom.
   const Topology wide = Topology::fromJson(
-      replaceOnce(Topology::leafSpine(lsSpec(2, 100, 1)).toJson(), "\"leaf_spine\"", "\"custom\""));
+      replaceOnce(Topology::leafSpine(leafSpineSpec(2, 100, 1)).toJson(), "\"leaf_spine\"", "\"custom\""));
   EXPECT_EQ(wide.pathCount(0, 1), 64);
   std::vector<int> p;
   wide.path(0, 1, 63, p);
@@ -472,7 +464,7 @@ TEST(PlanTopology, CustomFabricsUseShortestPaths) {
 
 // The shortest-path cache of a custom fabric is built lazily by whichever thread asks first.
 TEST(PlanTopology, CustomPathsFromManyThreads) {
-  const Topology ls = Topology::leafSpine(lsSpec(4, 3, 2, 2));
+  const Topology ls = Topology::leafSpine(leafSpineSpec(4, 3, 2, 2));
   const std::string text = replaceOnce(ls.toJson(), "\"leaf_spine\"", "\"custom\"");
   const Topology reference = Topology::fromJson(text), shared = Topology::fromJson(text);
   std::vector<std::vector<std::vector<int>>> expected;
@@ -537,7 +529,7 @@ void expectJsonError(const std::string& text, const std::string& needle) {
 }
 
 TEST(PlanTopology, MalformedJson) {
-  const std::string good = Topology::leafSpine(lsSpec(2, 2, 1)).toJson();
+  const std::string good = Topology::leafSpine(leafSpineSpec(2, 2, 1)).toJson();
   // Nodes: 0, 1 endpoints; 2, 3 leaves; 4, 5 spines. Links: 0..3 host links, 4.. fabric.
   EXPECT_NO_THROW(Topology::fromJson(good));
   expectJsonError("{\"kind\": ", "json: ");
@@ -577,7 +569,7 @@ TEST(PlanTopology, MalformedJson) {
 // Mutated documents (bytes replaced, inserted, deleted) are read or refused with InvalidArgument,
 // never anything else; what is read enumerates paths.
 TEST(PlanTopology, FromJsonFuzz) {
-  Topology seed = Topology::leafSpine(lsSpec(2, 2, 1, 2));
+  Topology seed = Topology::leafSpine(leafSpineSpec(2, 2, 1, 2));
   seed.failLink(5);
   const std::string base = seed.toJson();
   const std::string alphabet = "{}[],:\"0123456789-+.eE truefalsnl\\u\x01\xff";
@@ -621,7 +613,7 @@ double total(const std::vector<Flow>& flows) {
 }
 
 TEST(PlanFlows, PatternsCountsAndBytes) {
-  const Topology t = Topology::leafSpine(lsSpec(4, 2, 2, 2));  // 8 hosts x 2 NICs
+  const Topology t = Topology::leafSpine(leafSpineSpec(4, 2, 2, 2));  // 8 hosts x 2 NICs
   const double b = 1e6;
   const int n = 16;
   const auto ring = collectiveFlows(t, "ring_allreduce", b);
@@ -664,7 +656,7 @@ TEST(PlanFlows, PatternsCountsAndBytes) {
 }
 
 TEST(PlanFlows, Placement) {
-  const Topology t = Topology::leafSpine(lsSpec(4, 2, 2, 2));
+  const Topology t = Topology::leafSpine(leafSpineSpec(4, 2, 2, 2));
   const std::vector<int> place = {9, 2, 14, 5};
   const auto ring = collectiveFlows(t, "ring_allreduce", 8, place);
   ASSERT_EQ(ring.size(), 4u);
@@ -691,13 +683,13 @@ TEST(PlanFlows, Placement) {
   EXPECT_THROW(collectiveFlows(t, "broadcast", 1), InvalidArgument);
   EXPECT_THROW(collectiveFlows(t, "ring_allreduce", 0), InvalidArgument);
   EXPECT_THROW(collectiveFlows(t, "ring_allreduce", NAN), InvalidArgument);
-  EXPECT_THROW(collectiveFlows(Topology::leafSpine(lsSpec(1, 0, 1)), "ring_allreduce", 1), InvalidArgument);
+  EXPECT_THROW(collectiveFlows(Topology::leafSpine(leafSpineSpec(1, 0, 1)), "ring_allreduce", 1), InvalidArgument);
 }
 
 TEST(PlanFlows, Hierarchical) {
   // 4 hosts x 4 NICs, everything placed: in each host a ring of 4 (2 x 3/4 x b per edge), per NIC
   // index a ring over the 4 hosts of 2 x 3/4 x b / 4 per edge.
-  const Topology t = Topology::leafSpine(lsSpec(2, 2, 2, 4));
+  const Topology t = Topology::leafSpine(leafSpineSpec(2, 2, 2, 4));
   const double b = 1e6;
   const auto flows = collectiveFlows(t, "hierarchical_allreduce", b);
   ASSERT_EQ(flows.size(), 16u + 16u);
@@ -747,7 +739,7 @@ TEST(PlanFlows, Hierarchical) {
 // one path per ring flow completes (the planner's scale target); the time is printed.
 TEST(PlanTopology, LargeFabricSanity) {
   const auto start = std::chrono::steady_clock::now();
-  const Topology t = Topology::leafSpine(lsSpec(512, 64, 32, 8, true));
+  const Topology t = Topology::leafSpine(leafSpineSpec(512, 64, 32, 8, true));
   ASSERT_EQ(t.endpoints(), 16384);
   const auto built = std::chrono::steady_clock::now();
   const auto flows = collectiveFlows(t, "ring_allreduce", 1e9);

@@ -9,6 +9,19 @@
 
 namespace efcomm::test {
 
+/// A leaf-spine spec with the default (400 Gbit/s) rates.
+inline plan::LeafSpineSpec leafSpineSpec(int leaves, int spines, int hostsPerLeaf, int nics = 1, bool rail = false,
+                                         int planes = 1) {
+  plan::LeafSpineSpec s;
+  s.leaves = leaves;
+  s.spines = spines;
+  s.hostsPerLeaf = hostsPerLeaf;
+  s.nicsPerHost = nics;
+  s.railOptimized = rail;
+  s.planes = planes;
+  return s;
+}
+
 inline std::vector<float> randomVector(size_t n, uint64_t seed = 1) {
   std::mt19937_64 g(seed);
   std::normal_distribution<float> dist;

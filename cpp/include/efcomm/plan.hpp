@@ -104,7 +104,8 @@ class Topology {
   /// endpoints of one host: the empty in-host path).
   int pathCount(int src, int dst) const;
   /// Candidate path `index` (in [0, pathCount)) as link ids, in order. The enumeration is
-  /// deterministic and the same for (src, dst) pairs under the same pair of leaves.
+  /// deterministic (plane-major, then spine; Clos: agg, then core); pairs under the same pair of
+  /// leaves share it unless one of their endpoint links has failed (its plane drops out).
   void path(int src, int dst, int index, std::vector<int>& links) const;
 
  private:
