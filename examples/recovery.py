@@ -79,7 +79,10 @@ def rank_main(args) -> int:
                         f.write(str(step + 1))
                     os.replace(latest + ".tmp", latest)
     except ef.CollectiveTimeout as e:
-        print(f"rank {rank}: step {step}: {type(e).__name__}: culprits {e.culprits}", flush=True)
+        # One write per line: mpiexec merges the ranks' output, and print's separate newline could
+        # land after another rank's line.
+        sys.stdout.write(f"rank {rank}: step {step}: {type(e).__name__}: culprits {e.culprits}\n")
+        sys.stdout.flush()
         mon.close()
         os._exit(3)  # MPI_Finalize cannot complete with a dead peer
     if rank == 0:
