@@ -47,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(fn=demo_module.main)
 
     bench = sub.add_parser("bench", help="run a benchmark")
-    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce,ddp,faults}")
+    which = bench.add_subparsers(dest="what", required=True, metavar="{compressors,feedback,allreduce,ddp,faults,plan}")
     from .bench import allreduce as bench_allreduce, compressors as bench_compressors, feedback as bench_feedback
-    from .bench import ddp as bench_ddp, faults as bench_faults
+    from .bench import ddp as bench_ddp, faults as bench_faults, plan as bench_plan
     for name, module, text in (("compressors", bench_compressors, "compress/decompress throughput of every compressor"),
                                ("feedback", bench_feedback, "error-feedback step throughput against the compressor alone"),
                                ("allreduce", bench_allreduce, "Reducer.allreduce against MPI_Allreduce between processes"),
                                ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training"),
-                               ("faults", bench_faults, "fault-injection campaign: hangs, crashes, stragglers, slow links")):
+                               ("faults", bench_faults, "fault-injection campaign: hangs, crashes, stragglers, slow links"),
+                               ("plan", bench_plan, "traffic planning: optimality against the bound, completion time, planner speed")):
         b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)

@@ -434,6 +434,27 @@ def bound(topo: Topology, flows) -> float:
     return _core._bound(topo._t, flows._f)
 
 
+def single_path_bound(topo: Topology, flows) -> float:
+    """A lower bound on the maximum congestion of any plan that keeps each flow on one path
+    (ecmp, balanced), seconds: the larger of :func:`bound` and, over the flows, the flow's bytes
+    over the capacity of its widest candidate path. Where one flow alone outweighs what splitting
+    would spread over parallel links (two ranks on a fabric of 8 spines), no single-path plan can
+    come near the splittable bound; this is the bound such plans are measured against."""
+    topo, flows = _as_topology(topo), _as_flows(flows)
+    best = bound(topo, flows)
+    cap = topo.links["capacity"]
+    widest = {}
+    for s, d, b in zip(flows.src.tolist(), flows.dst.tolist(), flows.bytes.tolist()):
+        if b <= 0:
+            continue
+        if (s, d) not in widest:
+            counts = topo.path_count(s, d)
+            widest[(s, d)] = max((min((cap[link] for link in topo.path(s, d, i)), default=math.inf)
+                                  for i in range(counts)), default=math.inf)
+        best = max(best, b / widest[(s, d)])
+    return best
+
+
 def lp_bound(topo: Topology, flows, max_variables: int = LP_MAX_VARIABLES) -> float:
     """The exact optimum of the splittable problem, seconds, by linear programming (scipy's HiGHS):
     a fraction per (flow, candidate path) and t; minimize t subject to every flow's fractions

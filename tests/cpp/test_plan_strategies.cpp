@@ -466,3 +466,98 @@ TEST(PlanStrategies, BalancedAllToAll1024) {
 
 }  // namespace
 }  // namespace efcomm::plan
+
+namespace efcomm::plan {
+namespace {
+
+// Ring allreduce over every endpoint of a 1:1 leaf-spine with ranks at a stride coprime to the
+// endpoints: every leaf sends and receives hostsPerLeaf flows over as many spines, so a proper
+// edge coloring (Konig) puts one flow on every leaf-spine link and the single-path optimum is the
+// bound. Greedy placement leaves some link with two; only ejection chains (alternating paths)
+// reach the optimum.
+TEST(PlanStrategies, BalancedReachesTheBoundOnStridedRings) {
+  {
+    const Topology topo = leafSpine(8, 4, 4);
+    std::vector<int> p;
+    for (int r = 0; r < 32; ++r) p.push_back(7 * r % 32);
+    const std::vector<Flow> flows = collectiveFlows(topo, "ring_allreduce", double(1 << 30), p);
+    EXPECT_NEAR(plan(topo, flows, "balanced").maxCongestion() / bound(topo, flows), 1.0, 1e-9);
+  }
+  int checked = 0;
+  for (const auto& [leaves, hosts] : {std::pair{4, 3}, {7, 3}, {7, 4}, {8, 4}, {8, 8}, {10, 8}, {12, 6}, {16, 8}}) {
+    const Topology topo = leafSpine(leaves, hosts, hosts);
+    const int n = topo.endpoints();
+    for (int stride = 2; stride < n; stride += 1 + n / 12) {
+      if (std::gcd(stride, n) != 1) continue;
+      std::vector<int> p;
+      for (int r = 0; r < n; ++r) p.push_back(stride * r % n);
+      const std::vector<Flow> flows = collectiveFlows(topo, "ring_allreduce", 1e9, p);
+      EXPECT_NEAR(plan(topo, flows, "balanced").maxCongestion() / bound(topo, flows), 1.0, 1e-9)
+          << leaves << " leaves x " << hosts << " hosts, stride " << stride;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 25);
+}
+
+// Random Clos fabrics and leaf-spines with failed cables, equal and unequal flows: balanced is a
+// plan (above the bound, clear of failed links) within 1.5x of the best lower bound on single
+// paths (the cut bound; a flow alone on its widest candidate).
+TEST(PlanStrategies, BalancedNearTheSinglePathBoundOnRandomFabrics) {
+  SplitMix64 rng(11);
+  double worst = 0;
+  for (int trial = 0; trial < 120; ++trial) {
+    const bool clos = trial % 2 == 0;
+    Topology topo = [&] {
+      if (clos) {
+        ClosSpec spec;
+        spec.k = 4 + 2 * static_cast<int>(rng.below(3));
+        spec.hostsPerLeaf = 1 + static_cast<int>(rng.below(static_cast<uint64_t>(spec.k / 2)));
+        spec.nicsPerHost = 1 + static_cast<int>(rng.below(2));
+        return Topology::clos(spec);
+      }
+      return leafSpine(2 + static_cast<int>(rng.below(6)), 2 + static_cast<int>(rng.below(4)),
+                       1 + static_cast<int>(rng.below(4)), 1 + static_cast<int>(rng.below(2)));
+    }();
+    const char* pattern = kEqualPatterns[rng.below(6)];
+    const bool whole = std::string(pattern) == "hierarchical_allreduce";
+    const int n = whole ? topo.endpoints() : 2 + static_cast<int>(rng.below(static_cast<uint64_t>(topo.endpoints() - 1)));
+    std::vector<int> p(static_cast<size_t>(topo.endpoints()));
+    std::iota(p.begin(), p.end(), 0);
+    if (!whole) p = placement(topo, n, rng.next());
+    std::vector<Flow> flows = collectiveFlows(topo, pattern, 1e9, p);
+    if (trial % 3 == 0) {
+      for (Flow& f : flows) f.bytes *= 1 + static_cast<double>(rng.below(20));
+    }
+    int failed = 0;
+    if (!clos) {  // fail switch cables that leave every flow a path
+      for (int i = 0; i < 3; ++i) {
+        const int l = static_cast<int>(rng.below(topo.links().size()));
+        const Link& link = topo.links()[l];
+        if (topo.nodes()[link.from].kind == NodeKind::kEndpoint || topo.nodes()[link.to].kind == NodeKind::kEndpoint) continue;
+        Topology copy = topo;
+        copy.failLink(l);
+        if (std::all_of(flows.begin(), flows.end(), [&](const Flow& f) { return copy.pathCount(f.src, f.dst) > 0; })) {
+          topo = copy;
+          ++failed;
+        }
+      }
+    }
+    SCOPED_TRACE(testing::Message() << "trial " << trial << ": " << pattern << " on " << n << " of "
+                                    << topo.endpoints() << " endpoints, " << (clos ? "clos" : "leaf-spine") << ", "
+                                    << failed << " failed cables");
+    const double b = bound(topo, flows);
+    if (b == 0) continue;
+    const Plan bal = plan(topo, flows, "balanced");
+    EXPECT_EQ(bal.subflows(), flows.size());
+    EXPECT_FALSE(usesFailedLink(bal, topo));
+    EXPECT_GE(bal.maxCongestion(), b * (1 - 1e-12));
+    const double single = std::max(b, wholeFlowBound(topo, flows));
+    EXPECT_LE(bal.maxCongestion(), 1.5 * single);
+    worst = std::max(worst, bal.maxCongestion() / single);
+  }
+  std::printf("balanced / max(bound, whole-flow bound) on Clos and failures: worst %.3f\n", worst);
+}
+
+}  // namespace
+}  // namespace efcomm::plan

@@ -420,3 +420,27 @@ def test_cli_bad_input(argv, message, capsys):
     assert main(["plan", "--no-progress"] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("efcomm plan: error:") and message in err
+
+
+def test_single_path_bound():
+    """Two ranks on a fabric of 4 spines: one flow cannot use 4 uplinks, so single-path plans are
+    measured against the flow alone on its widest path (4x the splittable bound here)."""
+    topo = ef.plan.Topology.leaf_spine(leaves=2, spines=4, hosts_per_leaf=1, host_gbps=400, uplink_gbps=100)
+    flows = ef.plan.Flows([0], [1], [1e9])
+    b, sp = ef.plan.bound(topo, flows), ef.plan.single_path_bound(topo, flows)
+    assert b == pytest.approx(1e9 / 50e9, rel=1e-12)  # 400G host link = 4 x 100G uplinks = 50 GB/s
+    assert sp == pytest.approx(1e9 / (100e9 / 8), rel=1e-12)
+    assert sp == pytest.approx(4 * b, rel=1e-12)
+    assert ef.plan.plan(topo, flows, "balanced").max_congestion == pytest.approx(sp, rel=1e-12)
+
+
+def test_bench_plan_quick(capsys):
+    """`efcomm bench plan --quick --json`: every part ran and no target failed."""
+    assert main(["bench", "plan", "--quick", "--json", "--no-progress"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert set(r["optimality"]["summary"]) == {"leaf_spine", "strided", "clos", "failures"}
+    assert all(row["split"] >= 1 - 1e-9 for row in r["optimality"]["instances"])
+    assert {c["placement"] for c in r["completion"]} == {"linear", "random"}
+    assert {x["pattern"] for x in r["speed"]} == {"ring_allreduce", "hierarchical_allreduce", "alltoall"}
+    status = {t["target"]: t["status"] for t in r["targets"]}
+    assert status and all(s in ("PASS", "SKIP") for s in status.values()), status

@@ -143,33 +143,55 @@ Plan ecmp(const Topology& topo, const std::vector<Flow>& flows, uint64_t seed) {
 // C4P, the traffic planner of C4: collective flows are few, large and known in advance, so each
 // gets the path that is least loaded when it is placed, largest flows first (LPT order). Greedy
 // placement can leave a hot link, so improvement passes follow: every flow crossing a link at the
-// maximum congestion M moves to a candidate whose links all stay below M; where one link of every
-// such candidate is too full, a flow on that link is ejected to make room and itself moved below
-// M, up to kDepth levels deep (an ejection chain: the alternating paths of Konig's recoloring,
-// which single moves cannot find when every spine is taken at one end or the other). A move takes
-// load off a hot link and makes no new one, so the links at M fall with every move and M with
-// every round; the passes end when no move helps, or after kMaxPasses.
+// maximum congestion M moves to a candidate whose links all stay below M. Where every such
+// candidate is too full somewhere, an ejection chain makes room: the flow takes a candidate with
+// exactly one too-full link, a flow g on that link is ejected and itself moved below M the same
+// way, and so on - Kempe chains, the alternating paths of Konig's edge recoloring, which single
+// moves cannot find when every spine is taken at one end or the other. An ejected flow tries
+// first the candidates through the switch its ejector left (the two colors of the alternating
+// path), so a depth-first search runs straight down the chain. A chain never ejects a flow it is
+// already moving, is at most kDepth flows long and spends at most kAttempt ejections; a pass at
+// most kPassEjections, the run kEjections (bounds on time where M cannot fall). A chain is kept
+// only when it ends with every flow below M. A move takes load off a hot link and makes no new
+// one, so the links at M fall with every move and M with every round; the passes end when no
+// move helps, when M reaches a lower bound on single-path plans (the cut bound, or a flow alone
+// on its widest candidate), or after kMaxPasses.
 class Balancer {
  public:
   Balancer(const Topology& topo, const std::vector<Flow>& flows)
-      : topo_(topo), flows_(flows), invCap_(inverseCapacities(topo)), load_(invCap_.size(), 0), choice_(flows.size()) {
+      : topo_(topo),
+        flows_(flows),
+        invCap_(inverseCapacities(topo)),
+        load_(invCap_.size(), 0),
+        choice_(flows.size()),
+        inChain_(flows.size(), 0),
+        movedOnto_(invCap_.size()) {
     for (int d = 0; d <= kDepth; ++d) cands_.emplace_back(topo);
+    for (const Node& n : topo.nodes()) tier_.push_back(detail::tierOf(n.kind));
   }
 
   std::vector<int> run(const std::vector<size_t>& order) {
     Candidates& c = cands_[0];
+    double floor = bound(topo_, flows_);
     for (const size_t f : order) {
-      c.load(flows_[f], f);
-      const Pick p = leastCongested(c, load_, invCap_, flows_[f].bytes);
+      const Flow& flow = flows_[f];
+      c.load(flow, f);
+      const Pick p = leastCongested(c, load_, invCap_, flow.bytes);
       choice_[f] = p.k;
-      addLoad(load_, c.begin(p.k), c.end(p.k), flows_[f].bytes);
+      addLoad(load_, c.begin(p.k), c.end(p.k), flow.bytes);
+      floor = std::max(floor, flow.bytes * narrowestInverse(c));
     }
     std::vector<int> path;
+    size_t left = kEjections;  // over all passes
     for (int pass = 0; pass < kMaxPasses; ++pass) {
-      hot_ = maxLoad(load_, invCap_) * (1 - kHot);
+      const double worst = maxLoad(load_, invCap_);
+      if (worst <= floor * (1 + kExact)) break;  // no single-path plan does better
+      hot_ = worst * (1 - kHot);
       onLink_.clear();
-      // Ejections per pass: about one per flow, at most 65536 (a bound on time where M cannot fall).
-      ejections_ = std::min<size_t>(flows_.size() + 1024, 1 << 16);
+      for (std::vector<size_t>& m : movedOnto_) m.clear();
+      // Ejections: a bound on time where M cannot fall.
+      ejections_ = std::min<size_t>(kPassEjections, left);
+      const size_t budget = ejections_;
       int moves = 0;
       for (const size_t f : order) {
         const Flow& flow = flows_[f];
@@ -177,64 +199,131 @@ class Balancer {
         topo_.path(flow.src, flow.dst, choice_[f], path);
         if (std::none_of(path.begin(), path.end(), [&](int l) { return isHot(l, 0); })) continue;
         addLoad(load_, path.data(), path.data() + path.size(), -flow.bytes);
-        if (move(f, 0)) {
+        attempt_ = std::min<size_t>(ejections_, kAttempt);
+        if (move(f, 0, -1)) {
           ++moves;
         } else {
           addLoad(load_, path.data(), path.data() + path.size(), flow.bytes);
         }
       }
+      left -= budget - ejections_;
       if (moves == 0) break;
     }
     return choice_;
   }
 
  private:
-  static constexpr int kMaxPasses = 16;
-  static constexpr int kDepth = 5;
+  static constexpr int kMaxPasses = 32;
+  static constexpr int kDepth = 32;
+  static constexpr size_t kAttempt = 256;
+  static constexpr size_t kPassEjections = 1 << 16;
+  static constexpr size_t kEjections = 1 << 18;
 
   bool isHot(int l, double extra) const { return (load_[l] + extra) * invCap_[l] >= hot_; }
 
+  // 1 / the capacity of the widest candidate's narrowest link (0 for the empty in-host path).
+  double narrowestInverse(const Candidates& c) const {
+    double best = std::numeric_limits<double>::infinity();
+    for (int k = 0; k < c.size(); ++k) {
+      double narrowest = 0;
+      for (const int* l = c.begin(k); l != c.end(k); ++l) narrowest = std::max(narrowest, invCap_[*l]);
+      best = std::min(best, narrowest);
+    }
+    return c.size() > 0 ? best : 0;
+  }
+
   // Places flow f (off the loads) on a candidate below the hot level, ejecting flows up to
-  // kDepth - depth levels; on success the loads and choices hold the new placement.
-  bool move(size_t f, int depth) {
+  // kDepth - depth levels; on success the loads and choices hold the new placement. Candidates
+  // through `vacated` (the top switch of the path the ejecting flow left) go first: there the
+  // ejecting flow made room, and following them is Konig's alternating path, two switches taking
+  // turns, straight to its end.
+  bool move(size_t f, int depth, int vacated) {
     const Flow& flow = flows_[f];
     Candidates& c = cands_[depth];
     c.load(flow, f);
     const Pick p = leastCongested(c, load_, invCap_, flow.bytes);
     if (p.max < hot_ && p.k != choice_[f]) {
-      choice_[f] = p.k;
-      addLoad(load_, c.begin(p.k), c.end(p.k), flow.bytes);
+      place(f, c, p.k);
       return true;
     }
-    if (depth == kDepth) return false;
+    if (depth == kDepth || attempt_ == 0) return false;
     if (onLink_.empty()) indexFlows();
-    for (int k = 0; k < c.size(); ++k) {
-      if (k == choice_[f]) continue;
-      int blocking = -1, count = 0;
-      for (const int* l = c.begin(k); l != c.end(k); ++l) {
-        if (isHot(*l, flow.bytes)) blocking = *l, ++count;
+    const int previous = choice_[f];
+    const int top = topSwitch(c.begin(previous), c.end(previous));
+    inChain_[f] = 1;
+    for (int round = vacated < 0 ? 1 : 0; round < 2; ++round) {
+      for (int k = 0; k < c.size() && attempt_ > 0; ++k) {
+        if (k == previous || (topSwitch(c.begin(k), c.end(k)) == vacated) != (round == 0)) continue;
+        if (eject(f, depth, k, top)) {
+          inChain_[f] = 0;
+          return true;
+        }
       }
-      if (count != 1) continue;
-      // Flow f on candidate k; a flow on the blocking link must find room elsewhere.
-      addLoad(load_, c.begin(k), c.end(k), flow.bytes);
-      const int previous = choice_[f];
-      choice_[f] = k;
-      for (size_t i = linkOff_[blocking]; i < linkOff_[blocking + 1] && ejections_ > 0; ++i) {
-        const size_t g = onLink_[i];
-        const Flow& other = flows_[g];
-        if (g == f || other.bytes <= 0 || isHot(blocking, -other.bytes)) continue;
-        topo_.path(other.src, other.dst, choice_[g], path_[depth]);
-        const std::vector<int>& at = path_[depth];
-        if (std::find(at.begin(), at.end(), blocking) == at.end()) continue;  // moved since indexed
-        --ejections_;
-        addLoad(load_, at.data(), at.data() + at.size(), -other.bytes);
-        if (move(g, depth + 1)) return true;
-        addLoad(load_, at.data(), at.data() + at.size(), other.bytes);
-      }
-      choice_[f] = previous;
-      addLoad(load_, c.begin(k), c.end(k), -flow.bytes);
     }
+    inChain_[f] = 0;
     return false;
+  }
+
+  // Flow f onto candidate k of cands_[depth], a flow crossing all its too-full links ejected and
+  // moved on.
+  bool eject(size_t f, int depth, int k, int top) {
+    const Flow& flow = flows_[f];
+    const Candidates& c = cands_[depth];
+    // Exactly one link too full (a flow crossing two of them would rarely make room on both, and
+    // trying it costs more chains than it finds).
+    int blocking = -1, count = 0;
+    for (const int* l = c.begin(k); l != c.end(k); ++l) {
+      if (isHot(*l, flow.bytes)) blocking = *l, ++count;
+    }
+    if (count != 1) return false;
+    const int previous = choice_[f];
+    addLoad(load_, c.begin(k), c.end(k), flow.bytes);
+    choice_[f] = k;
+    const size_t indexed = linkOff_[blocking + 1] - linkOff_[blocking];
+    const size_t extra = movedOnto_[blocking].size();
+    for (size_t i = 0; i < indexed + extra && attempt_ > 0; ++i) {
+      const size_t g = i < indexed ? onLink_[linkOff_[blocking] + i] : movedOnto_[blocking][i - indexed];
+      const Flow& other = flows_[g];
+      if (inChain_[g] || other.bytes <= 0) continue;
+      std::vector<int>& at = path_[depth];
+      topo_.path(other.src, other.dst, choice_[g], at);
+      if (std::find(at.begin(), at.end(), blocking) == at.end()) continue;  // moved since indexed
+      addLoad(load_, at.data(), at.data() + at.size(), -other.bytes);
+      if (!isHot(blocking, 0)) {
+        --attempt_;
+        --ejections_;
+        if (move(g, depth + 1, top)) {
+          noteMoved(f, c, k);
+          return true;
+        }
+      }
+      addLoad(load_, at.data(), at.data() + at.size(), other.bytes);
+    }
+    choice_[f] = previous;
+    addLoad(load_, c.begin(k), c.end(k), -flow.bytes);
+    return false;
+  }
+
+  // The switch of the highest tier on a path (a spine or core; -1 for the in-host path).
+  int topSwitch(const int* begin, const int* end) const {
+    int top = -1;
+    for (const int* l = begin; l != end; ++l) {
+      const int n = topo_.links()[*l].to;
+      if (top < 0 || tier_[n] > tier_[top]) top = n;
+    }
+    return top;
+  }
+
+  void place(size_t f, const Candidates& c, int k) {
+    choice_[f] = k;
+    addLoad(load_, c.begin(k), c.end(k), flows_[f].bytes);
+    noteMoved(f, c, k);
+  }
+
+  // Flows moved onto a link after the index was built are listed beside it.
+  void noteMoved(size_t f, const Candidates& c, int k) {
+    if (onLink_.empty()) return;  // the index, when built, sees the move
+    for (const int* l = c.begin(k); l != c.end(k); ++l) movedOnto_[*l].push_back(f);
   }
 
   // The flows on every link (CSR), as placed when first needed in a pass.
@@ -259,11 +348,15 @@ class Balancer {
   const std::vector<double> invCap_;
   std::vector<double> load_;
   std::vector<int> choice_;
+  std::vector<char> inChain_;  // flows of the chain being built
+  std::vector<int> tier_;      // per node
   std::vector<Candidates> cands_;  // one per depth
   std::vector<int> path_[kDepth + 1];
   std::vector<size_t> linkOff_, onLink_;
+  std::vector<std::vector<size_t>> movedOnto_;  // per link, flows moved onto it since indexing
   double hot_ = 0;
   size_t ejections_ = 0;  // left in this pass
+  size_t attempt_ = 0;    // left to the chain being built
 };
 
 std::vector<int> balancedChoice(const Topology& topo, const std::vector<Flow>& flows,
