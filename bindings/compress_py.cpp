@@ -3,6 +3,7 @@
 #include <pybind11/stl.h>
 
 #include "efcomm/compressor.hpp"
+#include "efcomm/cuda.hpp"
 #include "efcomm/error.hpp"
 #include "state_arg.hpp"
 #include "tensor_arg.hpp"
@@ -23,6 +24,17 @@ Message messageFromBuffer(py::buffer b) {
   const void* p = info.ptr;
   py::gil_scoped_release nogil;
   return Message::fromBytes(p, n);
+}
+
+// Decodes the host message `msg` into the CUDA array `out` (the message is copied to the device
+// first; decoding checks it there as on the host). Synchronizes `stream`.
+void decompressIntoCuda(const Message& msg, py::handle out, intptr_t stream, const char* what) {
+  TensorArg t = cudaTensorArg(out, true, what, stream);
+  py::gil_scoped_release nogil;
+  const auto s = reinterpret_cast<cuda::Stream>(stream);
+  cuda::DeviceBuffer d;
+  cuda::toDevice(msg, d, s);
+  cuda::decompress(d.data(), d.size(), t.mutableView(), s);  // synchronizes s: d may be freed after
 }
 
 }  // namespace
@@ -74,6 +86,21 @@ void initCompress(py::module_& m) {
         py::gil_scoped_release nogil;
         return c.compress(t.view(), step);
       }, py::arg("x"), py::arg("step") = py::none())
+      // The GPU path: x is a CUDA array used on `stream`; the message comes back to the host
+      // (toHost), the same bytes a host compress of the same values would make.
+      .def("compress_cuda", [](Compressor& c, py::handle x, std::optional<uint64_t> step, intptr_t stream) {
+        TensorArg t = cudaTensorArg(x, false, (c.name() + ".compress").c_str(), stream);
+        py::gil_scoped_release nogil;
+        const auto s = reinterpret_cast<cuda::Stream>(stream);
+        cuda::DeviceBuffer out;
+        const size_t size = cuda::compress(c, t.view(), out, step, s);
+        return cuda::toHost(out.data(), size, s);
+      }, py::arg("x"), py::arg("step") = py::none(), py::arg("stream") = 0)
+      .def("decompress_into_cuda", [](const Compressor& c, const Message& msg, py::handle out, intptr_t stream) {
+        EFCOMM_CHECK(msg.empty() || msg.compressorId() == c.id(), c.name(), ".decompress: message was made by '",
+                     compressorName(msg.compressorId()), "'");
+        decompressIntoCuda(msg, out, stream, (c.name() + ".decompress(out=...)").c_str());
+      }, py::arg("msg"), py::arg("out"), py::arg("stream") = 0)
       .def("decompress_into", [](const Compressor& c, const Message& msg, py::handle out) {
         TensorArg t = tensorArg(out, true, (c.name() + ".decompress(out=...)").c_str());
         py::gil_scoped_release nogil;
@@ -92,6 +119,18 @@ void initCompress(py::module_& m) {
     py::gil_scoped_release nogil;
     decompress(msg, t.mutableView());
   }, py::arg("msg"), py::arg("out"));
+  m.def("decompress_into_cuda", [](const Message& msg, py::handle out, intptr_t stream) {
+    decompressIntoCuda(msg, out, stream, "decompress(out=...)");
+  }, py::arg("msg"), py::arg("out"), py::arg("stream") = 0);
+  // The GPU path's status: {"built", "available", "device_count", "reason"}.
+  m.def("_cuda_info", [] {
+    py::dict d;
+    d["built"] = cuda::built();
+    d["device_count"] = cuda::deviceCount();
+    d["available"] = cuda::available();
+    d["reason"] = cuda::unavailableReason();
+    return d;
+  });
 }
 
 }  // namespace efcomm::py_bind

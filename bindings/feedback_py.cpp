@@ -3,6 +3,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include "efcomm/cuda.hpp"
 #include "efcomm/feedback.hpp"
 #include "state_arg.hpp"
 #include "tensor_arg.hpp"
@@ -28,6 +29,40 @@ void initFeedback(py::module_& m) {
       })
       .def("state_dict", [](const Feedback& f) { return stateToPython(f.stateDict()); })
       .def("load_state_dict", [](Feedback& f, py::handle d) {
+        StateDict s = stateFromPython(d);
+        py::gil_scoped_release nogil;
+        f.loadStateDict(s);
+      }, py::arg("state"));
+
+  // The GPU counterpart (efcomm::cuda::DeviceFeedback): state in device memory, the same state
+  // dict. `step` takes a CUDA array used on `stream` and returns the message as a host Message.
+  py::class_<cuda::DeviceFeedback, std::shared_ptr<cuda::DeviceFeedback>>(m, "_DeviceFeedback")
+      .def(py::init([](const std::string& feedbackSpec, const std::string& compressorSpec) {
+        requireCuda("Feedback.step");
+        return std::make_shared<cuda::DeviceFeedback>(feedbackSpec, compressorSpec);
+      }), py::arg("feedback"), py::arg("compressor"))
+      .def_property_readonly("spec", &cuda::DeviceFeedback::spec)
+      .def_property_readonly("initialized", &cuda::DeviceFeedback::initialized)
+      .def("step", [](cuda::DeviceFeedback& f, py::handle x, std::optional<uint64_t> step, intptr_t stream) {
+        TensorArg t = cudaTensorArg(x, false, "Feedback.step", stream);
+        py::gil_scoped_release nogil;
+        const auto s = reinterpret_cast<cuda::Stream>(stream);
+        cuda::DeviceBuffer out;
+        const size_t size = f.step(t.view(), out, step, s);
+        return cuda::toHost(out.data(), size, s);
+      }, py::arg("v"), py::arg("step") = py::none(), py::arg("stream") = 0)
+      // The estimate in device memory as (pointer, shape, dtype name), or None: Python wraps it
+      // in __cuda_array_interface__ and copies it with the caller's array library.
+      .def("estimate_view", [](const cuda::DeviceFeedback& f) -> py::object {
+        if (!f.initialized()) return py::none();
+        const ConstTensorView v = f.estimate();
+        if (v.data == nullptr && v.numel() > 0) return py::none();
+        py::tuple shape(v.shape.size());
+        for (size_t i = 0; i < v.shape.size(); ++i) shape[i] = v.shape[i];
+        return py::make_tuple(reinterpret_cast<uintptr_t>(v.data), shape, dtypeName(v.dtype));
+      })
+      .def("state_dict", [](const cuda::DeviceFeedback& f) { return stateToPython(f.stateDict()); })
+      .def("load_state_dict", [](cuda::DeviceFeedback& f, py::handle d) {
         StateDict s = stateFromPython(d);
         py::gil_scoped_release nogil;
         f.loadStateDict(s);

@@ -9,6 +9,7 @@ void initCompress(py::module_& m);
 void initFeedback(py::module_& m);
 void initComm(py::module_& m);
 void initMpi(py::module_& m);
+void initNccl(py::module_& m);
 void initHealth(py::module_& m);
 void initPlan(py::module_& m);
 }  // namespace efcomm::py_bind
@@ -20,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   efcomm::py_bind::initFeedback(m);
   efcomm::py_bind::initComm(m);
   efcomm::py_bind::initMpi(m);
+  efcomm::py_bind::initNccl(m);
   efcomm::py_bind::initHealth(m);
   efcomm::py_bind::initPlan(m);
 }

@@ -18,19 +18,37 @@ if(NOT EFCOMM_OPENMP STREQUAL "OFF")
   _efcomm_require(EFCOMM_OPENMP OpenMP_CXX_FOUND "OpenMP")
 endif()
 
-# CUDA: only probed here; kernels arrive with the CUDA issue.
+# CUDA: the kernels (cuda/) are compiled when nvcc is found. The CUDA runtime is linked
+# statically (it loads the driver at run time), so a build with kernels still imports and runs
+# on a machine without a GPU or driver; efcomm::cuda::available() then says false.
 set(EFCOMM_HAVE_CUDA 0)
 if(NOT EFCOMM_CUDA STREQUAL "OFF")
   check_language(CUDA)
   if(CMAKE_CUDA_COMPILER)
+    if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES)
+      # Ampere and Hopper machine code, plus PTX of the newest for later GPUs.
+      set(CMAKE_CUDA_ARCHITECTURES "80-real;90")
+    endif()
+    enable_language(CUDA)
+    find_package(CUDAToolkit REQUIRED)
     set(EFCOMM_HAVE_CUDA 1)
+    message(STATUS "efcomm: CUDA kernels for ${CMAKE_CUDA_ARCHITECTURES} (nvcc ${CMAKE_CUDA_COMPILER_VERSION})")
+  else()
+    message(STATUS "efcomm: no CUDA compiler (nvcc) found: no CUDA kernels")
   endif()
   _efcomm_require(EFCOMM_CUDA CMAKE_CUDA_COMPILER "a CUDA compiler")
 endif()
-set(EFCOMM_HAVE_CUDA_BUILT 0)  # no CUDA targets are compiled yet
+set(EFCOMM_HAVE_CUDA_BUILT ${EFCOMM_HAVE_CUDA})
 
-# NCCL backend arrives with its issue.
+# NCCL: the backend (cuda/comm/nccl.cpp) finds libnccl at run time (dlopen), so nothing is looked
+# for at build time; it needs the CUDA kernels' build.
 set(EFCOMM_HAVE_NCCL 0)
+if(EFCOMM_HAVE_CUDA AND NOT EFCOMM_NCCL STREQUAL "OFF")
+  set(EFCOMM_HAVE_NCCL 1)
+endif()
+if(EFCOMM_NCCL STREQUAL "ON" AND NOT EFCOMM_HAVE_CUDA)
+  message(FATAL_ERROR "EFCOMM_NCCL=ON needs the CUDA kernels (nvcc)")
+endif()
 
 # MPI: only an MPICH-ABI mpi.h is needed (for its types and constants); the backend finds the MPI
 # functions at run time, so nothing links MPI. Looked for where `mpicc -show` points, in the

@@ -2,19 +2,22 @@
 bytes, and :class:`Reducer`, compressed allreduce with error feedback whose result is
 bit-identical on every rank.
 
-Communicators come from :func:`efcomm.testing.run_ranks` (in-process ranks on threads) or
-:meth:`Communicator.mpi`. Every blocking native call releases the GIL.
+Communicators come from :func:`efcomm.testing.run_ranks` (in-process ranks on threads),
+:meth:`Communicator.mpi` or, for GPUs, :meth:`Communicator.nccl` (a :class:`NcclCommunicator`).
+Every blocking native call releases the GIL.
 """
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Optional, Sequence
 
 from . import _core
-from .compressors import _host, _is_torch
+from .compressors import _cuda_stream, _device_ctx, _host, _is_cuda, _is_torch, _library
 from .errors import BackendUnavailable, InvalidArgument
 
-__all__ = ["Communicator", "Reducer", "Work"]
+__all__ = ["Communicator", "NcclCommunicator", "Reducer", "Work"]
 
 _ALGORITHMS = ("allgather", "reduce_scatter", "allreduce", "auto")
 
@@ -58,6 +61,71 @@ class Communicator:
         handle = comm.handle if hasattr(comm, "handle") else MPI._handleof(comm)
         return cls(_core._mpi_backend(int(handle), library, None if timeout is None else float(timeout)))
 
+    @classmethod
+    def nccl(cls, comm=None, *, process_group=None, device=None,
+             timeout: Optional[float] = None) -> "NcclCommunicator":
+        """An NCCL communicator over the GPUs of the job, one rank per GPU.
+
+        Collective: every rank calls it. NCCL's unique id is made on rank 0 and sent to the others
+        over ``comm`` (an mpi4py communicator) or ``process_group`` (a torch.distributed group);
+        with neither, the default torch.distributed group when torch.distributed is initialized,
+        else ``MPI.COMM_WORLD``. ``device``: the CUDA device (int, ``"cuda:1"``, torch.device);
+        default: torch's current device when torch has initialized CUDA, else the local rank
+        (``LOCAL_RANK``, or the rank on this node) modulo the device count. ``timeout``: seconds
+        for creating it and default timeout of its collectives (None: 300).
+
+        libnccl is loaded at run time: ``EFCOMM_NCCL_LIBRARY``, else the ``nvidia-nccl-cu13``
+        wheel's, else ``libnccl.so.2`` from the system. Without a CUDA build of efcomm, a GPU or
+        libnccl on any rank, every rank raises BackendUnavailable saying which and why.
+        """
+        if comm is not None and process_group is not None:
+            raise InvalidArgument("Communicator.nccl: give comm (mpi4py) or process_group (torch.distributed), "
+                                  "not both")
+        if timeout is not None and not (float(timeout) > 0):
+            raise InvalidArgument(f"Communicator.nccl: timeout must be > 0 seconds, got {timeout!r}")
+        if not _core._nccl_built():
+            # The same build everywhere: every rank fails alike, without talking to the others.
+            raise BackendUnavailable(f"Communicator.nccl: {_nccl_problem('')}")
+        if process_group is not None or (comm is None and _torch_distributed_initialized()):
+            exchange = _TorchExchange(process_group)
+        else:
+            exchange = _MpiExchange(comm)
+        local_rank = exchange.local_rank()  # collective over MPI: every rank, before anything may differ
+        library = _nccl_wheel_library()
+        dev, bad_device = None, None
+        problem = _nccl_problem(library)
+        if problem is None:
+            try:
+                dev = _resolve_device(device, local_rank)
+            except InvalidArgument as e:
+                bad_device = e
+                problem = str(e)
+        # Every rank learns every rank's verdict, so that all raise together instead of some
+        # waiting for the others at NCCL's initialization.
+        problems = exchange.allgather(problem)
+        if bad_device is not None:
+            raise bad_device
+        bad = [(r, p) for r, p in enumerate(problems) if p]
+        if bad:
+            mine = problems[exchange.rank]
+            others = ", ".join(str(r) for r, _ in bad if r != exchange.rank)
+            text = mine or bad[0][1]
+            where = f"rank {exchange.rank}" if mine else f"rank {bad[0][0]}"
+            raise BackendUnavailable(f"Communicator.nccl: the NCCL backend is unavailable on {where}: {text}"
+                                     + (f" (also on ranks {others})" if others and mine else ""))
+        payload = None
+        if exchange.rank == 0:
+            try:
+                payload = ("id", _core._nccl_unique_id(library))
+            except Exception as e:  # noqa: BLE001 - sent to every rank, raised there
+                payload = ("error", f"{type(e).__name__}: {e}")
+        payload = exchange.bcast(payload)
+        if payload[0] != "id":
+            raise BackendUnavailable(f"Communicator.nccl: rank 0 could not make NCCL's unique id: {payload[1]}")
+        native = _core._NcclCommunicator(exchange.rank, exchange.size, payload[1], dev,
+                                         None if timeout is None else float(timeout), library)
+        return NcclCommunicator(native)
+
     @property
     def rank(self) -> int:
         return self._backend.rank
@@ -72,6 +140,284 @@ class Communicator:
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
+
+
+# ---- NCCL ----------------------------------------------------------------------------------------
+
+def _torch_distributed_initialized() -> bool:
+    dist = sys.modules.get("torch.distributed")  # never imports torch
+    try:
+        return dist is not None and dist.is_available() and dist.is_initialized()
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _nccl_wheel_library() -> str:
+    """libnccl.so.2 of the nvidia-nccl-cu13 wheel (nvidia/nccl/lib), found without importing torch."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("nvidia.nccl")
+    except (ImportError, ValueError):
+        return ""
+    for base in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = os.path.join(base, "lib", "libnccl.so.2")
+        if os.path.exists(path):
+            return path
+    return ""
+
+
+def _nccl_problem(library: str) -> Optional[str]:
+    """Why this process cannot run the NCCL backend, or None."""
+    if not _core._nccl_built():
+        try:
+            _core._nccl_version(library)
+        except BackendUnavailable as e:
+            return str(e)
+        return "efcomm was built without the NCCL backend"
+    info = _core._cuda_info()
+    if not info["available"]:
+        return f"no usable CUDA device: {info['reason']}"
+    try:
+        _core._nccl_version(library)
+    except BackendUnavailable as e:
+        return str(e)
+    return None
+
+
+class _MpiExchange:
+    """Rank, size and small-object collectives over an mpi4py communicator."""
+
+    def __init__(self, comm):
+        try:
+            from mpi4py import MPI
+        except ImportError as e:
+            raise BackendUnavailable(
+                "Communicator.nccl sends NCCL's unique id over MPI or torch.distributed: pip install mpi4py mpich, "
+                f"or pass process_group= (a torch.distributed group) ({e})") from e
+        if comm is None:
+            comm = MPI.COMM_WORLD
+        if not isinstance(comm, MPI.Comm):
+            raise InvalidArgument(f"Communicator.nccl: comm must be an mpi4py communicator, got {type(comm).__name__} "
+                                  "(a torch.distributed group goes in process_group=)")
+        self._MPI = MPI
+        self._comm = comm
+        self.rank = comm.Get_rank()
+        self.size = comm.Get_size()
+
+    def allgather(self, obj):
+        return self._comm.allgather(obj)
+
+    def bcast(self, obj):
+        return self._comm.bcast(obj, root=0)
+
+    def local_rank(self) -> int:
+        node = self._comm.Split_type(self._MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_rank()
+        finally:
+            node.Free()
+
+
+class _TorchExchange:
+    """Rank, size and small-object collectives over a torch.distributed process group."""
+
+    def __init__(self, group):
+        import torch.distributed as dist
+        if not dist.is_initialized():
+            raise InvalidArgument("Communicator.nccl: process_group given, but torch.distributed is not initialized "
+                                  "(call torch.distributed.init_process_group first)")
+        self._dist = dist
+        self._group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self._src = dist.get_global_rank(group, 0) if group is not None else 0
+
+    def allgather(self, obj):
+        out = [None] * self.size
+        self._dist.all_gather_object(out, obj, group=self._group)
+        return out
+
+    def bcast(self, obj):
+        box = [obj]
+        self._dist.broadcast_object_list(box, src=self._src, group=self._group)
+        return box[0]
+
+    def local_rank(self) -> int:
+        return int(os.environ.get("LOCAL_RANK", self.rank))
+
+
+def _resolve_device(device, local_rank: int) -> int:
+    count = _core._cuda_info()["device_count"]
+    index = _device_index(device, local_rank, count)
+    if not 0 <= index < count:
+        raise InvalidArgument(f"Communicator.nccl: CUDA device {index} does not exist ({count} visible to this "
+                              "process)")
+    return index
+
+
+def _device_index(device, local_rank: int, count: int) -> int:
+    if device is None:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            return int(torch.cuda.current_device())
+        local = os.environ.get("LOCAL_RANK")
+        local = int(local) if local is not None and local.strip().isdigit() else local_rank
+        return local % max(count, 1)
+    if isinstance(device, str):
+        kind, _, index = device.partition(":")
+        if kind != "cuda" or (index and not index.isdigit()):
+            raise InvalidArgument(f"Communicator.nccl: device must be a CUDA device (\"cuda:1\"), got {device!r}")
+        if not index:
+            return _device_index(None, local_rank, count)
+        return int(index)
+    if type(device).__name__ == "device" and hasattr(device, "type"):  # torch.device
+        if device.type != "cuda":
+            raise InvalidArgument(f"Communicator.nccl: device must be a CUDA device, got {device}")
+        return _device_index(None, local_rank, count) if device.index is None else int(device.index)
+    if isinstance(device, int) and not isinstance(device, bool):
+        return device
+    raise InvalidArgument(f"Communicator.nccl: device must be an int, \"cuda:N\" or a torch.device, got {device!r}")
+
+
+def _dtype_name(x) -> str:
+    """The dtype name ("float32", ...) of a CUDA array."""
+    if _is_torch(x):
+        return str(x.dtype).rsplit(".", 1)[-1]
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None:
+        return str(getattr(dtype, "name", dtype))
+    typestr = x.__cuda_array_interface__["typestr"]
+    return {"<f4": "float32", "<f8": "float64", "<f2": "float16"}.get(typestr, typestr)
+
+
+def _nbytes(x) -> int:
+    if _is_torch(x):
+        return x.numel() * x.element_size()
+    return int(x.nbytes)
+
+
+class NcclWork:
+    """An asynchronous NCCL collective (``async_op=True``): ``wait(timeout=None)`` blocks the host
+    until it has completed on the GPU and returns its result; ``is_completed()`` never blocks. A
+    timeout (the collective's, or wait's) aborts the communicator and raises CollectiveTimeout."""
+
+    def __init__(self, native, result):
+        self._native = native
+        self._result = result
+
+    def wait(self, timeout: Optional[float] = None):
+        self._native.wait(timeout)
+        return self._result
+
+    def is_completed(self) -> bool:
+        return self._native.completed()
+
+
+class NcclCommunicator(Communicator):
+    """One rank's NCCL communicator (from :meth:`Communicator.nccl`): collectives on CUDA arrays
+    (torch CUDA tensors, CuPy arrays; zero-copy), run on the array library's current stream.
+
+    Each call blocks the host until its collective is done on the GPU, or returns an
+    :class:`NcclWork` with ``async_op=True``; a collective not done within ``timeout`` (default:
+    the communicator's) aborts the communicator and raises CollectiveTimeout, whose ``culprits``
+    is empty (NCCL does not tell which rank is missing). NCCL does not check that the ranks agree
+    on sizes: a disagreement shows as a timeout. The :class:`Reducer` does not run on NCCL yet.
+    """
+
+    def __init__(self, native):
+        if not isinstance(native, _core._NcclCommunicator):
+            raise InvalidArgument("NcclCommunicator: use Communicator.nccl(...)")
+        self._nccl = native
+
+    @property
+    def rank(self) -> int:
+        return self._nccl.rank
+
+    @property
+    def size(self) -> int:
+        return self._nccl.size
+
+    @property
+    def device(self) -> int:
+        """The CUDA device index of this rank."""
+        return self._nccl.device
+
+    @property
+    def _backend(self):
+        # The host-memory Backend that Reducer and health.Monitor drive: not on NCCL yet.
+        raise BackendUnavailable("the Reducer and ef.health.Monitor do not run on the NCCL backend yet; use them over "
+                                 "Communicator.mpi() (host arrays), and NcclCommunicator's collectives for device "
+                                 "arrays")
+
+    def _stream(self, x=None) -> int:
+        if x is not None:
+            return _cuda_stream(x)
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            return int(torch.cuda.current_stream(self.device).cuda_stream)
+        return 0
+
+    @staticmethod
+    def _check(x, what):
+        if not _is_cuda(x):
+            raise InvalidArgument(f"NcclCommunicator.{what}: expected a CUDA array (torch CUDA tensor, CuPy array), "
+                                  f"got {type(x).__name__}")
+        return _host(x)
+
+    def _run(self, native_work, result, async_op):
+        work = NcclWork(native_work, result)
+        return work if async_op else work.wait()
+
+    def barrier(self, timeout: Optional[float] = None) -> None:
+        """Returns once every rank has reached the barrier (on the current stream)."""
+        self._nccl.barrier(self._stream(), None if timeout is None else float(timeout)).wait(None)
+
+    def allreduce(self, x, *, timeout: Optional[float] = None, async_op: bool = False):
+        """In place: x becomes the elementwise sum over ranks (float32/64, float16, bfloat16).
+        Returns x (or an NcclWork whose wait returns x)."""
+        a = self._check(x, "allreduce")
+        with _device_ctx(a):
+            w = self._nccl.allreduce_sum(a, _dtype_name(a), self._stream(a), timeout)
+        return self._run(w, x, async_op)
+
+    def broadcast(self, x, root: int = 0, *, timeout: Optional[float] = None, async_op: bool = False):
+        """In place: x on every rank becomes rank ``root``'s x (any dtype). Returns x."""
+        a = self._check(x, "broadcast")
+        with _device_ctx(a):
+            w = self._nccl.broadcast(a, int(root), self._stream(a), timeout)
+        return self._run(w, x, async_op)
+
+    def allgatherv(self, x, *, timeout: Optional[float] = None) -> list:
+        """Every rank's x (sizes may differ; the same dtype everywhere), flattened: a list of
+        ``size`` 1-d arrays of x's dtype and library, views of one new device buffer, entry i
+        from rank i. Exchanges the sizes first (one small collective), then moves the data."""
+        x = self._check(x, "allgatherv")
+        with _device_ctx(x):
+            stream = self._stream(x)
+            sizes = self._nccl.exchange_sizes(_nbytes(x), stream, timeout)
+            total = sum(sizes)
+            if _is_torch(x):
+                import torch
+                out = torch.empty(total, dtype=torch.uint8, device=x.device)
+            elif _library(x) == "cupy":
+                import cupy
+                out = cupy.empty(total, dtype=cupy.uint8)
+            else:
+                raise InvalidArgument("NcclCommunicator.allgatherv: x must be a torch CUDA tensor or a CuPy array "
+                                      "(the output is allocated in its library)")
+            self._nccl.allgatherv_into(x, out, sizes, stream, timeout).wait(None)
+        parts, offset = [], 0
+        for n in sizes:
+            parts.append(out[offset:offset + n].view(x.dtype))
+            offset += n
+        return parts
+
+    def abort(self, message: str = "aborted by the caller") -> None:
+        """Aborts the communicator: its pending and later collectives raise CollectiveTimeout."""
+        self._nccl.abort(str(message))
+
+    def __repr__(self) -> str:
+        return f"NcclCommunicator(rank={self.rank}, size={self.size}, device={self.device})"
 
 
 def _like(out, x):
@@ -120,6 +466,10 @@ class Reducer:
                  bucket_bytes: int = 25 << 20):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"Reducer: comm must be an efcomm.Communicator, got {type(comm).__name__}")
+        if isinstance(comm, NcclCommunicator):
+            raise BackendUnavailable("Reducer: the Reducer does not run on the NCCL backend yet; use it over "
+                                     "Communicator.mpi() (host arrays), and NcclCommunicator's collectives for "
+                                     "device arrays")
         if algorithm not in _ALGORITHMS:
             raise InvalidArgument(f"Reducer: unknown algorithm {algorithm!r}; expected one of {_ALGORITHMS}")
         compressor = getattr(compressor, "spec", compressor)

@@ -3,16 +3,25 @@
 Build one from a spec string with :func:`efcomm.compressor` (``"topk:ratio=0.01"``) or from its
 class (``TopK(ratio=0.01)``). Inputs are contiguous float32/float64/float16/bfloat16 numpy
 arrays or torch CPU tensors of any shape, read in place (buffer protocol or DLPack).
+
+CUDA arrays (torch CUDA tensors, CuPy arrays, anything exporting DLPack with a CUDA device or
+``__cuda_array_interface__``) are read in place on the GPU, on the array library's current
+stream, when efcomm is built with CUDA and a GPU is present (else :class:`BackendUnavailable`).
+The :class:`Message` that ``compress`` returns is then a **host** message (the device message is
+copied back): the same wire bytes, decodable anywhere. ``decompress`` into a CUDA array (``out=``,
+or by default for a message compressed from one: a new array of the same library on the same
+device) copies the message to the device and decodes it there, writing ``out`` in place.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Optional
 
 import numpy as np
 
 from . import _core
-from .errors import InvalidArgument
+from .errors import BackendUnavailable, InvalidArgument
 
 Message = _core.Message
 
@@ -28,9 +37,90 @@ def _host(x):
     return x.detach() if _is_torch(x) and getattr(x, "requires_grad", False) else x
 
 
+# DLPack device types of CUDA memory: kDLCUDA, kDLCUDAManaged.
+_DL_CUDA_DEVICES = (2, 13)
+
+
+def _library(x) -> str:
+    return type(x).__module__.split(".", 1)[0]
+
+
+def _is_cuda(x) -> bool:
+    """True for a CUDA array: a torch CUDA tensor, or an object exporting CUDA memory through
+    DLPack (``__dlpack_device__``) or ``__cuda_array_interface__``. Host arrays are False."""
+    if isinstance(x, (np.ndarray, Message)):
+        return False
+    if _is_torch(x):
+        return bool(getattr(x, "is_cuda", False))
+    dev = getattr(x, "__dlpack_device__", None)
+    if callable(dev):
+        try:
+            return int(dev()[0]) in _DL_CUDA_DEVICES
+        except Exception:  # noqa: BLE001 - a broken exporter: let the native parser report it
+            pass
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001 - a property that raises something else
+        return False
+
+
+def _require_cuda(what: str) -> None:
+    """Raises BackendUnavailable (before any other check) when the GPU path cannot run here."""
+    info = _core._cuda_info()
+    if not info["available"]:
+        raise BackendUnavailable(f"{what}: got a CUDA array, but the GPU path is unavailable: {info['reason']}. "
+                                 "Pass a host (CPU) array, or use a build of efcomm with CUDA on a machine with a GPU")
+
+
+def _cuda_stream(x) -> int:
+    """The cudaStream_t (as an int) the GPU work on x goes to: the array library's current stream
+    (torch, CuPy), the producer's stream of ``__cuda_array_interface__`` v3, else 0 (legacy default)."""
+    if _is_torch(x):
+        import torch
+        return int(torch.cuda.current_stream(x.device).cuda_stream)
+    if _library(x) == "cupy":
+        import cupy
+        return int(cupy.cuda.get_current_stream().ptr)
+    try:
+        stream = x.__cuda_array_interface__.get("stream")
+    except Exception:  # noqa: BLE001 - no interface (DLPack only)
+        stream = None
+    return int(stream) if isinstance(stream, int) and stream > 0 else 0
+
+
+def _device_ctx(x):
+    """Makes x's device current for the native call (torch and CuPy; else unchanged)."""
+    if _is_torch(x):
+        import torch
+        return torch.cuda.device(x.device)
+    if _library(x) == "cupy":
+        return x.device
+    return contextlib.nullcontext()
+
+
+def _cuda_like(x):
+    """What decompress allocates for a message compressed from the CUDA array x."""
+    if _is_torch(x):
+        return ("torch", x.device)
+    if _library(x) == "cupy":
+        return ("cupy", x.device.id)
+    return ("cuda", None)
+
+
 def _empty_like_message(msg: Message, like: Optional[str]):
     """Allocates the output of decompress: torch if the input was torch (or for bfloat16, which
     numpy lacks), numpy otherwise."""
+    if isinstance(like, tuple):  # compressed from a CUDA array: the same library and device
+        kind, device = like
+        if kind == "torch":
+            import torch
+            return torch.empty(msg.shape, dtype=getattr(torch, msg.dtype), device=device)
+        if kind == "cupy":
+            import cupy
+            with cupy.cuda.Device(device):
+                return cupy.empty(msg.shape, dtype=msg.dtype)
+        raise InvalidArgument("decompress: the message was compressed from a CUDA array of an unknown library; "
+                              "pass out= (a CUDA array of the message's shape and dtype)")
     if like == "torch" or msg.dtype == "bfloat16":
         try:
             import torch
@@ -43,7 +133,13 @@ def _empty_like_message(msg: Message, like: Optional[str]):
 
 def _check_out_shape(msg: Message, out) -> None:
     """numpy's rule for ``out=``: the shape must match exactly (dtype is checked natively)."""
-    shape = tuple(getattr(out, "shape", ()))
+    shape = getattr(out, "shape", None)
+    if shape is None:
+        try:
+            shape = out.__cuda_array_interface__["shape"]
+        except Exception:  # noqa: BLE001 - not a CUDA array either: the native parser reports it
+            shape = ()
+    shape = tuple(shape)
     if shape != tuple(msg.shape):
         raise InvalidArgument(f"decompress: out has shape {shape}, the message holds {tuple(msg.shape)}")
 
@@ -93,22 +189,27 @@ class Compressor:
         return self._impl.wire_bytes(int(d), str(dtype))
 
     def compress(self, x, *, step: Optional[int] = None) -> Message:
-        """Compresses x (read in place). ``step`` picks the random draw; default: a counter."""
+        """Compresses x (read in place). ``step`` picks the random draw; default: a counter.
+        A CUDA array is compressed on the GPU; the message returned is a host copy."""
+        if _is_cuda(x):
+            _require_cuda(f"{self._impl.name}.compress")
+            x = _host(x)
+            with _device_ctx(x):
+                msg = self._impl.compress_cuda(x, step, _cuda_stream(x))
+            msg._like = _cuda_like(x)
+            return msg
         msg = self._impl.compress(_host(x), step)
         msg._like = "torch" if _is_torch(x) else "numpy"
         return msg
 
     def decompress(self, msg: Message, *, out=None):
-        """Decodes msg into a new array of the input's shape and dtype, or into ``out``."""
+        """Decodes msg into a new array of the input's shape and dtype, or into ``out`` (written in
+        place; a CUDA ``out`` is decoded on the GPU)."""
         if not isinstance(msg, Message):
             raise InvalidArgument(f"decompress expects an efcomm.Message, got {type(msg).__name__}; "
                                   "use efcomm.Message.from_bytes(buf) for raw bytes")
-        if out is None:
-            out = _empty_like_message(msg, getattr(msg, "_like", None))
-        else:
-            _check_out_shape(msg, out)
-        self._impl.decompress_into(msg, out)
-        return out
+        return _decode(msg, out, self._impl.decompress_into, self._impl.decompress_into_cuda,
+                       f"{self._impl.name}.decompress")
 
     def state_dict(self) -> dict:
         """The step counter (and PowerSGD's warm start): a restored compressor continues
@@ -222,14 +323,30 @@ def compressor(spec: str) -> Compressor:
     return _CLASSES.get(impl.name, Compressor)._wrap(impl)
 
 
-def decompress(msg: Message, *, out=None):
-    """Decodes any message (the compressor is named in its header)."""
+def _decode(msg: Message, out, host_fn, cuda_fn, what: str):
+    """decompress's common part: allocates out when None, checks its shape, decodes on the host
+    or, for a CUDA out, on the GPU. Returns out."""
+    if out is not None and _is_cuda(out):
+        _require_cuda(what)
     if out is None:
         out = _empty_like_message(msg, getattr(msg, "_like", None))
     else:
         _check_out_shape(msg, out)
-    _core.decompress_into(msg, out)
+    if _is_cuda(out):
+        with _device_ctx(out):
+            cuda_fn(msg, out, _cuda_stream(out))
+    else:
+        host_fn(msg, out)
     return out
+
+
+def decompress(msg: Message, *, out=None):
+    """Decodes any message (the compressor is named in its header) into a new array or ``out``
+    (a CUDA ``out`` is decoded on the GPU)."""
+    if not isinstance(msg, Message):
+        raise InvalidArgument(f"decompress expects an efcomm.Message, got {type(msg).__name__}; "
+                              "use efcomm.Message.from_bytes(buf) for raw bytes")
+    return _decode(msg, out, _core.decompress_into, _core.decompress_into_cuda, "decompress")
 
 
 __all__ = ["Compressor", "Message", "compressor", "decompress"] + [c.__name__ for c in _CLASSES.values()]

@@ -6,6 +6,14 @@ read in place) and returns the :class:`efcomm.Message` the worker sends. ``fb.es
 ``Aggregate.update`` return numpy **copies** (safe to keep across steps). State dicts are plain
 ``{"spec": str, "meta": {str: str}, "tensors": {str: numpy array}}`` that pickle and
 ``torch.save`` store as is; a restored object continues bit-identically.
+
+On the GPU: a :class:`Feedback` whose ``step`` gets a CUDA array (torch CUDA tensor, CuPy array)
+keeps its state in device memory from then on (efcomm's DeviceFeedback: the same update rules, one
+fused pass per step) and takes CUDA arrays only; the state it had (a loaded state dict, earlier
+host steps) moves with it. The message it returns is a host :class:`efcomm.Message`, ``estimate``
+is a device copy in the input's array library, and ``state_dict`` keeps the same format (host
+numpy arrays), so a GPU state loads on the CPU and the other way round. The GPU state owns its
+own copy of the compressor: ``fb.compressor`` keeps the configuration, not the GPU's step counter.
 """
 
 from __future__ import annotations
@@ -15,7 +23,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from .compressors import Compressor, Message, _fmt, _host, compressor as _compressor
+from .compressors import (Compressor, Message, _cuda_like, _cuda_stream, _device_ctx, _fmt, _host, _is_cuda,
+                          _require_cuda, compressor as _compressor)
 from .errors import InvalidArgument
 
 __all__ = ["Feedback", "NoFeedback", "EF14", "EF21", "EF21W", "EF21SGDM", "EControl", "Aggregate", "make",
@@ -49,6 +58,9 @@ class Feedback:
     def _init(self, spec: str, compressor) -> None:
         self._compressor = _as_compressor(compressor)
         self._impl = _core.make_feedback(spec, self._compressor._impl)
+        self._device = None  # the DeviceFeedback, once a step got a CUDA array
+        self._device_like = None
+        self._loaded = False  # a state dict was loaded into the host state
 
     @property
     def spec(self) -> str:
@@ -63,28 +75,98 @@ class Feedback:
     @property
     def initialized(self) -> bool:
         """True once a step succeeded (the shape and dtype are fixed)."""
+        if self._device is not None:
+            return self._device.initialized
         return self._impl.initialized
+
+    @property
+    def on_device(self) -> bool:
+        """True once a step got a CUDA array: the state lives in device memory."""
+        return self._device is not None
 
     def step(self, v, *, step: Optional[int] = None) -> Message:
         """Consumes v and returns the message to send. ``step`` picks the compressor's random
-        draw (default: its counter). On an error (e.g. NonFiniteError) the state is unchanged."""
+        draw (default: its counter). On an error (e.g. NonFiniteError) the state is unchanged.
+        A CUDA v runs on the GPU (see the module documentation)."""
+        if _is_cuda(v):
+            return self._step_cuda(v, step)
+        if self._device is not None:
+            raise InvalidArgument(f"{type(self).__name__}.step: this feedback's state is on the GPU since its first "
+                                  "CUDA step; pass CUDA arrays (or load its state_dict() into a new Feedback to go on "
+                                  "on the CPU)")
         return self._impl.step(_host(v), step)
 
+    def _step_cuda(self, v, step):
+        _require_cuda(f"{type(self).__name__}.step")
+        v = _host(v)
+        with _device_ctx(v):
+            if self._device is None:
+                device = _core._DeviceFeedback(self.spec, self._compressor.spec)
+                if self._impl.initialized or self._loaded:
+                    device.load_state_dict(self._impl.state_dict())
+                self._device = device
+                self._device_like = _cuda_like(v)
+            msg = self._device.step(v, step, _cuda_stream(v))
+        msg._like = _cuda_like(v)
+        return msg
+
     @property
-    def estimate(self) -> Optional[np.ndarray]:
+    def estimate(self):
         """A copy of the worker's estimate: g_i (EF21 family), h_i (EControl), the error e
-        (EF14); None for ``none`` and before the first step."""
-        return self._impl.estimate()
+        (EF14); None for ``none`` and before the first step. A numpy array, or on the GPU a
+        device copy in the library of the arrays passed to ``step`` (torch or CuPy)."""
+        if self._device is None:
+            return self._impl.estimate()
+        if self._impl.name == "none":
+            return None
+        view = self._device.estimate_view()
+        if view is None:
+            return None
+        return _copy_device_view(view, self._device_like)
 
     def state_dict(self) -> dict:
+        if self._device is not None:
+            return self._device.state_dict()
         return self._impl.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict(); raises MismatchError if it belongs to another spec."""
+        if self._device is not None:
+            self._device.load_state_dict(state)
+            return
         self._impl.load_state_dict(state)
+        self._loaded = True
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.spec!r}, compressor={self._compressor.spec!r})"
+
+
+_TYPESTR = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
+
+
+class _DeviceView:
+    """A borrowed device array (pointer, shape, dtype) exposed through __cuda_array_interface__."""
+
+    def __init__(self, ptr: int, shape: tuple, dtype: str):
+        if dtype not in _TYPESTR:
+            raise InvalidArgument(f"estimate: a {dtype} device estimate cannot be exported")
+        self.__cuda_array_interface__ = {"data": (int(ptr), True), "shape": tuple(shape), "typestr": _TYPESTR[dtype],
+                                         "strides": None, "version": 3, "stream": None}
+
+
+def _copy_device_view(view, like):
+    """A copy, made by the array library `like` names, of the device array `view`."""
+    holder = _DeviceView(*view)
+    kind, device = like if like is not None else ("cuda", None)
+    if kind == "torch":
+        import torch
+        return torch.as_tensor(holder, device=device).clone()
+    if kind == "cupy":
+        import cupy
+        with cupy.cuda.Device(device):
+            return cupy.array(holder, copy=True)
+    raise InvalidArgument("estimate: the feedback's state is on the GPU and its inputs came from an unknown array "
+                          "library; use state_dict() for a host copy")
 
 
 class NoFeedback(Feedback):

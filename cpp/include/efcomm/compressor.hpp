@@ -61,6 +61,12 @@ class Compressor {
   /// `InvalidArgument` if an entry is missing or malformed; on a throw nothing is changed.
   void loadStateDict(const StateDict& state);
 
+  /// For other implementations of `compress` (the GPU path, efcomm/cuda.hpp): the step a call
+  /// with `step` uses (the internal counter when absent), and marking `step` done (the counter
+  /// becomes step + 1) once such a call has succeeded.
+  uint64_t resolveStep(std::optional<uint64_t> step) const { return step ? *step : nextStep_; }
+  void advanceStep(uint64_t step) { nextStep_ = step + 1; }
+
  protected:
   /// The compressor-specific part of `compress`: x is validated, step resolved.
   virtual Message doCompress(const ConstTensorView& x, uint64_t step) = 0;

@@ -10,9 +10,9 @@ Message Compressor::compress(const ConstTensorView& x, std::optional<uint64_t> s
   EFCOMM_CHECK(static_cast<int>(x.shape.size()) <= kMaxDims, name(), ".compress: ", x.shape.size(),
                "-d input; at most ", kMaxDims, " dimensions are supported");
   itemSize(x.dtype);  // validates the dtype
-  const uint64_t s = step ? *step : nextStep_;
+  const uint64_t s = resolveStep(step);
   Message m = doCompress(x, s);
-  nextStep_ = s + 1;  // only on success: a failed call leaves the compressor's state unchanged
+  advanceStep(s);  // only on success: a failed call leaves the compressor's state unchanged
   return m;
 }
 

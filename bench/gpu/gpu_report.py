@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""The table of the device check (bench/gpu_check.sh): reads efcomm_gpu_bench's JSON, times
+``torch.topk`` on the same GPU and size in the same run, checks issue 8's targets and prints a
+markdown table (last), also written with --out.
+
+    python3 bench/gpu/gpu_report.py BENCH.json [--out TABLE.md]
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def torch_topk_seconds(n: int, k: int, repeats: int) -> tuple:
+    """Median seconds of torch.topk(|x|, k) on the GPU (|x| computed beforehand: the selection
+    alone), and of torch.topk(x.abs(), k) (what a user writes); (None, reason) without torch/CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None, None, "torch is not installed"
+    if not torch.cuda.is_available():
+        return None, None, "torch sees no CUDA device"
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(n, device="cuda", generator=g)
+    a = x.abs()
+
+    def med(fn):
+        fn()
+        torch.cuda.synchronize()
+        t = []
+        for _ in range(repeats):
+            s = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            t.append(time.perf_counter() - s)
+        return statistics.median(t)
+
+    return med(lambda: torch.topk(a, k, sorted=False)), med(lambda: torch.topk(x.abs(), k, sorted=False)), None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("bench_json")
+    p.add_argument("--out")
+    args = p.parse_args()
+    with open(args.bench_json) as f:
+        r = json.load(f)
+    n, copy = r["size"], r["copy_gbps"]
+    k = max(1, int(n * 0.01))
+    topk_sel, topk_abs, why = torch_topk_seconds(n, k, r["repeats"])
+    lines = [f"Device check on **{r['device']}**: {n:,} float32 (standard normal), median of {r['repeats']} calls "
+             f"after a warm-up, wall time with the stream synchronized. Device-to-device copy: "
+             f"{copy:.0f} GB/s (bytes read + written), the 100 % of the bandwidth columns.", "",
+             "| compressor | message | compress | GB/s | % of copy | decompress | GB/s | % of copy |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    by = {}
+    for c in r["compressors"]:
+        by[c["spec"]] = c
+        if "error" in c:
+            lines.append(f"| `{c['spec']}` | error: {c['error']} | | | | | | |")
+            continue
+        lines.append(f"| `{c['spec']}` | {c['message_bytes'] / 2**20:.2f} MiB | {c['compress_seconds'] * 1e3:.3f} ms | "
+                     f"{c['compress_gbps']:.0f} | {100 * c['compress_gbps'] / copy:.0f} % | "
+                     f"{c['decompress_seconds'] * 1e3:.3f} ms | {c['decompress_gbps']:.0f} | "
+                     f"{100 * c['decompress_gbps'] / copy:.0f} % |")
+    lines += ["", "| feedback step | compressor | time | over TopK alone |", "|---|---|---:|---:|"]
+    fb = {}
+    for s in r["feedback"]:
+        fb[(s["feedback"], s["compressor"])] = s
+        if "error" in s:
+            lines.append(f"| {s['feedback']} | `{s['compressor']}` | error: {s['error']} | |")
+            continue
+        over = f"{s['over_topk']:.2f}x" if "over_topk" in s else "-"
+        lines.append(f"| {s['feedback']} | `{s['compressor']}` | {s['step_seconds'] * 1e3:.3f} ms | {over} |")
+    lines.append("")
+    if topk_sel is not None:
+        lines.append(f"`torch.topk` (k = {k:,}, unsorted): {topk_sel * 1e3:.3f} ms on |x| computed beforehand, "
+                     f"{topk_abs * 1e3:.3f} ms for `torch.topk(x.abs(), k)`.")
+    else:
+        lines.append(f"`torch.topk` not measured: {why}.")
+    targets = []
+
+    def target(name, ok, shown):
+        targets.append((name, shown, "PASS" if ok else ("FAIL" if ok is not None else "SKIP")))
+
+    for spec in ("sign", "quant:bits=8,block=256", "cast:dtype=bf16"):
+        c = by.get(spec, {})
+        if "compress_gbps" in c:
+            lo = min(c["compress_gbps"], c["decompress_gbps"]) / copy
+            target(f"`{spec}` compress and decompress >= 60 % of copy bandwidth", lo >= 0.6,
+                   f"compress {100 * c['compress_gbps'] / copy:.0f} %, decompress {100 * c['decompress_gbps'] / copy:.0f} %")
+        else:
+            target(f"`{spec}` compress and decompress >= 60 % of copy bandwidth", None, c.get("error", "not run"))
+    t = by.get("topk:ratio=0.01", {})
+    if "compress_seconds" in t and topk_sel is not None:
+        target("TopK 1 % at least 2x faster than torch.topk", topk_sel / t["compress_seconds"] >= 2,
+               f"{topk_sel / t['compress_seconds']:.2f}x ({t['compress_seconds'] * 1e3:.3f} ms vs {topk_sel * 1e3:.3f} ms)")
+    else:
+        target("TopK 1 % at least 2x faster than torch.topk", None, t.get("error", why or "not run"))
+    e = fb.get(("ef21", "topk:ratio=0.01"), {})
+    if "over_topk" in e:
+        target("EF21 step within 1.5x of TopK alone", e["over_topk"] <= 1.5, f"{e['over_topk']:.2f}x")
+    else:
+        target("EF21 step within 1.5x of TopK alone", None, e.get("error", "not run"))
+    lines += ["", "| target (issue 8) | measured | result |", "|---|---|---|"]
+    lines += [f"| {a} | {b} | {c} |" for a, b, c in targets]
+    text = "\n".join(lines)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0 if all(c != "FAIL" for _, _, c in targets) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

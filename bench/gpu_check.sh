@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The device check of the GPU path (issue 8), one script for a machine with an NVIDIA GPU:
+#   1. builds efcomm with its CUDA kernels for this machine's GPU (build/gpu), the GPU tests, the
+#      kernel benchmark and the Python module;
+#   2. runs the GPU tests: C++ (efcomm_gpu_tests) and Python (tests/python/test_cuda.py);
+#   3. times every kernel on 64M float32 against a device-to-device copy and torch.topk measured
+#      in the same run, and prints the table (with the targets) last.
+# Usage: bash bench/gpu_check.sh
+# Environment: OUT (logs and the table; default build/gpu-check), JOBS (default: all cores),
+# CUDA_ARCHS (default native), PYTHON (default python3: the one with torch), SIZE (elements).
+# Fits in 8 minutes on one H100 (most of it the build). Needs cmake, ninja, nvcc, pybind11 and a
+# GoogleTest (installed, or its source in .gpu-deps/googletest or /usr/src/googletest).
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+out=${OUT:-build/gpu-check}
+mkdir -p "$out"
+jobs=${JOBS:-$(nproc)}
+py=${PYTHON:-python3}
+size=${SIZE:-67108864}
+bdir=build/gpu
+status=0
+t0=$SECONDS
+stage() { printf '\n==== %s (%ds) ====\n' "$*" $((SECONDS - t0)); }
+
+stage "GPU"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" ||
+  { echo "gpu_check: nvidia-smi failed: no NVIDIA GPU or driver here"; exit 2; }
+
+stage "build"
+gtest=()
+for src in .gpu-deps/googletest /usr/src/googletest; do
+  [[ -f $src/CMakeLists.txt ]] && { gtest=(-DEFCOMM_GTEST_SOURCE="$PWD/$src"); break; }
+done
+cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFCOMM_BUILD_TESTS=ON -DEFCOMM_CUDA=ON \
+  -DEFCOMM_PYTHON=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-native}" \
+  -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v "$py")" \
+  "${gtest[@]}" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+cmake --build "$bdir" -j "$jobs" --target efcomm_gpu_tests efcomm_gpu_bench _core >"$out/build.log" 2>&1 ||
+  { grep -E "error|Error" "$out/build.log" | head -40; tail -20 "$out/build.log"; exit 1; }
+
+stage "C++ GPU tests"
+timeout 240 "$bdir/tests/cpp/efcomm_gpu_tests" --gtest_brief=1 2>&1 | tee "$out/gpu_tests.log" | tail -60
+[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+
+stage "Python GPU tests"
+pkg="$bdir/py/efcomm"
+rm -rf "$bdir/py" && mkdir -p "$bdir/py" && cp -r python/efcomm "$pkg" && cp "$bdir"/_core*.so "$pkg/"
+PYTHONPATH="$PWD/$bdir/py" timeout 180 "$py" -m pytest tests/python/test_cuda.py -q -ra -p no:cacheprovider 2>&1 |
+  tee "$out/test_cuda.log" | tail -30
+[[ ${PIPESTATUS[0]} == 0 ]] || status=1
+
+stage "kernel benchmark"
+timeout 180 "$bdir/efcomm_gpu_bench" --size "$size" >"$out/gpu_bench.json" 2>"$out/gpu_bench.err" ||
+  { cat "$out/gpu_bench.err"; status=1; }
+PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --out "$out/gpu_table.md" ||
+  status=1
+stage "done: exit $status"
+exit $status

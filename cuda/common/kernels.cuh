@@ -1,0 +1,145 @@
+#pragma once
+// Device helpers of the kernels (include from .cu files only): launch geometry, fixed-order
+// block reductions, vector loads. The element arithmetic itself lives in the EFCOMM_HD headers
+// (hd.hpp, hd_rng.hpp, hd_pack.hpp, hd_crc.hpp) that the host tests exercise.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/hd.hpp"
+#include "common/runtime.hpp"
+
+namespace efcomm::cuda {
+
+/// Threads per block of the element-wise kernels.
+constexpr int kThreads = 256;
+
+/// Blocks for n work items of `threads` each: ceil(n / threads), at most 4 per multiprocessor
+/// (grid-stride loops cover the rest), at least 1.
+inline int gridFor(int64_t n, int threads = kThreads) {
+  const int64_t cap = 4 * static_cast<int64_t>(smCount());
+  const int64_t want = (n + threads - 1) / threads;
+  return static_cast<int>(want < 1 ? 1 : (want < cap ? want : cap));
+}
+
+/// Sum over the warp in a fixed butterfly order (the same bits on every run); every lane gets
+/// the sum.
+__device__ __forceinline__ double warpSum(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warpMax(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ uint32_t warpOr(uint32_t v) { return __reduce_or_sync(0xffffffffu, v); }
+
+/// Block-wide sum (blockDim.x a multiple of 32, at most 1024); every thread of the block must
+/// call it; the result is valid in thread 0 (and returned to all). Fixed order: warp butterflies,
+/// then warp 0 over the warps' sums.
+__device__ inline double blockSum(double v) {
+  __shared__ double part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warpSum(v);
+  __syncthreads();  // part[] may still be read by a previous call
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < warps ? part[lane] : 0.0;
+  if (warp == 0) v = warpSum(v);
+  if (threadIdx.x == 0) part[0] = v;
+  __syncthreads();
+  return part[0];
+}
+
+/// Block-wide max (same rules as blockSum).
+__device__ inline float blockMax(float v) {
+  __shared__ float part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warpMax(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < warps ? part[lane] : -INFINITY;
+  if (warp == 0) v = warpMax(v);
+  if (threadIdx.x == 0) part[0] = v;
+  __syncthreads();
+  return part[0];
+}
+
+/// Block-wide OR of flag bits (same rules).
+__device__ inline uint32_t blockOr(uint32_t v) {
+  __shared__ uint32_t part[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warpOr(v);
+  __syncthreads();
+  if (lane == 0) part[warp] = v;
+  __syncthreads();
+  v = lane < warps ? part[lane] : 0u;
+  if (warp == 0) v = warpOr(v);
+  if (threadIdx.x == 0) part[0] = v;
+  __syncthreads();
+  return part[0];
+}
+
+/// Grid-stride loop index helpers (int64 sizes).
+__device__ __forceinline__ int64_t globalThread() {
+  return static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ int64_t gridThreads() { return static_cast<int64_t>(gridDim.x) * blockDim.x; }
+
+/// Loads element i of a T array widened to the compute type (float, or double for double).
+template <typename T>
+__device__ __forceinline__ typename DElem<T>::Compute loadElem(const T* p, int64_t i) {
+  return DElem<T>::load(p[i]);
+}
+template <typename T>
+__device__ __forceinline__ void storeElem(T* p, int64_t i, typename DElem<T>::Compute v) {
+  p[i] = DElem<T>::store(v);
+}
+
+
+/// Loads elements [8g, 8g + 8) of p. kVec: p is 16-byte aligned, so the group is loaded with
+/// 16-byte loads (8 sizeof(T) bytes: 1 to 4 of them).
+template <typename T, bool kVec>
+__device__ __forceinline__ void load8(const T* p, int64_t g, T (&v)[8]) {
+  if constexpr (kVec) {
+    constexpr int kWords = static_cast<int>(8 * sizeof(T) / 16);  // sizeof(T) >= 2
+    const uint4* q = reinterpret_cast<const uint4*>(p + 8 * g);
+    uint4 t[kWords];
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) t[i] = __ldg(q + i);
+    memcpy(v, t, sizeof(v));
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) v[k] = p[8 * g + k];
+  }
+}
+
+/// Stores elements [8g, 8g + 8) of p (kVec: p 16-byte aligned).
+template <typename T, bool kVec>
+__device__ __forceinline__ void store8(T* p, int64_t g, const T (&v)[8]) {
+  if constexpr (kVec) {
+    constexpr int kWords = static_cast<int>(8 * sizeof(T) / 16);
+    uint4 t[kWords];
+    memcpy(t, v, sizeof(v));
+    uint4* q = reinterpret_cast<uint4*>(p + 8 * g);
+#pragma unroll
+    for (int i = 0; i < kWords; ++i) q[i] = t[i];
+  } else {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) p[8 * g + k] = v[k];
+  }
+}
+
+/// ORs `bits` into *flag when non-zero: one atomic per thread at the end of a kernel, on the
+/// error path only.
+__device__ __forceinline__ void raiseFlag(uint32_t* flag, uint32_t bits) {
+  if (bits) atomicOr(flag, bits);
+}
+
+/// True when p is aligned to `bytes`.
+__host__ __device__ __forceinline__ bool isAligned(const void* p, size_t bytes) {
+  return (reinterpret_cast<uintptr_t>(p) & (bytes - 1)) == 0;
+}
+
+}  // namespace efcomm::cuda

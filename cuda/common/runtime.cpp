@@ -1,0 +1,249 @@
+// The CUDA runtime glue: availability, DeviceBuffer, error translation, scratch and flags.
+// The runtime is linked statically and loads the driver when first called, so on a machine
+// without a driver or device every query here answers "unavailable" instead of failing.
+#include "common/runtime.hpp"
+
+#include <array>
+#include <map>
+#include <mutex>
+#include <string>
+
+#include "efcomm/message.hpp"
+
+namespace efcomm::cuda {
+
+namespace {
+
+struct Probe {
+  int count = 0;
+  std::string reason;
+};
+
+const Probe& probe() {
+  static const Probe p = [] {
+    Probe r;
+    int n = 0;
+    const cudaError_t err = cudaGetDeviceCount(&n);
+    if (err != cudaSuccess) {
+      cudaGetLastError();  // clear the sticky-free error so later calls start clean
+      r.reason = std::string("no CUDA device: ") + cudaGetErrorString(err) + " (" + cudaGetErrorName(err) + ")";
+    } else if (n <= 0) {
+      r.reason = "no CUDA device: the driver reports 0 devices";
+    } else {
+      r.count = n;
+    }
+    return r;
+  }();
+  return p;
+}
+
+bool isUnavailableError(cudaError_t err) {
+  switch (err) {
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorInitializationError:
+    case cudaErrorStubLibrary:
+    case cudaErrorDevicesUnavailable:
+    case cudaErrorSystemDriverMismatch:
+    case cudaErrorCompatNotSupportedOnDevice:
+    case cudaErrorNoKernelImageForDevice:
+    case cudaErrorUnsupportedPtxVersion:
+      return true;
+    default:
+      return false;
+  }
+}
+
+int currentDevice() {
+  int dev = 0;
+  EFCOMM_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
+// Per-thread, per-device resources, freed at thread exit (errors ignored then: the driver may
+// already be shutting down at process exit).
+struct DeviceResources {
+  std::array<void*, 8> slot{};
+  std::array<size_t, 8> cap{};
+  uint32_t* flagsDevice = nullptr;
+  uint32_t* flagsHost = nullptr;
+};
+
+struct ThreadResources {
+  std::map<int, DeviceResources> byDevice;
+  ~ThreadResources() {
+    for (auto& [dev, r] : byDevice) {
+      if (cudaSetDevice(dev) != cudaSuccess) continue;
+      for (void* p : r.slot)
+        if (p) cudaFree(p);
+      if (r.flagsDevice) cudaFree(r.flagsDevice);
+      if (r.flagsHost) cudaFreeHost(r.flagsHost);
+    }
+    cudaGetLastError();
+  }
+};
+
+DeviceResources& resources() {
+  thread_local ThreadResources t;
+  return t.byDevice[currentDevice()];
+}
+
+DeviceResources& flagResources() {
+  DeviceResources& r = resources();
+  if (!r.flagsDevice) {
+    EFCOMM_CUDA_CHECK(cudaMalloc(&r.flagsDevice, 8 * sizeof(uint32_t)));
+    EFCOMM_CUDA_CHECK(cudaMallocHost(&r.flagsHost, 8 * sizeof(uint32_t)));
+  }
+  return r;
+}
+
+}  // namespace
+
+[[noreturn]] void throwCudaError(cudaError_t err, const char* expr, const char* file, int line) {
+  cudaGetLastError();  // clear a non-sticky error so that the next call does not report it again
+  const std::string what = std::string("CUDA call ") + expr + " failed: " + cudaGetErrorString(err) + " (" +
+                           cudaGetErrorName(err) + ") [" + file + ":" + std::to_string(line) + "]";
+  if (isUnavailableError(err)) throw BackendUnavailable(what);
+  if (err == cudaErrorMemoryAllocation)
+    throw Error(what + "; the device is out of memory: free device memory or use smaller tensors");
+  throw Error(what);
+}
+
+bool built() { return true; }
+int deviceCount() { return probe().count; }
+bool available() { return probe().count > 0; }
+std::string unavailableReason() { return probe().reason; }
+
+void requireDevice() {
+  if (!available()) throw BackendUnavailable("efcomm CUDA path unavailable: " + unavailableReason());
+}
+
+bool cpuContractsFma() {
+  // This file is compiled with the CPU kernels' flags (EFCOMM_KERNEL_FLAGS, -march), and gcc
+  // contracts whenever the target has FMA, also in ISO mode.
+#if defined(__FMA__) || defined(__aarch64__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+bool isDevicePointer(const void* p) {
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+void checkDeviceView(const ConstTensorView& v, const char* what) {
+  const int64_t n = v.numel();  // validates the shape (InvalidArgument)
+  EFCOMM_CHECK(static_cast<int>(v.shape.size()) <= kMaxDims, what, ": ", v.shape.size(),
+               "-d array; at most ", kMaxDims, " dimensions are supported");
+  itemSize(v.dtype);  // validates the dtype
+  if (n == 0 && v.data == nullptr) return;
+  EFCOMM_CHECK(v.data != nullptr, what, ": data pointer is null for ", n, " elements");
+  cudaPointerAttributes attr{};
+  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
+  if (err != cudaSuccess) cudaGetLastError();
+  EFCOMM_CHECK(err == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
+               what, " is host memory: pass a CUDA tensor (device or managed memory of the current device), "
+               "or use the CPU path (efcomm::Compressor) for host arrays");
+  if (attr.type == cudaMemoryTypeDevice) {
+    const int dev = currentDevice();
+    EFCOMM_CHECK(attr.device == dev, what, " lives on CUDA device ", attr.device, " but the current device is ",
+                 dev, "; call cudaSetDevice(", attr.device, ") (torch.cuda.set_device) first");
+  }
+}
+
+int smCount() {
+  static std::mutex mu;
+  static std::map<int, int> counts;
+  const int dev = currentDevice();
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = counts.find(dev);
+  if (it != counts.end()) return it->second;
+  int n = 0;
+  EFCOMM_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev));
+  counts[dev] = n > 0 ? n : 1;
+  return counts[dev];
+}
+
+void* scratch(size_t bytes, int slot) {
+  EFCOMM_CHECK_T(Error, slot >= 0 && slot < 8, "scratch slot ", slot, " out of range");
+  DeviceResources& r = resources();
+  bytes = bytes < 1 ? 1 : bytes;
+  if (r.cap[slot] < bytes) {
+    if (r.slot[slot]) {
+      void* old = r.slot[slot];
+      r.slot[slot] = nullptr;
+      r.cap[slot] = 0;
+      EFCOMM_CUDA_CHECK(cudaFree(old));
+    }
+    // Grow geometrically so that slowly growing sizes do not reallocate every call.
+    const size_t want = bytes + bytes / 4;
+    EFCOMM_CUDA_CHECK(cudaMalloc(&r.slot[slot], want));
+    r.cap[slot] = want;
+  }
+  return r.slot[slot];
+}
+
+uint32_t* resetFlags(cudaStream_t stream, int count) {
+  EFCOMM_CHECK_T(Error, count >= 1 && count <= 8, "flag count ", count, " out of range");
+  DeviceResources& r = flagResources();
+  EFCOMM_CUDA_CHECK(cudaMemsetAsync(r.flagsDevice, 0, static_cast<size_t>(count) * sizeof(uint32_t), stream));
+  return r.flagsDevice;
+}
+
+std::vector<uint32_t> readFlags(cudaStream_t stream, int count) {
+  EFCOMM_CHECK_T(Error, count >= 1 && count <= 8, "flag count ", count, " out of range");
+  DeviceResources& r = flagResources();
+  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(r.flagsHost, r.flagsDevice, static_cast<size_t>(count) * sizeof(uint32_t),
+                                    cudaMemcpyDeviceToHost, stream));
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  return std::vector<uint32_t>(r.flagsHost, r.flagsHost + count);
+}
+
+// ---- DeviceBuffer ---------------------------------------------------------------------
+
+DeviceBuffer::~DeviceBuffer() {
+  if (ptr_) cudaFree(ptr_);
+}
+
+DeviceBuffer::DeviceBuffer(DeviceBuffer&& other) noexcept
+    : ptr_(other.ptr_), size_(other.size_), capacity_(other.capacity_) {
+  other.ptr_ = nullptr;
+  other.size_ = other.capacity_ = 0;
+}
+
+DeviceBuffer& DeviceBuffer::operator=(DeviceBuffer&& other) noexcept {
+  if (this != &other) {
+    if (ptr_) cudaFree(ptr_);
+    ptr_ = other.ptr_;
+    size_ = other.size_;
+    capacity_ = other.capacity_;
+    other.ptr_ = nullptr;
+    other.size_ = other.capacity_ = 0;
+  }
+  return *this;
+}
+
+void DeviceBuffer::resize(size_t bytes) {
+  if (bytes <= capacity_) {
+    size_ = bytes;
+    return;
+  }
+  requireDevice();
+  if (ptr_) {
+    void* old = ptr_;
+    ptr_ = nullptr;
+    size_ = capacity_ = 0;
+    EFCOMM_CUDA_CHECK(cudaFree(old));
+  }
+  EFCOMM_CUDA_CHECK(cudaMalloc(&ptr_, bytes));
+  size_ = capacity_ = bytes;
+}
+
+}  // namespace efcomm::cuda

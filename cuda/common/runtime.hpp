@@ -1,0 +1,72 @@
+#pragma once
+// The CUDA runtime glue of the GPU path (host code): error checking, the device check, per-thread
+// scratch memory and the flag words through which kernels report data-dependent errors
+// (non-finite input, corrupt payload) to the host.
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "efcomm/cuda.hpp"
+#include "efcomm/error.hpp"
+#include "efcomm/tensor.hpp"
+
+namespace efcomm::cuda {
+
+/// Throws for a failed CUDA call: BackendUnavailable when there is no usable device or driver
+/// (cudaErrorNoDevice, cudaErrorInsufficientDriver, ...), else efcomm::Error (kInternal),
+/// naming the call, file:line and cudaGetErrorString.
+[[noreturn]] void throwCudaError(cudaError_t err, const char* expr, const char* file, int line);
+
+}  // namespace efcomm::cuda
+
+/// Checks a CUDA runtime call; `EFCOMM_CUDA_CHECK(cudaGetLastError())` after every launch.
+#define EFCOMM_CUDA_CHECK(expr)                                                       \
+  do {                                                                                \
+    const cudaError_t efcommCudaErr_ = (expr);                                        \
+    if (efcommCudaErr_ != cudaSuccess)                                                \
+      ::efcomm::cuda::throwCudaError(efcommCudaErr_, #expr, __FILE__, __LINE__);      \
+  } while (0)
+
+namespace efcomm::cuda {
+
+inline cudaStream_t nativeStream(Stream s) { return static_cast<cudaStream_t>(s); }
+
+/// Throws BackendUnavailable(unavailableReason()) unless available().
+void requireDevice();
+
+/// Checks that v is a usable device array: numel() >= 0 (validated shape), at most kMaxDims
+/// dimensions, a valid dtype, and a non-null pointer to device or managed memory unless empty.
+/// Throws InvalidArgument "<what> is host memory: pass a CUDA tensor ..." otherwise.
+void checkDeviceView(const ConstTensorView& v, const char* what);
+
+/// Multiprocessors of the current device (cached per device).
+int smCount();
+
+/// Per-thread, per-device growing device scratch: slot 0..7, at least `bytes` (>= 1) bytes,
+/// 256-byte aligned. The memory stays valid until the next call with the same slot on the
+/// same thread (which may reallocate: growing synchronizes the device through cudaFree). Calls
+/// that use scratch synchronize their stream before returning, so no work outlives them.
+/// Slots: 0-3 codecs (A), 4-5 feedback and topk (B), 6 accumulate's decode buffer, 7 the wire
+/// checksum.
+void* scratch(size_t bytes, int slot);
+
+/// Per-thread device flag words (and their pinned host mirror) for kernels to report errors:
+/// kernels OR or max into them; the host reads them after one stream synchronization.
+struct DeviceFlags {
+  uint32_t* device;
+};
+/// Zeroes `count` (<= 8) flag words on `stream` and returns their device address.
+uint32_t* resetFlags(cudaStream_t stream, int count = 8);
+/// Copies the flag words back after synchronizing `stream`.
+std::vector<uint32_t> readFlags(cudaStream_t stream, int count = 8);
+
+/// True when the CPU path's build contracts a * b + c into fused multiply-adds (gcc does when
+/// -march enables FMA): kernels that must reproduce its values bit for bit follow it (madd).
+bool cpuContractsFma();
+
+/// Device memory type of p: true for device or managed memory of any device.
+bool isDevicePointer(const void* p);
+
+}  // namespace efcomm::cuda

@@ -1,0 +1,59 @@
+#pragma once
+// Device messages in the wire format of Message (docs/wire-format.md), host-side orchestration:
+// the header bytes are built on the host by Message::build itself and copied in; the chunked
+// CRC32C is computed on the device in parallel (hd_crc.hpp).
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "efcomm/cuda.hpp"
+#include "efcomm/message.hpp"
+
+namespace efcomm::cuda {
+
+struct DeviceMessageLayout {
+  size_t headerBytes = 0, payloadCapacity = 0;
+};
+
+/// Sizes `out` to headerBytes + payloadCapacity + 4 and enqueues the copy of the header bytes
+/// (exactly those of Message::build with these arguments; payload_len 0 until finishMessage).
+/// The payload starts at (uint8_t*)out.data() + headerBytes, 16-byte aligned.
+DeviceMessageLayout beginMessage(DeviceBuffer& out, CompressorId id, DType dtype,
+                                 const std::vector<int64_t>& shape, uint16_t flags,
+                                 const std::vector<uint8_t>& params, size_t payloadCapacity,
+                                 cudaStream_t stream);
+
+/// Patches payload_len, sets out's size to headerBytes + payloadSize + 4 (payloadSize <=
+/// capacity), computes the chunked CRC32C on the device and writes the trailer. Enqueues
+/// only (uses scratch slot 7: synchronize the stream before the thread's next message call).
+/// Returns the message size.
+size_t finishMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize,
+                     cudaStream_t stream);
+
+/// Enqueues the wire checksum of the `size` device bytes at `data` into the device word
+/// `*result` (4-byte aligned). Uses scratch slot 7.
+void deviceWireChecksum(const void* data, size_t size, uint32_t* result, cudaStream_t stream);
+
+struct DeviceMessageHeader {
+  CompressorId id = CompressorId::kIdentity;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  int64_t numel = 0;
+  uint16_t flags = 0;
+  std::vector<uint8_t> params;
+  size_t headerBytes = 0, payloadBytes = 0;
+  /// The first min(payloadBytes, 16) payload bytes and the last one (0 if empty), copied with
+  /// the header: the scalars that lead payloads (norms, scales) and the padding byte.
+  uint8_t payloadHead[16] = {};
+  uint8_t payloadLast = 0;
+};
+
+/// Copies the header of the device message `msg` (`size` bytes) to the host and checks it as
+/// Message::fromBytes does (size, magic, version, compressor id registered on the CPU and the
+/// GPU, dtype, ndim, header length, payload length, shape, numel, zero padding), then verifies
+/// the checksum on the device. Throws CorruptMessageError. Synchronizes `stream`.
+DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t stream);
+
+}  // namespace efcomm::cuda

@@ -1,0 +1,146 @@
+// Cast on the GPU: each element rounded to bfloat16 or float16, nearest even
+// (cpp/src/compress/cast.cpp; conversions of common/hd.hpp). A result with an all-ones exponent
+// is a NaN/Inf input or an overflow of the 16-bit range: flagged, then told apart on the host.
+#include <type_traits>
+
+#include "common/bytes.hpp"
+#include "common/dispatch.hpp"
+#include "compress/codec_util.hpp"
+
+namespace efcomm::cuda {
+
+namespace {
+
+template <bool kBf16>
+__device__ __forceinline__ uint16_t narrow(float v) {
+  return kBf16 ? hdFloatToBf16(v) : hdFloatToF16(v);
+}
+__device__ __forceinline__ float widen(uint16_t b, bool bf16) { return bf16 ? hdBf16ToFloat(b) : hdF16ToFloat(b); }
+
+template <typename T, bool kBf16, bool kVec>
+__global__ void castKernel(const T* in, uint16_t* out, int64_t n, uint32_t* flag) {
+  constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
+  uint32_t bad = 0;
+  const int64_t groups = n / 8;
+  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
+    T v[8];
+    load8<T, kVec>(in, g, v);
+    uint16_t o[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      o[k] = narrow<kBf16>(static_cast<float>(DElem<T>::load(v[k])));
+      bad |= (o[k] & kMask) == kMask;
+    }
+    store8<uint16_t, true>(out, g, o);  // the payload is 16-byte aligned
+  }
+  for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
+    const uint16_t b = narrow<kBf16>(static_cast<float>(DElem<T>::load(in[i])));
+    bad |= (b & kMask) == kMask;
+    out[i] = b;
+  }
+  raiseFlag(flag, bad);
+}
+
+// out = widen(payload) (kAxpy: out += w * widen(payload), out float32/float64).
+template <typename T, bool kVec, bool kAxpy>
+__global__ void uncastKernel(const uint16_t* in, T* out, int64_t n, bool bf16, T w, bool fused) {
+  const int64_t groups = n / 8;
+  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
+    uint16_t c[8];
+    load8<uint16_t, true>(in, g, c);
+    T o[8];
+    if constexpr (kAxpy) load8<T, kVec>(out, g, o);
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const T d = DElem<T>::store(widen(c[k], bf16));
+      if constexpr (kAxpy) o[k] = madd(fused, w, d, o[k]);
+      else o[k] = d;
+    }
+    store8<T, kVec>(out, g, o);
+  }
+  for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
+    const T d = DElem<T>::store(widen(in[i], bf16));
+    if constexpr (kAxpy) out[i] = madd(fused, w, d, out[i]);
+    else out[i] = d;
+  }
+}
+
+DType targetOf(const std::vector<uint8_t>& params) {
+  ByteReader r(params.data(), params.size(), "cast parameters");
+  const uint8_t t = r.get<uint8_t>();
+  r.expectEnd();
+  EFCOMM_CHECK_MSG(t == uint8_t(DType::kBFloat16) || t == uint8_t(DType::kFloat16), "cast: bad target dtype ", int(t));
+  return static_cast<DType>(t);
+}
+
+size_t compressCast(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer& out, cudaStream_t stream) {
+  SpecParams sp = specOf(c);
+  const DType target = parseDType(sp.getString("dtype").value_or("bf16"));
+  const int64_t n = x.numel();
+  Frame f = beginFrame(out, c, x, ByteWriter().put<uint8_t>(uint8_t(target)).bytes(), 2 * static_cast<size_t>(n),
+                       stream);
+  uint32_t* flags = resetFlags(stream, 1);
+  auto* o = reinterpret_cast<uint16_t*>(f.payload);
+  dispatchDType(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const T* in = static_cast<const T*>(x.data);
+    withAlignment({x.data}, [&](auto vec) {
+      constexpr bool kVec = decltype(vec)::value;
+      if (target == DType::kBFloat16) {
+        castKernel<T, true, kVec><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
+      } else {
+        castKernel<T, false, kVec><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
+      }
+    });
+  });
+  EFCOMM_CUDA_CHECK(cudaGetLastError());
+  const size_t size = finishMessage(out, f.layout, 2 * static_cast<size_t>(n), stream);
+  if (readFlags(stream, 1)[0]) {
+    throwNonFinite("cast.compress", x, stream,
+                   "a finite input value exceeds the " + dtypeName(target) + " range and would become Inf" +
+                       (target == DType::kFloat16 ? " (|x| > 65504); use cast:dtype=bf16 or scale the input" : ""));
+  }
+  return size;
+}
+
+DType checkCast(const DeviceMessageHeader& h) {
+  const DType target = targetOf(h.params);
+  EFCOMM_CHECK_MSG(h.payloadBytes == 2 * static_cast<size_t>(h.numel), "cast: payload of ", h.payloadBytes,
+                   " bytes for ", h.numel, " elements");
+  return target;
+}
+
+template <bool kAxpy>
+void launchUncast(const DeviceMessageHeader& h, const void* msg, const TensorView& out, double weight,
+                  cudaStream_t stream) {
+  const bool bf16 = checkCast(h) == DType::kBFloat16;
+  const int64_t n = h.numel;
+  const auto* in = reinterpret_cast<const uint16_t*>(payloadOf(h, msg));
+  const bool fused = cpuContractsFma();
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    if constexpr (!kAxpy || std::is_floating_point_v<T>) {
+      T w{};
+      if constexpr (std::is_floating_point_v<T>) w = static_cast<T>(weight);
+      withAlignment({out.data}, [&](auto vec) {
+        uncastKernel<T, decltype(vec)::value, kAxpy><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(
+            in, static_cast<T*>(out.data), n, bf16, w, fused);
+      });
+    }
+  });
+  EFCOMM_CUDA_CHECK(cudaGetLastError());
+}
+
+void decodeCast(const DeviceMessageHeader& h, const void* msg, const TensorView& out, cudaStream_t stream) {
+  launchUncast<false>(h, msg, out, 0.0, stream);
+}
+void accumulateCast(const DeviceMessageHeader& h, const void* msg, const TensorView& out, double weight,
+                    cudaStream_t stream) {
+  launchUncast<true>(h, msg, out, weight, stream);
+}
+
+}  // namespace
+
+DeviceCodec castDeviceCodec() { return {CompressorId::kCast, compressCast, decodeCast, accumulateCast}; }
+
+}  // namespace efcomm::cuda

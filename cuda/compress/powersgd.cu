@@ -1,0 +1,385 @@
+// PowerSGD on the device: the payload and warm start semantics of cpp/src/compress/powersgd.cpp
+// (read that file's comment for the matrix view, the initial Q and the checks). The two
+// tall-skinny products run on the device in double, each with a fixed summation order:
+//   P = M Q:    one block per row, each thread strides over the row, then a block reduction;
+//   Q = M^T P:  one thread per column and row slab, then the slabs' partials summed in order.
+// The r' x r'-sized steps stay on the host, where they are cheap and exactly the CPU's code:
+// preparing Q (unit columns, zero columns restarted), orthonormalizing P (m x r', modified
+// Gram-Schmidt twice), rounding to the factors' precision and the overflow checks. The warm start
+// lives in the CPU compressor object: read from its state dict, written back with
+// setPowerSgdWarmStart on success. Sums run in another order than the CPU's lanes, so factors may
+// differ from the CPU's in the last bits.
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "common/dispatch.hpp"
+#include "common/kernels.cuh"
+#include "common/rng.hpp"
+#include "common/runtime.hpp"
+#include "common/spec.hpp"
+#include "common/wire.hpp"
+#include "compress/device_codec.hpp"
+#include "compress/powersgd.hpp"
+
+namespace efcomm::cuda {
+
+namespace psgd {
+
+namespace {
+
+constexpr int kLanes = 16;            // the CPU's dot-product lanes (host parts)
+constexpr double kRankTol = 1e-10;    // powersgd.cpp kRankTol
+constexpr int kGroup = 8;             // columns of Q/P per kernel pass (register accumulators)
+constexpr int64_t kSlabRows = 256;    // rows per slab of Q = M^T P
+
+struct View {
+  int64_t m = 0, n = 0, r = 0;
+};
+
+int64_t ceilSqrt(int64_t d) {
+  int64_t s = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(d))));
+  while (s * s < d) ++s;
+  while (s > 0 && (s - 1) * (s - 1) >= d) --s;
+  return s;
+}
+
+View matrixView(const std::vector<int64_t>& shape, int64_t d, int64_t rank) {
+  int64_t m = 0, n = 0;
+  if (d > 0 && shape.size() >= 2) {
+    m = shape[0];
+    n = d / m;
+  } else if (d > 0) {
+    n = ceilSqrt(d);
+    m = (d + n - 1) / n;
+  }
+  return {m, n, std::min({rank, m, n})};
+}
+
+size_t computeBytes(DType dt) { return dt == DType::kFloat64 ? 8 : 4; }
+size_t payloadBytes(const View& v, DType dt) {
+  return static_cast<size_t>(v.r) * static_cast<size_t>(v.m + v.n) * computeBytes(dt);
+}
+
+std::vector<uint8_t> paramBytes(int64_t rank, const View& v) {
+  std::vector<uint8_t> b(20);
+  const auto put = [&](size_t at, uint64_t x, int bytes) {
+    for (int i = 0; i < bytes; ++i) b[at + i] = static_cast<uint8_t>(x >> (8 * i));
+  };
+  put(0, static_cast<uint64_t>(rank), 4);
+  put(4, static_cast<uint64_t>(v.m), 8);
+  put(12, static_cast<uint64_t>(v.n), 8);
+  return b;
+}
+
+// ---- host parts: the CPU's code (powersgd.cpp), same order of operations ----
+
+double dot(const double* x, const double* y, int64_t n) {
+  double a[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) a[l] += x[j + l] * y[j + l];
+  for (int l = 0; j < n; ++j, ++l) a[l] += x[j] * y[j];
+  double s = 0;
+  for (int l = 0; l < kLanes; ++l) s += a[l];
+  return s;
+}
+
+std::vector<double> initialQ(uint64_t seed, int64_t n, int64_t r) {
+  std::vector<double> q(static_cast<size_t>(n * r));
+  SplitMix64 g(drawKey(seed, 0));
+  const double twoPi = 6.283185307179586;
+  for (size_t i = 0; i < q.size(); i += 2) {
+    const double u1 = 1.0 - g.uniform(), u2 = g.uniform();
+    const double rad = std::sqrt(-2.0 * std::log(u1));
+    q[i] = rad * std::cos(twoPi * u2);
+    if (i + 1 < q.size()) q[i + 1] = rad * std::sin(twoPi * u2);
+  }
+  return q;
+}
+
+void prepareQ(std::vector<double>& q, const std::vector<double>& init, int64_t n, int64_t r) {
+  for (int64_t k = 0; k < r; ++k) {
+    double* col = q.data() + k * n;
+    double nrm = std::sqrt(dot(col, col, n));
+    if (nrm == 0) {
+      std::copy(init.begin() + k * n, init.begin() + (k + 1) * n, col);
+      nrm = std::sqrt(dot(col, col, n));
+    }
+    if (nrm > 0) {
+      for (int64_t j = 0; j < n; ++j) col[j] /= nrm;
+    }
+  }
+}
+
+void orthonormalize(double* p, int64_t m, int64_t r) {
+  for (int64_t k = 0; k < r; ++k) {
+    double* col = p + k * m;
+    double big = 0;
+    for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(col[i]));
+    if (big > 0) {
+      for (int64_t i = 0; i < m; ++i) col[i] /= big;
+    }
+    const double before = std::sqrt(dot(col, col, m));
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int64_t l = 0; l < k; ++l) {
+        const double* prev = p + l * m;
+        const double c = dot(col, prev, m);
+        for (int64_t i = 0; i < m; ++i) col[i] -= c * prev[i];
+      }
+    }
+    const double after = std::sqrt(dot(col, col, m));
+    const double scale = after > kRankTol * before ? 1.0 / after : 0.0;
+    for (int64_t i = 0; i < m; ++i) col[i] *= scale;
+  }
+}
+
+template <typename C>
+bool roundToWire(std::vector<double>& x) {
+  bool finite = true;
+  for (double& v : x) {
+    v = static_cast<double>(static_cast<C>(v));
+    finite &= std::isfinite(v);
+  }
+  return finite;
+}
+
+template <typename T>
+double maxFinite() {
+  if constexpr (std::is_same_v<T, F16>) return 65504.0;
+  else if constexpr (std::is_same_v<T, BF16>) return 3.3895313892515355e38;
+  else return static_cast<double>(std::numeric_limits<T>::max());
+}
+
+std::vector<double> doublesOf(const StateTensor& t) {
+  std::vector<double> v(static_cast<size_t>(t.numel()));
+  if (!v.empty()) std::memcpy(v.data(), t.bytes.data(), t.bytes.size());
+  return v;
+}
+
+// ---- kernels ----
+
+__device__ __forceinline__ int64_t rowLength(int64_t n, int64_t d, int64_t i) {
+  return n < d - i * n ? n : d - i * n;
+}
+
+// p[k m + i] = sum_j x[i n + j] q[k n + j] for k in [k0, k0 + g): one block per row.
+template <typename T>
+__global__ void multiplyMQKernel(const T* x, int64_t d, int64_t m, int64_t n, const double* q, int64_t k0, int g,
+                                 double* p) {
+  for (int64_t i = blockIdx.x; i < m; i += gridDim.x) {
+    const int64_t len = rowLength(n, d, i);
+    const T* row = x + i * n;
+    double acc[kGroup];
+#pragma unroll
+    for (int c = 0; c < kGroup; ++c) acc[c] = 0;
+    for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
+      const double v = static_cast<double>(DElem<T>::load(row[j]));
+#pragma unroll
+      for (int c = 0; c < kGroup; ++c)
+        if (c < g) acc[c] += v * q[(k0 + c) * n + j];
+    }
+    for (int c = 0; c < g; ++c) {
+      const double s = blockSum(acc[c]);
+      if (threadIdx.x == 0) p[(k0 + c) * m + i] = s;
+    }
+  }
+}
+
+// partial[(slab r + k) n + j] = sum over the slab's rows i of p[k m + i] x[i n + j].
+template <typename T>
+__global__ void multiplyMtPKernel(const T* x, int64_t d, int64_t m, int64_t n, int64_t r, const double* p,
+                                  int64_t k0, int g, double* partial) {
+  const int64_t slab = blockIdx.y;
+  const int64_t lo = slab * kSlabRows, hi = lo + kSlabRows < m ? lo + kSlabRows : m;
+  for (int64_t j = globalThread(); j < n; j += gridThreads()) {
+    double acc[kGroup];
+#pragma unroll
+    for (int c = 0; c < kGroup; ++c) acc[c] = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      if (j >= rowLength(n, d, i)) break;  // only the last row is short
+      const double v = static_cast<double>(DElem<T>::load(x[i * n + j]));
+#pragma unroll
+      for (int c = 0; c < kGroup; ++c)
+        if (c < g) acc[c] += p[(k0 + c) * m + i] * v;
+    }
+    for (int c = 0; c < g; ++c) partial[(slab * r + k0 + c) * n + j] = acc[c];
+  }
+}
+
+__global__ void sumSlabsKernel(const double* partial, int64_t slabs, int64_t rn, double* q) {
+  for (int64_t e = globalThread(); e < rn; e += gridThreads()) {
+    double s = 0;
+    for (int64_t b = 0; b < slabs; ++b) s += partial[b * rn + e];
+    q[e] = s;
+  }
+}
+
+// out = the first d elements of P Q^T, row i of it sum_k P[i, k] Q[:, k] in the CPU's order.
+template <typename T>
+__global__ void decodeKernel(const typename DElem<T>::Compute* p, const typename DElem<T>::Compute* q, int64_t d,
+                             int64_t m, int64_t n, int64_t r, T* out) {
+  using C = typename DElem<T>::Compute;
+  for (int64_t e = globalThread(); e < d; e += gridThreads()) {
+    const int64_t i = e / n, j = e - i * n;
+    C buf = p[i] * q[j];
+    for (int64_t k = 1; k < r; ++k) buf += p[k * m + i] * q[k * n + j];
+    out[e] = DElem<T>::store(buf);
+  }
+}
+
+template <typename C>
+__global__ void factorsFiniteKernel(const C* f, int64_t count, uint32_t* flags) {
+  uint32_t bad = 0;
+  for (int64_t e = globalThread(); e < count; e += gridThreads()) bad |= nonFinite(f[e]);
+  bad = __reduce_or_sync(0xffffffffu, bad);
+  if (bad && (threadIdx.x & 31) == 0) atomicOr(flags, bad);
+}
+
+void check() { EFCOMM_CUDA_CHECK(cudaGetLastError()); }
+
+template <typename T>
+std::vector<double> toHost(const double* d, size_t count, cudaStream_t st) {
+  std::vector<double> h(count);
+  if (count) EFCOMM_CUDA_CHECK(cudaMemcpyAsync(h.data(), d, count * sizeof(double), cudaMemcpyDeviceToHost, st));
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+  return h;
+}
+
+size_t compress(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer& out, cudaStream_t st) {
+  SpecParams sp = SpecParams::parse(c.spec());
+  const int64_t rank = sp.getInt("rank").value_or(4);
+  const auto seed = static_cast<uint64_t>(sp.getInt("seed").value_or(0));
+  const int64_t d = x.numel();
+  const View v = matrixView(x.shape, d, rank);
+  const size_t bytes = payloadBytes(v, x.dtype);
+  const DeviceMessageLayout layout =
+      beginMessage(out, CompressorId::kPowerSGD, x.dtype, x.shape, 0, paramBytes(rank, v), bytes, st);
+  if (v.r == 0) return finishMessage(out, layout, 0, st);
+
+  // The warm start, from the compressor's state (powersgd.cpp saveExtra).
+  const StateDict saved = c.stateDict();
+  const bool warm = saved.meta.count("warm") && saved.meta.at("warm") == "1" &&
+                    saved.integer("m") == static_cast<uint64_t>(v.m) && saved.integer("n") == static_cast<uint64_t>(v.n);
+  const std::vector<double> init = warm ? doublesOf(saved.tensors.at("init")) : initialQ(seed, v.n, v.r);
+  std::vector<double> q = warm ? doublesOf(saved.tensors.at("q")) : init;
+  prepareQ(q, init, v.n, v.r);
+
+  const int64_t slabs = (v.m + kSlabRows - 1) / kSlabRows;
+  const size_t qn = static_cast<size_t>(v.n * v.r), pm = static_cast<size_t>(v.m * v.r);
+  auto* work = static_cast<double*>(scratch((qn + pm + static_cast<size_t>(slabs) * qn) * sizeof(double), 4));
+  double* dq = work;
+  double* dp = work + qn;
+  double* partial = dp + pm;
+
+  return dispatchDType(x.dtype, [&](auto tag) -> size_t {
+    using T = typename decltype(tag)::type;
+    using C = typename DElem<T>::Compute;
+    const T* in = static_cast<const T*>(x.data);
+    EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dq, q.data(), qn * sizeof(double), cudaMemcpyHostToDevice, st));
+    const int rowBlocks = static_cast<int>(std::min<int64_t>(v.m, 65535));
+    for (int64_t k0 = 0; k0 < v.r; k0 += kGroup) {
+      const int g = static_cast<int>(std::min<int64_t>(kGroup, v.r - k0));
+      multiplyMQKernel<T><<<rowBlocks, kThreads, 0, st>>>(in, d, v.m, v.n, dq, k0, g, dp);
+      check();
+    }
+    std::vector<double> p = toHost<T>(dp, pm, st);
+    // Inf * q is +-Inf or NaN for every finite q, so a non-finite element leaves P non-finite.
+    const bool finite = std::all_of(p.begin(), p.end(), [](double e) { return std::isfinite(e); });
+    if (!finite) throwNonFinite("powersgd.compress", x, st, "M Q overflows; the input's magnitude is too large");
+    orthonormalize(p.data(), v.m, v.r);
+    roundToWire<C>(p);
+    EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dp, p.data(), pm * sizeof(double), cudaMemcpyHostToDevice, st));
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>((v.n + kThreads - 1) / kThreads, 4096)),
+                    static_cast<unsigned>(slabs));
+    for (int64_t k0 = 0; k0 < v.r; k0 += kGroup) {
+      const int g = static_cast<int>(std::min<int64_t>(kGroup, v.r - k0));
+      multiplyMtPKernel<T><<<grid, kThreads, 0, st>>>(in, d, v.m, v.n, v.r, dp, k0, g, partial);
+      check();
+    }
+    sumSlabsKernel<<<gridFor(static_cast<int64_t>(qn)), kThreads, 0, st>>>(partial, slabs, static_cast<int64_t>(qn), dq);
+    check();
+    q = toHost<T>(dq, qn, st);
+    if (!roundToWire<C>(q))
+      throw NonFiniteError(
+          "powersgd.compress: Q = M^T P overflows the factors' precision; the input's magnitude is too large");
+    double rowSum = 0, qMax = 0;
+    for (int64_t i = 0; i < v.m; ++i) {
+      double sum = 0;
+      for (int64_t k = 0; k < v.r; ++k) sum += std::fabs(p[static_cast<size_t>(k * v.m + i)]);
+      rowSum = std::max(rowSum, sum);
+    }
+    for (double e : q) qMax = std::max(qMax, std::fabs(e));
+    if (!(rowSum * qMax <= maxFinite<T>()))
+      throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(x.dtype) +
+                           " range; the input's magnitude is too large");
+    std::vector<C> payload(pm + qn);
+    for (size_t i = 0; i < pm; ++i) payload[i] = static_cast<C>(p[i]);
+    for (size_t i = 0; i < qn; ++i) payload[pm + i] = static_cast<C>(q[i]);
+    uint8_t* dst = static_cast<uint8_t*>(out.data()) + layout.headerBytes;
+    EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dst, payload.data(), bytes, cudaMemcpyHostToDevice, st));
+    const size_t size = finishMessage(out, layout, bytes, st);
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));  // the payload's host staging, then commit
+    ::efcomm::compress::setPowerSgdWarmStart(c, v.m, v.n, q);
+    return size;
+  });
+}
+
+View parseLayout(const DeviceMessageHeader& h) {
+  EFCOMM_CHECK_MSG(h.params.size() == 20, "powersgd parameters: ", h.params.size(), " bytes, expected 20");
+  const auto get = [&](size_t at, int bytes) {
+    uint64_t x = 0;
+    for (int i = 0; i < bytes; ++i) x |= static_cast<uint64_t>(h.params[at + i]) << (8 * i);
+    return x;
+  };
+  const auto rank = static_cast<int64_t>(get(0, 4));
+  const uint64_t m = get(4, 8), n = get(12, 8);
+  EFCOMM_CHECK_MSG(rank >= 1, "powersgd: rank must be at least 1");
+  const View v = matrixView(h.shape, h.numel, rank);
+  EFCOMM_CHECK_MSG(m == static_cast<uint64_t>(v.m) && n == static_cast<uint64_t>(v.n), "powersgd: a ", m, " x ", n,
+                   " matrix does not match shape ", shapeString(h.shape), " (expected ", v.m, " x ", v.n, ")");
+  const size_t want = payloadBytes(v, h.dtype);
+  EFCOMM_CHECK_MSG(h.payloadBytes == want, "powersgd: payload of ", h.payloadBytes, " bytes; rank ", v.r,
+                   " factors of a ", v.m, " x ", v.n, " matrix need ", want);
+  return v;
+}
+
+void decode(const DeviceMessageHeader& h, const void* msg, const TensorView& out, cudaStream_t st) {
+  const View v = parseLayout(h);
+  if (v.r == 0) return;
+  const uint8_t* payload = static_cast<const uint8_t*>(msg) + h.headerBytes;
+  const int64_t count = v.r * (v.m + v.n);
+  // Factors are read as typed values: copy them to aligned scratch (the payload is aligned in
+  // the messages this library makes; this keeps any address safe).
+  void* f = scratch(static_cast<size_t>(count) * computeBytes(h.dtype), 4);
+  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(f, payload, static_cast<size_t>(count) * computeBytes(h.dtype),
+                                    cudaMemcpyDeviceToDevice, st));
+  uint32_t* flags = resetFlags(st, 1);
+  if (h.dtype == DType::kFloat64) {
+    factorsFiniteKernel<double><<<gridFor(count), kThreads, 0, st>>>(static_cast<const double*>(f), count, flags);
+  } else {
+    factorsFiniteKernel<float><<<gridFor(count), kThreads, 0, st>>>(static_cast<const float*>(f), count, flags);
+  }
+  check();
+  EFCOMM_CHECK_MSG(readFlags(st, 1)[0] == 0, "powersgd: a factor value is not finite");
+  dispatchDType(out.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = typename DElem<T>::Compute;
+    const C* p = static_cast<const C*>(f);
+    decodeKernel<T><<<gridFor(h.numel), kThreads, 0, st>>>(p, p + v.m * v.r, h.numel, v.m, v.n, v.r,
+                                                           static_cast<T*>(out.data));
+    check();
+  });
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+}  // namespace
+}  // namespace psgd
+
+DeviceCodec powersgdDeviceCodec() { return {CompressorId::kPowerSGD, psgd::compress, psgd::decode, nullptr}; }
+
+}  // namespace efcomm::cuda
