@@ -23,7 +23,7 @@ t0=$SECONDS
 stage() { printf '\n==== %s (%ds) ====\n' "$*" $((SECONDS - t0)); }
 
 stage "GPU"
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/gpu.txt" ||
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader ||
   { echo "gpu_check: nvidia-smi failed: no NVIDIA GPU or driver here"; exit 2; }
 
 stage "build"
@@ -34,8 +34,8 @@ done
 cmake -S . -B "$bdir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DEFCOMM_BUILD_TESTS=ON -DEFCOMM_CUDA=ON \
   -DEFCOMM_PYTHON=ON -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-native}" \
   -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)" -DPython_EXECUTABLE="$(command -v "$py")" \
-  "${gtest[@]}" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
-cmake --build "$bdir" -j "$jobs" --target efcomm_gpu_tests efcomm_gpu_bench _core >"$out/build.log" 2>&1 ||
+  "${gtest[@]}" >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+cmake --build "$bdir" -j "$jobs" --target efcomm_gpu_tests efcomm_gpu_bench _core >>"$out/build.log" 2>&1 ||
   { grep -E "error|Error" "$out/build.log" | head -40; tail -20 "$out/build.log"; exit 1; }
 
 stage "C++ GPU tests"
@@ -45,11 +45,14 @@ timeout 240 "$bdir/tests/cpp/efcomm_gpu_tests" --gtest_brief=1 2>&1 | tee "$out/
 stage "Python GPU tests"
 pkg="$bdir/py/efcomm"
 rm -rf "$bdir/py" && mkdir -p "$bdir/py" && cp -r python/efcomm "$pkg" && cp "$bdir"/_core*.so "$pkg/"
-PYTHONPATH="$PWD/$bdir/py" timeout 180 "$py" -m pytest tests/python/test_cuda.py -q -ra -p no:cacheprovider 2>&1 |
-  tee "$out/test_cuda.log" | tail -30
+PYTHONPATH="$PWD/$bdir/py" timeout 420 "$py" -X faulthandler -m pytest tests/python/test_cuda.py -q -rfE --tb=short \
+  -p no:cacheprovider 2>&1 | tee "$out/test_cuda.log" | tail -40
 [[ ${PIPESTATUS[0]} == 0 ]] || status=1
 
 stage "kernel benchmark"
+# Where the time goes: one traced call of each (EFCOMM_CUDA_TRACE prints each phase's GPU time).
+EFCOMM_CUDA_TRACE=1 timeout 60 "$bdir/efcomm_gpu_bench" --size "$size" --repeats 1 >/dev/null 2>"$out/trace.txt" ||
+  echo "gpu_check: the traced run failed (see trace.txt)"
 timeout 180 "$bdir/efcomm_gpu_bench" --size "$size" >"$out/gpu_bench.json" 2>"$out/gpu_bench.err" ||
   { cat "$out/gpu_bench.err"; status=1; }
 PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --out "$out/gpu_table.md" ||

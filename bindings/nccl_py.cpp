@@ -45,7 +45,7 @@ void initNccl(py::module_& m) {
           py::gil_scoped_release nogil;
           w.work->wait(timeout);
         }
-        return w.keep;
+        return w.keep ? w.keep : py::none();  // a null handle cannot be returned to Python
       }, py::arg("timeout") = py::none())
       .def("completed", [](const PyNcclWork& w) { return w.work->completed(); });
 

@@ -68,20 +68,42 @@ constexpr DataType kUint8 = 1, kFloat16 = 6, kFloat32 = 7, kFloat64 = 8, kBfloat
 // typedef enum { ncclSum = 0, ... } ncclRedOp_t;
 using RedOp = int;
 constexpr RedOp kSum = 0;
-// The ncclConfig_t of NCCL 2.17 (ncclConfig_v21700), the prefix of every later one. NCCL copies
-// min(size, its own sizeof) bytes and gives fields newer than `version` their defaults
-// (parseCommConfig in src/init.cc), so this prefix is valid for 2.17 and every later release.
-struct ConfigV21700 {
+// The ncclConfig_t of NCCL 2.31 (ncclConfig_v23100, nccl.h of 2.32.3), every field set as
+// NCCL_CONFIG_INITIALIZER sets it except `blocking`. The struct is append-only; a library copies
+// min(size, its own sizeof) bytes and reads the fields its `version` names (parseCommConfig in
+// src/init.cc). With only the 2.17 prefix, NCCL 2.28.9 crashed in ncclCommInitRankConfig when
+// torch or mpi4py had been loaded first (an H200 run; the cause, likely a read past the prefix,
+// is not established), so every field a library may read is initialized here.
+struct Config {
   size_t size;
   unsigned int magic;    // NCCL_API_MAGIC 0xcafebeef
-  unsigned int version;  // NCCL_VERSION(2, 17, 0) == 21700
+  unsigned int version;  // NCCL_VERSION(2, 31, 0) == 23100 at most
   int blocking;
   int cgaClusterSize;
   int minCTAs;
   int maxCTAs;
   const char* netName;
   int splitShare;
+  int trafficClass;
+  const char* commName;
+  int collnetEnable;
+  int CTAPolicy;
+  int shrinkShare;
+  int nvlsCTAs;
+  int nChannelsPerNetPeer;
+  int nvlinkCentricSched;
+  int graphUsageMode;
+  int numRmaCtx;
+  int maxP2pPeers;
+  int graphStreamOrdering;
+  int launchOrderImplicit;
+  int numRmaSig;
+  int rmaEagerInit;
+  int hostCftMode;
+  int nvlsHostMode;
 };
+constexpr unsigned int kConfigVersion = 23100;
+static_assert(sizeof(Config) == 120, "ncclConfig_v23100 is 120 bytes on LP64");
 constexpr unsigned int kApiMagic = 0xcafebeef;
 constexpr int kConfigUndefInt = INT_MIN;  // NCCL_CONFIG_UNDEF_INT
 
@@ -91,7 +113,7 @@ struct NcclApi {
   abi::Result (*getVersion)(int*) = nullptr;
   abi::Result (*getUniqueId)(abi::UniqueId*) = nullptr;
   abi::Result (*commInitRank)(abi::Comm*, int, abi::UniqueId, int) = nullptr;
-  abi::Result (*commInitRankConfig)(abi::Comm*, int, abi::UniqueId, int, abi::ConfigV21700*) = nullptr;  // 2.14+
+  abi::Result (*commInitRankConfig)(abi::Comm*, int, abi::UniqueId, int, abi::Config*) = nullptr;  // 2.14+
   abi::Result (*commFinalize)(abi::Comm) = nullptr;                                                       // 2.14+
   abi::Result (*commDestroy)(abi::Comm) = nullptr;
   abi::Result (*commAbort)(abi::Comm) = nullptr;
@@ -154,36 +176,57 @@ NcclApi*& loadedApi() {
   return api;
 }
 
-// libnccl from EFCOMM_NCCL_LIBRARY (when set, only there), else `path`, else libnccl.so.2.
+// The file a loaded library's function lives in ("" if unknown).
+std::string fileOf(void* function) {
+  Dl_info info{};
+  if (function != nullptr && dladdr(function, &info) != 0 && info.dli_fname != nullptr) return info.dli_fname;
+  return std::string();
+}
+
+// libnccl from EFCOMM_NCCL_LIBRARY (when set, only there); else a libnccl.so.2 that is already
+// loaded in the process (torch's, CuPy's: one NCCL per process; a second copy of another version
+// would share the process with the first, and where that one's exported symbols are global, the
+// second's internal calls of exported functions could bind to the first's code); else `path`,
+// else libnccl.so.2 on the loader's search path.
 const NcclApi& loadNccl(const std::string& path) {
   std::lock_guard<std::mutex> lk(loadMutex());
   if (loadedApi() != nullptr) return *loadedApi();
-  std::vector<std::string> candidates;
+  struct Candidate {
+    std::string name;
+    int flags;
+    const char* how;
+  };
+  std::vector<Candidate> candidates;
   const char* env = std::getenv(kLibraryVariable);
   const bool fromEnv = env != nullptr && *env != '\0';
   if (fromEnv) {
-    candidates.emplace_back(env);
+    candidates.push_back({env, RTLD_NOW | RTLD_LOCAL, "EFCOMM_NCCL_LIBRARY"});
   } else {
-    if (!path.empty()) candidates.push_back(path);
-    candidates.emplace_back("libnccl.so.2");
+    candidates.push_back({"libnccl.so.2", RTLD_NOW | RTLD_NOLOAD, "already loaded"});
+    if (!path.empty()) candidates.push_back({path, RTLD_NOW | RTLD_LOCAL, "given path"});
+    candidates.push_back({"libnccl.so.2", RTLD_NOW | RTLD_LOCAL, "search path"});
   }
   std::string tried;
-  for (const std::string& candidate : candidates) {
-    void* lib = dlopen(candidate.c_str(), RTLD_NOW | RTLD_LOCAL);
+  for (const Candidate& candidate : candidates) {
+    void* lib = dlopen(candidate.name.c_str(), candidate.flags);
     if (lib == nullptr) {
       const char* why = dlerror();
-      tried += detail::concat(tried.empty() ? "" : "; ", "dlopen(", candidate, "): ", why ? why : "failed");
+      if ((candidate.flags & RTLD_NOLOAD) == 0) {
+        tried += detail::concat(tried.empty() ? "" : "; ", "dlopen(", candidate.name, "): ", why ? why : "failed");
+      }
       continue;
     }
     auto api = std::make_unique<NcclApi>();
     const std::string missing = bindAll(lib, *api);
     if (!missing.empty()) {
-      tried += detail::concat(tried.empty() ? "" : "; ", candidate, " lacks ", missing, " (NCCL older than 2.7?)");
+      tried += detail::concat(tried.empty() ? "" : "; ", candidate.name, " (", candidate.how, ") lacks ", missing,
+                              " (NCCL older than 2.7?)");
       dlclose(lib);
       continue;
     }
     if (api->getVersion(&api->version) != abi::kSuccess) api->version = 0;
-    api->library = candidate;
+    const std::string file = fileOf(reinterpret_cast<void*>(api->getVersion));
+    api->library = file.empty() ? candidate.name : file;
     loadedApi() = api.release();
     return *loadedApi();
   }
@@ -610,9 +653,12 @@ NcclCommunicator::NcclCommunicator(int rank, int size, const NcclUniqueId& id, i
   std::lock_guard<std::mutex> lk(st->mu);
   abi::Result rc;
   if (st->api->commInitRankConfig != nullptr) {
-    abi::ConfigV21700 config{sizeof(abi::ConfigV21700), abi::kApiMagic, 21700, /*blocking=*/0,
-                             abi::kConfigUndefInt, abi::kConfigUndefInt, abi::kConfigUndefInt,
-                             /*netName=*/nullptr, abi::kConfigUndefInt};
+    // `version` tells NCCL which fields are set: never more than this library knows (it then
+    // reads only its own fields, all initialized below).
+    const unsigned int configVersion = std::min(static_cast<unsigned int>(st->api->version), abi::kConfigVersion);
+    constexpr int u = abi::kConfigUndefInt;
+    abi::Config config{sizeof(abi::Config), abi::kApiMagic, configVersion, /*blocking=*/0, u, u, u,
+                       /*netName=*/nullptr, u, u, /*commName=*/nullptr, u, u, u, u, u, u, u, u, u, u, u, u, u, u, u};
     st->blocking = false;
     rc = st->api->commInitRankConfig(&st->comm, size, uid, rank, &config);
   } else {

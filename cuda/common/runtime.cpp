@@ -4,6 +4,10 @@
 #include "common/runtime.hpp"
 
 #include <array>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
@@ -54,12 +58,6 @@ bool isUnavailableError(cudaError_t err) {
   }
 }
 
-int currentDevice() {
-  int dev = 0;
-  EFCOMM_CUDA_CHECK(cudaGetDevice(&dev));
-  return dev;
-}
-
 // Per-thread, per-device resources, freed at thread exit (errors ignored then: the driver may
 // already be shutting down at process exit).
 struct DeviceResources {
@@ -67,6 +65,9 @@ struct DeviceResources {
   std::array<size_t, 8> cap{};
   uint32_t* flagsDevice = nullptr;
   uint32_t* flagsHost = nullptr;
+  HostMailbox::Layout* mailHost = nullptr;
+  HostMailbox::Layout* mailDevice = nullptr;
+  uint32_t* tickets = nullptr;
 };
 
 struct ThreadResources {
@@ -78,6 +79,8 @@ struct ThreadResources {
         if (p) cudaFree(p);
       if (r.flagsDevice) cudaFree(r.flagsDevice);
       if (r.flagsHost) cudaFreeHost(r.flagsHost);
+      if (r.mailHost) cudaFreeHost(r.mailHost);
+      if (r.tickets) cudaFree(r.tickets);
     }
     cudaGetLastError();
   }
@@ -85,7 +88,39 @@ struct ThreadResources {
 
 DeviceResources& resources() {
   thread_local ThreadResources t;
-  return t.byDevice[currentDevice()];
+  thread_local int lastDev = -1;
+  thread_local DeviceResources* last = nullptr;
+  const int dev = currentDevice();
+  if (dev != lastDev || !last) {  // std::map nodes are stable
+    last = &t.byDevice[dev];
+    lastDev = dev;
+  }
+  return *last;
+}
+
+// Device pointers that checkDeviceView accepted recently on this thread (pointer, device):
+// a repeated call with the same tensor skips cudaPointerGetAttributes. Device allocations keep
+// their virtual addresses reserved for the driver, so a cached address cannot turn into host
+// memory.
+struct PointerCache {
+  static constexpr int kSize = 16;
+  const void* ptr[kSize] = {};
+  int dev[kSize] = {};
+  int next = 0;
+  bool has(const void* p, int d) const {
+    for (int i = 0; i < kSize; ++i)
+      if (ptr[i] == p && dev[i] == d) return true;
+    return false;
+  }
+  void add(const void* p, int d) {
+    ptr[next] = p;
+    dev[next] = d;
+    next = (next + 1) % kSize;
+  }
+};
+PointerCache& pointerCache() {
+  thread_local PointerCache c;
+  return c;
 }
 
 DeviceResources& flagResources() {
@@ -109,6 +144,12 @@ DeviceResources& flagResources() {
   throw Error(what);
 }
 
+int currentDevice() {
+  int dev = 0;
+  EFCOMM_CUDA_CHECK(cudaGetDevice(&dev));
+  return dev;
+}
+
 bool built() { return true; }
 int deviceCount() { return probe().count; }
 bool available() { return probe().count > 0; }
@@ -129,6 +170,7 @@ bool cpuContractsFma() {
 }
 
 bool isDevicePointer(const void* p) {
+  if (pointerCache().has(p, currentDevice())) return true;
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, p);
   if (err != cudaSuccess) {
@@ -145,6 +187,8 @@ void checkDeviceView(const ConstTensorView& v, const char* what) {
   itemSize(v.dtype);  // validates the dtype
   if (n == 0 && v.data == nullptr) return;
   EFCOMM_CHECK(v.data != nullptr, what, ": data pointer is null for ", n, " elements");
+  const int cur = currentDevice();
+  if (pointerCache().has(v.data, cur)) return;
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
   if (err != cudaSuccess) cudaGetLastError();
@@ -152,10 +196,133 @@ void checkDeviceView(const ConstTensorView& v, const char* what) {
                what, " is host memory: pass a CUDA tensor (device or managed memory of the current device), "
                "or use the CPU path (efcomm::Compressor) for host arrays");
   if (attr.type == cudaMemoryTypeDevice) {
-    const int dev = currentDevice();
-    EFCOMM_CHECK(attr.device == dev, what, " lives on CUDA device ", attr.device, " but the current device is ",
-                 dev, "; call cudaSetDevice(", attr.device, ") (torch.cuda.set_device) first");
+    EFCOMM_CHECK(attr.device == cur, what, " lives on CUDA device ", attr.device, " but the current device is ",
+                 cur, "; call cudaSetDevice(", attr.device, ") (torch.cuda.set_device) first");
+    pointerCache().add(v.data, cur);
   }
+}
+
+HostMailbox mailbox() {
+  DeviceResources& r = resources();
+  if (!r.mailHost) {
+    void* h = nullptr;
+    EFCOMM_CUDA_CHECK(cudaHostAlloc(&h, sizeof(HostMailbox::Layout), cudaHostAllocMapped));
+    std::memset(h, 0, sizeof(HostMailbox::Layout));
+    void* d = nullptr;
+    const cudaError_t err = cudaHostGetDevicePointer(&d, h, 0);
+    if (err != cudaSuccess) {
+      cudaFreeHost(h);
+      EFCOMM_CUDA_CHECK(err);
+    }
+    r.mailHost = static_cast<HostMailbox::Layout*>(h);
+    r.mailDevice = static_cast<HostMailbox::Layout*>(d);
+  }
+  return {r.mailHost, r.mailDevice};
+}
+
+uint32_t* clearMailboxFlags(int count) {
+  const HostMailbox m = mailbox();
+  EFCOMM_CHECK_T(Error, count >= 1 && count <= HostMailbox::kFlagWords, "flag count ", count, " out of range");
+  // volatile: the device writes these words; the compiler must not keep them in registers.
+  volatile uint32_t* f = m.host->flags;
+  for (int i = 0; i < count; ++i) f[i] = 0;
+  return m.device->flags;
+}
+
+uint32_t* ticketWords() {
+  DeviceResources& r = resources();
+  if (!r.tickets) {
+    EFCOMM_CUDA_CHECK(cudaMalloc(&r.tickets, 8 * sizeof(uint32_t)));
+    EFCOMM_CUDA_CHECK(cudaMemset(r.tickets, 0, 8 * sizeof(uint32_t)));
+  }
+  return r.tickets;
+}
+
+// ---- tracing ---------------------------------------------------------------------------
+
+namespace {
+
+struct Trace {
+  static constexpr int kMarks = 16;
+  bool active = false;
+  const char* call = "";
+  const char* codec = "";
+  int64_t numel = 0;
+  int count = 0;
+  const char* names[kMarks] = {};
+  cudaEvent_t events[kMarks] = {};
+  std::chrono::steady_clock::time_point start, enqueued;
+  ~Trace() {
+    for (cudaEvent_t e : events)
+      if (e) cudaEventDestroy(e);
+  }
+};
+
+Trace& trace() {
+  thread_local Trace t;
+  return t;
+}
+
+}  // namespace
+
+bool traceEnabled() {
+  static const bool on = [] {
+    const char* v = std::getenv("EFCOMM_CUDA_TRACE");
+    return v && *v && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+
+void traceBegin(cudaStream_t stream, const char* call, const char* codec, int64_t numel) {
+  if (!traceEnabled()) return;
+  Trace& t = trace();
+  t.active = true;
+  t.call = call;
+  t.codec = codec;
+  t.numel = numel;
+  t.count = 0;
+  t.start = std::chrono::steady_clock::now();
+  traceMark(stream, "start");
+}
+
+void traceMark(cudaStream_t stream, const char* phase) {
+  if (!traceEnabled()) return;
+  Trace& t = trace();
+  if (!t.active || t.count >= Trace::kMarks) return;
+  cudaEvent_t& e = t.events[t.count];
+  if (!e && cudaEventCreate(&e) != cudaSuccess) {
+    cudaGetLastError();
+    t.active = false;
+    return;
+  }
+  cudaEventRecord(e, stream);
+  t.names[t.count++] = phase;
+  t.enqueued = std::chrono::steady_clock::now();
+}
+
+void traceEnd(size_t messageBytes) {
+  if (!traceEnabled()) return;
+  Trace& t = trace();
+  if (!t.active) return;
+  t.active = false;
+  const auto end = std::chrono::steady_clock::now();
+  auto us = [](auto a, auto b) { return std::chrono::duration<double, std::micro>(b - a).count(); };
+  std::string line = std::string("efcomm-trace ") + t.call + " " + t.codec + " n=" + std::to_string(t.numel) +
+                     " msg=" + std::to_string(messageBytes);
+  char buf[96];
+  for (int i = 1; i < t.count; ++i) {
+    float ms = 0;
+    if (cudaEventSynchronize(t.events[i]) != cudaSuccess ||
+        cudaEventElapsedTime(&ms, t.events[i - 1], t.events[i]) != cudaSuccess) {
+      cudaGetLastError();
+      ms = -1;
+    }
+    std::snprintf(buf, sizeof(buf), " | %s %.1fus", t.names[i], 1000.0 * ms);
+    line += buf;
+  }
+  std::snprintf(buf, sizeof(buf), " | host-enqueue %.1fus | wall %.1fus", us(t.start, t.enqueued), us(t.start, end));
+  line += buf;
+  std::fprintf(stderr, "%s\n", line.c_str());
 }
 
 int smCount() {

@@ -69,4 +69,43 @@ bool cpuContractsFma();
 /// Device memory type of p: true for device or managed memory of any device.
 bool isDevicePointer(const void* p);
 
+/// The current device (cudaGetDevice).
+int currentDevice();
+
+/// Per-thread, per-device pinned host memory mapped into the device's address space, through
+/// which kernels report to the host without a copy: kernels store plain words into it (error
+/// flags, the computed checksum, a copy of a message header); the host reads them after its
+/// one stream synchronization. `host` and `device` address the same bytes.
+struct HostMailbox {
+  static constexpr int kFlagWords = 16;
+  static constexpr int kHeadBytes = 1024;
+  struct Layout {
+    uint32_t flags[kFlagWords];  // error flags of codec kernels (the host zeroes them)
+    uint32_t checksum;           // the checksum readMessage's kernel computed
+    uint32_t pad[3];
+    uint8_t tail[16];            // the last 5 bytes of a message (last payload byte, trailer)
+    uint8_t head[kHeadBytes];    // the first bytes of a message (its header)
+  };
+  Layout* host;
+  Layout* device;
+};
+/// The calling thread's mailbox on the current device (allocated once: cudaHostAlloc mapped).
+HostMailbox mailbox();
+/// Zeroes the first `count` flag words of the mailbox (host stores; call with no kernel of
+/// this thread in flight that writes them) and returns their device address.
+uint32_t* clearMailboxFlags(int count = HostMailbox::kFlagWords);
+
+/// Per-thread, per-device device words for kernels' "last block done" tickets: zero between
+/// kernels (each kernel's last block resets its ticket). Slot 0: the wire checksum; 1-3: codecs.
+uint32_t* ticketWords();
+
+/// Opt-in per-phase timing (environment EFCOMM_CUDA_TRACE=1, read once): traceBegin starts a
+/// call's trace, traceMark records a cudaEvent after the work enqueued so far, traceEnd
+/// (after the call's last synchronization) prints one line to stderr with the time between
+/// marks. All are no-ops (one branch) when tracing is off.
+bool traceEnabled();
+void traceBegin(cudaStream_t stream, const char* call, const char* codec, int64_t numel);
+void traceMark(cudaStream_t stream, const char* phase);
+void traceEnd(size_t messageBytes);
+
 }  // namespace efcomm::cuda

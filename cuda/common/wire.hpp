@@ -13,13 +13,27 @@
 
 namespace efcomm::cuda {
 
-struct DeviceMessageLayout {
-  size_t headerBytes = 0, payloadCapacity = 0;
+/// Headers up to this size travel to the device as a kernel argument.
+constexpr size_t kMaxHeaderImage = 384;
+
+/// A message header's bytes, passed by value to the kernel that writes them.
+struct HeaderImage {
+  uint8_t b[kMaxHeaderImage];
 };
 
-/// Sizes `out` to headerBytes + payloadCapacity + 4 and enqueues the copy of the header bytes
-/// (exactly those of Message::build with these arguments; payload_len 0 until finishMessage).
-/// The payload starts at (uint8_t*)out.data() + headerBytes, 16-byte aligned.
+struct DeviceMessageLayout {
+  size_t headerBytes = 0, payloadCapacity = 0;
+  /// The header bytes not yet written to the device (headers up to kMaxHeaderImage bytes):
+  /// finishMessage/sealMessage write them together with the checksum, in one kernel.
+  bool headerPending = false;
+  HeaderImage header{};
+};
+
+/// Sizes `out` to headerBytes + payloadCapacity + 4 and prepares the header bytes (exactly
+/// those of Message::build with these arguments; payload_len set by finishMessage). The header
+/// is written to the device by finishMessage (headers over kMaxHeaderImage bytes: enqueued
+/// here), so nothing may read it before. The payload starts at (uint8_t*)out.data() +
+/// headerBytes, 16-byte aligned.
 DeviceMessageLayout beginMessage(DeviceBuffer& out, CompressorId id, DType dtype,
                                  const std::vector<int64_t>& shape, uint16_t flags,
                                  const std::vector<uint8_t>& params, size_t payloadCapacity,
@@ -31,6 +45,11 @@ DeviceMessageLayout beginMessage(DeviceBuffer& out, CompressorId id, DType dtype
 /// Returns the message size.
 size_t finishMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize,
                      cudaStream_t stream);
+
+/// The same message sealed in one kernel (two beyond 1 GiB): the header (from the layout, with
+/// payload_len = payloadSize), the chunked CRC32C and the trailer. Enqueues only (uses scratch
+/// slot 7 and ticketWords()[0]). Returns the message size.
+size_t sealMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize, cudaStream_t stream);
 
 /// Enqueues the wire checksum of the `size` device bytes at `data` into the device word
 /// `*result` (4-byte aligned). Uses scratch slot 7.

@@ -35,6 +35,20 @@ inline Frame beginFrame(DeviceBuffer& out, const Compressor& c, const ConstTenso
   return f;
 }
 
+/// Seals the frame's message (header, checksum, trailer: one kernel), synchronizes `stream`
+/// once and returns the message size; `flags` (if not null) receives the first `count` mailbox
+/// flag words the codec's kernels set (clearMailboxFlags before them).
+inline size_t sealAndWait(DeviceBuffer& out, const Frame& f, size_t payloadBytes, cudaStream_t stream,
+                          uint32_t* flags = nullptr, int count = 0) {
+  const size_t size = sealMessage(out, f.layout, payloadBytes, stream);
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (flags) {
+    const volatile uint32_t* m = mailbox().host->flags;
+    for (int i = 0; i < count; ++i) flags[i] = m[i];
+  }
+  return size;
+}
+
 /// The payload of a device message whose header was read by readMessage (msg 16-byte aligned).
 inline const uint8_t* payloadOf(const DeviceMessageHeader& h, const void* msg) {
   return static_cast<const uint8_t*>(msg) + h.headerBytes;

@@ -59,7 +59,31 @@ const void* alignedMessage(const void* msg, size_t size, cudaStream_t stream) {
   return copy;
 }
 
+constexpr int kDecodeCheckWord = HostMailbox::kFlagWords - 1;
+
+const char*& pendingDecodeCheck() {
+  thread_local const char* message = nullptr;
+  return message;
+}
+
+// After the final synchronization of decompress: the deferred content check.
+void finishDecodeChecks() {
+  const char* message = pendingDecodeCheck();
+  if (!message) return;
+  pendingDecodeCheck() = nullptr;
+  const volatile uint32_t* f = mailbox().host->flags;
+  EFCOMM_CHECK_MSG(f[kDecodeCheckWord] == 0, message);
+}
+
 }  // namespace
+
+uint32_t* deferDecodeCheck(const char* message) {
+  const HostMailbox m = mailbox();
+  volatile uint32_t* f = m.host->flags;
+  f[kDecodeCheckWord] = 0;
+  pendingDecodeCheck() = message;
+  return m.device->flags + kDecodeCheckWord;
+}
 
 const DeviceCodec* deviceCodecOrNull(CompressorId id) {
   const Registry& r = registry();
@@ -106,8 +130,15 @@ size_t compress(Compressor& c, const ConstTensorView& x, DeviceBuffer& out, std:
   const DeviceCodec& codec = codecFor(c.id());
   const uint64_t s = c.resolveStep(step);
   const cudaStream_t st = nativeStream(stream);
+  const bool tracing = traceEnabled();
+  std::string name;
+  if (tracing) {
+    name = c.spec();
+    traceBegin(st, "compress", name.c_str(), x.numel());
+  }
   const size_t size = codec.compress(c, x, s, out, st);
-  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (!codec.compressSynchronizes) EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (tracing) traceEnd(size);
   c.advanceStep(s);  // only on success, as Compressor::compress
   return size;
 }
@@ -116,11 +147,17 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
   requireDevice();
   checkDeviceView(out, "decompress: out");
   const cudaStream_t st = nativeStream(stream);
+  const bool tracing = traceEnabled();
+  if (tracing) traceBegin(st, "decompress", "", out.numel());
+  pendingDecodeCheck() = nullptr;
   const DeviceMessageHeader h = readMessage(msg, size, st);
   checkOutput(h, out);
   const DeviceCodec& codec = codecFor(h.id);
   codec.decode(h, alignedMessage(msg, size, st), out, st);
+  traceMark(st, "decode");
   EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+  if (tracing) traceEnd(size);
+  finishDecodeChecks();
 }
 
 void accumulate(const void* msg, size_t size, const TensorView& out, double weight, Stream stream) {
@@ -133,14 +170,20 @@ void accumulate(const void* msg, size_t size, const TensorView& out, double weig
                "accumulate: float32 or float64 output required, got ", dtypeName(out.dtype));
   const DeviceCodec& codec = codecFor(h.id);
   const void* m = alignedMessage(msg, size, st);
+  pendingDecodeCheck() = nullptr;
   if (codec.accumulate) {
     codec.accumulate(h, m, out, weight, st);
   } else {
     void* tmp = scratch(out.nbytes(), 6);
     codec.decode(h, m, {tmp, out.dtype, out.shape}, st);
+    if (pendingDecodeCheck()) {  // the content check before out changes
+      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+      finishDecodeChecks();
+    }
     addScaled(tmp, out, weight, st);
   }
   EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+  finishDecodeChecks();
 }
 
 Message toHost(const void* msg, size_t size, Stream stream) {

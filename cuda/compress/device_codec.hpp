@@ -32,7 +32,18 @@ struct DeviceCodec {
   /// nullptr: decode into scratch slot 6, then add (accumulateDecoded).
   void (*accumulate)(const DeviceMessageHeader& h, const void* msg, const TensorView& out, double weight,
                      cudaStream_t stream) = nullptr;
+  /// True when compress always synchronizes `stream` after its last kernel (compress() then
+  /// adds no synchronization of its own).
+  bool compressSynchronizes = false;
 };
+
+/// For decoders that check payload content inside the decoding kernel instead of a separate
+/// check kernel and synchronization: returns the device address of a zeroed mailbox flag word
+/// for the kernel to set (a plain store of 1); decompress throws CorruptMessageError(message)
+/// after its final synchronization when it is set. `out` may then hold partial results (the
+/// checksum was valid: only a crafted message gets there). Not for accumulate, whose output
+/// must stay unchanged: accumulate paths check before they add.
+uint32_t* deferDecodeCheck(const char* message);
 
 /// The codec of `id`; throws CorruptMessageError if no GPU codec is registered for it.
 const DeviceCodec& deviceCodec(CompressorId id);

@@ -8,23 +8,43 @@ namespace efcomm::cuda {
 
 namespace {
 
-// out = in for n elements; flag 1 when an element is NaN or Inf.
+// out = in for n elements (streaming in 16-byte units, one per lane per row, kStreamUnroll rows
+// per step, loads first: coalesced loads and stores); flag (a mailbox word) when an element is
+// NaN or Inf. kVec: both pointers 16-byte aligned.
 template <typename T, bool kVec>
-__global__ void copyCheckKernel(const T* in, T* out, int64_t n, uint32_t* flag) {
+__global__ void __launch_bounds__(kThreads) copyCheckKernel(const T* in, T* out, int64_t n, uint32_t* flag) {
+  constexpr int U = kStreamUnroll;
+  constexpr int kPer = 16 / static_cast<int>(sizeof(T));  // elements per unit
   uint32_t bad = 0;
-  const int64_t groups = n / 8;
-  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
-    T v[8];
-    load8<T, kVec>(in, g, v);
+  int64_t done = 0;
+  if constexpr (kVec) {
+    const int64_t units = n / kPer;
+    const auto* src = reinterpret_cast<const uint4*>(in);
+    auto* dst = reinterpret_cast<uint4*>(out);
+    const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * U;
+    for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; base < units;
+         base += stride) {
+      uint4 v[U];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) bad |= nonFinite(v[k]);
-    store8<T, kVec>(out, g, v);
+      for (int u = 0; u < U; ++u)
+        if (base + u * kThreads < units) v[u] = __ldg(src + base + u * kThreads);
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        if (base + u * kThreads >= units) break;
+        T e[kPer];
+        memcpy(e, &v[u], 16);
+#pragma unroll
+        for (int k = 0; k < kPer; ++k) bad |= nonFinite(e[k]);
+        dst[base + u * kThreads] = v[u];
+      }
+    }
+    done = units * kPer;
   }
-  for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
+  for (int64_t i = done + globalThread(); i < n; i += gridThreads()) {
     bad |= nonFinite(in[i]);
     out[i] = in[i];
   }
-  raiseFlag(flag, bad);
+  raiseMailFlag(flag, bad);
 }
 
 // out[i] += w * in[i] (T float or double), the CPU's o[i] += w * d[i] with its contraction.
@@ -45,17 +65,19 @@ __global__ void axpyKernel(const T* in, T* out, int64_t n, T w, bool fused) {
 size_t compressIdentity(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer& out, cudaStream_t stream) {
   const int64_t n = x.numel();
   Frame f = beginFrame(out, c, x, {}, x.nbytes(), stream);
-  uint32_t* flags = resetFlags(stream, 1);
+  uint32_t* flags = clearMailboxFlags(1);
   dispatchDType(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     withAlignment({x.data, f.payload}, [&](auto vec) {
-      copyCheckKernel<T, decltype(vec)::value><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(
+      copyCheckKernel<T, decltype(vec)::value><<<streamGrid(static_cast<int64_t>(x.nbytes() / 16) + 1), kThreads, 0, stream>>>(
           static_cast<const T*>(x.data), reinterpret_cast<T*>(f.payload), n, flags);
     });
   });
   EFCOMM_CUDA_CHECK(cudaGetLastError());
-  const size_t size = finishMessage(out, f.layout, x.nbytes(), stream);
-  if (readFlags(stream, 1)[0]) throwNonFinite("identity.compress", x, stream, "non-finite input");
+  traceMark(stream, "copy");
+  uint32_t flag = 0;
+  const size_t size = sealAndWait(out, f, x.nbytes(), stream, &flag, 1);
+  if (flag) throwNonFinite("identity.compress", x, stream, "non-finite input");
   return size;
 }
 
@@ -102,7 +124,7 @@ void addScaled(const void* decoded, const TensorView& out, double weight, cudaSt
 }
 
 DeviceCodec identityDeviceCodec() {
-  return {CompressorId::kIdentity, compressIdentity, decodeIdentity, accumulateIdentity};
+  return {CompressorId::kIdentity, compressIdentity, decodeIdentity, accumulateIdentity, true};
 }
 
 }  // namespace efcomm::cuda

@@ -245,11 +245,14 @@ size_t compress(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer&
   const int64_t k = keepCountOf(c, n);
   const auto run = [&](auto tag) -> size_t {
     using B = typename decltype(tag)::type;
+    Trace tr("topk.compress", n, k, st);
+    Trace* trp = tr.on() ? &tr : nullptr;
     Workspace<B> ws = Workspace<B>::make(n, k);
-    selectTopK(PlainSrc<B>{static_cast<const B*>(x.data)}, n, k, ws, st);
-    const int64_t varints = codeSizes(ws, k, infKey(x.dtype), st);
+    const int64_t varints = selectTopK(plainSrc<B>(x.data), n, k, ws, infKey(x.dtype), st, trp);
     if (varints < 0) throwNonFinite("topk.compress", x, st, "a kept value is not finite");
-    return encodeTopK(ws, n, k, varints, x.dtype, x.shape, out, st);
+    const size_t size = encodeTopK(ws, n, k, varints, x.dtype, x.shape, out, st, trp);
+    tr.print();
+    return size;
   };
   switch (itemSize(x.dtype)) {
     case 2: return run(TypeTag<uint16_t>{});

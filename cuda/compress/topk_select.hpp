@@ -72,13 +72,13 @@ struct Pass {
 };
 
 /// The pass that splits the range [klo, klo + ksize) (ksize a power of two > 1).
-inline Pass makePass(uint64_t klo, uint64_t ksize) {
+EFCOMM_HD inline Pass makePass(uint64_t klo, uint64_t ksize) {
   int rangeBits = 0;
   while ((uint64_t{1} << rangeBits) < ksize) ++rangeBits;
   Pass p;
   p.klo = klo;
   p.last = ksize - 1;
-  p.shift = std::max(0, rangeBits - kRadixBits);
+  p.shift = rangeBits > kRadixBits ? rangeBits - kRadixBits : 0;
   p.nbins = int64_t{1} << (rangeBits - p.shift);
   return p;
 }
@@ -104,14 +104,29 @@ struct Chunks {
   int64_t begin(int64_t b) const { return b * size; }
   int64_t length(int64_t b) const { return std::min(n, (b + 1) * size) - b * size; }
 };
+/// The chunks wanted for n > 0 elements: an upper bound of makeChunks(m).count for m <= n
+/// (the grid of a kernel whose element count is only known on the device).
+EFCOMM_HD inline int64_t chunksWanted(int64_t n) {
+  int64_t want = (n + kMinChunk - 1) / kMinChunk;
+  want = want < kMaxChunks ? want : kMaxChunks;
+  const int64_t atLeast = (n + kMaxChunk - 1) / kMaxChunk;
+  return want > atLeast ? want : atLeast;
+}
+/// makeChunks's size and count (host and device).
+EFCOMM_HD inline void chunkGeometry(int64_t n, int64_t* size, int64_t* count) {
+  if (n <= 0) {
+    *size = 1;
+    *count = 0;
+    return;
+  }
+  const int64_t want = chunksWanted(n);
+  *size = (n + want - 1) / want;
+  *count = (n + *size - 1) / *size;
+}
 inline Chunks makeChunks(int64_t n) {
   Chunks c;
   c.n = n;
-  if (n <= 0) return c;
-  int64_t want = std::min(kMaxChunks, (n + kMinChunk - 1) / kMinChunk);
-  want = std::max(want, (n + kMaxChunk - 1) / kMaxChunk);
-  c.size = (n + want - 1) / want;
-  c.count = (n + c.size - 1) / c.size;
+  chunkGeometry(n, &c.size, &c.count);
   return c;
 }
 
@@ -221,15 +236,43 @@ struct SampleCut {
   uint64_t t = 0;
   int64_t r = 0;
 };
+/// The sample rank r of sampleThreshold for s sample keys.
+inline int64_t sampleRank(int64_t s, int64_t n, int64_t k) {
+  const double expect = static_cast<double>(s) * static_cast<double>(k) / static_cast<double>(n);
+  return std::min(s, static_cast<int64_t>(std::ceil(expect + 4 * std::sqrt(expect))) + 8);
+}
 inline SampleCut sampleThreshold(std::vector<uint64_t>& keys, int64_t n, int64_t k) {
   const int64_t s = static_cast<int64_t>(keys.size());
-  const double expect = static_cast<double>(s) * static_cast<double>(k) / static_cast<double>(n);
   SampleCut c;
-  c.r = std::min(s, static_cast<int64_t>(std::ceil(expect + 4 * std::sqrt(expect))) + 8);
+  c.r = sampleRank(s, n, k);
   std::nth_element(keys.begin(), keys.begin() + (c.r - 1), keys.end(), std::greater<uint64_t>());
   c.t = keys[static_cast<size_t>(c.r - 1)];
   return c;
 }
+/// Candidate list capacity of the device's sampled pass (one list, tiles appended in any order,
+/// then put in index order): twice the expected count r n / kSample plus slack; more candidates
+/// than this (or fewer than k) send the selection to the exact radix path.
+inline int64_t sampleListCapacity(int64_t n, int64_t r) {
+  const double expect = static_cast<double>(n) * static_cast<double>(r) / static_cast<double>(kSample);
+  return std::min<int64_t>(n, static_cast<int64_t>(2 * expect) + 4096);
+}
+
+/// The need-th largest key (1 <= need <= the keys counted) from the 256-bin digit histogram of
+/// the keys matching the current prefix, from the top: returns the digit; *over = keys in higher
+/// digits. The single-block sample select of the device path, one 8-bit digit per round.
+EFCOMM_HD inline int pickDigit(const uint32_t* hist256, int64_t need, int64_t* over) {
+  int64_t cum = 0;
+  for (int d = 255; d > 0; --d) {
+    if (cum + hist256[d] >= need) {
+      *over = cum;
+      return d;
+    }
+    cum += hist256[d];
+  }
+  *over = cum;
+  return 0;
+}
+
 /// Region capacity of a chunk of `len` elements in the sampled collect pass: twice the expected
 /// count plus slack.
 inline int64_t regionCapacity(int64_t len, int64_t r) { return 2 * len * r / kSample + 64; }

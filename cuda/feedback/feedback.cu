@@ -5,13 +5,18 @@
 // With TopK (float32/float64) each step is fused: the vector to compress (v - g, v + e, ...) is
 // computed on the fly inside the selection passes (topk_device.cuh's sources), never stored,
 // and the state is updated only at the k kept indices (plus the element-wise updates a method
-// needs anyway: EF14's e = v + e, EF21-SGDM's momentum, EControl's e). With other compressors the
+// needs anyway: EF14's e = v + e, EF21-SGDM's momentum, EControl's e: one pass each). So EF21 and
+// EF21-W read v and g once (the selection's full pass) and touch g at k indices. Full passes read
+// every array with 16-byte loads when all are 16-byte aligned (element by element otherwise), with
+// the same per-element arithmetic either way (Src::combine). With other compressors the
 // vector is formed in a device buffer, compressed by the compressor's device codec, and the
 // decoded message is added to the state (efcomm::cuda::accumulate), as on the CPU.
 // Every step compresses first and changes the state only after the message exists, so a throw
 // (NonFiniteError) leaves the state unchanged.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -45,23 +50,41 @@ enum Kind : int {
   kEUpdate,     // (b + x) - a           (EControl's update e = (e + v) - h)
 };
 
+__device__ __forceinline__ float subRn(float a, float b) { return __fsub_rn(a, b); }
+__device__ __forceinline__ double subRn(double a, double b) { return __dsub_rn(a, b); }
+
 template <typename T, int K>
 struct Src {
   using Bits = typename topk::BitsOf<sizeof(T)>::type;
+  /// Values per 16-byte load; which state arrays the kind reads (x always).
+  static constexpr int kV = static_cast<int>(16 / sizeof(T));
+  static constexpr bool kReadsA = K != kPlain && K != kScaled && K != kMomentum;
+  static constexpr bool kReadsB = K == kMomentumDiff || K == kMomentum || K == kEControl || K == kEUpdate;
+  static constexpr bool kVecLoads = true;  // topk_device.cuh's loadRun uses loadVec when vecOk
   const T* x;
   const T* a;
   const T* b;
   T c1, c2;
+  bool vecOk = false;  // every array the kind reads is 16-byte aligned (set by makeSrc)
+  /// The element from its inputs. The roundings are explicit (hd.hpp's mulRn/addRn/fmaRn and
+  /// subRn: nothing left for nvcc to contract), fixed to what nvcc's default contraction made
+  /// of the plain expressions before (checked in the SASS): c1 x - a is one fma(c1, x, -a);
+  /// c1 b + c2 x is fma(c1, b, round(c2 x)); (c1 b + x) - a is round(fma(c1, b, x)) - a. The
+  /// contraction of the plain expressions depended on the load order (scalar vs vector loads
+  /// contracted c1 b + c2 x differently), so it is pinned here.
+  __device__ __forceinline__ T combine(T xi, T ai, T bi) const {
+    if constexpr (K == kPlain) return xi;
+    else if constexpr (K == kDiff) return subRn(xi, ai);
+    else if constexpr (K == kScaledDiff) return fmaRn(c1, xi, -ai);
+    else if constexpr (K == kScaled) return mulRn(c1, xi);
+    else if constexpr (K == kSum) return addRn(xi, ai);
+    else if constexpr (K == kMomentumDiff) return subRn(fmaRn(c1, bi, mulRn(c2, xi)), ai);
+    else if constexpr (K == kMomentum) return fmaRn(c1, bi, mulRn(c2, xi));
+    else if constexpr (K == kEControl) return subRn(fmaRn(c1, bi, xi), ai);
+    else return subRn(addRn(bi, xi), ai);
+  }
   __device__ __forceinline__ T value(int64_t i) const {
-    if constexpr (K == kPlain) return x[i];
-    else if constexpr (K == kDiff) return x[i] - a[i];
-    else if constexpr (K == kScaledDiff) return c1 * x[i] - a[i];
-    else if constexpr (K == kScaled) return c1 * x[i];
-    else if constexpr (K == kSum) return x[i] + a[i];
-    else if constexpr (K == kMomentumDiff) return (c1 * b[i] + c2 * x[i]) - a[i];
-    else if constexpr (K == kMomentum) return c1 * b[i] + c2 * x[i];
-    else if constexpr (K == kEControl) return (c1 * b[i] + x[i]) - a[i];
-    else return (b[i] + x[i]) - a[i];
+    return combine(x[i], kReadsA ? a[i] : T(0), kReadsB ? b[i] : T(0));
   }
   __device__ __forceinline__ Bits bits(int64_t i) const {
     const T v = value(i);
@@ -70,11 +93,90 @@ struct Src {
     return u;
   }
   __device__ __forceinline__ int64_t index(int64_t i) const { return i; }
+  /// The kV values from i (a multiple of kV; vecOk): one 16-byte load of each array read.
+  /// ReadOnly: the arrays are not written during the kernel (the selection passes), so the
+  /// non-coherent path may be used; element-wise updates that write in place pass false.
+  template <bool ReadOnly>
+  __device__ __forceinline__ void values(int64_t i, T (&out)[kV]) const {
+    T xv[kV], av[kV], bv[kV];
+    load16<ReadOnly>(x + i, xv);
+    if constexpr (kReadsA) load16<ReadOnly>(a + i, av);
+    if constexpr (kReadsB) load16<ReadOnly>(b + i, bv);
+#pragma unroll
+    for (int e = 0; e < kV; ++e) {
+      T ai = T(0), bi = T(0);
+      if constexpr (kReadsA) ai = av[e];
+      if constexpr (kReadsB) bi = bv[e];
+      out[e] = combine(xv[e], ai, bi);
+    }
+  }
+  /// topk_device.cuh's vector hook (the sampled full pass): kV raw values from i.
+  __device__ __forceinline__ void loadVec(int64_t i, Bits* v) const {
+    T t[kV];
+    values<true>(i, t);
+    memcpy(v, t, sizeof t);
+  }
+
+ private:
+  template <bool ReadOnly>
+  __device__ __forceinline__ static void load16(const T* p, T (&v)[kV]) {
+    uint4 q;
+    if constexpr (ReadOnly) {
+      q = __ldg(reinterpret_cast<const uint4*>(p));
+    } else {
+      q = *reinterpret_cast<const uint4*>(p);
+    }
+    memcpy(v, &q, sizeof q);
+  }
 };
 
-template <typename T, int K>
-__global__ void formKernel(Src<T, K> src, int64_t n, T* out) {
-  for (int64_t i = globalThread(); i < n; i += gridThreads()) out[i] = src.value(i);
+inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+template <typename T>
+struct NoDeduce {
+  using type = T;
+};
+/// A source with vecOk set from the alignment of the arrays its kind reads (T from x).
+template <int K, typename T>
+Src<T, K> makeSrc(const T* x, const typename NoDeduce<T>::type* a, const typename NoDeduce<T>::type* b,
+                  typename NoDeduce<T>::type c1 = T(0), typename NoDeduce<T>::type c2 = T(0)) {
+  Src<T, K> s{x, a, b, c1, c2, false};
+  s.vecOk = aligned16(x) && (!Src<T, K>::kReadsA || aligned16(a)) && (!Src<T, K>::kReadsB || aligned16(b));
+  return s;
+}
+
+/// Element-wise out[i] = src.value(i) (out may be one of src's arrays: each element is read
+/// before it is written, by the same thread). Vec (src.vecOk and out 16-byte aligned): kUnroll
+/// 16-byte groups per thread and grid-stride step, all loads before the stores; the n % kV
+/// tail element by element.
+constexpr int kUnroll = 4;
+template <typename T, int K, bool Vec>
+__global__ void __launch_bounds__(kThreads) formKernel(Src<T, K> src, int64_t n, T* out) {
+  if constexpr (Vec) {
+    constexpr int V = Src<T, K>::kV;
+    const int64_t groups = n / V;
+    const int64_t stride = gridThreads();
+    for (int64_t g0 = globalThread(); g0 < groups; g0 += stride * kUnroll) {
+      T r[kUnroll][V];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t g = g0 + u * stride;
+        if (g < groups) src.template values<false>(g * V, r[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t g = g0 + u * stride;
+        if (g < groups) {
+          uint4 q;
+          memcpy(&q, r[u], sizeof q);
+          *reinterpret_cast<uint4*>(out + g * V) = q;
+        }
+      }
+    }
+    for (int64_t i = groups * V + globalThread(); i < n; i += stride) out[i] = src.value(i);
+  } else {
+    for (int64_t i = globalThread(); i < n; i += gridThreads()) out[i] = src.value(i);
+  }
 }
 
 // state[idx[j]] += w * value j (the CPU's sparse accumulate of a TopK message).
@@ -84,7 +186,22 @@ __global__ void scatterAddKernel(const int64_t* idx, const typename topk::BitsOf
   for (int64_t j = globalThread(); j < k; j += gridThreads()) {
     T v;
     memcpy(&v, &bits[j], sizeof(T));
-    state[idx[j]] += w * v;
+    T& s = state[idx[j]];
+    s = fmaRn(w, v, s);  // state += w v, contracted as before
+  }
+}
+
+// EControl's commit in one launch: e[idx[j]] += -1 * value j, h[idx[j]] += 1 * value j (the
+// same expressions as two scatterAddKernel launches; the arrays are distinct).
+template <typename T>
+__global__ void scatterAdd2Kernel(const int64_t* idx, const typename topk::BitsOf<sizeof(T)>::type* bits, int64_t k,
+                                  T w0, T* state0, T w1, T* state1) {
+  for (int64_t j = globalThread(); j < k; j += gridThreads()) {
+    T v;
+    memcpy(&v, &bits[j], sizeof(T));
+    const int64_t i = idx[j];
+    state0[i] = fmaRn(w0, v, state0[i]);
+    state1[i] = fmaRn(w1, v, state1[i]);
   }
 }
 
@@ -133,7 +250,15 @@ void copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t st) {
 template <typename T, int K>
 void form(const fb::Src<T, K>& src, int64_t n, void* out, cudaStream_t st) {
   if (n == 0) return;
-  fb::formKernel<T, K><<<gridFor(n), kThreads, 0, st>>>(src, n, static_cast<T*>(out));
+  T* o = static_cast<T*>(out);
+  if (src.vecOk && fb::aligned16(out)) {
+    const int64_t per = int64_t{kThreads} * fb::kUnroll * fb::Src<T, K>::kV;
+    const int64_t cap = 8 * static_cast<int64_t>(smCount());
+    const int64_t want = std::max<int64_t>((n + per - 1) / per, 1);
+    fb::formKernel<T, K, true><<<static_cast<unsigned>(std::min(want, cap)), kThreads, 0, st>>>(src, n, o);
+  } else {
+    fb::formKernel<T, K, false><<<gridFor(n), kThreads, 0, st>>>(src, n, o);
+  }
   EFCOMM_CUDA_CHECK(cudaGetLastError());
 }
 
@@ -145,6 +270,15 @@ void scatterAdd(const int64_t* idx, const typename topk::BitsOf<sizeof(T)>::type
   EFCOMM_CUDA_CHECK(cudaGetLastError());
 }
 
+template <typename T>
+void scatterAdd2(const int64_t* idx, const typename topk::BitsOf<sizeof(T)>::type* bits, int64_t k, double w0,
+                 void* state0, double w1, void* state1, cudaStream_t st) {
+  if (k == 0) return;
+  fb::scatterAdd2Kernel<T><<<gridFor(k), kThreads, 0, st>>>(idx, bits, k, static_cast<T>(w0), static_cast<T*>(state0),
+                                                            static_cast<T>(w1), static_cast<T*>(state1));
+  EFCOMM_CUDA_CHECK(cudaGetLastError());
+}
+
 // The fused TopK step on the source `src`: select, check, encode, then `commit(idx, bits, k)`.
 template <typename T, int K, typename Commit>
 size_t fusedTopK(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, DeviceBuffer& out, cudaStream_t st,
@@ -152,16 +286,19 @@ size_t fusedTopK(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, D
   using B = typename topk::BitsOf<sizeof(T)>::type;
   const int64_t n = v.numel();
   const int64_t k = topk::keepCountOf(*im.comp, n);
+  topk::Trace tr("feedback.topk-step", n, k, st);
+  topk::Trace* trp = tr.on() ? &tr : nullptr;
   topk::Workspace<B> ws = topk::Workspace<B>::make(n, k);
-  topk::selectTopK(src, n, k, ws, st);
-  const int64_t varints = topk::codeSizes(ws, k, topk::infKey(v.dtype), st);
+  const int64_t varints = topk::selectTopK(src, n, k, ws, topk::infKey(v.dtype), st, trp);
   if (varints < 0) {
     im.work.resize(v.nbytes());
     form(src, n, im.work.data(), st);
     throwNonFinite("topk.compress", ConstTensorView{im.work.data(), v.dtype, v.shape}, st, "a kept value is not finite");
   }
-  const size_t size = topk::encodeTopK(ws, n, k, varints, v.dtype, v.shape, out, st);
+  const size_t size = topk::encodeTopK(ws, n, k, varints, v.dtype, v.shape, out, st, trp);
   commit(ws.selIdx, ws.selBits, k);
+  tr.mark("commit");
+  tr.print();
   return size;
 }
 
@@ -203,7 +340,7 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
     ConstTensorView target = v;
     if (im.scale != 1) {
       im.work.resize(v.nbytes());
-      form(fb::Src<T, fb::kScaled>{x, nullptr, nullptr, static_cast<T>(im.scale), T(0)}, n, im.work.data(), st);
+      form(fb::makeSrc<fb::kScaled>(x, nullptr, nullptr, static_cast<T>(im.scale)), n, im.work.data(), st);
       target = ConstTensorView{im.work.data(), v.dtype, v.shape};
     }
     const size_t size = ident.compress(*im.identity, target, 0, out, st);
@@ -213,7 +350,7 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
   }
 
   if (name == "ef14") {
-    const fb::Src<T, fb::kSum> src{x, s0, nullptr, T(0), T(0)};
+    const auto src = fb::makeSrc<fb::kSum>(x, s0, nullptr);
     const auto commitE = [&] { form(src, n, s0, st); };  // e = p (in place: p_i reads e_i first)
     if (topk) {
       return fusedTopK(im, src, v, out, st, [&](const int64_t* idx, const auto* bits, int64_t k) {
@@ -229,13 +366,12 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
 
   if (name == "econtrol") {
     const T eta = static_cast<T>(im.cfg.eta);
-    const fb::Src<T, fb::kEUpdate> upd{x, s1, s0, T(0), T(0)};  // e = (e + v) - h
+    const auto upd = fb::makeSrc<fb::kEUpdate>(x, s1, s0);  // e = (e + v) - h
     const auto run = [&](const auto& src) -> size_t {
       if (topk) {
         return fusedTopK(im, src, v, out, st, [&](const int64_t* idx, const auto* bits, int64_t k) {
           form(upd, n, s0, st);
-          scatterAdd<T>(idx, bits, k, -1.0, s0, st);
-          scatterAdd<T>(idx, bits, k, 1.0, s1, st);
+          scatterAdd2<T>(idx, bits, k, -1.0, s0, 1.0, s1, st);
         });
       }
       const size_t size = generic(im, src, v, out, step, st);
@@ -244,8 +380,8 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
       addMessage(out, size, im.view(im.s1), 1.0, st);
       return size;
     };
-    if (im.cfg.eta == 0) return run(fb::Src<T, fb::kDiff>{x, s1, nullptr, T(0), T(0)});
-    return run(fb::Src<T, fb::kEControl>{x, s1, s0, eta, T(0)});
+    if (im.cfg.eta == 0) return run(fb::makeSrc<fb::kDiff>(x, s1, nullptr));
+    return run(fb::makeSrc<fb::kEControl>(x, s1, s0, eta));
   }
 
   // The EF21 family: g += C(target - g).
@@ -256,7 +392,7 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
     if (plainV) {
       copyDevice(s1, x, v.nbytes(), st);
     } else {
-      form(fb::Src<T, fb::kMomentum>{x, nullptr, s1, keep, take}, n, s1, st);
+      form(fb::makeSrc<fb::kMomentum>(x, nullptr, s1, keep, take), n, s1, st);
     }
   };
   const auto run = [&](const auto& src) -> size_t {
@@ -271,9 +407,9 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
     addMessage(out, size, im.view(im.s0), 1.0, st);
     return size;
   };
-  if (!plainV) return run(fb::Src<T, fb::kMomentumDiff>{x, s0, s1, keep, take});
-  if (im.scale != 1) return run(fb::Src<T, fb::kScaledDiff>{x, s0, nullptr, static_cast<T>(im.scale), T(0)});
-  return run(fb::Src<T, fb::kDiff>{x, s0, nullptr, T(0), T(0)});
+  if (!plainV) return run(fb::makeSrc<fb::kMomentumDiff>(x, s0, s1, keep, take));
+  if (im.scale != 1) return run(fb::makeSrc<fb::kScaledDiff>(x, s0, nullptr, static_cast<T>(im.scale)));
+  return run(fb::makeSrc<fb::kDiff>(x, s0, nullptr));
 }
 
 }  // namespace

@@ -74,9 +74,10 @@ class Communicator:
         (``LOCAL_RANK``, or the rank on this node) modulo the device count. ``timeout``: seconds
         for creating it and default timeout of its collectives (None: 300).
 
-        libnccl is loaded at run time: ``EFCOMM_NCCL_LIBRARY``, else the ``nvidia-nccl-cu13``
-        wheel's, else ``libnccl.so.2`` from the system. Without a CUDA build of efcomm, a GPU or
-        libnccl on any rank, every rank raises BackendUnavailable saying which and why.
+        libnccl is loaded at run time: ``EFCOMM_NCCL_LIBRARY``, else the one already loaded in the
+        process (torch's), else the ``nvidia-nccl-cu13`` wheel's, else ``libnccl.so.2`` from the
+        system. Without a CUDA build of efcomm, a GPU or libnccl on any rank, every rank raises
+        BackendUnavailable saying which and why.
         """
         if comm is not None and process_group is not None:
             raise InvalidArgument("Communicator.nccl: give comm (mpi4py) or process_group (torch.distributed), "

@@ -145,13 +145,16 @@ _TYPESTR = {"float32": "<f4", "float64": "<f8", "float16": "<f2"}
 
 
 class _DeviceView:
-    """A borrowed device array (pointer, shape, dtype) exposed through __cuda_array_interface__."""
+    """A borrowed device array (pointer, shape, dtype) exposed through __cuda_array_interface__
+    (v3). It is only read (copied), but it is exported as writable: torch rejects read-only
+    interfaces ("the read only flag is not supported"). "stream": None tells the consumer that no
+    synchronization is needed (the step that wrote the estimate synchronized its stream)."""
 
     def __init__(self, ptr: int, shape: tuple, dtype: str):
         if dtype not in _TYPESTR:
             raise InvalidArgument(f"estimate: a {dtype} device estimate cannot be exported")
-        self.__cuda_array_interface__ = {"data": (int(ptr), True), "shape": tuple(shape), "typestr": _TYPESTR[dtype],
-                                         "strides": None, "version": 3, "stream": None}
+        self.__cuda_array_interface__ = {"data": (int(ptr), False), "shape": tuple(int(s) for s in shape),
+                                         "typestr": _TYPESTR[dtype], "strides": None, "version": 3, "stream": None}
 
 
 def _copy_device_view(view, like):

@@ -384,3 +384,115 @@ TEST(CudaHostTopK, ParallelVarintParse) {
 
 }  // namespace
 }  // namespace efcomm::cuda::topk
+
+namespace efcomm::cuda::topk {
+namespace {
+
+// sampleSelectKernel's rounds (8-bit digits from the top, pickDigit) give nth_element's key.
+uint64_t digitSelect(const std::vector<uint64_t>& keys, int64_t r, int keyBitsOf) {
+  uint64_t prefix = 0, mask = 0;
+  int64_t need = r;
+  for (int shift = (keyBitsOf + 7) / 8 * 8 - 8; shift >= 0; shift -= 8) {
+    uint32_t hist[256] = {};
+    for (uint64_t k : keys)
+      if ((k & mask) == prefix) ++hist[(k >> shift) & 255u];
+    int64_t over = 0;
+    const int d = pickDigit(hist, need, &over);
+    prefix |= static_cast<uint64_t>(d) << shift;
+    need -= over;
+    mask |= uint64_t{255} << shift;
+  }
+  return prefix;
+}
+
+TEST(CudaHostTopK, DeviceSampleSelectEqualsNthElement) {
+  std::mt19937_64 rng(21);
+  for (int kind = 0; kind < 7; ++kind) {
+    const std::vector<uint32_t> v = floatBitsOf(makeData(kind, kSample, rng));
+    std::vector<uint64_t> keys(v.size());
+    for (size_t i = 0; i < v.size(); ++i) keys[i] = magKey(v[i]);
+    for (int64_t n : {kSampleMinElements, int64_t{64} << 20}) {
+      for (int64_t k : {int64_t{1}, n / 1000, n / 100, n / 8}) {
+        std::vector<uint64_t> copy = keys;
+        const SampleCut cut = sampleThreshold(copy, n, k);
+        EXPECT_EQ(cut.r, sampleRank(kSample, n, k));
+        EXPECT_EQ(digitSelect(keys, cut.r, 31), cut.t) << "kind " << kind << " k " << k;
+      }
+    }
+  }
+  std::vector<uint64_t> d(kSample);
+  for (auto& x : d) x = rng() >> 1;
+  std::vector<uint64_t> copy = d;
+  const SampleCut cut = sampleThreshold(copy, int64_t{1} << 30, 1 << 20);
+  EXPECT_EQ(digitSelect(d, cut.r, 63), cut.t);
+}
+
+// The device grids: chunksWanted(n) bounds the chunk count of every m <= n.
+TEST(CudaHostTopK, DeviceChunkGridBoundsEveryShorterList) {
+  for (int64_t n : {int64_t{1}, int64_t{4095}, int64_t{4097}, int64_t{913000}, int64_t{1830000}, int64_t{1} << 26}) {
+    for (int64_t m : {int64_t{1}, n / 3, n / 2 + 1, n - 1, n}) {
+      if (m < 1) continue;
+      const Chunks c = makeChunks(m);
+      EXPECT_LE(c.count, chunksWanted(n)) << n << " " << m;
+      EXPECT_LE(c.count, kMaxChunks);
+      EXPECT_GE(c.count * c.size, m);
+    }
+  }
+}
+
+// pickKernel's rule (thread g owns bins [4g, 4g + 4), prefix sums from the top) is pickBin's;
+// planKernel's clamp is tieQuotas.
+TEST(CudaHostTopK, DevicePickAndPlanRulesMatchTheHost) {
+  std::mt19937_64 rng(4);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t nbins = trial % 3 == 0 ? 128 : 4096;
+    std::vector<uint64_t> totals(static_cast<size_t>(nbins));
+    int64_t sum = 0;
+    for (auto& t : totals) {
+      t = rng() % 5 == 0 ? rng() % 50 : 0;
+      sum += static_cast<int64_t>(t);
+    }
+    if (sum == 0) continue;
+    const int64_t need = 1 + static_cast<int64_t>(rng() % static_cast<uint64_t>(sum));
+    int64_t excl = 0, found = -1, foundOver = 0;
+    for (int g = 1023; g >= 0; --g) {
+      int64_t c[4], s = 0;
+      for (int j = 0; j < 4; ++j) {
+        c[j] = 4 * g + j < nbins ? static_cast<int64_t>(totals[4 * g + j]) : 0;
+        s += c[j];
+      }
+      if ((excl < need && excl + s >= need) || (g == 0 && excl + s < need)) {
+        int64_t over = excl;
+        int bin = 4 * g;
+        for (int j = 3; j >= 0; --j) {
+          if (over + c[j] >= need || j == 0) {
+            bin = 4 * g + j;
+            break;
+          }
+          over += c[j];
+        }
+        EXPECT_EQ(found, -1);
+        found = bin;
+        foundOver = over;
+      }
+      excl += s;
+    }
+    const Pick p = pickBin(totals, need);
+    EXPECT_EQ(found, p.bin);
+    EXPECT_EQ(foundOver, p.over);
+  }
+  const std::vector<int64_t> ties{3, 0, 4, 2};
+  for (int64_t need : {0, 1, 5, 9, 20}) {
+    const std::vector<int64_t> q = tieQuotas(ties, need);
+    int64_t before = 0;
+    for (size_t b = 0; b < ties.size(); ++b) {
+      int64_t x = need - before;
+      x = x < 0 ? 0 : (x > ties[b] ? ties[b] : x);
+      EXPECT_EQ(x, q[b]);
+      before += ties[b];
+    }
+  }
+}
+
+}  // namespace
+}  // namespace efcomm::cuda::topk

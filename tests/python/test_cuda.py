@@ -4,7 +4,13 @@ through compressors, decompress and Feedback, and the NCCL communicator.
 Without a GPU (CI) the tests check that every entry point reports ef.BackendUnavailable clearly
 and that host arrays keep their path; with torch.cuda and a CUDA build of efcomm they check the
 GPU results against the CPU's, zero-copy decoding, Feedback on the device and a one-rank NCCL
-communicator (one GPU: NCCL refuses two ranks on one device)."""
+communicator (one GPU: NCCL refuses two ranks on one device).
+
+The GPU tests run in child processes (test_child_gpu_tests, test_child_nccl_one_rank: pytest on
+this file with EFCOMM_TEST_CUDA_CHILD=1, faulthandler on), so that a crash in native code fails
+one test here, with the child's output, instead of killing the whole run. When the NCCL test
+fails, probes in fresh processes (the system's or the wheel's libnccl; with torch, mpi4py or
+neither imported first) say where a crash comes from."""
 
 from __future__ import annotations
 
@@ -32,7 +38,13 @@ def _torch_cuda() -> bool:
 
 
 TORCH_CUDA = _torch_cuda()
-needs_gpu = pytest.mark.skipif(not TORCH_CUDA, reason="needs torch.cuda and a CUDA build of efcomm with a GPU")
+IN_CHILD = os.environ.get("EFCOMM_TEST_CUDA_CHILD") == "1"
+_NO_GPU = "needs torch.cuda and a CUDA build of efcomm with a GPU"
+# The parent's tests that run the GPU tests in a child process.
+needs_gpu = pytest.mark.skipif(not TORCH_CUDA or IN_CHILD, reason=_NO_GPU if not TORCH_CUDA else "the child itself")
+# The GPU tests proper: only in the child.
+gpu_child = pytest.mark.skipif(not TORCH_CUDA or not IN_CHILD,
+                               reason=_NO_GPU if not TORCH_CUDA else "runs in a child process (test_child_*)")
 without_gpu = pytest.mark.skipif(GPU_PATH, reason="the GPU path is available here")
 
 
@@ -255,7 +267,7 @@ def _decoded_close(spec, got, want):
         np.testing.assert_allclose(got, np.asarray(want), rtol=1e-6, atol=1e-7)
 
 
-@needs_gpu
+@gpu_child
 @pytest.mark.parametrize("spec", H.SPECS)
 def test_gpu_compress_matches_cpu(spec):
     import torch
@@ -283,7 +295,7 @@ def test_gpu_compress_matches_cpu(spec):
     assert gpu.state_dict()["meta"]["step"] == cpu.state_dict()["meta"]["step"] == "6"
 
 
-@needs_gpu
+@gpu_child
 def test_gpu_decompress_is_zero_copy():
     import torch
     c = ef.compressor("quant:bits=8,block=256")
@@ -299,7 +311,7 @@ def test_gpu_decompress_is_zero_copy():
     np.testing.assert_allclose(out.cpu().numpy(), host, rtol=1e-6, atol=1e-7)
 
 
-@needs_gpu
+@gpu_child
 def test_gpu_input_is_read_in_place_and_not_modified():
     import torch
     x = torch.randn(1000, device="cuda")
@@ -308,7 +320,7 @@ def test_gpu_input_is_read_in_place_and_not_modified():
     assert torch.equal(x, before)
 
 
-@needs_gpu
+@gpu_child
 def test_gpu_non_finite_input_raises():
     import torch
     x = torch.randn(100, device="cuda")
@@ -319,7 +331,7 @@ def test_gpu_non_finite_input_raises():
     assert c.state_dict()["meta"]["step"] == "0"
 
 
-@needs_gpu
+@gpu_child
 @pytest.mark.parametrize("fb_spec", ["none", "ef14", "ef21", "ef21:init=compressed", "ef21sgdm", "econtrol"])
 def test_gpu_feedback_matches_cpu(fb_spec):
     import torch
@@ -368,7 +380,7 @@ def _nccl_comm():
     return ef.Communicator.nccl(process_group=dist.group.WORLD, device=0, timeout=60)
 
 
-@needs_gpu
+@gpu_child
 def test_nccl_one_rank_collectives():
     import torch
     comm = _nccl_comm()
@@ -399,3 +411,122 @@ def test_nccl_one_rank_collectives():
     comm.abort("test abort")
     with pytest.raises(ef.CollectiveTimeout):
         comm.allreduce(torch.ones(3, device="cuda"))
+
+
+# ---- the child processes -------------------------------------------------------------------------
+
+_TAIL = 6000  # characters of a child's output quoted in a failure
+
+
+def _text(data) -> str:
+    if data is None:
+        return ""
+    return data.decode(errors="replace") if isinstance(data, bytes) else data
+
+
+def _child_env(**extra) -> dict:
+    env = dict(os.environ, EFCOMM_TEST_CUDA_CHILD="1", PYTHONFAULTHANDLER="1")
+    env.setdefault("NCCL_DEBUG", "WARN")
+    env.update(extra)
+    return env
+
+
+def _run(cmd, timeout, env):
+    """(returncode or None on timeout, stdout, stderr) of a child process."""
+    try:
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        return out.returncode, out.stdout, out.stderr
+    except subprocess.TimeoutExpired as e:
+        return None, _text(e.stdout), _text(e.stderr)
+
+
+def _verdict(rc) -> str:
+    if rc is None:
+        return "timed out"
+    if rc < 0:
+        import signal
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
+
+
+def _pytest_child(selection: str, timeout: float):
+    """Runs this file's tests matching `selection` (-k) in a child pytest; fails with its output."""
+    cmd = [sys.executable, "-X", "faulthandler", "-m", "pytest", os.path.abspath(__file__), "-q", "-rfEs",
+           "--tb=short", "-p", "no:cacheprovider", "-k", selection]
+    rc, out, err = _run(cmd, timeout, _child_env())
+    text = (out + ("\n---- stderr ----\n" + err if err.strip() else ""))
+    return rc, text
+
+
+@needs_gpu
+def test_child_gpu_tests():
+    """The GPU compressor, decompress and Feedback tests, in a child process."""
+    rc, text = _pytest_child("test_gpu_", timeout=300)
+    assert rc == 0, f"the GPU tests' child process failed ({_verdict(rc)}):\n{text[-_TAIL:]}"
+    summary = [ln for ln in text.splitlines() if " passed" in ln or " skipped" in ln][-1:]
+    assert summary and "skipped" not in summary[0], f"the child skipped GPU tests:\n{text[-_TAIL:]}"
+
+
+# A one-rank communicator made by hand in a fresh process, after importing what `stage` names:
+# where a crash comes from (the library, torch's CUDA state, MPI). Prints each step it passed.
+_NCCL_PROBE = r"""
+import os, sys
+stage = sys.argv[1]
+if "torch" in stage:
+    import torch
+    torch.zeros(1, device="cuda")
+    print("torch CUDA ok", torch.__version__, flush=True)
+if "mpi" in stage:
+    from mpi4py import MPI
+    print("MPI ok", MPI.Get_library_version().splitlines()[0], flush=True)
+from efcomm import _core
+from efcomm.comm import _nccl_wheel_library
+lib = _nccl_wheel_library() if "wheel" in stage else ""
+print("loading", repr(lib) if lib else "libnccl.so.2 (search path)" + (": no nvidia-nccl-cu13 wheel" if "wheel" in stage
+      else ""), flush=True)
+version = _core._nccl_version(lib)
+print("NCCL", version, "from", _core._nccl_library(), flush=True)
+uid = _core._nccl_unique_id(lib)
+print("unique id ok", flush=True)
+comm = _core._NcclCommunicator(0, 1, uid, 0, 60.0, lib)
+print("communicator ok", flush=True)
+comm.barrier(0, 60.0).wait(60.0)
+print("barrier ok", flush=True)
+del comm
+print("closed ok", flush=True)
+"""
+
+
+def _nccl_probes() -> str:
+    stages = ["system", "wheel"]
+    if H.has_module("torch"):
+        stages.append("torch+wheel")
+    if H.has_module("mpi4py"):
+        stages.append("mpi+wheel")
+        if H.has_module("torch"):
+            stages.append("torch+mpi+wheel")
+    lines = []
+    for stage in stages:
+        env = _child_env(NCCL_DEBUG=os.environ.get("NCCL_DEBUG", "INFO"))
+        env.pop("EFCOMM_NCCL_LIBRARY", None)
+        rc, out, err = _run([sys.executable, "-X", "faulthandler", "-c", _NCCL_PROBE, stage], 90, env)
+        steps = [ln for ln in out.splitlines() if " NCCL " not in ln]  # the steps, not NCCL_DEBUG's lines
+        if rc == 0:
+            lines.append(f"  {stage}: ok ({'; '.join(steps)})")
+            continue
+        lines.append(f"  {stage}: {_verdict(rc)}; steps passed: {'; '.join(steps) or 'none'}\n"
+                     f"    stdout tail: {out[-1500:]!r}\n    stderr tail: {err[-2500:]!r}")
+    return "\n".join(lines)
+
+
+@needs_gpu
+def test_child_nccl_one_rank():
+    """test_nccl_one_rank_collectives in a child process; on failure, probes say where it broke."""
+    rc, text = _pytest_child("test_nccl_one_rank_collectives", timeout=120)
+    if rc == 0:
+        return
+    pytest.fail(f"the NCCL test's child process failed ({_verdict(rc)}):\n{text[-_TAIL:]}\n"
+                f"---- one-rank probes in fresh processes ----\n{_nccl_probes()}", pytrace=False)

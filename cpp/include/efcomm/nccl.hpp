@@ -4,10 +4,11 @@
 /// of a job (one rank per GPU).
 ///
 /// efcomm does not link NCCL, and needs no `nccl.h` to build: libnccl is loaded at run time
-/// (dlopen), from, in this order, the file named by the environment variable
-/// `EFCOMM_NCCL_LIBRARY`, the `libraryPath` passed here (the Python package passes the
-/// `nvidia-nccl-cu13` wheel's `nvidia/nccl/lib/libnccl.so.2` when that wheel is installed), then
-/// `libnccl.so.2` on the loader's search path. A build without the CUDA kernels, a machine without
+/// (dlopen): the file named by the environment variable `EFCOMM_NCCL_LIBRARY` when it is set (only
+/// that one); else a `libnccl.so.2` already loaded in the process (torch's, CuPy's: one NCCL per
+/// process), else the `libraryPath` passed here (the Python package passes the `nvidia-nccl-cu13`
+/// wheel's `nvidia/nccl/lib/libnccl.so.2` when that wheel is installed), then `libnccl.so.2` on
+/// the loader's search path. A build without the CUDA kernels, a machine without
 /// a GPU and a missing libnccl all give `BackendUnavailable` saying what was tried and how to fix it
 /// (`pip install nvidia-nccl-cu13`).
 ///

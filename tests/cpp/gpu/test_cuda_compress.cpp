@@ -1,6 +1,6 @@
 // GPU compressors of helper A (identity, cast, sign, qsgd, natural, randk, quant) against the
 // CPU path: GPU messages byte-identical to the CPU's (the same draws for the same seed and
-// step; sums in the CPU's order), CPU messages decoded on the GPU equal to the CPU's decoding
+// step; sums in the CPU's order; sign's scale to 1e-12, its bits exactly), CPU messages decoded on the GPU equal to the CPU's decoding
 // and back, accumulate, corrupt and truncated messages, non-finite input with the step counter
 // unchanged, odd sizes and every dtype, the chunked checksum beyond 1 GiB. Skips without a
 // device, except the test of a CUDA build on a machine without one.
@@ -83,6 +83,33 @@ int64_t firstDiff(const std::vector<uint8_t>& a, const std::vector<uint8_t>& b) 
   return -1;
 }
 
+// GPU and CPU messages of the same input: byte-identical, except sign's scale (the GPU sums
+// |x| in another fixed order, cuda.hpp), which must agree to 1e-12 relative, and so the
+// trailer after it. Returns a failure description, or "" when they agree.
+std::string compareMessages(const std::vector<uint8_t>& gpu, const Message& cpu) {
+  const std::vector<uint8_t> ref = gputest::bytesOf(cpu);
+  if (gpu.size() != ref.size()) return "size " + std::to_string(gpu.size()) + " vs " + std::to_string(ref.size());
+  if (cpu.compressorId() != CompressorId::kSign) {
+    const int64_t d = firstDiff(gpu, ref);
+    return d < 0 ? "" : "first differing byte " + std::to_string(d);
+  }
+  const size_t hdr = static_cast<size_t>(cpu.payload() - cpu.data());
+  std::vector<uint8_t> a = gpu, b = ref;
+  double sa, sb;
+  std::memcpy(&sa, a.data() + hdr, 8);
+  std::memcpy(&sb, b.data() + hdr, 8);
+  if (!(std::fabs(sa - sb) <= 1e-12 * std::fabs(sb)))
+    return "sign scale " + std::to_string(sa) + " vs " + std::to_string(sb);
+  std::memset(a.data() + hdr, 0, 8);
+  std::memset(b.data() + hdr, 0, 8);
+  if (sa != sb) {  // the trailer covers the scale
+    std::memset(a.data() + a.size() - 4, 0, 4);
+    std::memset(b.data() + b.size() - 4, 0, 4);
+  }
+  const int64_t d = firstDiff(a, b);
+  return d < 0 ? "" : "first differing byte " + std::to_string(d);
+}
+
 // Decoded bytes of a host message.
 std::vector<uint8_t> cpuDecode(const Message& m) {
   std::vector<uint8_t> out(static_cast<size_t>(m.numel()) * itemSize(m.dtype()));
@@ -113,8 +140,8 @@ void crossCheck(const std::string& spec, DType dt, int64_t n) {
   EXPECT_EQ(gpu->stateDict().meta, cpu->stateDict().meta);  // the step counter advanced alike
   ASSERT_EQ(size, m.size());
   ASSERT_EQ(out.size(), size);
-  const std::vector<uint8_t> gpuBytes = gputest::bytesOf(out, size), cpuBytes = gputest::bytesOf(m);
-  EXPECT_EQ(firstDiff(gpuBytes, cpuBytes), -1) << "GPU message differs from the CPU's";
+  const std::vector<uint8_t> gpuBytes = gputest::bytesOf(out, size);
+  EXPECT_EQ(compareMessages(gpuBytes, m), "") << "GPU message differs from the CPU's";
 
   // The GPU message decodes on the CPU (toHost validates it as Message::fromBytes does).
   const Message g = cuda::toHost(out.data(), size);
@@ -189,14 +216,14 @@ TEST(CudaCompress, MultiDimensionalShapesAndStepsAdvance) {
       const Message m = cpu->compress(ConstTensorView{x.data(), DType::kFloat32, shape});
       cuda::DeviceBuffer out;
       const size_t size = cuda::compress(*gpu, ConstTensorView{dx.p, DType::kFloat32, shape}, out);
-      EXPECT_EQ(gputest::bytesOf(out, size), gputest::bytesOf(m)) << spec << " step " << step;
+      EXPECT_EQ(compareMessages(gputest::bytesOf(out, size), m), "") << spec << " step " << step;
     }
     EXPECT_EQ(gpu->stateDict().meta, cpu->stateDict().meta);
     // An explicit step selects that draw and sets the counter to step + 1.
     const Message m = cpu->compress(ConstTensorView{x.data(), DType::kFloat32, shape}, 41);
     cuda::DeviceBuffer out;
     const size_t size = cuda::compress(*gpu, ConstTensorView{dx.p, DType::kFloat32, shape}, out, 41);
-    EXPECT_EQ(gputest::bytesOf(out, size), gputest::bytesOf(m)) << spec;
+    EXPECT_EQ(compareMessages(gputest::bytesOf(out, size), m), "") << spec;
     EXPECT_EQ(gpu->stateDict().meta.at("step"), "42");
   }
 }

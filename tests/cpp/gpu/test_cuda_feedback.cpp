@@ -109,6 +109,33 @@ TEST(CudaFeedback, LargeInputFusedPath) {
   compareRun("ef14", "topk:ratio=0.01", int64_t{1} << 22, 2, true);
 }
 
+// The fused passes read 16 bytes at a time when every array is 16-byte aligned and one element
+// at a time otherwise: a view one float into its allocation must give the same bytes and state.
+TEST(CudaFeedback, MisalignedInputGivesTheSameResult) {
+  REQUIRE_GPU();
+  const int64_t n = (int64_t{1} << 20) + 3;
+  const auto host = gputest::gaussian<float>(n + 1, 11);
+  Dev buf(host);
+  for (const std::string& method : {"ef21", "ef21sgdm:momentum=0.9", "econtrol:eta=0.1", "ef14"}) {
+    std::vector<std::vector<uint8_t>> msgs[2];
+    std::vector<float> est[2];
+    for (int offset = 0; offset < 2; ++offset) {
+      // The aligned run reads a copy of the same n values at offset 0.
+      Dev aligned(std::vector<float>(host.begin() + 1, host.end()));
+      const float* x = offset ? static_cast<const float*>(buf.p) + 1 : static_cast<const float*>(aligned.p);
+      cuda::DeviceFeedback f(method, "topk:ratio=0.01");
+      cuda::DeviceBuffer out;
+      for (int step = 0; step < 3; ++step) {
+        const size_t size = f.step(ConstTensorView{x, DType::kFloat32, {n}}, out);
+        msgs[offset].push_back(gputest::bytesOf(out, size));
+      }
+      est[offset] = estimateOf(f);
+    }
+    EXPECT_EQ(msgs[0], msgs[1]) << method;
+    EXPECT_EQ(est[0], est[1]) << method;
+  }
+}
+
 TEST(CudaFeedback, GenericCompressors) {
   REQUIRE_GPU();
   for (const std::string& method : methods()) {

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 #include <numeric>
@@ -46,6 +47,8 @@ TEST(CudaNccl, VersionAndLibrary) {
   EXPECT_TRUE(efcomm::ncclBuilt());
   EXPECT_GE(efcomm::ncclVersion(), 20700);
   EXPECT_FALSE(efcomm::ncclLibrary().empty());
+  // For the log: which libnccl these tests ran on (the Python tests may load another one).
+  std::printf("[ NCCL     ] version %d from %s\n", efcomm::ncclVersion(), efcomm::ncclLibrary().c_str());
   const auto a = NcclCommunicator::uniqueId();
   const auto b = NcclCommunicator::uniqueId();
   EXPECT_NE(std::memcmp(a.data(), b.data(), a.size()), 0);
