@@ -99,6 +99,90 @@ EFCOMM_HD inline uint32_t crcChunkFinish(uint32_t x, uint32_t partial, uint64_t 
   return ~reg;
 }
 
+// ---- Row-strided decomposition (the kernels since issue 8) -------------------------------
+//
+// The bytes of a chunk are read as little-endian words w_k (k < n = len / 4), then t = len % 4
+// tail bytes. Word k at byte offset 4k contributes w_k * x^(8 (4n - 4k)) to the register of the
+// n words from 0 (raw(0, D) = XOR of each byte's value times x^(8 * its distance to the end)).
+// A warp reads rows of kCrcRowWords consecutive words (one per lane, coalesced); lane l of a
+// work item (segment s: rows of words s * kCrcSegWords + 32 r + l) runs the chain
+//   c <- c * G ^ w,   G = x^(8 kCrcRowBytes),
+// whose multiplication by the constant G is 4 byte-table lookups (crcRowStep, tables
+// CrcRowTables, which a kernel replicates per lane in shared memory: no bank conflicts, one
+// lookup per data byte). After its last word k_last the lane's chain is XOR of w_k * G^(...),
+// so its contribution is c * x^(8 (4n - 4 k_last)) = crcMulModP(c, x4[n - k_last]) with the
+// table x4[i] = x^(32 i) (crcX4Table, i <= kCrcChunkWords). The chunk's word register is the
+// XOR of all lanes' contributions; then raw = rawWords * x^(8t) ^ raw(tail) and the chunk CRC
+// is ~(raw ^ ~0 * x^(8 len)). The CRC of the chunk-CRC array (<= kCrcChunkWords words) uses
+// the same rows, with its words computed from the chunk registers.
+constexpr uint32_t kCrcRowWords = 32;                              // one word per warp lane
+constexpr uint32_t kCrcRowBytes = 4 * kCrcRowWords;                // 128
+constexpr uint32_t kCrcSegRows = 128;                              // rows per warp work item
+constexpr uint32_t kCrcSegWords = kCrcRowWords * kCrcSegRows;      // 4096 words (16 KiB)
+constexpr uint32_t kCrcChunkWords = static_cast<uint32_t>(kCrcChunk / 4);  // 16384
+constexpr uint32_t kCrcSegsPerChunk = kCrcChunkWords / kCrcSegWords;       // 4
+static_assert(kCrcChunkWords % kCrcSegWords == 0, "segments tile a chunk");
+
+// Work-item sizes (since issue 8's second round): a unit is `rows` consecutive rows of a chunk
+// (16, 32, 64 or kCrcSegRows = 128; one lane's chain over them), so a chunk has
+// kCrcChunkRows / rows units and unit s of a chunk covers words [s * 32 rows, (s + 1) * 32 rows).
+// A lane's contribution is still c * x4[n - k_last], whatever the unit size. Small messages are
+// latency-bound (few units per resident warp), so crcUnitRows picks the largest size that gives
+// every resident warp at least kCrcUnitsPerWarp units, down to kCrcMinUnitRows.
+constexpr uint32_t kCrcChunkRows = kCrcChunkWords / kCrcRowWords;  // 512
+constexpr uint32_t kCrcMinUnitRows = 16;
+constexpr uint32_t kCrcUnitsPerWarp = 4;
+
+EFCOMM_HD inline uint32_t crcUnitRows(uint64_t size, uint64_t residentWarps) {
+  const uint64_t chunks = (size + kCrcChunk - 1) / kCrcChunk;
+  uint32_t rows = kCrcSegRows;
+  while (rows > kCrcMinUnitRows && chunks * (kCrcChunkRows / rows) < uint64_t{kCrcUnitsPerWarp} * residentWarps)
+    rows /= 2;
+  return rows;
+}
+
+/// t[b][v] = (v << 8b) * x^(8 kCrcRowBytes) mod P: the register c times G is the XOR of
+/// t[b][byte b of c] over the 4 bytes.
+struct CrcRowTables {
+  uint32_t t[4][256];
+};
+
+EFCOMM_HD constexpr CrcRowTables makeCrcRowTables() {
+  CrcRowTables r{};
+  // G = x^(8 * 128) = x^(8 2^7)
+  uint32_t g = kCrcOne >> 8;  // x^8
+  for (int k = 0; k < 7; ++k) g = crcMulModP(g, g);
+  for (int b = 0; b < 4; ++b)
+    for (uint32_t v = 0; v < 256; ++v) r.t[b][v] = crcMulModP(v << (8 * b), g);
+  return r;
+}
+
+/// One row step of a lane's chain: c * G ^ w. `tab` is CrcRowTables::t flattened, entry
+/// e = 256 b + v at tab[e * stride] (kernels pass their lane's replica with stride 32).
+EFCOMM_HD inline uint32_t crcRowStep(uint32_t c, uint32_t w, const uint32_t* tab, int stride = 1) {
+  const uint32_t a = tab[(c & 255u) * stride];
+  const uint32_t b = tab[(256u + ((c >> 8) & 255u)) * stride];
+  const uint32_t d = tab[(512u + ((c >> 16) & 255u)) * stride];
+  const uint32_t e = tab[(768u + (c >> 24)) * stride];
+  return a ^ b ^ d ^ e ^ w;
+}
+
+/// out[i] = x^(32 i) mod P for i < count (out[0] = 1): the shift by i words.
+EFCOMM_HD inline void crcX4Table(uint32_t* out, uint32_t count) {
+  uint32_t v = kCrcOne;
+  for (uint32_t i = 0; i < count; ++i) {
+    out[i] = v;
+    v = crcZeroBits(v, 32);
+  }
+}
+
+/// The CRC32C of a chunk (or any byte string) of len = 4 n + t bytes from its word register
+/// (XOR of the lanes' contributions), the raw register of its t < 4 tail bytes, and
+/// init = ~0 * x^(8 len) mod P.
+EFCOMM_HD inline uint32_t crcFromWordRegister(uint32_t words, uint32_t tailRaw, uint32_t t, uint32_t init) {
+  return ~(crcZeroBits(words, static_cast<int>(8 * t)) ^ tailRaw ^ init);
+}
+
 /// CRC32C of A || B from crc(A), crc(B) and |B| (zlib crc32_combine).
 EFCOMM_HD inline uint32_t crcCombine(uint32_t crcA, uint32_t crcB, uint64_t lenB, const uint32_t* pow2) {
   return crcShift(crcA, lenB, pow2) ^ crcB;

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
+#include <vector>
 
 #include "common/bytes.hpp"
 #include "common/hd_crc.hpp"
@@ -16,122 +18,279 @@ namespace efcomm::cuda {
 
 namespace {
 
-// The CRC constants, computed by the compiler (constexpr) for host and device alike.
+// The CRC constants (hd_crc.hpp). pow2 (crcShift, beyond 1 GiB only) is computed by the
+// compiler; the row tables go to constant memory (every block copies them into per-lane shared
+// replicas) and the word-shift table x4 to global memory, once per device (prepareDevice).
 __device__ const CrcTables kDevCrc = makeCrcTables();
+constexpr CrcTables kHostCrc = makeCrcTables();
+constexpr CrcRowTables kHostRow = makeCrcRowTables();
+__constant__ uint32_t kRowTab[4 * 256];
+__device__ uint32_t gX4[kCrcChunkWords + 1];
 
-constexpr int kCrcThreads = static_cast<int>(kCrcSlicesPerChunk);  // one thread per slice
-constexpr size_t kMaxParamHeader = 384;  // headers up to this size travel as a kernel argument
+constexpr int kCrcThreads = 1024;  // 32 warps; one block per multiprocessor (shared tables)
+constexpr int kCrcWarps = kCrcThreads / 32;
+constexpr size_t kRowTabBytes = sizeof(uint32_t) * 4 * 256 * 32;  // 128 KiB: a replica per lane
 constexpr uint64_t kMaxElements = uint64_t{1} << 56;
-
-struct HeaderBytes {
-  uint8_t b[kMaxParamHeader];
-};
-
-__global__ void writeHeaderKernel(uint8_t* dst, HeaderBytes h, uint32_t n) {
-  for (uint32_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = h.b[i];
-}
+// Chunk CRCs whose array's CRC the seal kernel's last block finishes (its words fit x4).
+constexpr uint64_t kOneLevelChunks = kCrcChunkWords;
 
 __global__ void patchU64Kernel(uint8_t* dst, uint64_t v) {
   if (threadIdx.x < 8) dst[threadIdx.x] = static_cast<uint8_t>(v >> (8 * threadIdx.x));
 }
 
-__device__ __forceinline__ uint32_t blockXor512(uint32_t v, uint32_t* part) {
+// How a kernel loads the bytes it checksums: through the read-only cache (bytes no thread of
+// the kernel writes), from L2 (bytes other blocks of the kernel wrote), or plainly (bytes this
+// block wrote before a __syncthreads).
+enum class Ld { kNc, kCg, kPlain };
+
+template <Ld L>
+__device__ __forceinline__ uint32_t load4(const uint32_t* p) {
+  if constexpr (L == Ld::kNc) return __ldg(p);
+  else if constexpr (L == Ld::kCg) return __ldcg(p);
+  else return *p;
+}
+template <Ld L>
+__device__ __forceinline__ uint8_t load1(const uint8_t* p) {
+  if constexpr (L == Ld::kNc) return __ldg(p);
+  else if constexpr (L == Ld::kCg) return __ldcg(p);
+  else return *p;
+}
+
+// The little-endian word at data + off (off a multiple of 4); mis = data % 4 (kAligned: 0).
+// Unaligned words are funnel-shifted from the two aligned words that hold their bytes.
+template <bool kAligned, Ld L>
+__device__ __forceinline__ uint32_t loadWord(const uint8_t* data, uint64_t off, uint32_t mis) {
+  if constexpr (kAligned) {
+    return load4<L>(reinterpret_cast<const uint32_t*>(data + off));
+  } else {
+    const auto* q = reinterpret_cast<const uint32_t*>(data + off - mis);
+    if (mis == 0) return load4<L>(q);
+    return __funnelshift_r(load4<L>(q), load4<L>(q + 1), 8 * mis);
+  }
+}
+
+// A lane's chain step through its replica of the row tables (entry e at tab[32 e]).
+__device__ __forceinline__ uint32_t rowStep(uint32_t c, uint32_t w, const uint32_t* tab) {
+  return crcRowStep(c, w, tab, 32);
+}
+
+// One warp work item: lane's contribution to the word register of the chunk at `chunk`
+// (n words) from unit s of `rows` rows (a multiple of 16; hd_crc.hpp); the caller XORs the
+// lanes. Full units are software-pipelined: the next 16 rows' loads are issued before the
+// current 16 rows' chain steps, so 16 to 32 words per lane are in flight.
+template <bool kAligned, Ld L>
+__device__ __forceinline__ uint32_t segmentContribution(const uint8_t* chunk, uint32_t mis, uint32_t n, uint32_t s,
+                                                        uint32_t rows, const uint32_t* tab) {
+  const uint32_t lane = threadIdx.x & 31;
+  const uint32_t unitWords = kCrcRowWords * rows;
+  const uint32_t k0 = s * unitWords + lane;
+  uint32_t c = 0, last;
+  if ((s + 1) * unitWords <= n) {
+    constexpr uint32_t kBatch = 16;
+    uint32_t wa[kBatch], wb[kBatch];
+#define EFCOMM_CRC_LOAD(w, r0)                                                         \
+  _Pragma("unroll") for (uint32_t j = 0; j < kBatch; ++j) w[j] =                       \
+      loadWord<kAligned, L>(chunk, 4ull * (k0 + kCrcRowWords * ((r0) + j)), mis);
+#define EFCOMM_CRC_STEP(w) _Pragma("unroll") for (uint32_t j = 0; j < kBatch; ++j) c = rowStep(c, w[j], tab);
+    EFCOMM_CRC_LOAD(wa, 0)
+    for (uint32_t r0 = 0; r0 < rows; r0 += 2 * kBatch) {
+      const bool second = r0 + kBatch < rows;
+      if (second) { EFCOMM_CRC_LOAD(wb, r0 + kBatch) }
+      EFCOMM_CRC_STEP(wa)
+      if (second) {
+        if (r0 + 2 * kBatch < rows) { EFCOMM_CRC_LOAD(wa, r0 + 2 * kBatch) }
+        EFCOMM_CRC_STEP(wb)
+      }
+    }
+#undef EFCOMM_CRC_LOAD
+#undef EFCOMM_CRC_STEP
+    last = k0 + kCrcRowWords * (rows - 1);
+  } else {
+    if (k0 >= n) return 0;
+    uint32_t k = k0;
+    for (; k < n; k += kCrcRowWords) c = rowStep(c, loadWord<kAligned, L>(chunk, 4ull * k, mis), tab);
+    last = k - kCrcRowWords;
+  }
+  return crcMulModP(c, __ldg(gX4 + (n - last)));
+}
+
+__device__ __forceinline__ void initRowTables(uint32_t* tab) {
+  // Entry e's 32 replicas are the words tab[32 e .. 32 e + 31]: 8 uint4 stores of the same value.
+  auto* t4 = reinterpret_cast<uint4*>(tab);
+  for (int i = threadIdx.x; i < 4 * 256 * 8; i += blockDim.x) {
+    const uint32_t v = kRowTab[i >> 3];
+    t4[i] = make_uint4(v, v, v, v);
+  }
+}
+
+// XOR over the block (all threads call it); the result in every thread of warp 0.
+__device__ __forceinline__ uint32_t blockXor(uint32_t v, uint32_t* part) {
   v = __reduce_xor_sync(0xffffffffu, v);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   if (lane == 0) part[warp] = v;
   __syncthreads();
   uint32_t r = 0;
-  if (warp == 0) {
-    r = lane < (kCrcThreads / 32) ? part[lane] : 0u;
-    r = __reduce_xor_sync(0xffffffffu, r);
-  }
-  __syncthreads();  // part[] is reused by the next call
-  return r;         // valid in warp 0
+  if (warp == 0) r = __reduce_xor_sync(0xffffffffu, lane < static_cast<int>(blockDim.x >> 5) ? part[lane] : 0u);
+  __syncthreads();
+  return r;
 }
 
-// Raw register (from 0) of `len` bytes at p through the lane's nibble table replica
-// (entry e at tab[32 e]); kAligned: p is 16-byte aligned and len a multiple of 16.
-template <bool kAligned>
-__device__ __forceinline__ uint32_t sliceRaw(const uint8_t* p, uint32_t len, const uint32_t* tab) {
-  uint32_t c = 0;
-  auto word = [&](uint32_t w) { c = crcWord(c, w, tab, 32); };
-  uint32_t i = 0;
-  if (kAligned) {
-    const uint4* q = reinterpret_cast<const uint4*>(p);
-    for (; i + 16 <= len; i += 16) {
-      const uint4 v = __ldg(q + i / 16);
-      word(v.x);
-      word(v.y);
-      word(v.z);
-      word(v.w);
+struct SealArgs {
+  const uint8_t* data = nullptr;  // the bytes to checksum
+  uint64_t size = 0;
+  uint8_t* header = nullptr;      // where block 0 writes the header image first, or nullptr
+  uint32_t headerBytes = 0;
+  uint32_t* partials = nullptr;   // unitsPerChunk words per chunk: the units' word registers
+  uint32_t unitRows = kCrcSegRows;             // rows per unit (crcUnitRows)
+  uint32_t unitsPerChunk = kCrcSegsPerChunk;   // kCrcChunkRows / unitRows (a power of 2, >= 4)
+  uint32_t unitShift = 2;                      // log2(unitsPerChunk)
+  uint32_t* ticket = nullptr;     // zero; the last block resets it
+  bool finish = false;            // chunks <= kOneLevelChunks: the last block finishes
+  uint32_t fullInit = 0;          // ~0 * x^(8 kCrcChunk)
+  uint32_t lastInit = 0;          // ~0 * x^(8 len) for the last chunk's len
+  uint32_t arrayInit = 0;         // ~0 * x^(8 * 4 chunks)
+  uint8_t* sumOut = nullptr;      // the checksum's 4 bytes (little-endian, any alignment), or nullptr
+  HostMailbox::Layout* mail = nullptr;  // the checksum, the first headCopy bytes and `tail`, or nullptr
+  uint32_t headCopy = 0;
+  const uint8_t* tail = nullptr;  // 5 bytes copied to mail->tail
+};
+
+// Publishes the checksum (and readMessage's header copy) from the finishing block.
+__device__ void publish(const SealArgs& a, uint32_t sum) {
+  if (threadIdx.x == 0) {
+    if (a.sumOut)
+      for (int b = 0; b < 4; ++b) a.sumOut[b] = static_cast<uint8_t>(sum >> (8 * b));
+    if (a.mail) {
+      a.mail->checksum = sum;
+      for (int b = 0; b < 5; ++b) a.mail->tail[b] = a.tail[b];
     }
   }
-  for (; i + 4 <= len; i += 4)
-    word(static_cast<uint32_t>(p[i]) | static_cast<uint32_t>(p[i + 1]) << 8 |
-         static_cast<uint32_t>(p[i + 2]) << 16 | static_cast<uint32_t>(p[i + 3]) << 24);
-  for (; i < len; ++i) c = crcByte(c, p[i]);
-  return c;
+  if (a.mail)
+    for (uint32_t i = threadIdx.x; i < a.headCopy; i += blockDim.x) a.mail->head[i] = a.data[i];
 }
 
-// out[c] = CRC32C of chunk c (kCrcChunk bytes, the last one shorter) of data[0, size).
-// One block of kCrcThreads threads per chunk (grid-stride over chunks), one thread per slice.
+// The CRC32C of chunk j of `chunks` from its segments' word registers (written by other blocks
+// of this kernel or an earlier one) and, for the last chunk, its tail bytes.
+__device__ __forceinline__ uint32_t chunkCrcAt(const SealArgs& a, uint64_t j, uint64_t chunks) {
+  const uint32_t* p = a.partials + uint64_t{a.unitsPerChunk} * j;
+  uint32_t words = 0;  // all loads in flight at once (predicated, unitsPerChunk <= 32)
+#pragma unroll
+  for (uint32_t s = 0; s < kCrcChunkRows / kCrcMinUnitRows; ++s)
+    if (s < a.unitsPerChunk) words ^= __ldcg(p + s);
+  if (j + 1 < chunks) return ~(words ^ a.fullInit);
+  const uint64_t start = j * kCrcChunk;
+  const uint32_t len = static_cast<uint32_t>(a.size - start), t = len & 3u;
+  uint32_t tailRaw = 0;
+  for (uint32_t i = len - t; i < len; ++i) tailRaw = crcByte(tailRaw, load1<Ld::kCg>(a.data + start + i));
+  return crcFromWordRegister(words, tailRaw, t, a.lastInit);
+}
+
+// Word register (hd_crc.hpp) of the `count` (<= kCrcChunkWords) words word(k), computed by the
+// whole block: warp w takes a run of rows; the result in warp 0.
+template <class Word>
+__device__ __forceinline__ uint32_t blockWordRegister(uint64_t count, const uint32_t* tab, uint32_t* part,
+                                                      Word word) {
+  const uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const uint32_t rows = static_cast<uint32_t>((count + kCrcRowWords - 1) / kCrcRowWords);
+  const uint32_t per = (rows + kCrcWarps - 1) / kCrcWarps;
+  const uint32_t r1 = min(rows, (warp + 1) * per);
+  uint32_t c = 0;
+  int64_t last = -1;
+  for (uint32_t r0 = warp * per; r0 < r1; r0 += 8) {
+    uint32_t w[8];
+#pragma unroll
+    for (uint32_t j = 0; j < 8; ++j) {
+      const uint64_t k = uint64_t{kCrcRowWords} * (r0 + j) + lane;
+      w[j] = (r0 + j < r1 && k < count) ? word(k) : 0u;
+    }
+#pragma unroll
+    for (uint32_t j = 0; j < 8; ++j) {
+      const uint64_t k = uint64_t{kCrcRowWords} * (r0 + j) + lane;
+      if (r0 + j < r1 && k < count) {
+        c = rowStep(c, w[j], tab);
+        last = static_cast<int64_t>(k);
+      }
+    }
+  }
+  const uint32_t v = last < 0 ? 0u : crcMulModP(c, __ldg(gX4 + (count - static_cast<uint64_t>(last))));
+  return blockXor(v, part);
+}
+
+// The checksum kernel: block 0 first writes the header image (compress). Warps take work items
+// (unit s of chunk ch, item g = unitsPerChunk ch + s; consecutive items on different
+// multiprocessors) and store their word registers; with `finish`, the last block to finish
+// computes the checksum (the CRC32C of the chunk-CRC array, or the one chunk's CRC) and
+// publishes it.
 template <bool kAligned>
-__global__ void __launch_bounds__(kCrcThreads) crcChunksKernel(const uint8_t* data, uint64_t size, uint32_t* out) {
-  __shared__ uint32_t tab[8 * 16 * 32];  // nibble tables, one replica per lane (no bank conflicts)
-  __shared__ uint32_t part[2][kCrcThreads / 32];
-  for (int e = threadIdx.x; e < 8 * 16 * 32; e += blockDim.x) tab[e] = kDevCrc.nib[e / 512][(e / 32) % 16];
+__global__ void __launch_bounds__(kCrcThreads, 1) sealKernel(SealArgs a, HeaderImage h) {
+  extern __shared__ uint4 rowTabShared[];  // kRowTabBytes
+  __shared__ uint32_t part[kCrcWarps];
+  __shared__ bool last;
+  uint32_t* tab = reinterpret_cast<uint32_t*>(rowTabShared);
+  initRowTables(tab);
+  const bool writesHeader = a.header && blockIdx.x == 0;
+  if (writesHeader)
+    for (uint32_t i = threadIdx.x; i < a.headerBytes; i += blockDim.x) a.header[i] = h.b[i];
   __syncthreads();
   const uint32_t* mine = tab + (threadIdx.x & 31);
-  const uint64_t chunks = (size + kCrcChunk - 1) / kCrcChunk;
-  for (uint64_t ch = blockIdx.x; ch < chunks; ch += gridDim.x) {
+  const uint32_t warp = threadIdx.x >> 5;
+  const uint32_t mis = kAligned ? 0u : static_cast<uint32_t>(reinterpret_cast<uintptr_t>(a.data) & 3u);
+  const uint64_t chunks = (a.size + kCrcChunk - 1) / kCrcChunk;
+  const uint64_t items = chunks << a.unitShift;
+  for (uint64_t g = uint64_t{warp} * gridDim.x + blockIdx.x; g < items; g += uint64_t{gridDim.x} * kCrcWarps) {
+    const uint64_t ch = g >> a.unitShift;
+    const uint32_t s = static_cast<uint32_t>(g & (a.unitsPerChunk - 1));
     const uint64_t start = ch * kCrcChunk;
-    const uint32_t len = static_cast<uint32_t>(size - start < kCrcChunk ? size - start : kCrcChunk);
-    const uint32_t q = len / kCrcSlice, r = len % kCrcSlice, i = threadIdx.x;
-    uint32_t x = 0, partial = 0;
-    const uint8_t* p = data + start + static_cast<uint64_t>(i) * kCrcSlice;
-    if (i < q) {
-      x = crcMulModP(sliceRaw<kAligned>(p, kCrcSlice, mine), kDevCrc.slice[q - 1 - i]);
-    } else if (i == q && r) {
-      partial = sliceRaw<false>(p, r, mine);
-    }
-    x = blockXor512(x, part[0]);
-    partial = blockXor512(partial, part[1]);
-    if (threadIdx.x == 0) out[ch] = crcChunkFinish(x, partial, len, kDevCrc.pow2);
+    const uint32_t n = static_cast<uint32_t>((a.size - start < kCrcChunk ? a.size - start : kCrcChunk) / 4);
+    uint32_t v = (writesHeader && g == 0)
+                     ? segmentContribution<kAligned, Ld::kPlain>(a.data + start, mis, n, s, a.unitRows, mine)
+                     : segmentContribution<kAligned, Ld::kNc>(a.data + start, mis, n, s, a.unitRows, mine);
+    v = __reduce_xor_sync(0xffffffffu, v);
+    if ((threadIdx.x & 31) == 0) a.partials[g] = v;
   }
+  if (!a.finish) return;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(a.ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  uint32_t sum = 0;
+  if (chunks == 1) {
+    if (threadIdx.x == 0) sum = chunkCrcAt(a, 0, 1);
+  } else if (chunks > 1) {
+    const uint32_t words =
+        blockWordRegister(chunks, mine, part, [&](uint64_t k) { return chunkCrcAt(a, k, chunks); });
+    sum = ~(words ^ a.arrayInit);
+  }
+  if (threadIdx.x == 0) *a.ticket = 0;
+  publish(a, sum);
 }
 
-// The CRC32C of a buffer of `total` bytes from the CRCs of its `count` chunks (kCrcChunk bytes
-// each, the last one shorter), written little-endian to dst[0..4).
-__global__ void crcFinishKernel(const uint32_t* crcs, uint64_t count, uint64_t total, uint8_t* dst) {
+// Messages beyond 1 GiB: the chunk CRCs into crcs[] (one thread each) ...
+__global__ void chunkCrcsKernel(SealArgs a, uint64_t chunks, uint32_t* crcs) {
+  for (uint64_t j = blockIdx.x * uint64_t{blockDim.x} + threadIdx.x; j < chunks; j += uint64_t{gridDim.x} * blockDim.x)
+    crcs[j] = chunkCrcAt(a, j, chunks);
+}
+
+// ... then (sealKernel over the crcs array, without finish) the pieces' word registers, joined
+// here: the CRC32C of the `total`-byte array from its pieces of kCrcChunk bytes (whole words).
+__global__ void level2FinishKernel(SealArgs pub, const uint32_t* partials, uint32_t unitsPerChunk, uint64_t pieces,
+                                   uint64_t total) {
   __shared__ uint32_t part[32];
   uint32_t v = 0;
-  for (uint64_t j = threadIdx.x; j < count; j += blockDim.x) {
-    const uint64_t end = (j + 1) * kCrcChunk < total ? (j + 1) * kCrcChunk : total;
-    v ^= crcShift(crcs[j], total - end, kDevCrc.pow2);
+  for (uint64_t i = threadIdx.x; i < pieces; i += blockDim.x) {
+    uint32_t raw = 0;
+    for (uint32_t s = 0; s < unitsPerChunk; ++s) raw ^= partials[uint64_t{unitsPerChunk} * i + s];
+    const uint64_t end = (i + 1) * kCrcChunk < total ? (i + 1) * kCrcChunk : total;
+    v ^= crcShift(raw, total - end, kDevCrc.pow2);
   }
-  v = __reduce_xor_sync(0xffffffffu, v);
-  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    uint32_t r = 0;
-    for (int w = 0; w < static_cast<int>(blockDim.x >> 5); ++w) r ^= part[w];
-    for (int b = 0; b < 4; ++b) dst[b] = static_cast<uint8_t>(r >> (8 * b));
-  }
+  const uint32_t words = blockXor(v, part);
+  publish(pub, ~(words ^ pub.arrayInit));
 }
 
 uint64_t chunkCount(uint64_t size) { return (size + kCrcChunk - 1) / kCrcChunk; }
-
-void launchChunks(const uint8_t* data, uint64_t size, uint32_t* out, cudaStream_t stream) {
-  const uint64_t chunks = chunkCount(size);
-  if (chunks == 0) return;
-  const int grid = static_cast<int>(std::min<uint64_t>(chunks, 4 * static_cast<uint64_t>(smCount())));
-  if (isAligned(data, 16)) {
-    crcChunksKernel<true><<<grid, kCrcThreads, 0, stream>>>(data, size, out);
-  } else {
-    crcChunksKernel<false><<<grid, kCrcThreads, 0, stream>>>(data, size, out);
-  }
-  EFCOMM_CUDA_CHECK(cudaGetLastError());
-}
 
 size_t headerBytesFor(int ndim, size_t paramsSize) {
   return (kFixedHeaderBytes + 8 * static_cast<size_t>(ndim) + paramsSize + 15) / 16 * 16;
@@ -149,35 +308,101 @@ void copyToDeviceKeepingSource(void* dst, std::vector<uint8_t> bytes, cudaStream
       stream, [](void* p) { delete static_cast<std::vector<uint8_t>*>(p); }, keep));
 }
 
-}  // namespace
+// The tables in device memory and the kernels' shared memory limit, once per device.
+void prepareDevice() {
+  static std::mutex mu;
+  static std::vector<char> ready;
+  const int dev = currentDevice();
+  std::lock_guard<std::mutex> lock(mu);
+  if (static_cast<size_t>(dev) < ready.size() && ready[dev]) return;
+  static const std::vector<uint32_t> x4 = [] {
+    std::vector<uint32_t> v(kCrcChunkWords + 1);
+    crcX4Table(v.data(), static_cast<uint32_t>(v.size()));
+    return v;
+  }();
+  EFCOMM_CUDA_CHECK(cudaMemcpyToSymbol(kRowTab, &kHostRow.t[0][0], sizeof(kRowTab)));
+  EFCOMM_CUDA_CHECK(cudaMemcpyToSymbol(gX4, x4.data(), sizeof(gX4)));
+  // Pageable copies may return before the DMA lands: wait for them once.
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy));
+  EFCOMM_CUDA_CHECK(
+      cudaFuncSetAttribute(sealKernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kRowTabBytes)));
+  EFCOMM_CUDA_CHECK(cudaFuncSetAttribute(sealKernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kRowTabBytes)));
+  if (ready.size() <= static_cast<size_t>(dev)) ready.resize(static_cast<size_t>(dev) + 1, 0);
+  ready[dev] = 1;
+}
 
-namespace {
-
-// The wire checksum of data[0, size) into the 4 bytes at dst (any alignment); nullptr: into a
-// word of scratch slot 7, whose address is returned.
-uint8_t* checksumInto(const void* data, size_t size, uint8_t* dst, cudaStream_t stream) {
-  const auto* p = static_cast<const uint8_t*>(data);
-  const uint64_t chunks = chunkCount(size);
-  const uint64_t level2 = chunks > 1 ? chunkCount(4 * chunks) : 0;
-  auto* crcs = static_cast<uint32_t*>(scratch(4 * (chunks + level2 + 1), 7));
-  if (!dst) dst = reinterpret_cast<uint8_t*>(crcs + chunks + level2);
-  launchChunks(p, size, crcs, stream);
-  if (chunks <= 1) {
-    // Up to one chunk the checksum is the plain CRC32C (0 for no bytes).
-    crcFinishKernel<<<1, 32, 0, stream>>>(crcs, chunks, size, dst);
-  } else {
-    // The CRC32C of the little-endian u32 array of chunk CRCs, itself computed by chunks.
-    launchChunks(reinterpret_cast<const uint8_t*>(crcs), 4 * chunks, crcs + chunks, stream);
-    crcFinishKernel<<<1, 256, 0, stream>>>(crcs + chunks, level2, 4 * chunks, dst);
-  }
+void launchSeal(const SealArgs& a, const HeaderImage& h, bool aligned, uint64_t chunks, cudaStream_t stream) {
+  const uint64_t items = chunks * a.unitsPerChunk;
+  const unsigned grid = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(items, smCount())));
+  if (aligned) sealKernel<true><<<grid, kCrcThreads, kRowTabBytes, stream>>>(a, h);
+  else sealKernel<false><<<grid, kCrcThreads, kRowTabBytes, stream>>>(a, h);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
-  return dst;
+}
+
+// Enqueues the seal kernel (and beyond 1 GiB the second level) over a.data[0, a.size), with
+// a.partials, a.ticket, a.finish and the init constants filled in here.
+// The unit layout (hd_crc.hpp, crcUnitRows) for `size` bytes on this device.
+void setUnits(SealArgs& a) {
+  a.unitRows = crcUnitRows(a.size, static_cast<uint64_t>(smCount()) * kCrcWarps);
+  a.unitsPerChunk = kCrcChunkRows / a.unitRows;
+  a.unitShift = 0;
+  while ((1u << a.unitShift) < a.unitsPerChunk) ++a.unitShift;
+}
+
+void enqueueChecksum(SealArgs a, const HeaderImage* h, cudaStream_t stream) {
+  prepareDevice();
+  setUnits(a);
+  const uint64_t chunks = chunkCount(a.size);
+  const bool twoLevels = chunks > kOneLevelChunks;
+  const uint64_t pieces = twoLevels ? chunkCount(4 * chunks) : 0;
+  SealArgs l2;
+  l2.size = 4 * chunks;
+  setUnits(l2);
+  // partials | (two levels) chunk CRCs | the pieces' partials
+  auto* words = static_cast<uint32_t*>(scratch(
+      4 * (uint64_t{a.unitsPerChunk} * chunks + (twoLevels ? chunks + uint64_t{l2.unitsPerChunk} * pieces : 0) + 1),
+      7));
+  const uint32_t* pow2 = kHostCrc.pow2;
+  a.partials = words;
+  a.ticket = ticketWords();
+  a.finish = !twoLevels;
+  a.fullInit = crcShift(0xffffffffu, kCrcChunk, pow2);
+  a.lastInit = chunks ? crcShift(0xffffffffu, a.size - (chunks - 1) * kCrcChunk, pow2) : 0;
+  a.arrayInit = crcShift(0xffffffffu, 4 * chunks, pow2);
+  SealArgs pub = a;
+  if (twoLevels) {  // the first level only; publication after the second
+    a.sumOut = nullptr;
+    a.mail = nullptr;
+  }
+  static const HeaderImage kNoHeader{};
+  const HeaderImage& hi = h ? *h : kNoHeader;
+  if (!h) a.header = nullptr;
+  launchSeal(a, hi, isAligned(a.data, 4), chunks, stream);
+  if (twoLevels) {
+    uint32_t* crcs = words + uint64_t{a.unitsPerChunk} * chunks;
+    uint32_t* partials2 = crcs + chunks;
+    const unsigned g = static_cast<unsigned>(std::min<uint64_t>((chunks + 255) / 256, 4 * static_cast<uint64_t>(smCount())));
+    chunkCrcsKernel<<<g, 256, 0, stream>>>(a, chunks, crcs);
+    EFCOMM_CUDA_CHECK(cudaGetLastError());
+    l2.data = reinterpret_cast<const uint8_t*>(crcs);
+    l2.partials = partials2;
+    l2.ticket = a.ticket;
+    l2.finish = false;
+    launchSeal(l2, kNoHeader, true, pieces, stream);
+    level2FinishKernel<<<1, 1024, 0, stream>>>(pub, partials2, l2.unitsPerChunk, pieces, 4 * chunks);
+    EFCOMM_CUDA_CHECK(cudaGetLastError());
+  }
 }
 
 }  // namespace
 
 void deviceWireChecksum(const void* data, size_t size, uint32_t* result, cudaStream_t stream) {
-  checksumInto(data, size, reinterpret_cast<uint8_t*>(result), stream);
+  SealArgs a;
+  a.data = static_cast<const uint8_t*>(data);
+  a.size = size;
+  a.sumOut = reinterpret_cast<uint8_t*>(result);
+  enqueueChecksum(a, nullptr, stream);
 }
 
 DeviceMessageLayout beginMessage(DeviceBuffer& out, CompressorId id, DType dtype, const std::vector<int64_t>& shape,
@@ -186,29 +411,46 @@ DeviceMessageLayout beginMessage(DeviceBuffer& out, CompressorId id, DType dtype
   const Message m = Message::build(id, dtype, shape, flags, params, 0);  // validates; header only
   const size_t hdr = static_cast<size_t>(m.payload() - m.data());
   out.resize(hdr + payloadCapacity + 4);
-  auto* dst = static_cast<uint8_t*>(out.data());
-  if (hdr <= kMaxParamHeader) {
-    HeaderBytes h{};
-    std::memcpy(h.b, m.data(), hdr);
-    writeHeaderKernel<<<1, 128, 0, stream>>>(dst, h, static_cast<uint32_t>(hdr));
-    EFCOMM_CUDA_CHECK(cudaGetLastError());
+  DeviceMessageLayout layout;
+  layout.headerBytes = hdr;
+  layout.payloadCapacity = payloadCapacity;
+  if (hdr <= kMaxHeaderImage) {
+    std::memcpy(layout.header.b, m.data(), hdr);
+    layout.headerPending = true;
   } else {
-    copyToDeviceKeepingSource(dst, std::vector<uint8_t>(m.data(), m.data() + hdr), stream);
+    copyToDeviceKeepingSource(out.data(), std::vector<uint8_t>(m.data(), m.data() + hdr), stream);
   }
-  return {hdr, payloadCapacity};
+  return layout;
 }
 
-size_t finishMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize, cudaStream_t stream) {
+size_t sealMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize, cudaStream_t stream) {
   EFCOMM_CHECK_T(Error, payloadSize <= layout.payloadCapacity, "payload of ", payloadSize,
                  " bytes exceeds the reserved capacity ", layout.payloadCapacity);
   const size_t size = layout.headerBytes + payloadSize + 4;
   EFCOMM_CHECK_T(Error, out.capacity() >= size, "message buffer smaller than the message");
   out.resize(size);
   auto* b = static_cast<uint8_t*>(out.data());
-  patchU64Kernel<<<1, 32, 0, stream>>>(b + 24, payloadSize);
-  EFCOMM_CUDA_CHECK(cudaGetLastError());
-  deviceWireChecksum(b, size - 4, reinterpret_cast<uint32_t*>(b + size - 4), stream);
+  SealArgs a;
+  a.data = b;
+  a.size = size - 4;
+  a.sumOut = b + size - 4;
+  if (layout.headerPending) {
+    HeaderImage h = layout.header;
+    for (int i = 0; i < 8; ++i) h.b[24 + i] = static_cast<uint8_t>(static_cast<uint64_t>(payloadSize) >> (8 * i));
+    a.header = b;
+    a.headerBytes = static_cast<uint32_t>(layout.headerBytes);
+    enqueueChecksum(a, &h, stream);
+  } else {
+    patchU64Kernel<<<1, 32, 0, stream>>>(b + 24, payloadSize);
+    EFCOMM_CUDA_CHECK(cudaGetLastError());
+    enqueueChecksum(a, nullptr, stream);
+  }
+  traceMark(stream, "seal");
   return size;
+}
+
+size_t finishMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_t payloadSize, cudaStream_t stream) {
+  return sealMessage(out, layout, payloadSize, stream);
 }
 
 DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t stream) {
@@ -217,16 +459,23 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
   EFCOMM_CHECK(msg != nullptr && isDevicePointer(msg),
                "message is not in device memory: pass a CUDA buffer, or use efcomm::Message for host bytes");
   const auto* dmsg = static_cast<const uint8_t*>(msg);
-  // Enqueue everything at once and synchronize once: the checksum over [0, size - 4) (safe on
-  // any bytes), the header prefix, the trailer and the last payload byte.
-  const uint8_t* sum = checksumInto(dmsg, size - 4, nullptr, stream);
-  std::vector<uint8_t> head(std::min<size_t>(size, 512));
-  uint8_t tail[5];
-  uint32_t computed = 0;
-  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(head.data(), dmsg, head.size(), cudaMemcpyDeviceToHost, stream));
-  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(tail, dmsg + size - 5, 5, cudaMemcpyDeviceToHost, stream));
-  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(&computed, sum, 4, cudaMemcpyDeviceToHost, stream));
+  // One kernel and one synchronization: the checksum over [0, size - 4) (safe on any bytes),
+  // the header prefix, the trailer and the last payload byte, all into the mapped mailbox.
+  const HostMailbox mail = mailbox();
+  SealArgs a;
+  a.data = dmsg;
+  a.size = size - 4;
+  a.mail = mail.device;
+  a.headCopy = static_cast<uint32_t>(std::min<size_t>(size, HostMailbox::kHeadBytes));
+  a.tail = dmsg + size - 5;
+  enqueueChecksum(a, nullptr, stream);
+  traceMark(stream, "verify");
   EFCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  traceMark(stream, "verify-sync");
+  std::vector<uint8_t> head(mail.host->head, mail.host->head + a.headCopy);
+  uint8_t tail[5];
+  std::memcpy(tail, mail.host->tail, 5);
+  const uint32_t computed = mail.host->checksum;
 
   // The checks of Message::parseHeader, in its order.
   const uint8_t* b = head.data();

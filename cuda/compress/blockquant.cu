@@ -34,6 +34,9 @@ int lanesFor(int64_t block) {
   return g;
 }
 
+// The fast kernels' layout: one group of 8 per lane (block = 8 lanesFor(block)), float compute.
+bool fastLayout(int64_t block, DType dt) { return block == 8 * lanesFor(block) && dt != DType::kFloat64; }
+
 __device__ __forceinline__ int64_t numBlocksDev(int64_t d, int64_t block) { return (d + block - 1) / block; }
 
 template <typename C>
@@ -120,7 +123,164 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
       }
     }
   }
-  raiseFlag(flag, bad);
+  raiseMailFlag(flag, bad);
+}
+
+// ---- the fast path: one group of 8 per lane (block = 8 G, block <= 256), float compute ----
+//
+// A warp holds 32 / G quantization blocks per row and kStreamUnroll rows per step, loaded
+// before any arithmetic, and keeps them in registers: one read of x. min/max are plain float
+// reductions over the G lanes: equal non-zero values have equal bits, so the CPU's tie order
+// only matters for zeros, whose sign is then taken from the zero of smallest CPU rank (a second
+// reduction, only for blocks whose min or max is zero).
+
+// The CPU's rank of in-block index i (< 2^32) as 32 bits: element 0 first, then by (i % 16, i / 16).
+__device__ __forceinline__ uint32_t rank32(uint32_t i) { return (i & 15u) << 28 | i >> 4; }
+
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_t d, int G, int bits, bool fused,
+                                                             uint8_t* scales, uint8_t* codes, uint32_t* flag) {
+  constexpr int U = kStreamUnroll;
+  const int lane = threadIdx.x & 31, sub = lane & (G - 1);
+  const int64_t block = 8 * static_cast<int64_t>(G);
+  const int64_t nb = (d + block - 1) / block;
+  const int64_t groups = (d + 7) / 8;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  const uint32_t levels = (1u << bits) - 1;
+  uint32_t bad = 0;
+  // Step s covers warp rows [s U, s U + U) of 32 groups each: group index row * 32 + lane.
+  for (int64_t row0 = warp * U; row0 * 32 < groups; row0 += warps * U) {
+    T v[U][8];
+    int count[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t g = (row0 + u) * 32 + lane;
+      count[u] = g < groups ? (d - 8 * g < 8 ? static_cast<int>(d - 8 * g) : 8) : 0;
+      if (count[u] == 8) {
+        load8<T, kVec>(in, g, v[u]);
+      } else {
+#pragma unroll
+        for (int k = 0; k < 8; ++k) v[u][k] = k < count[u] ? in[8 * g + k] : T{};
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t g = (row0 + u) * 32 + lane;
+      const int64_t b = g / G;  // this lane's quantization block (g = b G + sub)
+      float lo = INFINITY, hi = -INFINITY;
+      float x[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        x[k] = DElem<T>::load(v[u][k]);
+        if (k < count[u]) {
+          bad |= nonFinite(v[u][k]);
+          lo = fminf(lo, x[k]);
+          hi = fmaxf(hi, x[k]);
+        }
+      }
+      for (int o = 1; o < G; o <<= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+      }
+      // Zeros: the sign of the zero of smallest rank (min over rank << 1 | sign bit).
+      const bool zeroBound = (lo == 0.0f || hi == 0.0f);
+      if (__any_sync(0xffffffffu, zeroBound)) {
+        uint64_t best = ~uint64_t{0};
+#pragma unroll
+        for (int k = 0; k < 8; ++k)
+          if (k < count[u] && x[k] == 0.0f) {
+            const uint64_t key = static_cast<uint64_t>(rank32(static_cast<uint32_t>(8 * sub + k))) << 1 |
+                                 (floatBits(x[k]) >> 31);
+            best = key < best ? key : best;
+          }
+        for (int o = 1; o < G; o <<= 1) {
+          const uint64_t other = __shfl_xor_sync(0xffffffffu, best, o);
+          best = other < best ? other : best;
+        }
+        const float zero = (best & 1u) ? -0.0f : 0.0f;
+        if (lo == 0.0f) lo = zero;
+        if (hi == 0.0f) hi = zero;
+      }
+      if (count[u] == 0 && sub == 0) continue;  // a block past the end (this lane's group too)
+      if (b >= nb) continue;
+      if (sub == 0) *reinterpret_cast<float2*>(scales + 8 * b) = make_float2(lo, hi);
+      if (count[u] == 0) continue;
+      const QuantAffine<float> f = quantAffine(lo, hi, static_cast<int>(levels), fused);
+      uint64_t word = 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (k < count[u]) word |= static_cast<uint64_t>(quantCode(x[k], f, fused)) << (k * bits);
+      uint8_t* dst = codes + g * bits;
+      if (count[u] == 8) {
+        if (bits == 8) *reinterpret_cast<uint2*>(dst) = make_uint2(static_cast<uint32_t>(word), static_cast<uint32_t>(word >> 32));
+        else if (bits == 4) *reinterpret_cast<uint32_t*>(dst) = static_cast<uint32_t>(word);
+        else *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(word);
+      } else {
+        for (int q = 0; q < (count[u] * bits + 7) / 8; ++q) dst[q] = static_cast<uint8_t>(word >> (8 * q));
+      }
+    }
+  }
+  raiseMailFlag(flag, bad);
+}
+
+// Fast decode (float compute, any block): units of 4 elements (a block is a multiple of 8, so
+// a unit never straddles two), each lane one unit per row: its 4 codes, its block's (min, max),
+// one coalesced 16-byte store (float32). A block with invalid scales sets `flag` (a deferred
+// check) and is not written.
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scales, const uint8_t* codes, int64_t d,
+                                                             int64_t block, int bits, bool fused, T* out,
+                                                             uint32_t* flag) {
+  constexpr int U = kStreamUnroll;
+  const int64_t units = (d + 3) / 4;
+  const int64_t unitsPerBlock = block / 4;
+  const uint32_t cmask = (1u << bits) - 1;
+  uint32_t bad = 0;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * U;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; base < units; base += stride) {
+    uint32_t word[U];
+    float2 sc[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t h = base + u * kThreads;
+      word[u] = 0;
+      sc[u] = make_float2(0.f, 0.f);
+      if (h < units) {
+        if (4 * h + 4 <= d) {
+          if (bits == 8) word[u] = __ldg(reinterpret_cast<const uint32_t*>(codes) + h);
+          else if (bits == 4) word[u] = __ldg(reinterpret_cast<const uint16_t*>(codes) + h);
+          else word[u] = __ldg(codes + h);
+        } else {
+          // The last, short unit: its codes start at bit 4 h bits (a whole byte: 4 bits is even).
+          const int count = static_cast<int>(d - 4 * h);
+          const uint8_t* p = codes + (4 * h * bits) / 8;
+          for (int q = 0; q < (count * bits + 7) / 8; ++q) word[u] |= static_cast<uint32_t>(p[q]) << (8 * q);
+        }
+        sc[u] = __ldg(reinterpret_cast<const float2*>(scales) + h / unitsPerBlock);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t h = base + u * kThreads;
+      if (h >= units) break;
+      const float lo = sc[u].x, hi = sc[u].y;
+      if (!(isfinite(lo) && isfinite(hi) && lo <= hi)) {
+        bad = 1;
+        continue;
+      }
+      const QuantAffine<float> f = quantAffine(lo, hi, static_cast<int>(cmask), fused);
+      T o[4];
+#pragma unroll
+      for (int k = 0; k < 4; ++k) o[k] = DElem<T>::store(quantValue((word[u] >> (k * bits)) & cmask, f, fused));
+      if (4 * h + 4 <= d) {
+        store4<T, kVec>(out, h, o);
+      } else {
+        for (int k = 0; 4 * h + k < d; ++k) out[4 * h + k] = o[k];
+      }
+    }
+  }
+  raiseMailFlag(flag, bad);
 }
 
 template <typename C>
@@ -195,20 +355,28 @@ size_t compressQuant(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBu
   Frame f = beginFrame(out, c, x, paramBytes(p), bytes, stream);
   const int64_t nb = numBlocks(d, p.block);
   uint8_t* codes = f.payload + static_cast<size_t>(nb) * 2 * scaleBytes(x.dtype);
-  uint32_t* flags = resetFlags(stream, 1);
+  uint32_t* flags = clearMailboxFlags(1);
   const int G = lanesFor(p.block);
   if (nb > 0) {
     dispatchDType(x.dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       withAlignment({x.data}, [&](auto vec) {
-        encodeKernel<T, decltype(vec)::value><<<blocksFor(nb * G), kThreads, 0, stream>>>(
-            static_cast<const T*>(x.data), d, p.block, p.bits, G, cpuContractsFma(), f.payload, codes, flags);
+        constexpr bool kVec = decltype(vec)::value;
+        if (fastLayout(p.block, x.dtype)) {
+          encodeFastKernel<T, kVec><<<streamGrid((d + 7) / 8), kThreads, 0, stream>>>(
+              static_cast<const T*>(x.data), d, G, p.bits, cpuContractsFma(), f.payload, codes, flags);
+        } else {
+          encodeKernel<T, kVec><<<blocksFor(nb * G), kThreads, 0, stream>>>(
+              static_cast<const T*>(x.data), d, p.block, p.bits, G, cpuContractsFma(), f.payload, codes, flags);
+        }
       });
     });
     EFCOMM_CUDA_CHECK(cudaGetLastError());
   }
-  const size_t size = finishMessage(out, f.layout, bytes, stream);
-  if (readFlags(stream, 1)[0]) throwNonFinite("quant.compress", x, stream, "non-finite input");
+  traceMark(stream, "quant");
+  uint32_t flag = 0;
+  const size_t size = sealAndWait(out, f, bytes, stream, &flag, 1);
+  if (flag) throwNonFinite("quant.compress", x, stream, "non-finite input");
   return size;
 }
 
@@ -234,6 +402,21 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
   if (nb == 0) return;
   const uint8_t* scales = payloadOf(h, msg);
   const uint8_t* codes = scales + static_cast<size_t>(nb) * 2 * scaleBytes(h.dtype);
+  const int G = lanesFor(p.block);
+  const char* invalid = "quant: a block has invalid scales (not finite, or min > max)";
+  if (h.dtype != DType::kFloat64) {
+    // The scale check inside the decoding kernel, reported after decompress's synchronization.
+    uint32_t* flag = deferDecodeCheck(invalid);
+    dispatchDType(out.dtype, [&](auto tag) {
+      using T = typename decltype(tag)::type;
+      withAlignment({out.data}, [&](auto vec) {
+        decodeFastKernel<T, decltype(vec)::value><<<streamGrid((d + 3) / 4), kThreads, 0, stream>>>(
+            scales, codes, d, p.block, p.bits, cpuContractsFma(), static_cast<T*>(out.data), flag);
+      });
+    });
+    EFCOMM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
   uint32_t* flags = resetFlags(stream, 1);
   if (h.dtype == DType::kFloat64) {
     checkScalesKernel<double><<<blocksFor(nb), kThreads, 0, stream>>>(reinterpret_cast<const double*>(scales), nb, flags);
@@ -241,8 +424,7 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
     checkScalesKernel<float><<<blocksFor(nb), kThreads, 0, stream>>>(reinterpret_cast<const float*>(scales), nb, flags);
   }
   EFCOMM_CUDA_CHECK(cudaGetLastError());
-  EFCOMM_CHECK_MSG(readFlags(stream, 1)[0] == 0, "quant: a block has invalid scales (not finite, or min > max)");
-  const int G = lanesFor(p.block);
+  EFCOMM_CHECK_MSG(readFlags(stream, 1)[0] == 0, invalid);
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     withAlignment({out.data}, [&](auto vec) {
@@ -255,6 +437,8 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
 
 }  // namespace
 
-DeviceCodec blockquantDeviceCodec() { return {CompressorId::kBlockQuant, compressQuant, decodeQuant, nullptr}; }
+DeviceCodec blockquantDeviceCodec() {
+  return {CompressorId::kBlockQuant, compressQuant, decodeQuant, nullptr, true};
+}
 
 }  // namespace efcomm::cuda

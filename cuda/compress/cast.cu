@@ -17,48 +17,72 @@ __device__ __forceinline__ uint16_t narrow(float v) {
 }
 __device__ __forceinline__ float widen(uint16_t b, bool bf16) { return bf16 ? hdBf16ToFloat(b) : hdF16ToFloat(b); }
 
+// One streaming pass: kStreamUnroll groups of 8 per thread per step, loads first (16-byte
+// vector loads when kVec, 16-byte stores: the payload is 16-byte aligned); flag (a mailbox word)
+// when a result has an all-ones exponent.
 template <typename T, bool kBf16, bool kVec>
-__global__ void castKernel(const T* in, uint16_t* out, int64_t n, uint32_t* flag) {
+__global__ void __launch_bounds__(kThreads) castKernel(const T* in, uint16_t* out, int64_t n, uint32_t* flag) {
   constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
+  constexpr int U = kStreamUnroll;
   uint32_t bad = 0;
   const int64_t groups = n / 8;
-  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
-    T v[8];
-    load8<T, kVec>(in, g, v);
-    uint16_t o[8];
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * U;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; base < groups; base += stride) {
+    T v[U][8];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      o[k] = narrow<kBf16>(static_cast<float>(DElem<T>::load(v[k])));
-      bad |= (o[k] & kMask) == kMask;
+    for (int u = 0; u < U; ++u)
+      if (base + u * kThreads < groups) load8<T, kVec>(in, base + u * kThreads, v[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * kThreads >= groups) break;
+      uint16_t o[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        o[k] = narrow<kBf16>(static_cast<float>(DElem<T>::load(v[u][k])));
+        bad |= (o[k] & kMask) == kMask;
+      }
+      store8<uint16_t, true>(out, base + u * kThreads, o);
     }
-    store8<uint16_t, true>(out, g, o);  // the payload is 16-byte aligned
   }
   for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
     const uint16_t b = narrow<kBf16>(static_cast<float>(DElem<T>::load(in[i])));
     bad |= (b & kMask) == kMask;
     out[i] = b;
   }
-  raiseFlag(flag, bad);
+  raiseMailFlag(flag, bad);
 }
 
-// out = widen(payload) (kAxpy: out += w * widen(payload), out float32/float64).
+// out = widen(payload) (kAxpy: out += w * widen(payload), out float32/float64), in units of 4
+// elements: an 8-byte load of codes, a coalesced 16-byte store (float32) per lane.
 template <typename T, bool kVec, bool kAxpy>
-__global__ void uncastKernel(const uint16_t* in, T* out, int64_t n, bool bf16, T w, bool fused) {
-  const int64_t groups = n / 8;
-  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
-    uint16_t c[8];
-    load8<uint16_t, true>(in, g, c);
-    T o[8];
-    if constexpr (kAxpy) load8<T, kVec>(out, g, o);
+__global__ void __launch_bounds__(kThreads) uncastKernel(const uint16_t* in, T* out, int64_t n, bool bf16, T w,
+                                                         bool fused) {
+  constexpr int U = kStreamUnroll;
+  const int64_t units = n / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * U;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; base < units; base += stride) {
+    uint16_t c[U][4];
+    T o[U][4];
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const T d = DElem<T>::store(widen(c[k], bf16));
-      if constexpr (kAxpy) o[k] = madd(fused, w, d, o[k]);
-      else o[k] = d;
+    for (int u = 0; u < U; ++u) {
+      if (base + u * kThreads < units) {
+        load4<uint16_t, true>(in, base + u * kThreads, c[u]);
+        if constexpr (kAxpy) load4<T, kVec>(out, base + u * kThreads, o[u]);
+      }
     }
-    store8<T, kVec>(out, g, o);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (base + u * kThreads >= units) break;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const T d = DElem<T>::store(widen(c[u][k], bf16));
+        if constexpr (kAxpy) o[u][k] = madd(fused, w, d, o[u][k]);
+        else o[u][k] = d;
+      }
+      store4<T, kVec>(out, base + u * kThreads, o[u]);
+    }
   }
-  for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
+  for (int64_t i = 4 * units + globalThread(); i < n; i += gridThreads()) {
     const T d = DElem<T>::store(widen(in[i], bf16));
     if constexpr (kAxpy) out[i] = madd(fused, w, d, out[i]);
     else out[i] = d;
@@ -79,7 +103,7 @@ size_t compressCast(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuf
   const int64_t n = x.numel();
   Frame f = beginFrame(out, c, x, ByteWriter().put<uint8_t>(uint8_t(target)).bytes(), 2 * static_cast<size_t>(n),
                        stream);
-  uint32_t* flags = resetFlags(stream, 1);
+  uint32_t* flags = clearMailboxFlags(1);
   auto* o = reinterpret_cast<uint16_t*>(f.payload);
   dispatchDType(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
@@ -87,15 +111,17 @@ size_t compressCast(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuf
     withAlignment({x.data}, [&](auto vec) {
       constexpr bool kVec = decltype(vec)::value;
       if (target == DType::kBFloat16) {
-        castKernel<T, true, kVec><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
+        castKernel<T, true, kVec><<<streamGrid(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
       } else {
-        castKernel<T, false, kVec><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
+        castKernel<T, false, kVec><<<streamGrid(n / 8 + 1), kThreads, 0, stream>>>(in, o, n, flags);
       }
     });
   });
   EFCOMM_CUDA_CHECK(cudaGetLastError());
-  const size_t size = finishMessage(out, f.layout, 2 * static_cast<size_t>(n), stream);
-  if (readFlags(stream, 1)[0]) {
+  traceMark(stream, "cast");
+  uint32_t flag = 0;
+  const size_t size = sealAndWait(out, f, 2 * static_cast<size_t>(n), stream, &flag, 1);
+  if (flag) {
     throwNonFinite("cast.compress", x, stream,
                    "a finite input value exceeds the " + dtypeName(target) + " range and would become Inf" +
                        (target == DType::kFloat16 ? " (|x| > 65504); use cast:dtype=bf16 or scale the input" : ""));
@@ -123,7 +149,7 @@ void launchUncast(const DeviceMessageHeader& h, const void* msg, const TensorVie
       T w{};
       if constexpr (std::is_floating_point_v<T>) w = static_cast<T>(weight);
       withAlignment({out.data}, [&](auto vec) {
-        uncastKernel<T, decltype(vec)::value, kAxpy><<<blocksFor(n / 8 + 1), kThreads, 0, stream>>>(
+        uncastKernel<T, decltype(vec)::value, kAxpy><<<streamGrid(n / 4 + 1), kThreads, 0, stream>>>(
             in, static_cast<T*>(out.data), n, bf16, w, fused);
       });
     }
@@ -141,6 +167,6 @@ void accumulateCast(const DeviceMessageHeader& h, const void* msg, const TensorV
 
 }  // namespace
 
-DeviceCodec castDeviceCodec() { return {CompressorId::kCast, compressCast, decodeCast, accumulateCast}; }
+DeviceCodec castDeviceCodec() { return {CompressorId::kCast, compressCast, decodeCast, accumulateCast, true}; }
 
 }  // namespace efcomm::cuda

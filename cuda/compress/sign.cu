@@ -1,11 +1,14 @@
 // ScaledSign on the GPU (cpp/src/compress/sign.cpp): payload = float64 scale ||x||_1/d, then
 // one bit per element (set = negative), LSB first.
 //
-// The L1 sum follows the CPU's order exactly, so the scale is bit-identical: blocks of
-// kReduceBlock elements, each summed by 8 accumulators (element lo + 8j + k into accumulator
-// k, in order of j; fused as the CPU contracts), combined ((a0+a1)+(a2+a3))+((a4+a5)+(a6+a7)), and the block partials added
-// in block order. A group of 8 lanes runs one block's 8 accumulators (one lane each) and packs
-// the block's sign bits with a warp ballot; a single thread then adds the partials in order.
+// One streaming pass reads x once: each thread takes groups of 8 elements (one bitmap byte
+// each), kStreamUnroll groups per tile row, and a block covers a tile of kTile elements, whose
+// |x| sum (float64, fixed order: the thread's groups in order, then a fixed butterfly over the
+// block) goes to partial[tile]. The last block to finish sums the partials in a fixed order
+// (thread t: tiles t, t + kThreads, ..., then the block tree) and writes the scale. The order
+// depends on n only (not on the grid), so the bytes are the same on every run and device; the
+// scale may differ from the CPU's in the last bits (cuda.hpp), the bits never do.
+#include <algorithm>
 #include <cmath>
 
 #include "common/dispatch.hpp"
@@ -15,109 +18,112 @@ namespace efcomm::cuda {
 
 namespace {
 
-constexpr int64_t kBlock = kCpuReduceBlock;
-constexpr int kRows = static_cast<int>(kBlock / 8);
-constexpr int kUnroll = 32;               // rows loaded ahead per lane
+constexpr int kU = kStreamUnroll;
+constexpr int64_t kTileGroups = static_cast<int64_t>(kThreads) * kU;
 constexpr double kOverflowScale = 0x1p-64;
-static_assert(kRows % kUnroll == 0, "rows per block");
 
-// partial[b] = the CPU's l1AndSigns sum of block b (times factor); bits = the sign bits.
-template <typename T>
-__global__ void signPassKernel(const T* in, int64_t n, double factor, bool fused, uint8_t* bits, double* partial,
-                               uint32_t* flag) {
-  const int lane = threadIdx.x & 31, k = lane & 7;
-  const int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 8;
-  const int64_t lo = b * kBlock;
-  const int64_t hi = lo < n ? (n - lo < kBlock ? n : lo + kBlock) : lo;
-  // Rows this group needs; the warp runs the most any of its groups needs (ballots are warp-wide).
-  const int rows = static_cast<int>((hi - lo + 7) / 8);
-  const int warpRows = static_cast<int>(__reduce_max_sync(0xffffffffu, static_cast<unsigned>(rows)));
-  double acc = 0;
-  uint32_t bad = 0, word = 0;
-  const int shift = 8 * ((lane >> 3) & 3);
-  for (int j0 = 0; j0 < warpRows; j0 += kUnroll) {
-    T v[kUnroll];
+// Loads group g (elements [8g, 8g + 8)): vectorized when whole and kVec, else element by
+// element with zeros (+0: not negative, adds nothing) past n.
+template <typename T, bool kVec>
+__device__ __forceinline__ void loadGroupPadded(const T* in, int64_t n, int64_t g, T (&v)[8]) {
+  if (8 * g + 8 <= n) {
+    load8<T, kVec>(in, g, v);
+  } else {
 #pragma unroll
-    for (int r = 0; r < kUnroll; ++r) {
-      const int64_t i = lo + 8 * static_cast<int64_t>(j0 + r) + k;
-      v[r] = i < hi ? in[i] : T{};
-    }
-#pragma unroll
-    for (int r = 0; r < kUnroll; ++r) {
-      const int64_t i = lo + 8 * static_cast<int64_t>(j0 + r) + k;
-      const bool live = i < hi;
-      const auto c = DElem<T>::load(v[r]);
-      if (live) {
-        acc = madd(fused, fabs(static_cast<double>(c)), factor, acc);
-        bad |= nonFinite(v[r]);
-      }
-      const uint32_t mask = __ballot_sync(0xffffffffu, live && c < decltype(c)(0));
-      word |= ((mask >> shift) & 0xffu) << (8 * (r & 3));
-      if ((r & 3) == 3) {
-        // Rows j0 + r - 3 .. j0 + r: bytes lo/8 + j0 + r - 3 .. of the bitmap, one word.
-        const int first = j0 + r - 3;
-        if (k == 0 && first < rows) {
-          uint8_t* dst = bits + lo / 8 + first;
-          if (first + 4 <= rows) {
-            *reinterpret_cast<uint32_t*>(dst) = word;
-          } else {
-            for (int q = 0; first + q < rows; ++q) dst[q] = static_cast<uint8_t>(word >> (8 * q));
-          }
-        }
-        word = 0;
-      }
-    }
-  }
-  acc = addRn(acc, __shfl_xor_sync(0xffffffffu, acc, 1));
-  acc = addRn(acc, __shfl_xor_sync(0xffffffffu, acc, 2));
-  acc = addRn(acc, __shfl_xor_sync(0xffffffffu, acc, 4));
-  if (k == 0 && lo < n) partial[b] = acc;
-  raiseFlag(flag, bad);
-}
-
-// scale = (sum of partials in order) / n / factor; flag 2 when the sum is not finite.
-__global__ void signScaleKernel(const double* partial, int64_t blocks, int64_t n, double factor, uint8_t* payload,
-                                uint32_t* flag) {
-  __shared__ double tile[2048];
-  double total = 0;
-  for (int64_t t0 = 0; t0 < blocks; t0 += 2048) {
-    const int64_t m = blocks - t0 < 2048 ? blocks - t0 : 2048;
-    __syncthreads();
-    for (int64_t i = threadIdx.x; i < m; i += blockDim.x) tile[i] = partial[t0 + i];
-    __syncthreads();
-    if (threadIdx.x == 0)
-      for (int64_t i = 0; i < m; ++i) total = addRn(total, tile[i]);
-  }
-  if (threadIdx.x == 0) {
-    double scale = 0;
-    if (n > 0) {
-      if (!isfinite(total)) atomicOr(flag, 2u);
-      scale = factor == 1.0 ? total / static_cast<double>(n) : total / static_cast<double>(n) / factor;
-    }
-    *reinterpret_cast<double*>(payload) = scale;
+    for (int k = 0; k < 8; ++k) v[k] = 8 * g + k < n ? in[8 * g + k] : T{};
   }
 }
 
-template <typename T, bool kVec, bool kAxpy>
-__global__ void signDecodeKernel(const uint8_t* bits, T* out, int64_t n, T pos, T neg, T w, bool fused) {
+// flags[0]: non-finite input; flags[1]: the L1 sum is not finite (float64 overflow).
+template <typename T, bool kVec>
+__global__ void __launch_bounds__(kThreads) signKernel(const T* in, int64_t n, double factor, uint8_t* payload,
+                                                       double* partial, uint32_t* ticket, uint32_t* flags) {
+  __shared__ bool last;
   const int64_t groups = (n + 7) / 8;
-  for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
-    const uint32_t byte = bits[g];
-    T o[8];
-    if (8 * g + 8 <= n) {
-      if constexpr (kAxpy) load8<T, kVec>(out, g, o);
+  const int64_t tiles = (groups + kTileGroups - 1) / kTileGroups;
+  uint8_t* bits = payload + 8;
+  uint32_t bad = 0;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t base = tile * kTileGroups + threadIdx.x;
+    T v[kU][8];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+      if (base + u * kThreads < groups) loadGroupPadded<T, kVec>(in, n, base + u * kThreads, v[u]);
+    double acc = 0;
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (base + u * kThreads >= groups) break;
+      uint32_t byte = 0;
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        const T d = (byte >> k & 1u) ? neg : pos;
-        if constexpr (kAxpy) o[k] = madd(fused, w, d, o[k]);
-        else o[k] = d;
+        const auto c = DElem<T>::load(v[u][k]);
+        bad |= nonFinite(v[u][k]);
+        byte |= static_cast<uint32_t>(c < decltype(c)(0)) << k;
+        acc = fma(fabs(static_cast<double>(c)), factor, acc);
       }
-      store8<T, kVec>(out, g, o);
-    } else {
-      for (int64_t i = 8 * g; i < n; ++i) {
-        const T d = (byte >> (i - 8 * g) & 1u) ? neg : pos;
-        if constexpr (kAxpy) out[i] = madd(fused, w, d, out[i]);
-        else out[i] = d;
+      bits[base + u * kThreads] = static_cast<uint8_t>(byte);
+    }
+    const double sum = blockSum(acc);
+    if (threadIdx.x == 0) partial[tile] = sum;
+  }
+  raiseMailFlag(flags, bad);
+  // The last block sums the partials.
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  double acc = 0;
+  for (int64_t t = threadIdx.x; t < tiles; t += blockDim.x) acc += __ldcg(partial + t);
+  const double total = blockSum(acc);
+  if (threadIdx.x == 0) {
+    *ticket = 0;
+    double scale = 0;
+    if (n > 0) {
+      if (!isfinite(total)) raiseMailFlag(flags + 1, 1u);
+      scale = factor == 1.0 ? total / static_cast<double>(n) : total / static_cast<double>(n) / factor;
+    }
+    double* dst = reinterpret_cast<double*>(payload);  // the payload is 16-byte aligned
+    *dst = scale;
+  }
+}
+
+// Streaming decode in units of 4 elements (one nibble of the bitmap, one coalesced 16-byte
+// store for float32), kStreamUnroll units per thread per step.
+template <typename T, bool kVec, bool kAxpy>
+__global__ void __launch_bounds__(kThreads) signDecodeKernel(const uint8_t* bits, T* out, int64_t n, T pos, T neg,
+                                                             T w, bool fused) {
+  const int64_t units = (n + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * kU;
+  for (int64_t base = static_cast<int64_t>(blockIdx.x) * blockDim.x * kU + threadIdx.x; base < units; base += stride) {
+    uint32_t nib[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t h = base + u * kThreads;
+      nib[u] = h < units ? (static_cast<uint32_t>(__ldg(bits + (h >> 1))) >> (4 * (h & 1))) & 15u : 0u;
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int64_t h = base + u * kThreads;
+      if (h >= units) break;
+      T o[4];
+      if (4 * h + 4 <= n) {
+        if constexpr (kAxpy) load4<T, kVec>(out, h, o);
+#pragma unroll
+        for (int k = 0; k < 4; ++k) {
+          const T d = (nib[u] >> k & 1u) ? neg : pos;
+          if constexpr (kAxpy) o[k] = madd(fused, w, d, o[k]);
+          else o[k] = d;
+        }
+        store4<T, kVec>(out, h, o);
+      } else {
+        for (int64_t i = 4 * h; i < n; ++i) {
+          const T d = (nib[u] >> (i - 4 * h) & 1u) ? neg : pos;
+          if constexpr (kAxpy) out[i] = madd(fused, w, d, out[i]);
+          else out[i] = d;
+        }
       }
     }
   }
@@ -125,39 +131,40 @@ __global__ void signDecodeKernel(const uint8_t* bits, T* out, int64_t n, T pos, 
 
 size_t payloadBytes(int64_t n) { return 8 + static_cast<size_t>((n + 7) / 8); }
 
-// The pass and the scale with the given factor (1, or 2^-64 after an overflow).
+// The pass with the given factor (1, or 2^-64 after an overflow).
 void enqueuePass(const ConstTensorView& x, double factor, uint8_t* payload, uint32_t* flags, cudaStream_t stream) {
   const int64_t n = x.numel();
-  const int64_t blocks = (n + kBlock - 1) / kBlock;
-  auto* partial = static_cast<double*>(scratch(8 * static_cast<size_t>(blocks + 1), 0));
-  if (blocks > 0) {
-    const int64_t threads = 8 * blocks;
-    dispatchDType(x.dtype, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      signPassKernel<T><<<static_cast<unsigned>((threads + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
-          static_cast<const T*>(x.data), n, factor, cpuContractsFma(), payload + 8, partial, flags);
+  const int64_t groups = (n + 7) / 8;
+  const int64_t tiles = (groups + kTileGroups - 1) / kTileGroups;
+  auto* partial = static_cast<double*>(scratch(8 * static_cast<size_t>(tiles + 1), 0));
+  const int grid = static_cast<int>(std::min<int64_t>(tiles < 1 ? 1 : tiles, 8 * static_cast<int64_t>(smCount())));
+  uint32_t* ticket = ticketWords() + 1;
+  dispatchDType(x.dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    withAlignment({x.data}, [&](auto vec) {
+      signKernel<T, decltype(vec)::value><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(x.data), n, factor,
+                                                                         payload, partial, ticket, flags);
     });
-    EFCOMM_CUDA_CHECK(cudaGetLastError());
-  }
-  signScaleKernel<<<1, kThreads, 0, stream>>>(partial, blocks, n, factor, payload, flags);
+  });
   EFCOMM_CUDA_CHECK(cudaGetLastError());
+  traceMark(stream, "sign");
 }
 
 size_t compressSign(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer& out, cudaStream_t stream) {
   const int64_t n = x.numel();
   const size_t bytes = payloadBytes(n);
   Frame f = beginFrame(out, c, x, {}, bytes, stream);
-  uint32_t* flags = resetFlags(stream, 1);
+  uint32_t* flags = clearMailboxFlags(2);
   enqueuePass(x, 1.0, f.payload, flags, stream);
-  size_t size = finishMessage(out, f.layout, bytes, stream);
-  const uint32_t flag = readFlags(stream, 1)[0];
-  if (flag & 1u) throwNonFinite("sign.compress", x, stream, "non-finite input");
-  if (flag & 2u) {
+  uint32_t flag[2];
+  size_t size = sealAndWait(out, f, bytes, stream, flag, 2);
+  if (flag[0]) throwNonFinite("sign.compress", x, stream, "non-finite input");
+  if (flag[1]) {
     // Finite float64 inputs whose L1 sum overflows: summed again scaled down, as on the CPU.
-    flags = resetFlags(stream, 1);
+    flags = clearMailboxFlags(2);
     enqueuePass(x, kOverflowScale, f.payload, flags, stream);
-    size = finishMessage(out, f.layout, bytes, stream);
-    EFCOMM_CHECK_T(Error, readFlags(stream, 1)[0] == 0, "sign.compress: rescaled L1 sum overflowed");
+    size = sealAndWait(out, f, bytes, stream, flag, 2);
+    EFCOMM_CHECK_T(Error, flag[0] == 0 && flag[1] == 0, "sign.compress: rescaled L1 sum overflowed");
   }
   return size;
 }
@@ -197,7 +204,7 @@ void launchSignDecode(const DeviceMessageHeader& h, const void* msg, const Tenso
       T w{};
       if constexpr (std::is_floating_point_v<T>) w = static_cast<T>(weight);
       withAlignment({out.data}, [&](auto vec) {
-        signDecodeKernel<T, decltype(vec)::value, kAxpy><<<blocksFor((n + 7) / 8), kThreads, 0, stream>>>(
+        signDecodeKernel<T, decltype(vec)::value, kAxpy><<<streamGrid((n + 3) / 4), kThreads, 0, stream>>>(
             bits, static_cast<T*>(out.data), n, pos, neg, w, fused);
       });
     }
@@ -215,6 +222,6 @@ void accumulateSign(const DeviceMessageHeader& h, const void* msg, const TensorV
 
 }  // namespace
 
-DeviceCodec signDeviceCodec() { return {CompressorId::kSign, compressSign, decodeSign, accumulateSign}; }
+DeviceCodec signDeviceCodec() { return {CompressorId::kSign, compressSign, decodeSign, accumulateSign, true}; }
 
 }  // namespace efcomm::cuda
