@@ -32,38 +32,19 @@ namespace psgd {
 
 namespace {
 
-constexpr int kLanes = 16;            // the CPU's dot-product lanes (host parts)
-constexpr double kRankTol = 1e-10;    // powersgd.cpp kRankTol
+// The host steps are the CPU's own (compress::powersgd): the same factors from the same products.
+using View = compress::PowerSgdLayout;
+using compress::powersgd::initialQ;
+using compress::powersgd::matrixView;
+using compress::powersgd::orthonormalize;
+using compress::powersgd::payloadBytes;
+using compress::powersgd::prepareQ;
+using compress::powersgd::roundToWire;
+
 constexpr int kGroup = 8;             // columns of Q/P per kernel pass (register accumulators)
 constexpr int64_t kSlabRows = 256;    // rows per slab of Q = M^T P
 
-struct View {
-  int64_t m = 0, n = 0, r = 0;
-};
-
-int64_t ceilSqrt(int64_t d) {
-  int64_t s = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(d))));
-  while (s * s < d) ++s;
-  while (s > 0 && (s - 1) * (s - 1) >= d) --s;
-  return s;
-}
-
-View matrixView(const std::vector<int64_t>& shape, int64_t d, int64_t rank) {
-  int64_t m = 0, n = 0;
-  if (d > 0 && shape.size() >= 2) {
-    m = shape[0];
-    n = d / m;
-  } else if (d > 0) {
-    n = ceilSqrt(d);
-    m = (d + n - 1) / n;
-  }
-  return {m, n, std::min({rank, m, n})};
-}
-
 size_t computeBytes(DType dt) { return dt == DType::kFloat64 ? 8 : 4; }
-size_t payloadBytes(const View& v, DType dt) {
-  return static_cast<size_t>(v.r) * static_cast<size_t>(v.m + v.n) * computeBytes(dt);
-}
 
 std::vector<uint8_t> paramBytes(int64_t rank, const View& v) {
   std::vector<uint8_t> b(20);
@@ -74,78 +55,6 @@ std::vector<uint8_t> paramBytes(int64_t rank, const View& v) {
   put(4, static_cast<uint64_t>(v.m), 8);
   put(12, static_cast<uint64_t>(v.n), 8);
   return b;
-}
-
-// ---- host parts: the CPU's code (powersgd.cpp), same order of operations ----
-
-double dot(const double* x, const double* y, int64_t n) {
-  double a[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) a[l] += x[j + l] * y[j + l];
-  for (int l = 0; j < n; ++j, ++l) a[l] += x[j] * y[j];
-  double s = 0;
-  for (int l = 0; l < kLanes; ++l) s += a[l];
-  return s;
-}
-
-std::vector<double> initialQ(uint64_t seed, int64_t n, int64_t r) {
-  std::vector<double> q(static_cast<size_t>(n * r));
-  SplitMix64 g(drawKey(seed, 0));
-  const double twoPi = 6.283185307179586;
-  for (size_t i = 0; i < q.size(); i += 2) {
-    const double u1 = 1.0 - g.uniform(), u2 = g.uniform();
-    const double rad = std::sqrt(-2.0 * std::log(u1));
-    q[i] = rad * std::cos(twoPi * u2);
-    if (i + 1 < q.size()) q[i + 1] = rad * std::sin(twoPi * u2);
-  }
-  return q;
-}
-
-void prepareQ(std::vector<double>& q, const std::vector<double>& init, int64_t n, int64_t r) {
-  for (int64_t k = 0; k < r; ++k) {
-    double* col = q.data() + k * n;
-    double nrm = std::sqrt(dot(col, col, n));
-    if (nrm == 0) {
-      std::copy(init.begin() + k * n, init.begin() + (k + 1) * n, col);
-      nrm = std::sqrt(dot(col, col, n));
-    }
-    if (nrm > 0) {
-      for (int64_t j = 0; j < n; ++j) col[j] /= nrm;
-    }
-  }
-}
-
-void orthonormalize(double* p, int64_t m, int64_t r) {
-  for (int64_t k = 0; k < r; ++k) {
-    double* col = p + k * m;
-    double big = 0;
-    for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(col[i]));
-    if (big > 0) {
-      for (int64_t i = 0; i < m; ++i) col[i] /= big;
-    }
-    const double before = std::sqrt(dot(col, col, m));
-    for (int pass = 0; pass < 2; ++pass) {
-      for (int64_t l = 0; l < k; ++l) {
-        const double* prev = p + l * m;
-        const double c = dot(col, prev, m);
-        for (int64_t i = 0; i < m; ++i) col[i] -= c * prev[i];
-      }
-    }
-    const double after = std::sqrt(dot(col, col, m));
-    const double scale = after > kRankTol * before ? 1.0 / after : 0.0;
-    for (int64_t i = 0; i < m; ++i) col[i] *= scale;
-  }
-}
-
-template <typename C>
-bool roundToWire(std::vector<double>& x) {
-  bool finite = true;
-  for (double& v : x) {
-    v = static_cast<double>(static_cast<C>(v));
-    finite &= std::isfinite(v);
-  }
-  return finite;
 }
 
 template <typename T>

@@ -68,33 +68,13 @@ constexpr int64_t kMaxRowBlocks = 16;
 /// in the span of the previous ones (rank deficiency): it becomes 0.
 constexpr double kRankTol = 1e-10;
 
-struct View {
-  int64_t m, n, r;
-};
+using View = compress::PowerSgdLayout;
 
 int64_t ceilSqrt(int64_t d) {
   int64_t s = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(d))));
   while (s * s < d) ++s;
   while (s > 0 && (s - 1) * (s - 1) >= d) --s;
   return s;
-}
-
-/// The matrix view of a tensor (see the file comment).
-View matrixView(const std::vector<int64_t>& shape, int64_t d, int64_t rank) {
-  int64_t m = 0, n = 0;
-  if (d > 0 && shape.size() >= 2) {
-    m = shape[0];
-    n = d / m;
-  } else if (d > 0) {
-    n = ceilSqrt(d);
-    m = (d + n - 1) / n;
-  }
-  return {m, n, std::min({rank, m, n})};
-}
-
-size_t computeBytes(DType dt) { return dt == DType::kFloat64 ? 8 : 4; }
-size_t payloadBytes(const View& v, DType dt) {
-  return static_cast<size_t>(v.r) * static_cast<size_t>(v.m + v.n) * computeBytes(dt);
 }
 
 /// Columns per tile so that r' columns of Q fit kTileDoubles; a multiple of kLanes.
@@ -124,6 +104,28 @@ double sumLanes(const double* a) {
   double s = 0;
   for (int l = 0; l < kLanes; ++l) s += a[l];
   return s;
+}
+
+}  // namespace
+
+namespace compress::powersgd {
+
+/// The matrix view of a tensor (see the file comment).
+PowerSgdLayout matrixView(const std::vector<int64_t>& shape, int64_t d, int64_t rank) {
+  int64_t m = 0, n = 0;
+  if (d > 0 && shape.size() >= 2) {
+    m = shape[0];
+    n = d / m;
+  } else if (d > 0) {
+    n = ceilSqrt(d);
+    m = (d + n - 1) / n;
+  }
+  return {m, n, std::min({rank, m, n})};
+}
+
+size_t payloadBytes(const PowerSgdLayout& v, DType dt) {
+  const size_t computeBytes = dt == DType::kFloat64 ? 8 : 4;
+  return static_cast<size_t>(v.r) * static_cast<size_t>(v.m + v.n) * computeBytes;
 }
 
 double dot(const double* x, const double* y, int64_t n) {
@@ -160,6 +162,44 @@ void prepareQ(std::vector<double>& q, const std::vector<double>& init, int64_t n
     }
   }
 }
+
+/// Modified Gram-Schmidt with one re-orthogonalization pass ("twice is enough", Giraud et al.
+/// 2005) on the columns of p (m x r', column-major). Each column is first scaled by its largest
+/// magnitude so norms neither overflow nor underflow; a column that is (numerically) in the
+/// span of the previous ones becomes 0 rather than amplified noise or NaN.
+void orthonormalize(double* p, int64_t m, int64_t r) {
+  for (int64_t k = 0; k < r; ++k) {
+    double* col = p + k * m;
+    double big = 0;
+    for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(col[i]));
+    if (big > 0) {
+      for (int64_t i = 0; i < m; ++i) col[i] /= big;
+    }
+    const double before = std::sqrt(dot(col, col, m));
+    for (int pass = 0; pass < 2; ++pass) {
+      for (int64_t l = 0; l < k; ++l) {
+        const double* prev = p + l * m;
+        const double c = dot(col, prev, m);
+        for (int64_t i = 0; i < m; ++i) col[i] -= c * prev[i];
+      }
+    }
+    const double after = std::sqrt(dot(col, col, m));
+    const double scale = after > kRankTol * before ? 1.0 / after : 0.0;
+    for (int64_t i = 0; i < m; ++i) col[i] *= scale;
+  }
+}
+
+}  // namespace compress::powersgd
+
+namespace {
+
+using compress::powersgd::dot;
+using compress::powersgd::initialQ;
+using compress::powersgd::matrixView;
+using compress::powersgd::orthonormalize;
+using compress::powersgd::payloadBytes;
+using compress::powersgd::prepareQ;
+using compress::powersgd::roundToWire;
 
 /// P = M Q with Q and P column-major (Q: r' x n stored as n-long columns, P: m-long columns).
 /// Rows are processed in groups; for each column tile, the tile of Q stays in cache while the
@@ -231,43 +271,6 @@ void multiplyMtP(const T* in, int64_t d, const View& v, const double* p, double*
       }
     });
   }
-}
-
-/// Modified Gram-Schmidt with one re-orthogonalization pass ("twice is enough", Giraud et al.
-/// 2005) on the columns of p (m x r', column-major). Each column is first scaled by its largest
-/// magnitude so norms neither overflow nor underflow; a column that is (numerically) in the
-/// span of the previous ones becomes 0 rather than amplified noise or NaN.
-void orthonormalize(double* p, int64_t m, int64_t r) {
-  for (int64_t k = 0; k < r; ++k) {
-    double* col = p + k * m;
-    double big = 0;
-    for (int64_t i = 0; i < m; ++i) big = std::max(big, std::abs(col[i]));
-    if (big > 0) {
-      for (int64_t i = 0; i < m; ++i) col[i] /= big;
-    }
-    const double before = std::sqrt(dot(col, col, m));
-    for (int pass = 0; pass < 2; ++pass) {
-      for (int64_t l = 0; l < k; ++l) {
-        const double* prev = p + l * m;
-        const double c = dot(col, prev, m);
-        for (int64_t i = 0; i < m; ++i) col[i] -= c * prev[i];
-      }
-    }
-    const double after = std::sqrt(dot(col, col, m));
-    const double scale = after > kRankTol * before ? 1.0 / after : 0.0;
-    for (int64_t i = 0; i < m; ++i) col[i] *= scale;
-  }
-}
-
-/// Rounds values to the compute type C (what travels); false if any is not finite.
-template <typename C>
-bool roundToWire(std::vector<double>& x) {
-  bool finite = true;
-  for (double& v : x) {
-    v = static_cast<double>(static_cast<C>(v));
-    finite &= std::isfinite(v);
-  }
-  return finite;
 }
 
 class PowerSGD final : public Compressor {

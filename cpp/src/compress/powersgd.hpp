@@ -4,6 +4,7 @@
 // summed over the workers before orthonormalization, so every worker holds the same P and sends
 // Q_i = M_i^T P; the messages P Q_i^T then add, and the receiver sums only the Q_i.
 
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <vector>
@@ -36,5 +37,32 @@ struct PowerSgdLayout {
   int64_t m = 0, n = 0, r = 0;
 };
 PowerSgdLayout powerSgdLayout(const uint8_t* params, size_t size);
+
+/// The host steps of PowerSGD, shared by the CPU compressor (powersgd.cpp) and the GPU codec
+/// (cuda/compress/powersgd.cu), so that both build the same factors from the same products.
+namespace powersgd {
+/// The m x n matrix view of a tensor of `d` elements and r' = min(rank, m, n) (powersgd.cpp).
+PowerSgdLayout matrixView(const std::vector<int64_t>& shape, int64_t d, int64_t rank);
+/// Payload bytes: r'(m + n) values of the compute type (float64 for float64 input, else float32).
+size_t payloadBytes(const PowerSgdLayout& v, DType dt);
+/// x . y with the products' fixed lane order (element j to lane j mod 16).
+double dot(const double* x, const double* y, int64_t n);
+/// The initial Q, column-major (column k at [k n, (k + 1) n)): i.i.d. N(0, 1) by Box-Muller.
+std::vector<double> initialQ(uint64_t seed, int64_t n, int64_t r);
+/// Scales each column of q to unit norm; a zero column restarts from the initial Q.
+void prepareQ(std::vector<double>& q, const std::vector<double>& init, int64_t n, int64_t r);
+/// Modified Gram-Schmidt twice on the columns of p (m x r', column-major); see powersgd.cpp.
+void orthonormalize(double* p, int64_t m, int64_t r);
+/// Rounds values to the compute type C (what travels); false if any is not finite.
+template <typename C>
+bool roundToWire(std::vector<double>& x) {
+  bool finite = true;
+  for (double& v : x) {
+    v = static_cast<double>(static_cast<C>(v));
+    finite &= std::isfinite(v);
+  }
+  return finite;
+}
+}  // namespace powersgd
 
 }  // namespace efcomm::compress
