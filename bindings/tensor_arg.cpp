@@ -73,6 +73,28 @@ TensorArg fromBuffer(py::handle obj, bool writable, const char* what) {
   return t;
 }
 
+// The tensor a DLPack capsule (from obj.__dlpack__()) describes; InvalidArgument if it is none.
+const DLTensor& dlTensorOf(const py::object& cap, py::handle obj, const char* what) {
+  auto* mt = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
+  if (!mt) {
+    PyErr_Clear();
+    throw InvalidArgument(std::string(what) + ": " + typeName(obj) + ".__dlpack__() did not return a DLPack capsule");
+  }
+  return mt->dl_tensor;
+}
+
+// InvalidArgument unless the DLPack tensor is row-major contiguous (strides null or matching).
+void checkDLContiguous(const DLTensor& d, int64_t numel, const char* what) {
+  if (d.strides && numel > 0) {
+    int64_t expect = 1;
+    for (int32_t i = d.ndim - 1; i >= 0; --i) {
+      EFCOMM_CHECK(d.shape[i] <= 1 || d.strides[i] == expect, what,
+                   ": tensor is not contiguous; pass tensor.contiguous()");
+      expect *= d.shape[i];
+    }
+  }
+}
+
 TensorArg fromDLPack(py::handle obj, const char* what) {
   py::object cap;
   try {
@@ -80,14 +102,9 @@ TensorArg fromDLPack(py::handle obj, const char* what) {
   } catch (py::error_already_set& e) {
     throw InvalidArgument(std::string(what) + ": cannot export " + typeName(obj) + " via DLPack: " + e.what());
   }
-  auto* mt = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(cap.ptr(), "dltensor"));
-  if (!mt) {
-    PyErr_Clear();
-    throw InvalidArgument(std::string(what) + ": " + typeName(obj) + ".__dlpack__() did not return a DLPack capsule");
-  }
   // The capsule is not renamed to "used_dltensor", so its destructor calls the deleter when the
   // TensorArg drops it: the producer's memory stays alive exactly as long as we use it.
-  const DLTensor& d = mt->dl_tensor;
+  const DLTensor& d = dlTensorOf(cap, obj, what);
   EFCOMM_CHECK(d.device.device_type == kDLCPU, what, ": tensor is on device type ", d.device.device_type,
                "; this build handles host (CPU) memory only");
   EFCOMM_CHECK(d.dtype.lanes == 1, what, ": vector dtypes are not supported");
@@ -103,14 +120,7 @@ TensorArg fromDLPack(py::handle obj, const char* what) {
   t.shape.assign(d.shape, d.shape + d.ndim);
   int64_t numel = 1;
   for (int32_t i = 0; i < d.ndim; ++i) numel *= d.shape[i];
-  if (d.strides && numel > 0) {
-    int64_t expect = 1;
-    for (int32_t i = d.ndim - 1; i >= 0; --i) {
-      EFCOMM_CHECK(d.shape[i] <= 1 || d.strides[i] == expect, what,
-                   ": tensor is not contiguous; pass tensor.contiguous()");
-      expect *= d.shape[i];
-    }
-  }
+  checkDLContiguous(d, numel, what);
   t.data = static_cast<uint8_t*>(d.data) + d.byte_offset;
   t.owner = cap;
   return t;
@@ -166,21 +176,14 @@ CudaView cudaFromDLPack(py::handle obj, const char* what, intptr_t stream) {
     PyErr_Clear();
     throw InvalidArgument(std::string(what) + ": " + typeName(obj) + ".__dlpack__() did not return a DLPack capsule");
   }
-  const DLTensor& d = mt->dl_tensor;
+  const DLTensor& d = dlTensorOf(cap, obj, what);
   EFCOMM_CHECK(d.device.device_type == kDLCUDA || d.device.device_type == kDLCUDAManaged, what,
                ": expected a CUDA array, got DLPack device type ", d.device.device_type);
   EFCOMM_CHECK(d.dtype.lanes == 1, what, ": vector dtypes are not supported");
   CudaView v;
   v.shape.assign(d.shape, d.shape + d.ndim);
   const int64_t numel = numelOf(v.shape);
-  if (d.strides && numel > 0) {
-    int64_t expect = 1;
-    for (int32_t i = d.ndim - 1; i >= 0; --i) {
-      EFCOMM_CHECK(d.shape[i] <= 1 || d.strides[i] == expect, what,
-                   ": tensor is not contiguous; pass tensor.contiguous()");
-      expect *= d.shape[i];
-    }
-  }
+  checkDLContiguous(d, numel, what);
   v.code = d.dtype.code;
   v.bits = d.dtype.bits;
   v.data = static_cast<uint8_t*>(d.data) + d.byte_offset;
