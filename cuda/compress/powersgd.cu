@@ -34,6 +34,7 @@ namespace {
 
 // The host steps are the CPU's own (compress::powersgd): the same factors from the same products.
 using View = compress::PowerSgdLayout;
+using compress::powersgd::checkDecodedRange;
 using compress::powersgd::initialQ;
 using compress::powersgd::matrixView;
 using compress::powersgd::orthonormalize;
@@ -55,13 +56,6 @@ std::vector<uint8_t> paramBytes(int64_t rank, const View& v) {
   put(4, static_cast<uint64_t>(v.m), 8);
   put(12, static_cast<uint64_t>(v.n), 8);
   return b;
-}
-
-template <typename T>
-double maxFinite() {
-  if constexpr (std::is_same_v<T, F16>) return 65504.0;
-  else if constexpr (std::is_same_v<T, BF16>) return 3.3895313892515355e38;
-  else return static_cast<double>(std::numeric_limits<T>::max());
 }
 
 std::vector<double> doublesOf(const StateTensor& t) {
@@ -216,16 +210,7 @@ size_t compress(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer&
     if (!roundToWire<C>(q))
       throw NonFiniteError(
           "powersgd.compress: Q = M^T P overflows the factors' precision; the input's magnitude is too large");
-    double rowSum = 0, qMax = 0;
-    for (int64_t i = 0; i < v.m; ++i) {
-      double sum = 0;
-      for (int64_t k = 0; k < v.r; ++k) sum += std::fabs(p[static_cast<size_t>(k * v.m + i)]);
-      rowSum = std::max(rowSum, sum);
-    }
-    for (double e : q) qMax = std::max(qMax, std::fabs(e));
-    if (!(rowSum * qMax <= maxFinite<T>()))
-      throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(x.dtype) +
-                           " range; the input's magnitude is too large");
+    checkDecodedRange(p, q, v, x.dtype);
     std::vector<C> payload(pm + qn);
     for (size_t i = 0; i < pm; ++i) payload[i] = static_cast<C>(p[i]);
     for (size_t i = 0; i < qn; ++i) payload[pm + i] = static_cast<C>(q[i]);

@@ -41,14 +41,6 @@ namespace efcomm {
 
 namespace {
 
-// Largest finite value of a storage type.
-template <typename T>
-double maxFinite() {
-  if constexpr (std::is_same_v<T, F16>) return 65504.0;
-  else if constexpr (std::is_same_v<T, BF16>) return 3.3895313892515355e38;
-  else return static_cast<double>(std::numeric_limits<T>::max());
-}
-
 /// Independent partial sums of a dot product: fills vector registers, and fixes the summation
 /// order (element j goes to lane j mod kLanes) whatever the tiling or thread count.
 constexpr int kLanes = 16;
@@ -189,10 +181,30 @@ void orthonormalize(double* p, int64_t m, int64_t r) {
   }
 }
 
+
+void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
+                       DType dtype) {
+  double rowSum = 0, qMax = 0;
+  for (int64_t i = 0; i < v.m; ++i) {
+    double sum = 0;
+    for (int64_t k = 0; k < v.r; ++k) sum += std::fabs(p[static_cast<size_t>(k * v.m + i)]);
+    rowSum = std::max(rowSum, sum);
+  }
+  for (double e : q) qMax = std::max(qMax, std::fabs(e));
+  const double maxFinite = dtype == DType::kFloat16    ? 65504.0
+                           : dtype == DType::kBFloat16 ? 3.3895313892515355e38
+                           : dtype == DType::kFloat32  ? static_cast<double>(std::numeric_limits<float>::max())
+                                                       : std::numeric_limits<double>::max();
+  if (!(rowSum * qMax <= maxFinite))
+    throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(dtype) +
+                         " range; the input's magnitude is too large");
+}
+
 }  // namespace compress::powersgd
 
 namespace {
 
+using compress::powersgd::checkDecodedRange;
 using compress::powersgd::dot;
 using compress::powersgd::initialQ;
 using compress::powersgd::matrixView;
@@ -337,18 +349,7 @@ class PowerSGD final : public Compressor {
       multiplyMtP(in, d, v, p.data(), q.data());
       if (!roundToWire<C>(q))
         throw NonFiniteError("powersgd.compress: Q = M^T P overflows the factors' precision; the input's magnitude is too large");
-      // The receiver forms P Q^T in T: |(P Q^T)_ij| <= max_i sum_k |P_ik| * max |Q|. Refuse a
-      // message whose decoded values could overflow T instead of letting them become Inf there.
-      double rowSum = 0, qMax = 0;
-      for (int64_t i = 0; i < v.m; ++i) {
-        double sum = 0;
-        for (int64_t k = 0; k < v.r; ++k) sum += std::fabs(p[static_cast<size_t>(k * v.m + i)]);
-        rowSum = std::max(rowSum, sum);
-      }
-      for (double e : q) qMax = std::max(qMax, std::fabs(e));
-      if (!(rowSum * qMax <= maxFinite<T>()))
-        throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(x.dtype) +
-                             " range; the input's magnitude is too large");
+      checkDecodedRange(p, q, v, x.dtype);
       for (size_t i = 0; i < p.size(); ++i) storeAs<C>(out + i * sizeof(C), static_cast<C>(p[i]));
       uint8_t* qOut = out + p.size() * sizeof(C);
       for (size_t i = 0; i < q.size(); ++i) storeAs<C>(qOut + i * sizeof(C), static_cast<C>(q[i]));

@@ -53,6 +53,11 @@ std::vector<double> initialQ(uint64_t seed, int64_t n, int64_t r);
 void prepareQ(std::vector<double>& q, const std::vector<double>& init, int64_t n, int64_t r);
 /// Modified Gram-Schmidt twice on the columns of p (m x r', column-major); see powersgd.cpp.
 void orthonormalize(double* p, int64_t m, int64_t r);
+/// The receiver forms P Q^T in `dtype`: |(P Q^T)_ij| <= max_i sum_k |P_ik| * max |Q|. Throws
+/// NonFiniteError when that bound exceeds dtype's largest finite value, instead of letting a
+/// message decode to Inf.
+void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
+                       DType dtype);
 /// Rounds values to the compute type C (what travels); false if any is not finite.
 template <typename C>
 bool roundToWire(std::vector<double>& x) {
