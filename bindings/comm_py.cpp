@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include "efcomm/comm.hpp"
+#include "efcomm/nccl.hpp"
 #include "efcomm/reducer.hpp"
 #include "state_arg.hpp"
 #include "tensor_arg.hpp"
@@ -92,6 +93,19 @@ void initComm(py::module_& m) {
            }),
            py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
            py::arg("bucket_bytes"))
+      // The reducer of device arrays over NCCL.
+      .def(py::init([](std::shared_ptr<NcclCommunicator> comm, std::string compressor, std::string feedback,
+                       std::string algorithm, std::vector<double> weights, size_t bucketBytes) {
+             ReducerOptions o;
+             o.algorithm = std::move(algorithm);
+             o.weights = std::move(weights);
+             o.bucketBytes = bucketBytes;
+             return std::make_shared<Reducer>(std::shared_ptr<DeviceBackend>(std::move(comm)), std::move(compressor),
+                                              std::move(feedback), std::move(o));
+           }),
+           py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
+           py::arg("bucket_bytes"))
+      .def_property_readonly("on_device", &Reducer::onDevice)
       .def_property_readonly("rank", &Reducer::rank)
       .def_property_readonly("size", &Reducer::size)
       .def_property_readonly("compressor", &Reducer::compressorSpec)
@@ -128,6 +142,26 @@ void initComm(py::module_& m) {
         }
         return PyWork{std::move(w), py::make_tuple(x, t.owner), out};
       }, py::arg("x"), py::arg("key"))
+      // Device reducer: x and out are CUDA arrays (out allocated by the caller's array library),
+      // used on `stream`.
+      .def("allreduce_device", [](Reducer& r, py::handle x, py::handle out, const std::string& key,
+                                  intptr_t stream) {
+        TensorArg t = cudaTensorArg(x, false, "Reducer.allreduce", stream);
+        TensorArg o = cudaTensorArg(out, true, "Reducer.allreduce (out)", stream);
+        py::gil_scoped_release nogil;
+        r.allreduce(t.view(), o.mutableView(), key, reinterpret_cast<cuda::Stream>(stream));
+      }, py::arg("x"), py::arg("out"), py::arg("key"), py::arg("stream"))
+      .def("allreduce_async_device", [](Reducer& r, py::handle x, py::handle out, const std::string& key,
+                                        intptr_t stream) {
+        TensorArg t = cudaTensorArg(x, false, "Reducer.allreduce_async", stream);
+        TensorArg o = cudaTensorArg(out, true, "Reducer.allreduce_async (out)", stream);
+        std::shared_ptr<Work> w;
+        {
+          py::gil_scoped_release nogil;
+          w = r.allreduceAsync(t.view(), o.mutableView(), key, reinterpret_cast<cuda::Stream>(stream));
+        }
+        return PyWork{std::move(w), py::make_tuple(x, t.owner, o.owner), py::reinterpret_borrow<py::object>(out)};
+      }, py::arg("x"), py::arg("out"), py::arg("key"), py::arg("stream"))
       .def("allreduce_coalesced", [](Reducer& r, const py::list& xs, const std::string& key) {
         std::vector<TensorArg> args;
         std::vector<ConstTensorView> views;

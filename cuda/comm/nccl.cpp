@@ -34,6 +34,8 @@
 #include <thread>
 
 #include "comm/backend.hpp"
+#include "comm/staged.hpp"
+#include "common/runtime.hpp"
 #include "efcomm/error.hpp"
 
 namespace efcomm {
@@ -269,23 +271,6 @@ std::exception_ptr ncclError(const NcclApi& api, abi::Result rc, abi::Comm comm,
   return std::make_exception_ptr(Error(text));
 }
 
-// Selects `device` for the current thread and restores the previous one on exit.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    EFCOMM_NCCL_CUDA(cudaGetDevice(&previous_), "selecting the communicator's device");
-    if (previous_ != device_) EFCOMM_NCCL_CUDA(cudaSetDevice(device_), "selecting the communicator's device");
-  }
-  ~DeviceGuard() {
-    if (previous_ != device_) (void)cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int device_;
-  int previous_ = 0;
-};
 
 // Yields briefly, then sleeps 10 us doubling to 200 us: GPU collectives take micro- to
 // milliseconds, so the poll must be fine-grained, but must leave the CPU to other threads.
@@ -357,7 +342,7 @@ struct NcclCommunicator::State {
   ~State() {
     if (comm != nullptr) {
       try {
-        DeviceGuard g(device);
+        cuda::DeviceGuard g(device);
         close();
       } catch (...) {  // nothing may escape a destructor; the process keeps running
       }
@@ -394,7 +379,7 @@ struct NcclCommunicator::State {
     abortError = std::move(error);
     if (comm != nullptr) {
       try {
-        DeviceGuard g(device);
+        cuda::DeviceGuard g(device);
         (void)api->commAbort(comm);
       } catch (...) {
         (void)api->commAbort(comm);
@@ -647,7 +632,7 @@ NcclCommunicator::NcclCommunicator(int rank, int size, const NcclUniqueId& id, i
   st->size = size;
   st->device = device;
   st->defaultTimeout = defaultTimeoutSeconds;
-  DeviceGuard guard(device);
+  cuda::DeviceGuard guard(device);
   abi::UniqueId uid{};
   std::memcpy(uid.internal, id.data(), id.size());
   std::lock_guard<std::mutex> lk(st->mu);
@@ -677,6 +662,7 @@ NcclCommunicator::NcclCommunicator(int rank, int size, const NcclUniqueId& id, i
   EFCOMM_NCCL_CUDA(cudaMalloc(reinterpret_cast<void**>(&st->barrierWord), sizeof(float)), "NcclCommunicator");
   EFCOMM_NCCL_CUDA(cudaMemset(st->barrierWord, 0, sizeof(float)), "NcclCommunicator");
   state_ = std::move(st);
+  host_ = comm::ncclHostBackend(*this);
 }
 
 NcclCommunicator::~NcclCommunicator() = default;  // State closes the communicator with its last Work
@@ -685,6 +671,8 @@ int NcclCommunicator::rank() const { return state_->rank; }
 int NcclCommunicator::size() const { return state_->size; }
 int NcclCommunicator::device() const { return state_->device; }
 double NcclCommunicator::defaultTimeout() const { return state_->defaultTimeout; }
+
+Backend& NcclCommunicator::host() { return *host_; }
 
 bool NcclCommunicator::aborted() const {
   std::lock_guard<std::mutex> lk(state_->mu);
@@ -703,7 +691,7 @@ std::shared_ptr<Work> NcclCommunicator::allreduceSum(void* buf, size_t count, DT
   comm::checkSumBuffer(buf, count, dtype);
   std::lock_guard<std::mutex> lk(st.mu);
   st.checkUsableLocked("allreduceSum");
-  DeviceGuard guard(st.device);
+  cuda::DeviceGuard guard(st.device);
   checkDevicePointer(buf, count * itemSize(dtype), st.device, "NCCL allreduceSum");
   const auto s = static_cast<cudaStream_t>(stream);
   return enqueueLocked(state_, opName("allreduceSum", st.seq++), timeout, s, [&] {
@@ -718,7 +706,7 @@ std::shared_ptr<Work> NcclCommunicator::broadcast(void* buf, size_t bytes, int r
   EFCOMM_CHECK(root >= 0 && root < st.size, "NCCL broadcast: root ", root, " not in [0, ", st.size, ")");
   std::lock_guard<std::mutex> lk(st.mu);
   st.checkUsableLocked("broadcast");
-  DeviceGuard guard(st.device);
+  cuda::DeviceGuard guard(st.device);
   checkDevicePointer(buf, bytes, st.device, "NCCL broadcast");
   const auto s = static_cast<cudaStream_t>(stream);
   return enqueueLocked(state_, opName("broadcast", st.seq++), timeout, s, [&] {
@@ -739,7 +727,7 @@ std::vector<uint64_t> gatherWords(const std::shared_ptr<State>& stp, const std::
   {
     std::lock_guard<std::mutex> lk(st.mu);
     st.checkUsableLocked(kind);
-    DeviceGuard guard(st.device);
+    cuda::DeviceGuard guard(st.device);
     // Device: [own k words | n*k gathered]; pinned host the same.
     st.ensureWords(k + n * k);
     std::memcpy(st.pinned, mine.data(), k * sizeof(uint64_t));
@@ -777,7 +765,7 @@ std::shared_ptr<Work> NcclCommunicator::allgathervInto(const void* send, void* r
   for (size_t i = 0; i < sizes.size(); ++i) offsets[i + 1] = offsets[i] + sizes[i];
   std::lock_guard<std::mutex> lk(st.mu);
   st.checkUsableLocked("allgatherv");
-  DeviceGuard guard(st.device);
+  cuda::DeviceGuard guard(st.device);
   checkDevicePointer(send, sizes[static_cast<size_t>(st.rank)], st.device, "NCCL allgatherv (send)");
   checkDevicePointer(recv, offsets.back(), st.device, "NCCL allgatherv (recv)");
   const auto s = static_cast<cudaStream_t>(stream);
@@ -805,7 +793,7 @@ std::shared_ptr<Work> NcclCommunicator::allgatherv(const void* send, size_t byte
   recv.offsets.assign(sizes.size() + 1, 0);
   for (size_t i = 0; i < sizes.size(); ++i) recv.offsets[i + 1] = recv.offsets[i] + sizes[i];
   {
-    DeviceGuard guard(state_->device);
+    cuda::DeviceGuard guard(state_->device);
     recv.data.resize(recv.offsets.back());
   }
   return allgathervInto(send, recv.data.data(), sizes, stream, timeoutSeconds);
@@ -831,7 +819,7 @@ std::shared_ptr<Work> NcclCommunicator::alltoallv(const void* send, const std::v
   for (size_t i = 0; i < n; ++i) recv.offsets[i + 1] = recv.offsets[i] + static_cast<size_t>(matrix[i * n + me]);
   std::lock_guard<std::mutex> lk(st.mu);
   st.checkUsableLocked("alltoallv");
-  DeviceGuard guard(st.device);
+  cuda::DeviceGuard guard(st.device);
   recv.data.resize(recv.offsets.back());
   checkDevicePointer(send, sendOffsets.back(), st.device, "NCCL alltoallv (send)");
   const auto* in = static_cast<const uint8_t*>(send);
@@ -860,7 +848,7 @@ std::shared_ptr<Work> NcclCommunicator::barrier(cuda::Stream stream, std::option
   const double timeout = comm::resolveTimeout(timeoutSeconds, st.defaultTimeout);
   std::lock_guard<std::mutex> lk(st.mu);
   st.checkUsableLocked("barrier");
-  DeviceGuard guard(st.device);
+  cuda::DeviceGuard guard(st.device);
   const auto s = static_cast<cudaStream_t>(stream);
   return enqueueLocked(state_, opName("barrier", st.seq++), timeout, s, [&] {
     return st.api->allReduce(st.barrierWord, st.barrierWord, 1, abi::kFloat32, abi::kSum, st.comm, s);

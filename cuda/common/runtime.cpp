@@ -170,7 +170,12 @@ bool cpuContractsFma() {
 }
 
 bool isDevicePointer(const void* p) {
-  if (pointerCache().has(p, currentDevice())) return true;
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  if (pointerCache().has(p, dev)) return true;
   cudaPointerAttributes attr{};
   const cudaError_t err = cudaPointerGetAttributes(&attr, p);
   if (err != cudaSuccess) {

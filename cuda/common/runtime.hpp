@@ -66,8 +66,6 @@ std::vector<uint32_t> readFlags(cudaStream_t stream, int count = 8);
 /// -march enables FMA): kernels that must reproduce its values bit for bit follow it (madd).
 bool cpuContractsFma();
 
-/// Device memory type of p: true for device or managed memory of any device.
-bool isDevicePointer(const void* p);
 
 /// The current device (cudaGetDevice).
 int currentDevice();
@@ -107,5 +105,23 @@ bool traceEnabled();
 void traceBegin(cudaStream_t stream, const char* call, const char* codec, int64_t numel);
 void traceMark(cudaStream_t stream, const char* phase);
 void traceEnd(size_t messageBytes);
+
+/// Selects `device` for the current thread and restores the previous one on exit.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device) : device_(device) {
+    EFCOMM_CUDA_CHECK(cudaGetDevice(&previous_));
+    if (previous_ != device_) EFCOMM_CUDA_CHECK(cudaSetDevice(device_));
+  }
+  ~DeviceGuard() {
+    if (previous_ != device_) (void)cudaSetDevice(previous_);
+  }
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int device_;
+  int previous_ = 0;
+};
 
 }  // namespace efcomm::cuda

@@ -345,10 +345,10 @@ class NcclCommunicator(Communicator):
 
     @property
     def _backend(self):
-        # The host-memory Backend that Reducer and health.Monitor drive: not on NCCL yet.
-        raise BackendUnavailable("the Reducer and ef.health.Monitor do not run on the NCCL backend yet; use them over "
-                                 "Communicator.mpi() (host arrays), and NcclCommunicator's collectives for device "
-                                 "arrays")
+        # The host-memory Backend that health.Monitor drives: not on NCCL yet (the Reducer takes
+        # the communicator itself).
+        raise BackendUnavailable("ef.health.Monitor does not run on the NCCL backend yet; use it over "
+                                 "Communicator.mpi()")
 
     def _stream(self, x=None) -> int:
         if x is not None:
@@ -441,7 +441,8 @@ class Work:
         self._x = x
 
     def wait(self, timeout: Optional[float] = None):
-        return _like(self._native.wait(timeout), self._x)
+        out = self._native.wait(timeout)
+        return out if self._x is None else _like(out, self._x)
 
     def is_completed(self) -> bool:
         return self._native.completed()
@@ -451,7 +452,10 @@ class Reducer:
     """Compressed allreduce with per-key error-feedback state; one object per rank.
 
     ``allreduce(x, key=...)`` returns the aggregated estimate as a new array of x's type
-    (numpy or torch CPU), shape and dtype (float32/float64). All ranks call it with the same
+    (numpy or torch CPU), shape and dtype (float32/float64). Over :meth:`Communicator.nccl`, x is
+    a CUDA array (torch CUDA tensor, CuPy array) and everything stays on its device: the
+    feedback state, the messages (NCCL moves them) and the result, a new array of x's library
+    (PowerSGD's ``allreduce`` algorithm and :meth:`allreduce_coalesced` are host-only). All ranks call it with the same
     keys, shapes and dtypes in the same order; a disagreement raises MismatchError on every rank.
     ``weights`` (one per rank) default to 1/size each: with ``identity`` and ``none`` the result
     is the mean.
@@ -467,10 +471,6 @@ class Reducer:
                  bucket_bytes: int = 25 << 20):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"Reducer: comm must be an efcomm.Communicator, got {type(comm).__name__}")
-        if isinstance(comm, NcclCommunicator):
-            raise BackendUnavailable("Reducer: the Reducer does not run on the NCCL backend yet; use it over "
-                                     "Communicator.mpi() (host arrays), and NcclCommunicator's collectives for "
-                                     "device arrays")
         if algorithm not in _ALGORITHMS:
             raise InvalidArgument(f"Reducer: unknown algorithm {algorithm!r}; expected one of {_ALGORITHMS}")
         compressor = getattr(compressor, "spec", compressor)
@@ -481,7 +481,9 @@ class Reducer:
             raise InvalidArgument(f"Reducer: bucket_bytes must be a positive int, got {bucket_bytes!r}")
         self._comm = comm
         self._pending: list = []
-        self._impl = _core._Reducer(comm._backend, compressor, feedback, algorithm,
+        # Over NCCL the reducer takes device arrays (torch CUDA tensors, CuPy arrays).
+        self._device = isinstance(comm, NcclCommunicator)
+        self._impl = _core._Reducer(comm._nccl if self._device else comm._backend, compressor, feedback, algorithm,
                                     [] if weights is None else [float(w) for w in weights], bucket_bytes)
 
     @property
@@ -510,16 +512,45 @@ class Reducer:
         if not isinstance(key, str):
             raise InvalidArgument(f"Reducer.{what}: key must be a string, got {type(key).__name__}")
 
+    def _device_args(self, x, what):
+        """x checked to be a CUDA array, a new output like it, and the stream they are used on."""
+        if not _is_cuda(x):
+            raise InvalidArgument(f"Reducer.{what}: a reducer over NCCL takes CUDA arrays (torch CUDA tensors, CuPy "
+                                  f"arrays), got {type(x).__name__}; use Communicator.mpi() for host arrays")
+        x = _host(x)
+        if _is_torch(x):
+            import torch
+            out = torch.empty_like(x, memory_format=torch.contiguous_format)
+        elif _library(x) == "cupy":
+            import cupy
+            with x.device:
+                out = cupy.empty(x.shape, dtype=x.dtype)
+        else:
+            raise InvalidArgument(f"Reducer.{what}: x must be a torch CUDA tensor or a CuPy array (the output is "
+                                  "allocated in its library)")
+        return x, out, self._comm._stream(x)
+
     def allreduce(self, x, *, key: str):
-        """The aggregated estimate of every rank's x, bit-identical on every rank."""
+        """The aggregated estimate of every rank's x, bit-identical on every rank (a device array
+        like x on a reducer over NCCL)."""
         self._check_key(key, "allreduce")
+        if self._device:
+            x, out, stream = self._device_args(x, "allreduce")
+            with _device_ctx(x):
+                self._impl.allreduce_device(x, out, key, stream)
+            return out
         return _like(self._impl.allreduce(_host(x), key), x)
 
     def allreduce_async(self, x, *, key: str) -> Work:
         """Starts :meth:`allreduce` on the reducer's worker thread; calls run in the order made.
         x must not be modified until the Work has completed."""
         self._check_key(key, "allreduce_async")
-        work = Work(self._impl.allreduce_async(_host(x), key), x)
+        if self._device:
+            x, out, stream = self._device_args(x, "allreduce_async")
+            with _device_ctx(x):
+                work = Work(self._impl.allreduce_async_device(x, out, key, stream), None)
+        else:
+            work = Work(self._impl.allreduce_async(_host(x), key), x)
         # The native call reads x and writes its output until it completes: keep both alive even
         # if the caller drops the Work.
         self._pending = [w for w in self._pending if not w.is_completed()] + [work]
@@ -529,6 +560,9 @@ class Reducer:
         """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
         key ``f"{key}#{j}"``); returns the results in order. The same list on every rank."""
         self._check_key(key, "allreduce_coalesced")
+        if self._device:
+            raise InvalidArgument("Reducer.allreduce_coalesced: host arrays only; on a reducer over NCCL, reduce one "
+                                  "flat tensor per bucket with allreduce")
         xs = list(xs)
         outs = self._impl.allreduce_coalesced([_host(x) for x in xs], key)
         return [_like(o, x) for o, x in zip(outs, xs)]

@@ -4,7 +4,7 @@ through compressors, decompress and Feedback, and the NCCL communicator.
 Without a GPU (CI) the tests check that every entry point reports ef.BackendUnavailable clearly
 and that host arrays keep their path; with torch.cuda and a CUDA build of efcomm they check the
 GPU results against the CPU's, zero-copy decoding, Feedback on the device and a one-rank NCCL
-communicator (one GPU: NCCL refuses two ranks on one device).
+communicator with the Reducer over it (one GPU: NCCL refuses two ranks on one device).
 
 The GPU tests run in child processes (test_child_gpu_tests, test_child_nccl_one_rank: pytest on
 this file with EFCOMM_TEST_CUDA_CHILD=1, faulthandler on), so that a crash in native code fails
@@ -406,11 +406,42 @@ def test_nccl_one_rank_collectives():
     assert len(empty) == 1 and empty[0].numel() == 0
     with pytest.raises(ef.InvalidArgument, match="CUDA array"):
         comm.allreduce(torch.ones(3))
-    with pytest.raises(ef.BackendUnavailable, match="NCCL"):
-        ef.Reducer(comm)
+    with pytest.raises(ef.BackendUnavailable, match="Monitor"):
+        ef.health.Monitor(comm)
     comm.abort("test abort")
     with pytest.raises(ef.CollectiveTimeout):
         comm.allreduce(torch.ones(3, device="cuda"))
+
+
+@gpu_child
+@pytest.mark.parametrize("algorithm,compressor", [("allgather", "topk:ratio=0.1"),
+                                                  ("reduce_scatter", "topk:ratio=0.1"),
+                                                  ("allreduce", "randk:ratio=0.1")])
+def test_nccl_one_rank_reducer(algorithm, compressor):
+    """The Reducer over NCCL on device arrays: the host reducer's results, on the device, resumable."""
+    import torch
+    comm = _nccl_comm()
+    red = ef.Reducer(comm, compressor, "ef21", algorithm=algorithm)
+    xs = [torch.randn(2, 500, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    got = [red.allreduce(x.cuda(), key="w") for x in xs]
+    assert all(g.is_cuda and g.shape == (2, 500) and g.dtype == torch.float32 for g in got)
+
+    def on_host(c):
+        r = ef.Reducer(c, compressor, "ef21", algorithm=algorithm)
+        return [r.allreduce(x.numpy(), key="w") for x in xs]
+
+    for g, w in zip(got, ef.testing.run_ranks(1, on_host)[0]):
+        np.testing.assert_allclose(g.cpu().numpy(), w, rtol=1e-5, atol=1e-6)
+    assert red.stats["w"]["algorithm"] == algorithm and red.stats["w"]["calls"] == 3
+    state = red.state_dict()
+    a = red.allreduce_async(xs[0].cuda(), key="w").wait()
+    again = ef.Reducer(comm, compressor, "ef21", algorithm=algorithm)
+    again.load_state_dict(state)
+    assert torch.equal(again.allreduce(xs[0].cuda(), key="w"), a)
+    with pytest.raises(ef.InvalidArgument, match="CUDA"):
+        red.allreduce(xs[0], key="w")
+    with pytest.raises(ef.InvalidArgument, match="host arrays only"):
+        red.allreduce_coalesced([xs[0].cuda()], key="c")
 
 
 # ---- the child processes -------------------------------------------------------------------------
@@ -524,8 +555,9 @@ def _nccl_probes() -> str:
 
 @needs_gpu
 def test_child_nccl_one_rank():
-    """test_nccl_one_rank_collectives in a child process; on failure, probes say where it broke."""
-    rc, text = _pytest_child("test_nccl_one_rank_collectives", timeout=120)
+    """The one-rank NCCL tests (collectives, the Reducer) in a child process; on failure, probes
+    say where it broke."""
+    rc, text = _pytest_child("test_nccl_one_rank_", timeout=180)
     if rc == 0:
         return
     pytest.fail(f"the NCCL test's child process failed ({_verdict(rc)}):\n{text[-_TAIL:]}\n"

@@ -39,6 +39,9 @@ bool built();
 int deviceCount();
 /// built() && deviceCount() > 0.
 bool available();
+/// True when p points to device or managed memory (of any device); false without kernels or
+/// device. Never throws.
+bool isDevicePointer(const void* p);
 /// Why `available()` is false ("efcomm was built without CUDA (nvcc not found)", "no CUDA
 /// device: <driver's message>"); empty when available.
 std::string unavailableReason();

@@ -42,6 +42,7 @@
 
 #include "efcomm/comm.hpp"
 #include "efcomm/cuda.hpp"
+#include "efcomm/device_comm.hpp"
 #include "efcomm/tensor.hpp"
 
 namespace efcomm {
@@ -60,22 +61,9 @@ int ncclVersion(const std::string& libraryPath = std::string());
 /// The file libnccl was loaded from ("" before it is loaded).
 std::string ncclLibrary();
 
-/// Device memory holding variable-sized byte blocks, one per rank, back to back without
-/// padding: block `i` is `data.data() + offsets[i]`, `offsets[i + 1] - offsets[i]` bytes. The
-/// device counterpart of `ByteBlocks`; the receive side of `NcclCommunicator::allgatherv` and
-/// `alltoallv`, sized by the call.
-struct DeviceByteBlocks {
-  cuda::DeviceBuffer data;
-  std::vector<size_t> offsets;
-
-  size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
-  const uint8_t* block(size_t i) const { return static_cast<const uint8_t*>(data.data()) + offsets.at(i); }
-  uint8_t* block(size_t i) { return static_cast<uint8_t*>(data.data()) + offsets.at(i); }
-  size_t blockBytes(size_t i) const { return offsets.at(i + 1) - offsets.at(i); }
-};
-
-/// One rank's NCCL communicator. Thread-compatible; see the file comment.
-class NcclCommunicator {
+/// One rank's NCCL communicator, a `DeviceBackend` (the Reducer runs on it). Thread-compatible;
+/// see the file comment.
+class NcclCommunicator final : public DeviceBackend {
  public:
   /// A new unique id (ncclGetUniqueId), made on one rank (usually 0) and sent to every rank out
   /// of band (MPI, a torch process group, a file). Throws `BackendUnavailable`.
@@ -90,19 +78,19 @@ class NcclCommunicator {
                    const std::string& libraryPath = std::string());
   /// Finalizes the communicator (waits, at most the default timeout, for its pending work; aborts
   /// it if that fails) and frees it.
-  ~NcclCommunicator();
+  ~NcclCommunicator() override;
   NcclCommunicator(const NcclCommunicator&) = delete;
   NcclCommunicator& operator=(const NcclCommunicator&) = delete;
 
-  int rank() const;
-  int size() const;
-  int device() const;
+  int rank() const override;
+  int size() const override;
+  int device() const override;
   double defaultTimeout() const;
 
   /// In place: `buf` (`count` elements of `dtype`: float32, float64, bfloat16 or float16)
   /// becomes the elementwise sum over ranks (ncclAllReduce, ncclSum). Enqueues only.
   std::shared_ptr<Work> allreduceSum(void* buf, size_t count, DType dtype, cuda::Stream stream,
-                                     std::optional<double> timeoutSeconds = std::nullopt);
+                                     std::optional<double> timeoutSeconds = std::nullopt) override;
 
   /// Copies `bytes` bytes of `buf` on rank `root` into `buf` on every other rank. Enqueues only.
   std::shared_ptr<Work> broadcast(void* buf, size_t bytes, int root, cuda::Stream stream,
@@ -119,7 +107,7 @@ class NcclCommunicator {
   /// Exchanges the sizes first (`exchangeSizes`: synchronizes), then sizes `recv` and enqueues
   /// the data movement (one ncclBroadcast per rank with data, in one NCCL group).
   std::shared_ptr<Work> allgatherv(const void* send, size_t bytes, DeviceByteBlocks& recv, cuda::Stream stream,
-                                   std::optional<double> timeoutSeconds = std::nullopt);
+                                   std::optional<double> timeoutSeconds = std::nullopt) override;
 
   /// `allgatherv` when every rank's size is known (`sizes`, the same on every rank, one per rank,
   /// `sizes[rank()]` the bytes of `send`): block `i` lands at `recv + sum(sizes[0..i))`; `recv`
@@ -132,7 +120,7 @@ class NcclCommunicator {
   /// this rank. Exchanges the counts first (synchronizes), then enqueues grouped
   /// ncclSend/ncclRecv (this rank's own chunk is a device-to-device copy).
   std::shared_ptr<Work> alltoallv(const void* send, const std::vector<size_t>& sendCounts, DeviceByteBlocks& recv,
-                                  cuda::Stream stream, std::optional<double> timeoutSeconds = std::nullopt);
+                                  cuda::Stream stream, std::optional<double> timeoutSeconds = std::nullopt) override;
 
   /// Completes once every rank has reached it (an all-reduce of one value). Enqueues only.
   std::shared_ptr<Work> barrier(cuda::Stream stream, std::optional<double> timeoutSeconds = std::nullopt);
@@ -144,10 +132,15 @@ class NcclCommunicator {
   /// True after an abort or a timeout.
   bool aborted() const;
 
+  /// Host bytes over this communicator (copied through device memory on the legacy default
+  /// stream, synchronizing every call): the Reducer's small control messages.
+  Backend& host() override;
+
   struct State;  // private to nccl.cpp
 
  private:
   std::shared_ptr<State> state_;
+  std::unique_ptr<Backend> host_;
 };
 
 }  // namespace efcomm

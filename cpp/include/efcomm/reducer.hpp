@@ -25,6 +25,13 @@
 /// A rank whose compression fails (a non-finite vector) takes no part in that round, as an
 /// absent worker under partial participation (ALGORITHMS.md, EF21-PP): the other ranks' round
 /// completes, the estimates stay consistent, and then every rank throws, naming that rank.
+///
+/// On a GPU (a reducer made over a `DeviceBackend`: NCCL, device_comm.hpp) the same algorithms
+/// run on device memory: x and out are device arrays, the workers' feedback state, the messages
+/// and the aggregates stay on the device (cuda.hpp's kernels), and the messages move with the
+/// transport's device collectives on the caller's stream; only the agreement header, failure
+/// statuses and allreduce descriptors (tens of bytes) pass through the host. PowerSGD's
+/// `allreduce` rounds are host-only (use allgather or reduce_scatter there).
 
 #include <condition_variable>
 #include <cstdint>
@@ -39,6 +46,8 @@
 #include <vector>
 
 #include "efcomm/comm.hpp"
+#include "efcomm/cuda.hpp"
+#include "efcomm/device_comm.hpp"
 #include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"
 
@@ -101,6 +110,10 @@ class Reducer {
   /// compressor whose payloads do not add), before any communication.
   explicit Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec = "topk:ratio=0.01",
                    std::string feedbackSpec = "ef21", ReducerOptions options = {});
+  /// The reducer of device arrays over `device` (see the file comment); the same checks, and
+  /// `InvalidArgument` for `allreduce` with PowerSGD.
+  explicit Reducer(std::shared_ptr<DeviceBackend> device, std::string compressorSpec = "topk:ratio=0.01",
+                   std::string feedbackSpec = "ef21", ReducerOptions options = {});
   ~Reducer();
   Reducer(const Reducer&) = delete;
   Reducer& operator=(const Reducer&) = delete;
@@ -115,15 +128,20 @@ class Reducer {
   /// - `NonFiniteError` when a rank's vector to compress is not finite, naming it (that rank
   ///   skipped the round, see the file comment);
   /// - the backend's `CollectiveTimeout` when a rank does not arrive.
-  void allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key);
+  /// On a device reducer x and out are device arrays used on `stream` (ignored on the host);
+  /// the call returns once out holds the aggregate.
+  void allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key,
+                 cuda::Stream stream = nullptr);
 
   /// `allreduce` on the reducer's worker thread; x and out must stay valid and untouched until
   /// the returned Work has completed. Calls (async or not) run in the order they were made.
-  std::shared_ptr<Work> allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key);
+  std::shared_ptr<Work> allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key,
+                                       cuda::Stream stream = nullptr);
 
   /// Reduces many tensors (float32/float64; outs[i] like xs[i], may alias) fused into buckets
   /// of at most `bucketBytes` (consecutive tensors of one dtype); bucket j is reduced as key
-  /// "<key>#<j>" with its own state. The same list on every rank, every call.
+  /// "<key>#<j>" with its own state. The same list on every rank, every call. Host reducers
+  /// only (InvalidArgument on a device reducer).
   void allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
                           const std::string& key);
 
@@ -134,6 +152,8 @@ class Reducer {
 
   int rank() const;
   int size() const;
+  /// True for a reducer of device arrays.
+  bool onDevice() const { return device_ != nullptr; }
   const std::string& compressorSpec() const { return compressorSpec_; }
   const std::string& feedbackSpec() const { return feedbackSpec_; }
   /// The configured algorithm ("auto" included); per key, see stats().
@@ -154,12 +174,13 @@ class Reducer {
   struct Slot;
 
  private:
-  void reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key);
+  void reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key, cuda::Stream stream);
   void drain() const;  // waits until the worker thread has run every queued call
   std::string chooseAlgorithm(const ConstTensorView& x);
   comm::SlotSetup setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const;
 
-  std::shared_ptr<Backend> backend_;
+  std::shared_ptr<DeviceBackend> device_;  // null on the host
+  std::shared_ptr<Backend> backend_;       // the host bytes (a device reducer: device_->host())
   std::string compressorSpec_, feedbackSpec_;
   ReducerOptions options_;
   uint64_t specHash_;

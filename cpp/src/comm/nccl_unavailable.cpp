@@ -50,6 +50,7 @@ std::shared_ptr<Work> NcclCommunicator::alltoallv(const void*, const std::vector
 std::shared_ptr<Work> NcclCommunicator::barrier(cuda::Stream, std::optional<double>) { unavailable(); }
 void NcclCommunicator::abort(const CollectiveTimeout&) { unavailable(); }
 bool NcclCommunicator::aborted() const { return false; }
+Backend& NcclCommunicator::host() { unavailable(); }
 
 }  // namespace efcomm
 #endif

@@ -37,12 +37,14 @@ struct Reducer::Job final : Work {
   ConstTensorView x;
   TensorView out;
   std::string key;
+  cuda::Stream stream;
   mutable std::mutex mutex;
   std::condition_variable done;
   bool finished = false;
   std::exception_ptr error;
 
-  Job(const ConstTensorView& x_, const TensorView& out_, std::string key_) : x(x_), out(out_), key(std::move(key_)) {}
+  Job(const ConstTensorView& x_, const TensorView& out_, std::string key_, cuda::Stream stream_)
+      : x(x_), out(out_), key(std::move(key_)), stream(stream_) {}
 
   void finish(std::exception_ptr e) {
     std::lock_guard<std::mutex> lock(mutex);
@@ -124,7 +126,7 @@ std::string describe(const Header& h, const std::string& key) {
 
 // Why x/out cannot be reduced under `key` on this rank; empty when they can.
 std::string checkArgs(const ConstTensorView& x, const TensorView& out, const std::vector<int64_t>* slotShape,
-                      DType slotDType) {
+                      DType slotDType, bool device) {
   try {
     if (x.dtype != DType::kFloat32 && x.dtype != DType::kFloat64)
       return "dtype must be float32 or float64, got " + dtypeName(x.dtype);
@@ -132,6 +134,8 @@ std::string checkArgs(const ConstTensorView& x, const TensorView& out, const std
     if (out.numel() != x.numel())
       return "out has " + std::to_string(out.numel()) + " elements, x has " + std::to_string(x.numel());
     if ((x.data == nullptr || out.data == nullptr) && x.numel() > 0) return "null data pointer";
+    if (device && x.numel() > 0 && !(cuda::isDevicePointer(x.data) && cuda::isDevicePointer(out.data)))
+      return "x and out must be device memory on a device reducer (CUDA arrays: torch CUDA tensors, CuPy arrays)";
     if (slotShape != nullptr && (*slotShape != x.shape || slotDType != x.dtype))
       return "the key was first reduced as " + dtypeName(slotDType) + " " + shapeString(*slotShape) +
              ", now " + dtypeName(x.dtype) + " " + shapeString(x.shape);
@@ -162,6 +166,17 @@ std::vector<uint8_t> encodeHeader(uint64_t keyHash, uint64_t call, uint64_t spec
 }
 
 }  // namespace
+
+Reducer::Reducer(std::shared_ptr<DeviceBackend> device, std::string compressorSpec, std::string feedbackSpec,
+                 ReducerOptions options)
+    : Reducer(device ? std::shared_ptr<Backend>(device, &device->host()) : nullptr, std::move(compressorSpec),
+              std::move(feedbackSpec), std::move(options)) {
+  device_ = std::move(device);
+  if (options_.algorithm == "allreduce") {
+    const std::string why = comm::allreduceUnsupported(compressorSpec_, true);
+    EFCOMM_CHECK(why.empty(), "Reducer: ", why);
+  }
+}
 
 Reducer::Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec, std::string feedbackSpec,
                  ReducerOptions options)
@@ -209,7 +224,7 @@ std::string Reducer::chooseAlgorithm(const ConstTensorView& x) {
   std::string best = "allgather";
   double bestSeconds = comm::predictSeconds(best, *options_.link, compressorSpec_, size(), x.numel(), x.dtype);
   for (const char* alg : {"reduce_scatter", "allreduce"}) {
-    if (std::string(alg) == "allreduce" && !comm::allreduceUnsupported(compressorSpec_).empty()) continue;
+    if (std::string(alg) == "allreduce" && !comm::allreduceUnsupported(compressorSpec_, onDevice()).empty()) continue;
     const double t = comm::predictSeconds(alg, *options_.link, compressorSpec_, size(), x.numel(), x.dtype);
     if (t < bestSeconds) {
       best = alg;
@@ -219,28 +234,30 @@ std::string Reducer::chooseAlgorithm(const ConstTensorView& x) {
   return best;
 }
 
-void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key) {
+void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key,
+                        cuda::Stream stream) {
   bool queued;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queued = thread_.joinable() && std::this_thread::get_id() != thread_.get_id();
   }
   if (queued) {
-    allreduceAsync(x, out, key)->wait();
+    allreduceAsync(x, out, key, stream)->wait();
   } else {
-    reduceNow(x, out, key);
+    reduceNow(x, out, key, stream);
   }
 }
 
-std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key) {
-  auto job = std::make_shared<Job>(x, out, key);
+std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key,
+                                              cuda::Stream stream) {
+  auto job = std::make_shared<Job>(x, out, key, stream);
   // An MPI initialized below MPI_THREAD_SERIALIZED may only be called from its own thread: the
   // call then runs here and the Work is complete when returned.
   const std::optional<MpiThreadLevel> level = mpiThreadLevel(*backend_);
   if (level && *level < MpiThreadLevel::kSerialized) {
     std::exception_ptr error;
     try {
-      reduceNow(x, out, key);
+      reduceNow(x, out, key, stream);
     } catch (...) {
       error = std::current_exception();
     }
@@ -260,7 +277,7 @@ std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const Te
         lock.unlock();
         std::exception_ptr error;
         try {
-          reduceNow(j->x, j->out, j->key);
+          reduceNow(j->x, j->out, j->key, j->stream);
         } catch (...) {
           error = std::current_exception();
         }
@@ -284,6 +301,8 @@ void Reducer::drain() const {
 
 void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
                                  const std::string& key) {
+  EFCOMM_CHECK(!onDevice(), "Reducer.allreduce_coalesced(key '", key,
+               "'): host arrays only; on a device, reduce one flat tensor per bucket with allreduce");
   EFCOMM_CHECK(xs.size() == outs.size(), "Reducer.allreduce_coalesced(key '", key, "'): ", xs.size(), " inputs but ",
                outs.size(), " outputs");
   size_t bucket = 0;
@@ -316,7 +335,8 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
   }
 }
 
-void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key) {
+void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key,
+                        cuda::Stream stream) {
   // The collectives of this call carry its key and algorithm in a health monitor's record; later
   // ones (the application's own) carry none.
   struct Unlabel {
@@ -326,7 +346,7 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   const auto found = slots_.find(key);
   const Slot* existing = found == slots_.end() ? nullptr : found->second.get();
   const std::string argError =
-      checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32);
+      checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32, onDevice());
 
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
@@ -382,13 +402,13 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   st.controlBytes += header.size();
   st.commSeconds += agreeSeconds;
   backend_->label(key, s.algorithm);
-  s.impl->run(*backend_, x, TensorView{out.data, out.dtype, x.shape}, s.step++, st);
+  s.impl->run(*backend_, x, TensorView{out.data, out.dtype, x.shape}, s.step++, st, stream);
   ++st.calls;
 }
 
 comm::SlotSetup Reducer::setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const {
   return {compressorSpec_, feedbackSpec_, options_.weights, rank(), size(), shape, dtype,
-          "Reducer.allreduce(key '" + key + "')"};
+          "Reducer.allreduce(key '" + key + "')", device_.get()};
 }
 
 std::map<std::string, ReducerStats> Reducer::stats() const {

@@ -19,27 +19,6 @@ namespace efcomm::comm {
 
 namespace {
 
-// A rank that could not produce a message sends a status block instead: its rank and the
-// ErrorCode, 8 bytes. A message is never that short (its fixed header alone is 32 bytes).
-constexpr size_t kStatusBytes = 8;
-
-struct Failure {
-  int rank = -1;
-  uint32_t code = 0;  // an ErrorCode; 0: no failure
-  explicit operator bool() const { return code != 0; }
-};
-
-std::vector<uint8_t> statusBlock(const Failure& f) {
-  std::vector<uint8_t> b(kStatusBytes);
-  storeAs<uint32_t>(b.data(), f.code);
-  storeAs<uint32_t>(b.data() + 4, static_cast<uint32_t>(f.rank));
-  return b;
-}
-
-Failure readStatus(const uint8_t* p) {
-  return {static_cast<int>(loadAs<uint32_t>(p + 4)), loadAs<uint32_t>(p)};
-}
-
 // The outcome of this rank's compression: a message, or the failure and its exception.
 struct Attempt {
   std::optional<Message> msg;
@@ -52,46 +31,16 @@ struct Attempt {
     try {
       msg.emplace(compress());
       return;
-    } catch (const Error& e) {
-      failure = {rank, static_cast<uint32_t>(e.code())};
-      error = std::current_exception();
     } catch (...) {
-      failure = {rank, static_cast<uint32_t>(ErrorCode::kInternal)};
       error = std::current_exception();
     }
+    failure = failureOf(rank, error);
     status = statusBlock(failure);
   }
   const uint8_t* bytes() const { return msg ? msg->data() : status.data(); }
   size_t size() const { return msg ? msg->size() : status.size(); }
 };
 
-// Raises a round's failure on every rank: a rank that failed rethrows its own error, the others
-// name the first rank that failed. Non-finite input is also reported to the backend (a health
-// monitor attributes it to its rank).
-[[noreturn]] void raise(Backend& backend, const std::string& context, const Failure& f, std::exception_ptr own) {
-  if (f.code == static_cast<uint32_t>(ErrorCode::kNonFinite))
-    backend.report("nonfinite", {f.rank}, context + ": rank " + std::to_string(f.rank) +
-                                              " has a non-finite vector to compress; every rank skipped the round");
-  if (own) std::rethrow_exception(own);
-  EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
-                 " has a non-finite vector to compress and skipped this round");
-  throw Error(context + ": rank " + std::to_string(f.rank) + " failed to compress (error code " +
-              std::to_string(f.code) + ") and skipped this round");
-}
-
-void keepFirst(Failure& first, const Failure& f) {
-  if (f && (!first || f.rank < first.rank)) first = f;
-}
-
-ConstTensorView flatPart(const ConstTensorView& x, int64_t begin, int64_t len) {
-  return {static_cast<const uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
-}
-
-TensorView flatPart(const TensorView& x, int64_t begin, int64_t len) {
-  return {static_cast<uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
-}
-
-// Chunk c of d elements split over n ranks: [d c / n, d (c+1) / n).
 // count values of `dtype` at `in` as doubles.
 void loadValues(DType dtype, const uint8_t* in, double* out, size_t count) {
   dispatchDType(dtype, [&](auto tag) {
@@ -151,8 +100,8 @@ class AllgatherAlgorithm final : public Algorithm {
         worker_(makeFeedback(s.feedback, makeCompressor(s.compressor))),
         aggregate_(s.feedback, s.n, s.weights, s.shape, s.dtype) {}
 
-  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
-           ReducerStats& st) override {
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
+           cuda::Stream) override {
     Attempt mine;
     auto t0 = Clock::now();
     mine.run(s_.rank, [&] { return worker_->step(x, step); });
@@ -211,8 +160,8 @@ class ReduceScatterAlgorithm final : public Algorithm {
     build(workers_, owner_, ownerCompressor_, mirrors_);
   }
 
-  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
-           ReducerStats& st) override {
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
+           cuda::Stream) override {
     const int n = s_.n;
     const size_t me = static_cast<size_t>(s_.rank);
 
@@ -356,42 +305,6 @@ class ReduceScatterAlgorithm final : public Algorithm {
 
 // ---- allreduce ------------------------------------------------------------------------------
 
-// The part of a message that every rank's message of one round shares when payloads add: the
-// compressor id, flags and parameters (RandK: k, seed, step; equal because every rank passes the
-// same step), and the payload length.
-struct Descriptor {
-  CompressorId id = CompressorId::kIdentity;
-  uint16_t flags = 0;
-  std::vector<uint8_t> params;
-  uint64_t payloadBytes = 0;
-
-  static Descriptor of(const Message& m) {
-    return {m.compressorId(), m.flags(), std::vector<uint8_t>(m.params(), m.params() + m.paramsSize()),
-            m.payloadSize()};
-  }
-  std::vector<uint8_t> encode() const {
-    ByteWriter w;
-    w.put<uint32_t>(0).put<uint32_t>(0);  // the status slot: a descriptor follows a zero status
-    w.put<uint8_t>(static_cast<uint8_t>(id)).put<uint16_t>(flags).put<uint64_t>(payloadBytes);
-    std::vector<uint8_t> bytes = w.bytes();
-    bytes.insert(bytes.end(), params.begin(), params.end());
-    return bytes;
-  }
-  static Descriptor decode(const uint8_t* p, size_t n) {
-    ByteReader r(p + kStatusBytes, n - kStatusBytes, "allreduce descriptor");
-    Descriptor d;
-    d.id = static_cast<CompressorId>(r.get<uint8_t>());
-    d.flags = r.get<uint16_t>();
-    d.payloadBytes = r.get<uint64_t>();
-    const size_t rest = r.remaining();
-    d.params.assign(p + n - rest, p + n);
-    return d;
-  }
-  bool operator==(const Descriptor& o) const {
-    return id == o.id && flags == o.flags && params == o.params && payloadBytes == o.payloadBytes;
-  }
-};
-
 // Payloads that add: identity; cast (summed in 16-bit arithmetic, as they travel); RandK, whose
 // indices every rank draws from the shared seed and step; PowerSGD in its distributed form
 // (compress/powersgd.hpp), whose P every rank shares and whose Q_i add. decode(sum_i w_i
@@ -405,8 +318,8 @@ class AllreduceAlgorithm final : public Algorithm {
     weights_ = s.weights.empty() ? std::vector<double>(static_cast<size_t>(s.n), 1.0 / s.n) : s.weights;
   }
 
-  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
-           ReducerStats& st) override {
+  void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
+           cuda::Stream) override {
     backend_ = &backend;
     stats_ = &st;
     factorSeconds_ = 0;
@@ -419,33 +332,14 @@ class AllreduceAlgorithm final : public Algorithm {
     // Round 1: the descriptors (or status blocks), so every rank, a failed one included, knows
     // the round's message layout and checks that the payloads really add.
     const std::vector<uint8_t> desc = mine.msg ? Descriptor::of(*mine.msg).encode() : statusBlock(mine.failure);
-    ByteBlocks descs;
-    t0 = Clock::now();
-    backend.allgatherv(desc.data(), desc.size(), descs)->wait();
-    comm += secondsSince(t0);
-    st.bytesSent += desc.size() * static_cast<uint64_t>(s_.n - 1);
     Failure first;
-    std::optional<Descriptor> layout;
-    for (int r = 0; r < s_.n; ++r) {
-      const size_t i = static_cast<size_t>(r);
-      if (r != s_.rank) st.bytesReceived += descs.blockBytes(i);
-      EFCOMM_CHECK_T(CorruptMessageError, descs.blockBytes(i) >= kStatusBytes, s_.context, ": rank ", r, " sent a ",
-                     descs.blockBytes(i), "-byte descriptor");
-      const Failure f = readStatus(descs.block(i));
-      if (f) {
-        keepFirst(first, f);
-        continue;
-      }
-      const Descriptor d = Descriptor::decode(descs.block(i), descs.blockBytes(i));
-      if (!layout) layout = d;
-      EFCOMM_CHECK_T(MismatchError, d == *layout, s_.context, ": rank ", r,
-                     "'s message layout differs from the other ranks' (the allreduce algorithm needs payloads "
-                     "that add: the same compressor, parameters and step on every rank)");
-    }
+    t0 = Clock::now();
+    const std::optional<Descriptor> layout = agreeLayout(backend, desc, s_, st, first);
+    comm += secondsSince(t0);
 
     // Round 2: the weighted payloads (PowerSGD: after the shared P), summed in rank order.
     if (layout) {
-      const DType values = payloadDType(*layout);
+      const DType values = payloadDType(*layout, s_);
       const size_t item = itemSize(values);
       const bool factors = layout->id == CompressorId::kPowerSGD;
       const size_t shared = factors ? sharedP_.size() * item : 0;
@@ -460,7 +354,7 @@ class AllreduceAlgorithm final : public Algorithm {
       t0 = Clock::now();
       backend.allreduceSum(sum.data(), count, values)->wait();
       comm += secondsSince(t0);
-      const uint64_t traffic = allreduceTraffic(count, item);
+      const uint64_t traffic = allreduceTraffic(count, item, s_.n, s_.rank);
       st.bytesSent += traffic;
       st.bytesReceived += traffic;
 
@@ -516,7 +410,7 @@ class AllreduceAlgorithm final : public Algorithm {
     const auto t0 = Clock::now();
     backend_->allreduceSum(buf.data(), count, s_.dtype)->wait();
     factorSeconds_ += secondsSince(t0);
-    const uint64_t traffic = allreduceTraffic(count, itemSize(s_.dtype));
+    const uint64_t traffic = allreduceTraffic(count, itemSize(s_.dtype), s_.n, s_.rank);
     stats_->bytesSent += traffic;
     stats_->bytesReceived += traffic;
     loadValues(s_.dtype, reinterpret_cast<const uint8_t*>(buf.data()), local.data(), count);
@@ -528,22 +422,6 @@ class AllreduceAlgorithm final : public Algorithm {
       throw NonFiniteError(what);
     }
     std::copy(local.begin(), local.begin() + static_cast<std::ptrdiff_t>(p.size()), p.begin());
-  }
-
-  // The element type of the payload: the input's, but cast's target type for cast.
-  DType payloadDType(const Descriptor& d) const {
-    if (d.id != CompressorId::kCast) return s_.dtype;
-    EFCOMM_CHECK_T(CorruptMessageError, d.params.size() == 1 && isValidDType(d.params[0]), s_.context,
-                   ": bad cast parameters");
-    return static_cast<DType>(d.params[0]);
-  }
-
-  // What this rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes (a
-  // reduce-scatter into n parts and an allgather of the parts; the MPI backend's algorithm): the
-  // parts it does not own, then its own part to n - 1 peers.
-  uint64_t allreduceTraffic(size_t count, size_t item) const {
-    const size_t own = partBegin(count, s_.n, s_.rank + 1) - partBegin(count, s_.n, s_.rank);
-    return ((count - own) + own * static_cast<uint64_t>(s_.n - 1)) * item;
   }
 
   SlotSetup s_;
@@ -559,7 +437,111 @@ class AllreduceAlgorithm final : public Algorithm {
 
 }  // namespace
 
+ConstTensorView flatPart(const ConstTensorView& x, int64_t begin, int64_t len) {
+  return {static_cast<const uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
+}
+
+TensorView flatPart(const TensorView& x, int64_t begin, int64_t len) {
+  return {static_cast<uint8_t*>(x.data) + begin * static_cast<int64_t>(itemSize(x.dtype)), x.dtype, {len}};
+}
+
+std::vector<uint8_t> statusBlock(const Failure& f) {
+  std::vector<uint8_t> b(kStatusBytes);
+  storeAs<uint32_t>(b.data(), f.code);
+  storeAs<uint32_t>(b.data() + 4, static_cast<uint32_t>(f.rank));
+  return b;
+}
+
+Failure readStatus(const uint8_t* p) { return {static_cast<int>(loadAs<uint32_t>(p + 4)), loadAs<uint32_t>(p)}; }
+
+void keepFirst(Failure& first, const Failure& f) {
+  if (f && (!first || f.rank < first.rank)) first = f;
+}
+
+Failure failureOf(int rank, const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const Error& err) {
+    return {rank, static_cast<uint32_t>(err.code())};
+  } catch (...) {
+    return {rank, static_cast<uint32_t>(ErrorCode::kInternal)};
+  }
+}
+
+void raise(Backend& backend, const std::string& context, const Failure& f, std::exception_ptr own) {
+  if (f.code == static_cast<uint32_t>(ErrorCode::kNonFinite))
+    backend.report("nonfinite", {f.rank}, context + ": rank " + std::to_string(f.rank) +
+                                              " has a non-finite vector to compress; every rank skipped the round");
+  if (own) std::rethrow_exception(own);
+  EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
+                 " has a non-finite vector to compress and skipped this round");
+  throw Error(context + ": rank " + std::to_string(f.rank) + " failed to compress (error code " +
+              std::to_string(f.code) + ") and skipped this round");
+}
+
+Descriptor Descriptor::of(const Message& m) {
+  return {m.compressorId(), m.flags(), std::vector<uint8_t>(m.params(), m.params() + m.paramsSize()), m.payloadSize()};
+}
+
+std::vector<uint8_t> Descriptor::encode() const {
+  ByteWriter w;
+  w.put<uint32_t>(0).put<uint32_t>(0);  // the status slot: a descriptor follows a zero status
+  w.put<uint8_t>(static_cast<uint8_t>(id)).put<uint16_t>(flags).put<uint64_t>(payloadBytes);
+  std::vector<uint8_t> bytes = w.bytes();
+  bytes.insert(bytes.end(), params.begin(), params.end());
+  return bytes;
+}
+
+Descriptor Descriptor::decode(const uint8_t* p, size_t n) {
+  ByteReader r(p + kStatusBytes, n - kStatusBytes, "allreduce descriptor");
+  Descriptor d;
+  d.id = static_cast<CompressorId>(r.get<uint8_t>());
+  d.flags = r.get<uint16_t>();
+  d.payloadBytes = r.get<uint64_t>();
+  const size_t rest = r.remaining();
+  d.params.assign(p + n - rest, p + n);
+  return d;
+}
+
+std::optional<Descriptor> agreeLayout(Backend& backend, const std::vector<uint8_t>& desc, const SlotSetup& s,
+                                      ReducerStats& st, Failure& first) {
+  ByteBlocks descs;
+  backend.allgatherv(desc.data(), desc.size(), descs)->wait();
+  st.bytesSent += desc.size() * static_cast<uint64_t>(s.n - 1);
+  std::optional<Descriptor> layout;
+  for (int r = 0; r < s.n; ++r) {
+    const size_t i = static_cast<size_t>(r);
+    if (r != s.rank) st.bytesReceived += descs.blockBytes(i);
+    EFCOMM_CHECK_T(CorruptMessageError, descs.blockBytes(i) >= kStatusBytes, s.context, ": rank ", r, " sent a ",
+                   descs.blockBytes(i), "-byte descriptor");
+    const Failure f = readStatus(descs.block(i));
+    if (f) {
+      keepFirst(first, f);
+      continue;
+    }
+    const Descriptor d = Descriptor::decode(descs.block(i), descs.blockBytes(i));
+    if (!layout) layout = d;
+    EFCOMM_CHECK_T(MismatchError, d == *layout, s.context, ": rank ", r,
+                   "'s message layout differs from the other ranks' (the allreduce algorithm needs payloads "
+                   "that add: the same compressor, parameters and step on every rank)");
+  }
+  return layout;
+}
+
+DType payloadDType(const Descriptor& d, const SlotSetup& s) {
+  if (d.id != CompressorId::kCast) return s.dtype;
+  EFCOMM_CHECK_T(CorruptMessageError, d.params.size() == 1 && isValidDType(d.params[0]), s.context,
+                 ": bad cast parameters");
+  return static_cast<DType>(d.params[0]);
+}
+
+uint64_t allreduceTraffic(size_t count, size_t item, int n, int rank) {
+  const size_t own = partBegin(count, n, rank + 1) - partBegin(count, n, rank);
+  return ((count - own) + own * static_cast<uint64_t>(n - 1)) * item;
+}
+
 std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetup& setup) {
+  if (setup.device != nullptr) return makeDeviceAlgorithm(name, setup);
   if (name == "allgather") return std::make_unique<AllgatherAlgorithm>(setup);
   if (name == "reduce_scatter") return std::make_unique<ReduceScatterAlgorithm>(setup);
   if (name == "allreduce") {
@@ -571,8 +553,11 @@ std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetu
                         "'; expected allgather, reduce_scatter, allreduce or auto");
 }
 
-std::string allreduceUnsupported(const std::string& compressorSpec) {
+std::string allreduceUnsupported(const std::string& compressorSpec, bool device) {
   const std::string name = makeCompressor(compressorSpec)->name();
+  if (name == "powersgd" && device)
+    return "PowerSGD's factor rounds of the allreduce algorithm run on the host only; on a device use algorithm "
+           "allgather, reduce_scatter or auto";
   if (name == "identity" || name == "cast" || name == "randk" || name == "powersgd") return {};
   return "the allreduce algorithm needs a compressor whose payloads add (identity, cast, randk, powersgd); '" + name +
          "' payloads do not: use algorithm allgather, reduce_scatter or auto";

@@ -1,13 +1,20 @@
 #pragma once
 // The Reducer's algorithms (reducer.hpp describes them): one object per key and rank holding
-// that key's error-feedback state, plus the alpha-beta cost model of `auto`.
+// that key's error-feedback state, plus the alpha-beta cost model of `auto`. The host algorithms
+// are in reducer_algorithms.cpp, their device counterparts (the same rounds on device memory) in
+// cuda/comm/reducer_algorithms.cpp; the round's wire pieces they share are declared here.
 
 #include <cstdint>
+#include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "efcomm/comm.hpp"
+#include "efcomm/cuda.hpp"
+#include "efcomm/device_comm.hpp"
+#include "efcomm/message.hpp"
 #include "efcomm/reducer.hpp"
 #include "efcomm/state.hpp"
 #include "efcomm/tensor.hpp"
@@ -22,6 +29,7 @@ struct SlotSetup {
   std::vector<int64_t> shape;
   DType dtype = DType::kFloat32;
   std::string context;  // names the call in error messages: "Reducer.allreduce(key 'w')"
+  DeviceBackend* device = nullptr;  // the device reducer's transport; null on the host
 };
 
 class Algorithm {
@@ -29,18 +37,82 @@ class Algorithm {
   virtual ~Algorithm() = default;
   /// One round: reduces x into out (flat, the slot's dtype and size). `step` is the key's call
   /// number, passed to the workers' compressors so every rank draws the same random numbers.
+  /// `backend` carries host bytes (on a device reducer: its transport's host()); `stream` is the
+  /// device reducer's CUDA stream (unused on the host).
   virtual void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step,
-                   ReducerStats& stats) = 0;
+                   ReducerStats& stats, cuda::Stream stream) = 0;
   virtual StateDict stateDict() const = 0;
   /// Throws before changing anything if the state does not fit (see Reducer::loadStateDict).
   virtual void loadStateDict(const StateDict& state) = 0;
 };
 
-/// name: "allgather", "reduce_scatter" or "allreduce".
+/// name: "allgather", "reduce_scatter" or "allreduce"; on setup.device the device algorithm.
 std::unique_ptr<Algorithm> makeAlgorithm(const std::string& name, const SlotSetup& setup);
+/// The device algorithms (cuda/comm/reducer_algorithms.cpp; BackendUnavailable without CUDA).
+std::unique_ptr<Algorithm> makeDeviceAlgorithm(const std::string& name, const SlotSetup& setup);
 
-/// Why `compressorSpec` cannot use the allreduce algorithm; empty when it can (its payloads add).
-std::string allreduceUnsupported(const std::string& compressorSpec);
+/// Why `compressorSpec` cannot use the allreduce algorithm (on a device reducer when `device`);
+/// empty when it can (its payloads add).
+std::string allreduceUnsupported(const std::string& compressorSpec, bool device = false);
+
+// ---- the round's wire pieces, shared by the host and device algorithms ----------------------
+
+/// A rank that could not produce a message sends a status block instead: the ErrorCode and its
+/// rank, 8 bytes. A message is never that short (its fixed header alone is 32 bytes).
+constexpr size_t kStatusBytes = 8;
+
+struct Failure {
+  int rank = -1;
+  uint32_t code = 0;  // an ErrorCode; 0: no failure
+  explicit operator bool() const { return code != 0; }
+};
+
+std::vector<uint8_t> statusBlock(const Failure& f);
+Failure readStatus(const uint8_t* p);
+/// Keeps the failure of the lowest rank.
+void keepFirst(Failure& first, const Failure& f);
+/// The failure of this rank's attempt that threw `e` (an efcomm::Error or anything else).
+Failure failureOf(int rank, const std::exception_ptr& e);
+
+/// Raises a round's failure on every rank: a rank that failed rethrows its own error, the others
+/// name the first rank that failed. Non-finite input is also reported to the backend (a health
+/// monitor attributes it to its rank).
+[[noreturn]] void raise(Backend& backend, const std::string& context, const Failure& f, std::exception_ptr own);
+
+/// The part of a message that every rank's message of one allreduce round shares when payloads
+/// add: the compressor id, flags and parameters (RandK: k, seed, step; equal because every rank
+/// passes the same step), and the payload length. Travels after a zero status.
+struct Descriptor {
+  CompressorId id = CompressorId::kIdentity;
+  uint16_t flags = 0;
+  std::vector<uint8_t> params;
+  uint64_t payloadBytes = 0;
+
+  static Descriptor of(const Message& m);
+  std::vector<uint8_t> encode() const;
+  static Descriptor decode(const uint8_t* p, size_t n);
+  bool operator==(const Descriptor& o) const {
+    return id == o.id && flags == o.flags && params == o.params && payloadBytes == o.payloadBytes;
+  }
+};
+
+/// Round 1 of the allreduce algorithm: gathers every rank's descriptor (`desc`, or this rank's
+/// status block), counting the bytes in `st`; returns the common layout (empty when every rank
+/// failed) and keeps the first failure in `first`. MismatchError when layouts differ.
+std::optional<Descriptor> agreeLayout(Backend& backend, const std::vector<uint8_t>& desc, const SlotSetup& s,
+                                      ReducerStats& st, Failure& first);
+
+/// The element type of an allreduce payload: the input's, but cast's target type for cast.
+DType payloadDType(const Descriptor& d, const SlotSetup& s);
+
+/// Elements [begin, begin + len) of the flat view x, as a 1-d view.
+ConstTensorView flatPart(const ConstTensorView& x, int64_t begin, int64_t len);
+TensorView flatPart(const TensorView& x, int64_t begin, int64_t len);
+
+/// What a rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes over
+/// n ranks (a reduce-scatter into n parts and an allgather of the parts): the parts it does not
+/// own, then its own part to n - 1 peers.
+uint64_t allreduceTraffic(size_t count, size_t item, int n, int rank);
 
 /// Predicted seconds of one round of `algorithm` on d elements under `link` (data exchange only;
 /// the header agreement is the same for every algorithm).

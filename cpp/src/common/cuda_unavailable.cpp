@@ -1,9 +1,12 @@
-// The efcomm::cuda functions of a build without CUDA kernels (cuda/ defines them otherwise):
+// The efcomm::cuda functions, stagedDeviceBackend and the device Reducer's algorithms of a build
+// without CUDA kernels (cuda/ defines them otherwise):
 // queries answer "not available" and everything else throws BackendUnavailable saying why.
 #include "efcomm/config.hpp"
 
 #if !EFCOMM_HAVE_CUDA
+#include "comm/reducer_algorithms.hpp"
 #include "efcomm/cuda.hpp"
+#include "efcomm/device_comm.hpp"
 #include "efcomm/error.hpp"
 
 namespace efcomm::cuda {
@@ -18,6 +21,7 @@ constexpr const char* kReason =
 bool built() { return false; }
 int deviceCount() { return 0; }
 bool available() { return false; }
+bool isDevicePointer(const void*) { return false; }
 std::string unavailableReason() { return kReason; }
 
 DeviceBuffer::~DeviceBuffer() = default;
@@ -45,4 +49,12 @@ StateDict DeviceFeedback::stateDict() const { unavailable(); }
 void DeviceFeedback::loadStateDict(const StateDict&) { unavailable(); }
 
 }  // namespace efcomm::cuda
+
+namespace efcomm {
+std::shared_ptr<DeviceBackend> stagedDeviceBackend(std::shared_ptr<Backend>, int) { cuda::unavailable(); }
+}  // namespace efcomm
+
+namespace efcomm::comm {
+std::unique_ptr<Algorithm> makeDeviceAlgorithm(const std::string&, const SlotSetup&) { cuda::unavailable(); }
+}  // namespace efcomm::comm
 #endif
