@@ -16,6 +16,14 @@ namespace efcomm::py_bind {
 
 namespace {
 
+ReducerOptions reducerOptions(std::string algorithm, std::vector<double> weights, size_t bucketBytes) {
+  ReducerOptions o;
+  o.algorithm = std::move(algorithm);
+  o.weights = std::move(weights);
+  o.bucketBytes = bucketBytes;
+  return o;
+}
+
 py::dict statsToPython(const ReducerStats& s) {
   py::dict d;
   d["algorithm"] = s.algorithm;
@@ -84,24 +92,17 @@ void initComm(py::module_& m) {
   py::class_<Reducer, std::shared_ptr<Reducer>>(m, "_Reducer")
       .def(py::init([](std::shared_ptr<Backend> backend, std::string compressor, std::string feedback,
                        std::string algorithm, std::vector<double> weights, size_t bucketBytes) {
-             ReducerOptions o;
-             o.algorithm = std::move(algorithm);
-             o.weights = std::move(weights);
-             o.bucketBytes = bucketBytes;
              return std::make_shared<Reducer>(std::move(backend), std::move(compressor), std::move(feedback),
-                                              std::move(o));
+                                              reducerOptions(std::move(algorithm), std::move(weights), bucketBytes));
            }),
            py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
            py::arg("bucket_bytes"))
       // The reducer of device arrays over NCCL.
       .def(py::init([](std::shared_ptr<NcclCommunicator> comm, std::string compressor, std::string feedback,
                        std::string algorithm, std::vector<double> weights, size_t bucketBytes) {
-             ReducerOptions o;
-             o.algorithm = std::move(algorithm);
-             o.weights = std::move(weights);
-             o.bucketBytes = bucketBytes;
              return std::make_shared<Reducer>(std::shared_ptr<DeviceBackend>(std::move(comm)), std::move(compressor),
-                                              std::move(feedback), std::move(o));
+                                              std::move(feedback),
+                                              reducerOptions(std::move(algorithm), std::move(weights), bucketBytes));
            }),
            py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
            py::arg("bucket_bytes"))

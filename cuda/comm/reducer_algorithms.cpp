@@ -78,8 +78,8 @@ class DeviceAggregate {
         additive_(feedback::parseConfig(spec).additive()),
         shape_(std::move(shape)),
         dtype_(dtype),
-        g_(view().nbytes()) {
-    EFCOMM_CUDA_CHECK(cudaMemset(g_.data(), 0, g_.size()));
+        g_(ConstTensorView{nullptr, dtype, shape_}.nbytes()) {
+    if (g_.size() > 0) EFCOMM_CUDA_CHECK(cudaMemset(g_.data(), 0, g_.size()));
   }
 
   // msgs[i] (sizes[i] bytes) from worker i, null for a worker that did not participate.
@@ -143,18 +143,53 @@ Gathered splitBlocks(const DeviceByteBlocks& blocks, int n, int me, Failure& fir
   return g;
 }
 
-StateDict pairState(const cuda::DeviceFeedback& worker, const DeviceAggregate& aggregate) {
-  StateDict sd;
-  sd.merge(worker.stateDict(), "worker.");
-  sd.merge(aggregate.stateDict(), "aggregate.");
-  return sd;
-}
+// A worker and the aggregate it folds into (allgather: of n workers; allreduce: of the one
+// summed message): the state of both, as the host algorithms keep it ("worker.", "aggregate.").
+class DevicePair : public Algorithm {
+ public:
+  StateDict stateDict() const override {
+    StateDict sd;
+    sd.merge(worker_->stateDict(), "worker.");
+    sd.merge(aggregate_->stateDict(), "aggregate.");
+    return sd;
+  }
+
+  void loadStateDict(const StateDict& state) override {
+    std::unique_ptr<cuda::DeviceFeedback> worker;
+    std::unique_ptr<DeviceAggregate> aggregate;
+    build(worker, aggregate);
+    worker->loadStateDict(state.sub("worker."));
+    aggregate->loadStateDict(state.sub("aggregate."));
+    worker_ = std::move(worker);
+    aggregate_ = std::move(aggregate);
+  }
+
+ protected:
+  DevicePair(const SlotSetup& s, int workers, std::vector<double> weights)
+      : s_(s), workers_(workers), weights_(std::move(weights)) {
+    build(worker_, aggregate_);
+  }
+
+  SlotSetup s_;
+  std::unique_ptr<cuda::DeviceFeedback> worker_;
+  std::unique_ptr<DeviceAggregate> aggregate_;
+
+ private:
+  void build(std::unique_ptr<cuda::DeviceFeedback>& worker, std::unique_ptr<DeviceAggregate>& aggregate) const {
+    cuda::DeviceGuard guard(s_.device->device());
+    worker = std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor);
+    aggregate = std::make_unique<DeviceAggregate>(s_.feedback, workers_, weights_, s_.shape, s_.dtype);
+  }
+
+  int workers_;
+  std::vector<double> weights_;
+};
 
 // ---- allgather -------------------------------------------------------------------------------
 
-class DeviceAllgather final : public Algorithm {
+class DeviceAllgather final : public DevicePair {
  public:
-  explicit DeviceAllgather(const SlotSetup& s) : s_(s) { build(worker_, aggregate_); }
+  explicit DeviceAllgather(const SlotSetup& s) : DevicePair(s, s.n, s.weights) {}
 
   void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
            cuda::Stream stream) override {
@@ -175,34 +210,12 @@ class DeviceAllgather final : public Algorithm {
     Failure first;
     const Gathered g = splitBlocks(gathered, s_.n, s_.rank, first, st, s);
     aggregate_->update(g.msgs, g.sizes, s);
-    copyOut(aggregate_->estimate(), out, s);
-    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
     st.aggregateSeconds += secondsSince(t0);
     if (first) raise(backend, s_.context, first, mine.error);
+    copyOut(aggregate_->estimate(), out, s);
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
-  StateDict stateDict() const override { return pairState(*worker_, *aggregate_); }
-
-  void loadStateDict(const StateDict& state) override {
-    std::unique_ptr<cuda::DeviceFeedback> worker;
-    std::unique_ptr<DeviceAggregate> aggregate;
-    build(worker, aggregate);
-    worker->loadStateDict(state.sub("worker."));
-    aggregate->loadStateDict(state.sub("aggregate."));
-    worker_ = std::move(worker);
-    aggregate_ = std::move(aggregate);
-  }
-
- private:
-  void build(std::unique_ptr<cuda::DeviceFeedback>& worker, std::unique_ptr<DeviceAggregate>& aggregate) const {
-    cuda::DeviceGuard guard(s_.device->device());
-    worker = std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor);
-    aggregate = std::make_unique<DeviceAggregate>(s_.feedback, s_.n, s_.weights, s_.shape, s_.dtype);
-  }
-
-  SlotSetup s_;
-  std::unique_ptr<cuda::DeviceFeedback> worker_;
-  std::unique_ptr<DeviceAggregate> aggregate_;
 };
 
 // ---- reduce_scatter --------------------------------------------------------------------------
@@ -291,10 +304,10 @@ class DeviceReduceScatter final : public Algorithm {
       if (owners.blockBytes(i) == kStatusBytes) continue;  // owner failed: its chunk keeps its value
       parts_.mirrors[i]->update({owners.block(i) + kStatusBytes}, {owners.blockBytes(i) - kStatusBytes}, s);
     }
-    for (int c = 0; c < n; ++c) copyOut(parts_.mirrors[static_cast<size_t>(c)]->estimate(), chunk(out, c), s);
-    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
     st.aggregateSeconds += secondsSince(t0);
     if (first) raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
+    for (int c = 0; c < n; ++c) copyOut(parts_.mirrors[static_cast<size_t>(c)]->estimate(), chunk(out, c), s);
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
   StateDict stateDict() const override {
@@ -366,12 +379,11 @@ class DeviceReduceScatter final : public Algorithm {
 // host, the weighted payloads are summed by the device backend's allreduceSum, and the one
 // resulting message (this rank's header with the summed payload, sealed on the device) folds
 // into a one-worker aggregate.
-class DeviceAllreduce final : public Algorithm {
+class DeviceAllreduce final : public DevicePair {
  public:
-  explicit DeviceAllreduce(const SlotSetup& s) : s_(s) {
-    weights_ = s.weights.empty() ? std::vector<double>(static_cast<size_t>(s.n), 1.0 / s.n) : s.weights;
-    build(worker_, aggregate_);
-  }
+  explicit DeviceAllreduce(const SlotSetup& s)
+      : DevicePair(s, 1, {1.0}),
+        weights_(s.weights.empty() ? std::vector<double>(static_cast<size_t>(s.n), 1.0 / s.n) : s.weights) {}
 
   void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
            cuda::Stream stream) override {
@@ -424,37 +436,16 @@ class DeviceAllreduce final : public Algorithm {
       copyDevice(static_cast<uint8_t*>(msg_.data()) + ml.headerBytes, sum_.data(), count * item, s);
       const size_t size = cuda::sealMessage(msg_, ml, count * item, s);
       aggregate_->update({static_cast<const uint8_t*>(msg_.data())}, {size}, s);
-      copyOut(aggregate_->estimate(), out, s);
-      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
       st.aggregateSeconds += secondsSince(t0);
     }
     st.commSeconds += comm;
     if (first) raise(backend, s_.context, first, mine.error);
-  }
-
-  StateDict stateDict() const override { return pairState(*worker_, *aggregate_); }
-
-  void loadStateDict(const StateDict& state) override {
-    std::unique_ptr<cuda::DeviceFeedback> worker;
-    std::unique_ptr<DeviceAggregate> aggregate;
-    build(worker, aggregate);
-    worker->loadStateDict(state.sub("worker."));
-    aggregate->loadStateDict(state.sub("aggregate."));
-    worker_ = std::move(worker);
-    aggregate_ = std::move(aggregate);
+    copyOut(aggregate_->estimate(), out, s);
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
  private:
-  void build(std::unique_ptr<cuda::DeviceFeedback>& worker, std::unique_ptr<DeviceAggregate>& aggregate) const {
-    cuda::DeviceGuard guard(s_.device->device());
-    worker = std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor);
-    aggregate = std::make_unique<DeviceAggregate>(s_.feedback, 1, std::vector<double>{1.0}, s_.shape, s_.dtype);
-  }
-
-  SlotSetup s_;
-  std::vector<double> weights_;
-  std::unique_ptr<cuda::DeviceFeedback> worker_;
-  std::unique_ptr<DeviceAggregate> aggregate_;
+  std::vector<double> weights_;  // the ranks' weights on their payloads
   cuda::DeviceBuffer sum_, msg_;
 };
 
