@@ -10,11 +10,13 @@ compiled code depends on torch.
 
 Per bucket and step: the gradient of each parameter with at least ``min_compress_numel``
 elements and two or more dimensions is compressed by this rank's error-feedback worker for that
-parameter, and every rank's messages are gathered (their sizes first, then the messages of the
-bucket concatenated and padded to the longest, as torch's all_gather needs equal sizes); every
-rank folds them in rank order into its mirror of the workers' estimates
-(``ef.feedback.Aggregate``), so the result is the same on every rank. The other gradients
-(biases, norms, small layers) and every bucket of the first ``start_iter`` iterations are
+parameter, and every rank's messages are gathered in two collectives: one allreduce carries the
+bucket's other gradients (biases, norms, small layers: averaged uncompressed) together with every
+rank's message sizes, then one all_gather the messages of the bucket concatenated and padded to
+the longest (torch's all_gather needs equal sizes). On a small cluster the collectives' latency,
+not their bytes, is most of the hook's time, hence the sizes ride along. Every rank folds the
+messages in rank order into its mirror of the workers' estimates (``ef.feedback.Aggregate``), so
+the result is the same on every rank. Every bucket of the first ``start_iter`` iterations is
 averaged uncompressed with one allreduce; with an ``init=full`` method (EF21's default) the last
 warm-up step also starts the estimates, so the first compressed step already sends compressed
 messages. Error-feedback state is per parameter, keyed by the
@@ -40,6 +42,9 @@ __all__ = ["DDPHookState", "ddp_hook"]
 
 # Marks a rank that could not compress, in the size exchange (a message is never empty).
 _FAILED = -1
+# Message sizes travel in a float32 allreduce as (size >> 16, size & 0xFFFF), each rank writing
+# only its own slots: one nonzero addend per slot and values below 2**24, so the sums are exact.
+_SIZE_SPLIT = 1 << 16
 
 
 class _Slot:
@@ -129,14 +134,16 @@ class DDPHookState:
     def _world(self) -> int:
         return dist.get_world_size(self.process_group) if dist.is_initialized() else 1
 
-    def _allreduce_mean(self, flat: torch.Tensor) -> torch.Tensor:
+    def _allreduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
         n = self._world()
         dist.all_reduce(flat, group=self.process_group)
-        flat.div_(n)
         ring = 2 * (n - 1) * flat.numel() * flat.element_size() // n
         self.stats["bytes_sent"] += ring
         self.stats["bytes_received"] += ring
         return flat
+
+    def _allreduce_mean(self, flat: torch.Tensor) -> torch.Tensor:
+        return self._allreduce_sum(flat).div_(self._world())
 
     def _slot(self, key: str, numel: int) -> _Slot:
         slot = self._slots.get(key)
@@ -144,9 +151,10 @@ class DDPHookState:
             slot = self._slots[key] = _Slot(self.feedback, self.compressor, self._world(), numel)
         return slot
 
-    def _compressed_mean(self, keyed: list) -> None:
+    def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
-        rank's compressed gradient: one worker and one mirror per parameter."""
+        rank's compressed gradient (one worker and one mirror per parameter), and each of
+        ``small`` by the mean over ranks."""
         n = self._world()
         slots = [self._slot(key, g.numel()) for key, g in keyed]
         payloads, sizes, error = [], [], None
@@ -160,12 +168,24 @@ class DDPHookState:
                 sizes.append(_FAILED)
             slot.step += 1
         device = keyed[0][1].device
-        # Round 1: every rank's message sizes (one per parameter); round 2: the messages,
-        # concatenated and padded to the longest concatenation (all_gather needs equal sizes).
-        mine = torch.tensor(sizes, dtype=torch.int64, device=device)
-        all_sizes = [torch.empty_like(mine) for _ in range(n)]
-        dist.all_gather(all_sizes, mine, group=self.process_group)
-        all_sizes = [s.tolist() for s in all_sizes]
+        # Round 1: the small gradients' sum and every rank's message sizes (one per parameter), in
+        # one float32 allreduce; round 2: the messages, concatenated and padded to the longest
+        # concatenation (all_gather needs equal sizes).
+        m = len(keyed)
+        numel_small = sum(g.numel() for g in small)
+        head = torch.zeros(numel_small + 2 * n * m, dtype=torch.float32, device=device)
+        if small:
+            head[:numel_small] = torch.cat([g.reshape(-1) for g in small])
+        codes = []
+        for size in sizes:
+            codes += [-1, 0] if size == _FAILED else [size // _SIZE_SPLIT, size % _SIZE_SPLIT]
+        at = numel_small + 2 * m * dist.get_rank(self.process_group)
+        head[at:at + 2 * m] = torch.tensor(codes, dtype=torch.float32)
+        self._allreduce_sum(head)
+        if small:
+            _scatter(head[:numel_small].div_(n), small)
+        codes = head[numel_small:].view(n, m, 2).to(torch.int64).tolist()
+        all_sizes = [[_FAILED if hi < 0 else hi * _SIZE_SPLIT + lo for hi, lo in rank] for rank in codes]
         width = max(max(sum(max(x, 0) for x in s) for s in all_sizes), 1)
         padded = torch.zeros(width, dtype=torch.uint8)
         if payloads:
@@ -174,7 +194,7 @@ class DDPHookState:
         padded = padded.to(device)
         gathered = [torch.empty_like(padded) for _ in range(n)]
         dist.all_gather(gathered, padded, group=self.process_group)
-        traffic = (n - 1) * (width + mine.numel() * mine.element_size())
+        traffic = (n - 1) * width
         self.stats["bytes_sent"] += traffic
         self.stats["bytes_received"] += traffic
         blocks = [g.cpu().numpy() for g in gathered]
@@ -227,11 +247,10 @@ class DDPHookState:
                 self._start_from_warmup(keyed, local)
             return buf
         small = [g for g, b in zip(grads, big) if not b]
-        if small:
-            out = self._allreduce_mean(torch.cat([g.reshape(-1) for g in small]))
-            _scatter(out, small)
         if keyed:
-            self._compressed_mean(keyed)
+            self._compressed_mean(keyed, small)
+        elif small:
+            _scatter(self._allreduce_mean(torch.cat([g.reshape(-1) for g in small])), small)
         return buf
 
     def _start_from_warmup(self, keyed: list, local: list) -> None:
