@@ -274,22 +274,7 @@ std::exception_ptr ncclError(const NcclApi& api, abi::Result rc, abi::Comm comm,
 
 // Yields briefly, then sleeps 10 us doubling to 200 us: GPU collectives take micro- to
 // milliseconds, so the poll must be fine-grained, but must leave the CPU to other threads.
-class Backoff {
- public:
-  void pause() {
-    if (spins_ < 32) {
-      ++spins_;
-      std::this_thread::yield();
-      return;
-    }
-    sleep_ = std::min(std::max(sleep_ * 2, std::chrono::microseconds(10)), std::chrono::microseconds(200));
-    std::this_thread::sleep_for(sleep_);
-  }
-
- private:
-  int spins_ = 0;
-  std::chrono::microseconds sleep_{0};
-};
+comm::Backoff ncclBackoff() { return comm::Backoff(32, std::chrono::microseconds(10), std::chrono::microseconds(200)); }
 
 abi::DataType ncclType(DType dtype) {
   switch (dtype) {
@@ -359,7 +344,7 @@ struct NcclCommunicator::State {
     if (api->commFinalize != nullptr) {
       rc = api->commFinalize(comm);
       const auto deadline = deadlineAfter(defaultTimeout);
-      Backoff backoff;
+      comm::Backoff backoff = ncclBackoff();
       while (rc == abi::kInProgress && Clock::now() < deadline) {
         if (api->commGetAsyncError(comm, &rc) != abi::kSuccess) break;
         if (rc == abi::kInProgress) backoff.pause();
@@ -412,7 +397,7 @@ struct NcclCommunicator::State {
   // communicator's operation to leave ncclInProgress; throws (aborting where the communicator is
   // no longer usable) on an error. `mu` held.
   void settleLocked(abi::Result rc, const std::string& call, Clock::time_point deadline, double timeout) {
-    Backoff backoff;
+    comm::Backoff backoff = ncclBackoff();
     while (rc == abi::kInProgress) {
       abi::Result state = abi::kSuccess;
       const abi::Result q = api->commGetAsyncError(comm, &state);
@@ -472,7 +457,7 @@ class NcclWork final : public Work {
                    *timeoutSeconds);
       until = deadlineAfter(*timeoutSeconds);
     }
-    Backoff backoff;
+    comm::Backoff backoff = ncclBackoff();
     for (;;) {
       {
         std::lock_guard<std::mutex> lk(st_->mu);

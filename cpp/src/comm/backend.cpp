@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdint>
 #include <string_view>
+#include <thread>
 
 #include "common/dispatch.hpp"
 
@@ -19,6 +20,16 @@ double secondsSince(Clock::time_point t0) { return std::chrono::duration<double>
 size_t partBegin(size_t count, int n, int c) {
   const auto product = static_cast<unsigned __int128>(count) * static_cast<unsigned>(c);
   return static_cast<size_t>(product / static_cast<unsigned>(n));
+}
+
+void Backoff::pause() {
+  if (spins_ < spinLimit_) {
+    ++spins_;
+    std::this_thread::yield();
+    return;
+  }
+  sleep_ = std::min(std::max(sleep_ * 2, minSleep_), maxSleep_);
+  std::this_thread::sleep_for(sleep_);
 }
 
 std::string rankList(const std::vector<int>& ranks) {

@@ -25,6 +25,25 @@ double secondsSince(Clock::time_point t0);
 /// allreduceSum and of the Reducer's reduce_scatter chunks.
 size_t partBegin(size_t count, int n, int c);
 
+/// A polling loop's pause: `spins` yields, then sleeps from `minSleep` doubling to `maxSleep`, so
+/// that a rank waiting on its peers leaves the CPU to them (ranks may oversubscribe the cores).
+class Backoff {
+ public:
+  Backoff(int spins, std::chrono::microseconds minSleep, std::chrono::microseconds maxSleep)
+      : spinLimit_(spins), minSleep_(minSleep), maxSleep_(maxSleep) {}
+  void reset() {
+    spins_ = 0;
+    sleep_ = std::chrono::microseconds(0);
+  }
+  void pause();
+
+ private:
+  int spinLimit_;
+  std::chrono::microseconds minSleep_, maxSleep_;
+  int spins_ = 0;
+  std::chrono::microseconds sleep_{0};
+};
+
 /// "0, 2, 3": ranks for error messages.
 std::string rankList(const std::vector<int>& ranks);
 

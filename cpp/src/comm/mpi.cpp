@@ -63,6 +63,7 @@ namespace efcomm {
 
 namespace {
 
+using comm::Backoff;
 using comm::Clock;
 using comm::deadlineAfter;
 using comm::rankList;
@@ -263,27 +264,7 @@ void keepForever(std::shared_ptr<void> p) {
 
 // Spins briefly, then sleeps 20 us doubling to 1 ms: ranks oversubscribing cores must leave the
 // CPU to the peers they wait for.
-class Backoff {
- public:
-  void reset() {
-    spins_ = 0;
-    sleep_ = std::chrono::microseconds(0);
-  }
-  void pause() {
-    if (spins_ < kSpins) {
-      ++spins_;
-      std::this_thread::yield();
-      return;
-    }
-    sleep_ = std::min(std::max(sleep_ * 2, std::chrono::microseconds(20)), std::chrono::microseconds(1000));
-    std::this_thread::sleep_for(sleep_);
-  }
-
- private:
-  static constexpr int kSpins = 64;
-  int spins_ = 0;
-  std::chrono::microseconds sleep_{0};
-};
+Backoff mpiBackoff() { return Backoff(64, std::chrono::microseconds(20), std::chrono::microseconds(1000)); }
 
 // ---- one collective on this rank -----------------------------------------------------------------
 
@@ -382,7 +363,7 @@ class Engine {
     MPI_Request dupRequest = MPI_REQUEST_NULL;
     check(api_.commIdup(userComm, &comm_, &dupRequest), "MPI_Comm_idup");
     const auto deadline = deadlineAfter(defaultTimeout);
-    Backoff backoff;
+    Backoff backoff = mpiBackoff();
     for (int done = 0;;) {
       check(api_.test(&dupRequest, &done, MPI_STATUS_IGNORE), "MPI_Test(MPI_Comm_idup)");
       if (done) break;
@@ -427,7 +408,7 @@ class Engine {
         if (r != MPI_REQUEST_NULL) api_.cancel(&r);
       }
       const auto until = deadlineAfter(broken_ ? kFailGraceSeconds : 0.1);
-      Backoff backoff;
+      Backoff backoff = mpiBackoff();
       for (;;) {
         testLeftovers();
         testAll(noticeRequests_);
@@ -1156,7 +1137,7 @@ class MpiWork final : public Work {
                    *timeoutSeconds);
       until = deadlineAfter(*timeoutSeconds);
     }
-    Backoff backoff;
+    Backoff backoff = mpiBackoff();
     for (;;) {
       bool moved = false;
       {
