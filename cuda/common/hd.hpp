@@ -1,10 +1,9 @@
 #pragma once
-// EFCOMM_HD marks the arithmetic that kernels and host code share: __host__ __device__ under
-// nvcc, nothing under a plain C++ compiler, so the host tests (tests/cpp/test_cuda_host_*.cpp,
-// built with g++) exercise the exact functions the kernels run. Write `EFCOMM_HD inline T f()`.
-// This header and the other hd_*.hpp headers include no CUDA header.
+// Arithmetic that kernels and host code share (EFCOMM_HD, common/host_device.hpp), so the host
+// tests (tests/cpp/test_cuda_host_*.cpp, built with g++) exercise the exact functions the
+// kernels run. This header and the other hd_*.hpp headers include no CUDA header.
 //
-// Also here: bit casts and the 16-bit float conversions of cpp/src/common/half.hpp (the same
+// Here: bit casts and the 16-bit float conversions of cpp/src/common/half.hpp (the same
 // rounding: nearest even, NaN quieted, overflow to Inf), plus DElem<T>, the device twin of
 // Elem<T> (load widens T to its compute type, store narrows).
 #include <cmath>
@@ -12,12 +11,7 @@
 #include <cstring>
 
 #include "common/half.hpp"  // the storage types BF16 and F16 (host functions are not used here)
-
-#if defined(__CUDACC__)
-#define EFCOMM_HD __host__ __device__
-#else
-#define EFCOMM_HD
-#endif
+#include "common/host_device.hpp"
 
 namespace efcomm::cuda {
 

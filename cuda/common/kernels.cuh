@@ -1,7 +1,7 @@
 #pragma once
 // Device helpers of the kernels (include from .cu files only): launch geometry, fixed-order
 // block reductions, vector loads. The element arithmetic itself lives in the EFCOMM_HD headers
-// (hd.hpp, hd_rng.hpp, hd_pack.hpp, hd_crc.hpp) that the host tests exercise.
+// (hd.hpp, hd_pack.hpp, hd_crc.hpp, and common/rng.hpp of the CPU path) that the host tests exercise.
 #include <cuda_runtime.h>
 
 #include <cstdint>

@@ -6,7 +6,7 @@
 
 #include "common/bytes.hpp"
 #include "common/dispatch.hpp"
-#include "common/hd_rng.hpp"
+#include "common/rng.hpp"
 #include "compress/codec_util.hpp"
 #include "compress/natural_hd.hpp"
 
@@ -78,7 +78,7 @@ size_t compressNatural(Compressor& c, const ConstTensorView& x, uint64_t step, D
   const auto seed = static_cast<uint64_t>(sp.getInt("seed").value_or(0));
   const int64_t n = x.numel();
   const size_t bytes = hdPackedBytes(n, kNaturalWidth);
-  const uint64_t key = hdDrawKey(seed, step);
+  const uint64_t key = drawKey(seed, step);
   uint32_t base = 0;
   if (x.dtype == DType::kFloat64) {
     // The window pass: the largest |x_j| as bits (integer max: order-free, deterministic).

@@ -5,7 +5,7 @@
 #include <type_traits>
 
 #include "../common/hd.hpp"
-#include "../common/hd_rng.hpp"
+#include "common/rng.hpp"
 
 namespace efcomm::cuda {
 
@@ -34,7 +34,7 @@ EFCOMM_HD inline uint32_t naturalCode(T v, uint64_t key, uint64_t i, uint32_t ba
     const uint64_t b = doubleBits(v);
     const uint32_t e = static_cast<uint32_t>(b >> 52) & 0x7ffu;
     const uint64_t man = b & ((uint64_t{1} << 52) - 1);
-    const uint64_t u = (static_cast<uint64_t>(hdUniformBits(key, 2 * i)) << 32 | hdUniformBits(key, 2 * i + 1)) >> 12;
+    const uint64_t u = (static_cast<uint64_t>(uniformBits(key, 2 * i)) << 32 | uniformBits(key, 2 * i + 1)) >> 12;
     const uint32_t sign = static_cast<uint32_t>(b >> 63);
     bad |= e == 0x7ffu;
     const uint64_t sig = e ? man | (uint64_t{1} << 52) : man;
@@ -54,7 +54,7 @@ EFCOMM_HD inline uint32_t naturalCode(T v, uint64_t key, uint64_t i, uint32_t ba
     else b = floatBits(DElem<T>::load(v));
     const uint32_t e = (b >> 23) & 0xffu;
     const uint32_t man = b & 0x7fffffu;
-    const uint32_t u = hdUniformBits(key, i) >> 9;
+    const uint32_t u = uniformBits(key, i) >> 9;
     const uint32_t sign = b >> 31;
     bad |= e == 0xffu;
     const uint32_t up = e + static_cast<uint32_t>(man > u);

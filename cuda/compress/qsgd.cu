@@ -8,7 +8,7 @@
 
 #include "common/bytes.hpp"
 #include "common/dispatch.hpp"
-#include "common/hd_rng.hpp"
+#include "common/rng.hpp"
 #include "compress/codec_util.hpp"
 #include "compress/qsgd_hd.hpp"
 
@@ -178,7 +178,7 @@ size_t compressQsgd(Compressor& c, const ConstTensorView& x, uint64_t step, Devi
   dispatchDType(x.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     quantizeKernel<T><<<blocksFor((n + 7) / 8), kThreads, 0, stream>>>(
-        static_cast<const T*>(x.data), n, factor, r, s, w, hdDrawKey(seed, step), cpuContractsFma(), norm, f.payload,
+        static_cast<const T*>(x.data), n, factor, r, s, w, drawKey(seed, step), cpuContractsFma(), norm, f.payload,
         flags);
   });
   EFCOMM_CUDA_CHECK(cudaGetLastError());

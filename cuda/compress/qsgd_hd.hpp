@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "../common/hd.hpp"
-#include "../common/hd_rng.hpp"
+#include "common/rng.hpp"
 
 namespace efcomm::cuda {
 
@@ -15,7 +15,7 @@ EFCOMM_HD inline int qsgdLevel(double v, double pre, double r, int s, bool fused
   const double top = s + 0.5;
   const double m = madd(fused, mulRn(std::fabs(v), pre), r, 0.5);
   const double a = m < top ? m : top;
-  const double u = static_cast<double>(static_cast<int32_t>(hdUniformBits(key, i))) * 0x1p-32;
+  const double u = static_cast<double>(static_cast<int32_t>(uniformBits(key, i))) * 0x1p-32;
   return static_cast<int>(addRn(a, u));
 }
 

@@ -59,7 +59,7 @@ const uint64_t* drawIndices(uint64_t seed, uint64_t step, int64_t d, int64_t k, 
   uint64_t* sortedKept = kept + ku;
   auto* flag = reinterpret_cast<uint32_t*>(sortedKept + ku);
   uint8_t* notFirst = arena + 48 * ku + 16;
-  const uint64_t s0 = hdDrawKey(seed, step);
+  const uint64_t s0 = drawKey(seed, step);
   const int endBit = bitWidth(static_cast<uint64_t>(d));
   size_t tempPairs = 0, tempKeys = 0;
   EFCOMM_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, tempPairs, t, keys, steps, sortedSteps, k, 0, endBit, stream));

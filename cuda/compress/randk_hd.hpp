@@ -14,27 +14,25 @@
 #include <cstdint>
 
 #include "../common/hd.hpp"
-#include "../common/hd_rng.hpp"
+#include "common/rng.hpp"
 
 namespace efcomm::cuda {
-
-constexpr uint64_t kSplitMixGamma = 0x9e3779b97f4a7c15ULL;
 
 /// t_i = below(bound) from the generator's i-th output, assuming no earlier rejection; sets
 /// `rejected` when this draw itself would reject (the stream then differs from here on).
 EFCOMM_HD inline uint64_t floydDraw(uint64_t s0, uint64_t i, uint64_t bound, bool& rejected) {
-  const uint64_t x = hdMix64(s0 + (i + 1) * kSplitMixGamma);
+  const uint64_t x = mix64(s0 + (i + 1) * kSplitMixGamma);
   const uint64_t l = x * bound;
   if (l < bound) {
     const uint64_t t = (0 - bound) % bound;
     if (l < t) rejected = true;
   }
-  return hdMulHi64(x, bound);
+  return mulHi64(x, bound);
 }
 
 /// The t_i of all k steps, sequentially (the exact stream, rejections included).
 EFCOMM_HD inline void floydDrawSequential(uint64_t s0, uint64_t base, uint64_t k, uint64_t* t) {
-  HdSplitMix64 g(s0);
+  SplitMix64 g(s0);
   for (uint64_t i = 0; i < k; ++i) t[i] = g.below(base + i + 1);
 }
 
