@@ -108,12 +108,12 @@ __device__ __forceinline__ int64_t gridThreads() { return static_cast<int64_t>(g
 
 /// Loads element i of a T array widened to the compute type (float, or double for double).
 template <typename T>
-__device__ __forceinline__ typename DElem<T>::Compute loadElem(const T* p, int64_t i) {
-  return DElem<T>::load(p[i]);
+__device__ __forceinline__ typename Elem<T>::Compute loadElem(const T* p, int64_t i) {
+  return Elem<T>::load(p[i]);
 }
 template <typename T>
-__device__ __forceinline__ void storeElem(T* p, int64_t i, typename DElem<T>::Compute v) {
-  p[i] = DElem<T>::store(v);
+__device__ __forceinline__ void storeElem(T* p, int64_t i, typename Elem<T>::Compute v) {
+  p[i] = Elem<T>::store(v);
 }
 
 

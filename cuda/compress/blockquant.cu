@@ -66,7 +66,7 @@ __device__ __forceinline__ int loadGroup8(const T* blk, int64_t len, int64_t gi,
 template <typename T, bool kVec>
 __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, int G, bool fused, uint8_t* scales,
                              uint8_t* codes, uint32_t* flag) {
-  using C = typename DElem<T>::Compute;
+  using C = typename Elem<T>::Compute;
   const int lane = threadIdx.x & 31, sub = lane & (G - 1);
   const unsigned mask = G == 32 ? 0xffffffffu : ((1u << G) - 1) << (lane & ~(G - 1));
   const int64_t nb = numBlocksDev(d, block);
@@ -82,13 +82,13 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
     const T* blk = in + start;
     const int64_t groups = (len + 7) / 8;
     MinMax<C> m;
-    m.lo = m.hi = live ? DElem<T>::load(blk[0]) : C(0);
+    m.lo = m.hi = live ? Elem<T>::load(blk[0]) : C(0);
     m.rlo = m.rhi = 0;
     for (int64_t gi = sub; gi < groups; gi += G) {
       T v[8];
       const int count = loadGroup8<T, kVec>(blk, len, gi, v);
       for (int k = 0; k < count; ++k) {
-        const C x = DElem<T>::load(v[k]);
+        const C x = Elem<T>::load(v[k]);
         bad |= nonFinite(v[k]);
         const uint64_t r = quantRank(8 * gi + k);
         mergeMinMax(m, x, r, x, r);
@@ -112,7 +112,7 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
       const int count = loadGroup8<T, kVec>(blk, len, gi, v);
       uint64_t word = 0;
       for (int k = 0; k < 8; ++k)
-        if (k < count) word |= static_cast<uint64_t>(quantCode(DElem<T>::load(v[k]), f, fused)) << (k * bits);
+        if (k < count) word |= static_cast<uint64_t>(quantCode(Elem<T>::load(v[k]), f, fused)) << (k * bits);
       uint8_t* dst = out + gi * bits;
       if (count == 8) {
         if (bits == 8) *reinterpret_cast<uint2*>(dst) = make_uint2(static_cast<uint32_t>(word), static_cast<uint32_t>(word >> 32));
@@ -172,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_
       float x[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        x[k] = DElem<T>::load(v[u][k]);
+        x[k] = Elem<T>::load(v[u][k]);
         if (k < count[u]) {
           bad |= nonFinite(v[u][k]);
           lo = fminf(lo, x[k]);
@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scal
       const QuantAffine<float> f = quantAffine(lo, hi, static_cast<int>(cmask), fused);
       T o[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) o[k] = DElem<T>::store(quantValue((word[u] >> (k * bits)) & cmask, f, fused));
+      for (int k = 0; k < 4; ++k) o[k] = Elem<T>::store(quantValue((word[u] >> (k * bits)) & cmask, f, fused));
       if (4 * h + 4 <= d) {
         store4<T, kVec>(out, h, o);
       } else {
@@ -296,7 +296,7 @@ __global__ void checkScalesKernel(const C* scales, int64_t nb, uint32_t* flag) {
 template <typename T, bool kVec>
 __global__ void decodeKernel(const uint8_t* scales, const uint8_t* codes, int64_t d, int64_t block, int bits, int G,
                              bool fused, T* out) {
-  using C = typename DElem<T>::Compute;
+  using C = typename Elem<T>::Compute;
   const int lane = threadIdx.x & 31, sub = lane & (G - 1);
   const int64_t nb = numBlocksDev(d, block);
   const int64_t perWarp = 32 / G;
@@ -329,7 +329,7 @@ __global__ void decodeKernel(const uint8_t* scales, const uint8_t* codes, int64_
       }
       T v[8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) v[k] = DElem<T>::store(quantValue(static_cast<uint32_t>(word >> (k * bits)) & cmask, f, fused));
+      for (int k = 0; k < 8; ++k) v[k] = Elem<T>::store(quantValue(static_cast<uint32_t>(word >> (k * bits)) & cmask, f, fused));
       if (count == 8) {
         store8<T, kVec>(o, gi, v);
       } else {

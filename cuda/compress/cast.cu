@@ -13,9 +13,9 @@ namespace {
 
 template <bool kBf16>
 __device__ __forceinline__ uint16_t narrow(float v) {
-  return kBf16 ? hdFloatToBf16(v) : hdFloatToF16(v);
+  return kBf16 ? floatToBf16(v) : floatToF16(v);
 }
-__device__ __forceinline__ float widen(uint16_t b, bool bf16) { return bf16 ? hdBf16ToFloat(b) : hdF16ToFloat(b); }
+__device__ __forceinline__ float widen(uint16_t b, bool bf16) { return bf16 ? bf16ToFloat(b) : f16ToFloat(b); }
 
 // One streaming pass: kStreamUnroll groups of 8 per thread per step, loads first (16-byte
 // vector loads when kVec, 16-byte stores: the payload is 16-byte aligned); flag (a mailbox word)
@@ -38,14 +38,14 @@ __global__ void __launch_bounds__(kThreads) castKernel(const T* in, uint16_t* ou
       uint16_t o[8];
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
-        o[k] = narrow<kBf16>(static_cast<float>(DElem<T>::load(v[u][k])));
+        o[k] = narrow<kBf16>(static_cast<float>(Elem<T>::load(v[u][k])));
         bad |= (o[k] & kMask) == kMask;
       }
       store8<uint16_t, true>(out, base + u * kThreads, o);
     }
   }
   for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
-    const uint16_t b = narrow<kBf16>(static_cast<float>(DElem<T>::load(in[i])));
+    const uint16_t b = narrow<kBf16>(static_cast<float>(Elem<T>::load(in[i])));
     bad |= (b & kMask) == kMask;
     out[i] = b;
   }
@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(kThreads) uncastKernel(const uint16_t* in, T* 
       if (base + u * kThreads >= units) break;
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const T d = DElem<T>::store(widen(c[u][k], bf16));
+        const T d = Elem<T>::store(widen(c[u][k], bf16));
         if constexpr (kAxpy) o[u][k] = madd(fused, w, d, o[u][k]);
         else o[u][k] = d;
       }
@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kThreads) uncastKernel(const uint16_t* in, T* 
     }
   }
   for (int64_t i = 4 * units + globalThread(); i < n; i += gridThreads()) {
-    const T d = DElem<T>::store(widen(in[i], bf16));
+    const T d = Elem<T>::store(widen(in[i], bf16));
     if constexpr (kAxpy) out[i] = madd(fused, w, d, out[i]);
     else out[i] = d;
   }

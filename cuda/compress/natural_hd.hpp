@@ -51,7 +51,7 @@ EFCOMM_HD inline uint32_t naturalCode(T v, uint64_t key, uint64_t i, uint32_t ba
   } else {
     uint32_t b;
     if constexpr (std::is_same_v<T, BF16>) b = static_cast<uint32_t>(v.bits) << 16;
-    else b = floatBits(DElem<T>::load(v));
+    else b = floatBits(Elem<T>::load(v));
     const uint32_t e = (b >> 23) & 0xffu;
     const uint32_t man = b & 0x7fffffu;
     const uint32_t u = uniformBits(key, i) >> 9;
@@ -80,7 +80,7 @@ EFCOMM_HD inline T naturalValue(uint32_t code, uint32_t base) {
   } else if constexpr (std::is_same_v<T, BF16>) {
     return BF16{static_cast<uint16_t>((sign << 31 | c << 23) >> 16)};
   } else {
-    return DElem<T>::store(bitsFloat(sign << 31 | c << 23));
+    return Elem<T>::store(bitsFloat(sign << 31 | c << 23));
   }
 }
 

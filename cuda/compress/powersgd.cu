@@ -81,7 +81,7 @@ __global__ void multiplyMQKernel(const T* x, int64_t d, int64_t m, int64_t n, co
 #pragma unroll
     for (int c = 0; c < kGroup; ++c) acc[c] = 0;
     for (int64_t j = threadIdx.x; j < len; j += blockDim.x) {
-      const double v = static_cast<double>(DElem<T>::load(row[j]));
+      const double v = static_cast<double>(Elem<T>::load(row[j]));
 #pragma unroll
       for (int c = 0; c < kGroup; ++c)
         if (c < g) acc[c] += v * q[(k0 + c) * n + j];
@@ -105,7 +105,7 @@ __global__ void multiplyMtPKernel(const T* x, int64_t d, int64_t m, int64_t n, i
     for (int c = 0; c < kGroup; ++c) acc[c] = 0;
     for (int64_t i = lo; i < hi; ++i) {
       if (j >= rowLength(n, d, i)) break;  // only the last row is short
-      const double v = static_cast<double>(DElem<T>::load(x[i * n + j]));
+      const double v = static_cast<double>(Elem<T>::load(x[i * n + j]));
 #pragma unroll
       for (int c = 0; c < kGroup; ++c)
         if (c < g) acc[c] += p[(k0 + c) * m + i] * v;
@@ -124,14 +124,14 @@ __global__ void sumSlabsKernel(const double* partial, int64_t slabs, int64_t rn,
 
 // out = the first d elements of P Q^T, row i of it sum_k P[i, k] Q[:, k] in the CPU's order.
 template <typename T>
-__global__ void decodeKernel(const typename DElem<T>::Compute* p, const typename DElem<T>::Compute* q, int64_t d,
+__global__ void decodeKernel(const typename Elem<T>::Compute* p, const typename Elem<T>::Compute* q, int64_t d,
                              int64_t m, int64_t n, int64_t r, T* out) {
-  using C = typename DElem<T>::Compute;
+  using C = typename Elem<T>::Compute;
   for (int64_t e = globalThread(); e < d; e += gridThreads()) {
     const int64_t i = e / n, j = e - i * n;
     C buf = p[i] * q[j];
     for (int64_t k = 1; k < r; ++k) buf += p[k * m + i] * q[k * n + j];
-    out[e] = DElem<T>::store(buf);
+    out[e] = Elem<T>::store(buf);
   }
 }
 
@@ -181,7 +181,7 @@ size_t compress(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer&
 
   return dispatchDType(x.dtype, [&](auto tag) -> size_t {
     using T = typename decltype(tag)::type;
-    using C = typename DElem<T>::Compute;
+    using C = typename Elem<T>::Compute;
     const T* in = static_cast<const T*>(x.data);
     EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dq, q.data(), qn * sizeof(double), cudaMemcpyHostToDevice, st));
     const int rowBlocks = static_cast<int>(std::min<int64_t>(v.m, 65535));
@@ -262,7 +262,7 @@ void decode(const DeviceMessageHeader& h, const void* msg, const TensorView& out
   EFCOMM_CHECK_MSG(readFlags(st, 1)[0] == 0, "powersgd: a factor value is not finite");
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename DElem<T>::Compute;
+    using C = typename Elem<T>::Compute;
     const C* p = static_cast<const C*>(f);
     decodeKernel<T><<<gridFor(h.numel), kThreads, 0, st>>>(p, p + v.m * v.r, h.numel, v.m, v.n, v.r,
                                                            static_cast<T*>(out.data));

@@ -35,7 +35,7 @@ __global__ void sumSquaresKernel(const T* in, int64_t n, double factor, bool fus
   for (int j = 0; j < rows; ++j) {
     const int64_t i = lo + 8 * static_cast<int64_t>(j) + k;
     if (i < hi) {
-      const double v = mulRn(static_cast<double>(DElem<T>::load(in[i])), factor);
+      const double v = mulRn(static_cast<double>(Elem<T>::load(in[i])), factor);
       acc = madd(fused, v, v, acc);
     }
   }
@@ -73,7 +73,7 @@ __global__ void quantizeKernel(const T* in, int64_t n, double pre, double r, int
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
     for (int k = 0; k < count; ++k) {
       const int64_t i = 8 * g + k;
-      const double v = static_cast<double>(DElem<T>::load(in[i]));
+      const double v = static_cast<double>(Elem<T>::load(in[i]));
       const int level = qsgdLevel(v, pre, r, s, fused, key, static_cast<uint64_t>(i));
       maxLevel = level > maxLevel ? level : maxLevel;
       packCode(pg, k, w, qsgdCode(v, level, s));
@@ -103,7 +103,7 @@ __global__ void scanCodesKernel(const uint8_t* packed, int64_t n, int s, int w, 
 
 template <typename T, bool kVec>
 __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w, double scale, T* out) {
-  using C = typename DElem<T>::Compute;
+  using C = typename Elem<T>::Compute;
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
@@ -111,7 +111,7 @@ __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w,
     T o[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k)
-      o[k] = DElem<T>::store(static_cast<C>(mulRn(static_cast<double>(static_cast<int>(unpackCode(pg, k, w)) - s), scale)));
+      o[k] = Elem<T>::store(static_cast<C>(mulRn(static_cast<double>(static_cast<int>(unpackCode(pg, k, w)) - s), scale)));
     if (count == 8) {
       store8<T, kVec>(out, g, o);
     } else {

@@ -80,23 +80,23 @@ const uint64_t* drawIndices(uint64_t seed, uint64_t step, int64_t d, int64_t k, 
 }
 
 template <typename T>
-__global__ void gatherKernel(const T* in, const uint64_t* idx, int64_t k, typename DElem<T>::Compute scale, T* out,
+__global__ void gatherKernel(const T* in, const uint64_t* idx, int64_t k, typename Elem<T>::Compute scale, T* out,
                              uint32_t* flag) {
   uint32_t bad = 0;
   for (int64_t r = globalThread(); r < k; r += gridThreads()) {
     const T v = in[idx[r]];
     out[r] = v;
-    bad |= nonFinite(DElem<T>::store(DElem<T>::load(v) * scale));
+    bad |= nonFinite(Elem<T>::store(Elem<T>::load(v) * scale));
   }
   raiseFlag(flag, bad);
 }
 
 // out[idx[r]] = vals[r] * scale, or (kAxpy) out[idx[r]] += w * (vals[r] * scale).
 template <typename T, bool kAxpy>
-__global__ void scatterKernel(const T* vals, const uint64_t* idx, int64_t k, typename DElem<T>::Compute scale, T w,
+__global__ void scatterKernel(const T* vals, const uint64_t* idx, int64_t k, typename Elem<T>::Compute scale, T w,
                               bool fused, T* out) {
   for (int64_t r = globalThread(); r < k; r += gridThreads()) {
-    const T d = DElem<T>::store(mulRn(DElem<T>::load(vals[r]), scale));
+    const T d = Elem<T>::store(mulRn(Elem<T>::load(vals[r]), scale));
     if constexpr (kAxpy) out[idx[r]] = madd(fused, w, d, out[idx[r]]);
     else out[idx[r]] = d;
   }
