@@ -4,7 +4,9 @@
 // BlockQuant's scales, codes and decoded values (FMA contraction as the CPU build does it).
 // Runs without a GPU.
 #include <gtest/gtest.h>
+#if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -54,6 +56,7 @@ std::vector<T> gauss(size_t n, uint64_t seed, double scale = 1.0) {
   return v;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
 // The hardware's float16 conversions (F16C), whatever flags this file is built with.
 __attribute__((target("f16c"))) float f16cToFloat(uint16_t h) { return _cvtsh_ss(h); }
 __attribute__((target("f16c"))) uint16_t f16cFromFloat(float f) { return _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT); }
@@ -79,6 +82,8 @@ TEST(CudaHostCodecs, PortableFloat16ConversionsMatchF16C) {
     EXPECT_EQ(floatBits(f16ToFloat(static_cast<uint16_t>(h))), floatBits(want)) << h;
   }
 }
+
+#endif  // x86
 
 // SplitMix64::below (shared by the CPU and the kernels, whose 128-bit product is mulHi64)
 // against Lemire's method written with a 128-bit integer.
