@@ -559,7 +559,7 @@ __global__ void codeSizesKernel(const SelState* s, const int64_t* idx, const B* 
   if (s->fail) return;
   uint32_t bad = 0;
   for (int64_t j = globalThread(); j < k; j += gridThreads()) {
-    sizes[j] = varintBytes(gapCode(idx, j));
+    sizes[j] = varintSize(gapCode(idx, j));
     bad |= magKey(bits[j]) >= inf ? 1u : 0u;
   }
   bad = __reduce_or_sync(0xffffffffu, bad);
@@ -575,7 +575,7 @@ static __global__ void statusKernel(const SelState* s, const long long* ends, in
 /// Writes the varint stream: code j at ends[j] - sizes[j].
 static __global__ void writeVarintsKernel(const int64_t* idx, int64_t k, const long long* sizes, const long long* ends,
                                    uint8_t* out) {
-  for (int64_t j = globalThread(); j < k; j += gridThreads()) writeVarint(out + (ends[j] - sizes[j]), gapCode(idx, j));
+  for (int64_t j = globalThread(); j < k; j += gridThreads()) putVarint(out + (ends[j] - sizes[j]), gapCode(idx, j));
 }
 
 static __global__ void writeBitmapKernel(const int64_t* idx, int64_t k, int64_t nbytes, uint8_t* out) {

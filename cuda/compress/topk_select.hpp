@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "../common/hd.hpp"
+#include "common/varint.hpp"
 #include "efcomm/tensor.hpp"
 
 namespace efcomm::cuda::topk {
@@ -277,30 +278,7 @@ EFCOMM_HD inline int pickDigit(const uint32_t* hist256, int64_t need, int64_t* o
 /// count plus slack.
 inline int64_t regionCapacity(int64_t len, int64_t r) { return 2 * len * r / kSample + 64; }
 
-// ---- index coding (topk.cpp's wire format) ----
-
-/// Gap code of the j-th kept index: i_0, then i_j - i_{j-1} - 1.
-EFCOMM_HD inline uint64_t gapCode(const int64_t* idx, int64_t j) {
-  return static_cast<uint64_t>(j == 0 ? idx[0] : idx[j] - idx[j - 1] - 1);
-}
-EFCOMM_HD inline int varintBytes(uint64_t v) {
-  int n = 1;
-  while (v >= 0x80) {
-    v >>= 7;
-    ++n;
-  }
-  return n;
-}
-/// Writes LEB128 v at p; returns the bytes written.
-EFCOMM_HD inline int writeVarint(uint8_t* p, uint64_t v) {
-  int n = 0;
-  while (v >= 0x80) {
-    p[n++] = static_cast<uint8_t>(v | 0x80);
-    v >>= 7;
-  }
-  p[n++] = static_cast<uint8_t>(v);
-  return n;
-}
+// ---- index coding (topk.cpp's wire format; the varint codes are common/varint.hpp's) ----
 
 /// Byte `b` of the bitmap of the increasing indices idx[0, k): bit i%8 of byte i/8.
 EFCOMM_HD inline uint8_t bitmapByte(const int64_t* idx, int64_t k, int64_t b) {
@@ -313,19 +291,6 @@ EFCOMM_HD inline uint8_t bitmapByte(const int64_t* idx, int64_t k, int64_t b) {
   uint8_t v = 0;
   for (int64_t j = lo; j < k && idx[j] < 8 * b + 8; ++j) v = static_cast<uint8_t>(v | (1u << (idx[j] - 8 * b)));
   return v;
-}
-
-/// Longest varint stream of k increasing indices below d (topk.cpp worstVarintBytes).
-inline size_t worstVarintBytes(int64_t d, int64_t k) {
-  uint64_t bytes = static_cast<uint64_t>(k), budget = static_cast<uint64_t>(d - k);
-  for (int j = 1; j <= 9 && k > 0; ++j) {
-    const uint64_t cost = (uint64_t{1} << (7 * j)) - (j > 1 ? uint64_t{1} << (7 * (j - 1)) : 0);
-    const uint64_t can = std::min<uint64_t>(static_cast<uint64_t>(k), budget / cost);
-    bytes += can;
-    budget -= can * cost;
-    if (can < static_cast<uint64_t>(k)) break;
-  }
-  return static_cast<size_t>(bytes);
 }
 
 // ---- decoding a varint index stream in parallel ----

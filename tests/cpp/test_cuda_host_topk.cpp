@@ -329,7 +329,7 @@ TEST(CudaHostTopK, EncodingMatchesCpuMessage) {
       std::vector<long long> ends(static_cast<size_t>(k));
       long long total = 0;
       for (int64_t j = 0; j < k; ++j) {
-        total += varintBytes(gapCode(s.idx.data(), j));
+        total += varintSize(gapCode(s.idx.data(), j));
         ends[j] = total;
       }
       const bool bitmap = (n + 7) / 8 < total;
@@ -340,7 +340,7 @@ TEST(CudaHostTopK, EncodingMatchesCpuMessage) {
       } else {
         std::vector<uint8_t> stream(static_cast<size_t>(total));
         for (int64_t j = 0; j < k; ++j)
-          writeVarint(stream.data() + (ends[j] - varintBytes(gapCode(s.idx.data(), j))), gapCode(s.idx.data(), j));
+          putVarint(stream.data() + (ends[j] - varintSize(gapCode(s.idx.data(), j))), gapCode(s.idx.data(), j));
         payload.insert(payload.end(), stream.begin(), stream.end());
       }
       EXPECT_EQ(m.flags(), bitmap ? 1 : 0);
@@ -357,7 +357,7 @@ TEST(CudaHostTopK, ParallelVarintParse) {
   for (int i = 0; i < 100; ++i) vals.push_back(rng() >> (rng() % 64));
   std::vector<uint8_t> s(vals.size() * 10);
   size_t at = 0;
-  for (uint64_t v : vals) at += writeVarint(s.data() + at, v);
+  for (uint64_t v : vals) at += putVarint(s.data() + at, v);
   s.resize(at);
   // Each terminator with the start found by walking back to the previous terminator.
   size_t j = 0;

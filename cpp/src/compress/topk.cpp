@@ -411,25 +411,6 @@ Selection<T> selectTopK(const T* x, int64_t n, int64_t k) {
   return selectByHistogram(x, n, k);
 }
 
-inline uint64_t gapCode(const int64_t* idx, int64_t j) {
-  return static_cast<uint64_t>(j == 0 ? idx[0] : idx[j] - idx[j - 1] - 1);
-}
-
-// Longest varint stream of k increasing indices below d. The gap codes sum to at most d - k; a
-// code's (j+1)-th byte needs it raised from 2^(7(j-1)) (0 for j = 1) to 2^(7j), a cost that grows
-// with j, so buying the cheapest bytes first, for all k codes at a time, is optimal.
-size_t worstVarintBytes(int64_t d, int64_t k) {
-  uint64_t bytes = static_cast<uint64_t>(k), budget = static_cast<uint64_t>(d - k);
-  for (int j = 1; j <= 9 && k > 0; ++j) {
-    const uint64_t cost = (uint64_t{1} << (7 * j)) - (j > 1 ? uint64_t{1} << (7 * (j - 1)) : 0);
-    const uint64_t can = std::min<uint64_t>(static_cast<uint64_t>(k), budget / cost);
-    bytes += can;
-    budget -= can * cost;
-    if (can < static_cast<uint64_t>(k)) break;
-  }
-  return static_cast<size_t>(bytes);
-}
-
 // Byte offset of each kCodeBlock-index block in the varint stream; back() = the stream size.
 std::vector<int64_t> varintOffsets(const int64_t* idx, int64_t k) {
   const int64_t nb = (k + kCodeBlock - 1) / kCodeBlock;
