@@ -2,7 +2,9 @@
 // compress and decompress and the error-feedback steps on one float32 vector in device memory
 // (64M elements by default, standard normal from a fixed seed), against a device-to-device copy
 // measured in the same run. Prints one JSON object on stdout; bench/gpu/gpu_report.py adds the
-// torch.topk baseline and renders the table.
+// torch.topk baseline and renders the table. Last, the Reducer on device memory over a
+// one-rank NCCL communicator (when libnccl loads): one allreduce of the vector per algorithm,
+// against the bare EF21 step it contains.
 //
 // Timing: wall time around each call on the host, the stream synchronized (efcomm::cuda::compress
 // and ::decompress synchronize before returning: their error checks and sizes need it), the median
@@ -26,6 +28,8 @@
 #include "efcomm/compressor.hpp"
 #include "efcomm/cuda.hpp"
 #include "efcomm/error.hpp"
+#include "efcomm/nccl.hpp"
+#include "efcomm/reducer.hpp"
 
 namespace {
 
@@ -143,6 +147,42 @@ int main(int argc, char** argv) {
       const double t = medianSeconds([&] { size = fb.step(in, msg, std::nullopt, s); }, repeats);
       std::printf(", \"message_bytes\": %zu, \"step_seconds\": %.9g, \"step_gbps_in\": %.6g", size, t, bytes / t / 1e9);
       if (spec == "topk:ratio=0.01" && topkSeconds > 0) std::printf(", \"over_topk\": %.6g", t / topkSeconds);
+      std::printf("}");
+    } catch (const std::exception& e) {
+      std::printf(", \"error\": %s}", jsonString(e.what()).c_str());
+    }
+  }
+  std::printf("],\n \"reducer\": [");
+  double ef21Seconds = 0;
+  try {
+    efcomm::cuda::DeviceFeedback fb("ef21:init=compressed", "topk:ratio=0.01");
+    efcomm::ConstTensorView in{x, efcomm::DType::kFloat32, {n}};
+    ef21Seconds = medianSeconds([&] { fb.step(in, msg, std::nullopt, s); }, repeats);
+  } catch (const std::exception&) {
+  }
+  first = true;
+  std::shared_ptr<efcomm::NcclCommunicator> comm;
+  std::string why;
+  try {
+    comm = std::make_shared<efcomm::NcclCommunicator>(0, 1, efcomm::NcclCommunicator::uniqueId(), 0, 60.0);
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  for (const char* alg : {"allgather", "reduce_scatter"}) {
+    std::printf("%s\n  {\"algorithm\": %s, \"compressor\": \"topk:ratio=0.01\", \"feedback\": \"ef21\"",
+                first ? "" : ",", jsonString(alg).c_str());
+    first = false;
+    try {
+      if (!comm) throw efcomm::BackendUnavailable(why);
+      efcomm::ReducerOptions o;
+      o.algorithm = alg;
+      efcomm::Reducer red(std::static_pointer_cast<efcomm::DeviceBackend>(comm), "topk:ratio=0.01",
+                          "ef21:init=compressed", o);
+      efcomm::ConstTensorView in{x, efcomm::DType::kFloat32, {n}};
+      efcomm::TensorView out{y, efcomm::DType::kFloat32, {n}};
+      const double t = medianSeconds([&] { red.allreduce(in, out, "g", s); }, repeats);
+      std::printf(", \"ranks\": 1, \"allreduce_seconds\": %.9g", t);
+      if (ef21Seconds > 0) std::printf(", \"over_ef21_step\": %.6g", t / ef21Seconds);
       std::printf("}");
     } catch (const std::exception& e) {
       std::printf(", \"error\": %s}", jsonString(e.what()).c_str());

@@ -74,6 +74,17 @@ def main() -> int:
             continue
         over = f"{s['over_topk']:.2f}x" if "over_topk" in s else "-"
         lines.append(f"| {s['feedback']} | `{s['compressor']}` | {s['step_seconds'] * 1e3:.3f} ms | {over} |")
+    red = r.get("reducer", [])
+    if red:
+        lines += ["", "| Reducer on device, 1 NCCL rank | compressor + feedback | allreduce | over the EF21 step |",
+                  "|---|---|---:|---:|"]
+        for a in red:
+            what = f"`{a['compressor']}` + {a['feedback']}"
+            if "error" in a:
+                lines.append(f"| {a['algorithm']} | {what} | error: {a['error']} | |")
+                continue
+            over = f"{a['over_ef21_step']:.2f}x" if "over_ef21_step" in a else "-"
+            lines.append(f"| {a['algorithm']} | {what} | {a['allreduce_seconds'] * 1e3:.3f} ms | {over} |")
     lines.append("")
     if topk_sel is not None:
         lines.append(f"`torch.topk` (k = {k:,}, unsorted): {topk_sel * 1e3:.3f} ms on |x| computed beforehand, "
