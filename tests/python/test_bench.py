@@ -68,3 +68,24 @@ def test_feedback_benchmark_json(capsys):
     assert [r["method"] for r in result["methods"]] == ["none", "ef14", "ef21", "ef21sgdm", "econtrol"]
     assert all(r["gbps"] > 0 and r["fraction_of_compressor"] > 0 for r in result["methods"])
     assert result["target"]["status"] in ("PASS", "FAIL")
+
+
+def test_gradient_energy_script(capsys, monkeypatch):
+    """bench/gradient_energy.py: the energy fractions of TopK 1 % and rank 1/2 on the DDP benchmark's model."""
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gradient_energy.py"
+    spec = importlib.util.spec_from_file_location("gradient_energy", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.setattr("sys.argv", ["gradient_energy.py", "--steps", "0,3"])
+    assert mod.main() == 0
+    rows = [ln.split("|")[1:-1] for ln in capsys.readouterr().out.splitlines()[2:]]
+    assert len(rows) == 6  # 2 steps x 3 weight matrices
+    for step, _name, top, r1, r2 in rows:
+        top, r1, r2 = float(top), float(r1), float(r2)
+        assert 0 < top <= 1 and 0 < r1 <= r2 <= 1
+        assert top < r2  # the MLP's gradients are close to low-rank: rank 2 keeps more than TopK 1 %
