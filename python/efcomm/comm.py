@@ -322,7 +322,8 @@ class NcclCommunicator(Communicator):
     :class:`NcclWork` with ``async_op=True``; a collective not done within ``timeout`` (default:
     the communicator's) aborts the communicator and raises CollectiveTimeout, whose ``culprits``
     is empty (NCCL does not tell which rank is missing). NCCL does not check that the ranks agree
-    on sizes: a disagreement shows as a timeout. The :class:`Reducer` does not run on NCCL yet.
+    on sizes: a disagreement shows as a timeout. ``Reducer(nccl_comm, ...)`` reduces CUDA arrays
+    over it (the Reducer's header agreement turns a disagreement into MismatchError there).
     """
 
     def __init__(self, native):
