@@ -163,6 +163,22 @@ void initComm(py::module_& m) {
         }
         return PyWork{std::move(w), py::make_tuple(x, t.owner, o.owner), py::reinterpret_borrow<py::object>(out)};
       }, py::arg("x"), py::arg("out"), py::arg("key"), py::arg("stream"))
+      .def("allreduce_coalesced_device", [](Reducer& r, const py::list& xs, const py::list& outs,
+                                            const std::string& key, intptr_t stream) {
+        EFCOMM_CHECK(xs.size() == outs.size(), "Reducer.allreduce_coalesced: ", xs.size(), " inputs but ", outs.size(),
+                     " outputs");
+        std::vector<TensorArg> args, outArgs;
+        std::vector<ConstTensorView> views;
+        std::vector<TensorView> outViews;
+        for (size_t i = 0; i < xs.size(); ++i) {
+          args.push_back(cudaTensorArg(xs[i], false, "Reducer.allreduce_coalesced", stream));
+          outArgs.push_back(cudaTensorArg(outs[i], true, "Reducer.allreduce_coalesced (out)", stream));
+          views.push_back(args.back().view());
+          outViews.push_back(outArgs.back().mutableView());
+        }
+        py::gil_scoped_release nogil;
+        r.allreduceCoalesced(views, outViews, key, reinterpret_cast<cuda::Stream>(stream));
+      }, py::arg("xs"), py::arg("outs"), py::arg("key"), py::arg("stream"))
       .def("allreduce_coalesced", [](Reducer& r, const py::list& xs, const std::string& key) {
         std::vector<TensorArg> args;
         std::vector<ConstTensorView> views;

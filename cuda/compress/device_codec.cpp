@@ -186,6 +186,19 @@ void accumulate(const void* msg, size_t size, const TensorView& out, double weig
   finishDecodeChecks();
 }
 
+void copy(void* dst, const void* src, size_t bytes, Stream stream) {
+  if (bytes == 0) return;
+  requireDevice();
+  EFCOMM_CHECK(dst != nullptr && src != nullptr && isDevicePointer(dst) && isDevicePointer(src), "copy: ", bytes,
+               " bytes between arrays that are not both device memory (pass CUDA arrays)");
+  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, nativeStream(stream)));
+}
+
+void synchronize(Stream stream) {
+  requireDevice();
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(nativeStream(stream)));
+}
+
 Message toHost(const void* msg, size_t size, Stream stream) {
   requireDevice();
   EFCOMM_CHECK(size == 0 || (msg != nullptr && isDevicePointer(msg)),

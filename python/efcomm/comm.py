@@ -456,7 +456,7 @@ class Reducer:
     (numpy or torch CPU), shape and dtype (float32/float64). Over :meth:`Communicator.nccl`, x is
     a CUDA array (torch CUDA tensor, CuPy array) and everything stays on its device: the
     feedback state, the messages (NCCL moves them) and the result, a new array of x's library
-    (PowerSGD's ``allreduce`` algorithm and :meth:`allreduce_coalesced` are host-only). All ranks call it with the same
+    (PowerSGD's ``allreduce`` algorithm is host-only). All ranks call it with the same
     keys, shapes and dtypes in the same order; a disagreement raises MismatchError on every rank.
     ``weights`` (one per rank) default to 1/size each: with ``identity`` and ``none`` the result
     is the mean.
@@ -561,10 +561,14 @@ class Reducer:
         """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
         key ``f"{key}#{j}"``); returns the results in order. The same list on every rank."""
         self._check_key(key, "allreduce_coalesced")
-        if self._device:
-            raise InvalidArgument("Reducer.allreduce_coalesced: host arrays only; on a reducer over NCCL, reduce one "
-                                  "flat tensor per bucket with allreduce")
         xs = list(xs)
+        if self._device:
+            args = [self._device_args(x, "allreduce_coalesced") for x in xs]
+            if args:
+                with _device_ctx(args[0][0]):
+                    self._impl.allreduce_coalesced_device([a[0] for a in args], [a[1] for a in args], key,
+                                                          args[0][2])
+            return [a[1] for a in args]
         outs = self._impl.allreduce_coalesced([_host(x) for x in xs], key)
         return [_like(o, x) for o, x in zip(outs, xs)]
 

@@ -440,8 +440,15 @@ def test_nccl_one_rank_reducer(algorithm, compressor):
     assert torch.equal(again.allreduce(xs[0].cuda(), key="w"), a)
     with pytest.raises(ef.InvalidArgument, match="CUDA"):
         red.allreduce(xs[0], key="w")
-    with pytest.raises(ef.InvalidArgument, match="host arrays only"):
-        red.allreduce_coalesced([xs[0].cuda()], key="c")
+    outs = red.allreduce_coalesced([x.cuda() for x in xs], key="c")
+    assert [o.shape for o in outs] == [x.shape for x in xs] and all(o.is_cuda for o in outs)
+
+    def coalesced_on_host(c):
+        return ef.Reducer(c, compressor, "ef21", algorithm=algorithm).allreduce_coalesced(
+            [x.numpy() for x in xs], key="c")
+
+    for g, w in zip(outs, ef.testing.run_ranks(1, coalesced_on_host)[0]):
+        np.testing.assert_allclose(g.cpu().numpy(), w, rtol=1e-5, atol=1e-6)
 
 
 # ---- the child processes -------------------------------------------------------------------------

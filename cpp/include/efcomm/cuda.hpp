@@ -88,6 +88,11 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
 void accumulate(const void* msg, size_t size, const TensorView& out, double weight,
                 Stream stream = nullptr);
 
+/// Enqueues a copy of `bytes` bytes between device arrays on `stream`.
+void copy(void* dst, const void* src, size_t bytes, Stream stream = nullptr);
+/// Waits until the work enqueued on `stream` has finished.
+void synchronize(Stream stream = nullptr);
+
 /// Copies a device message to the host and validates it (`Message::fromBytes`).
 Message toHost(const void* msg, size_t size, Stream stream = nullptr);
 /// Copies a host message into `out` on the device (resized). Enqueues only.

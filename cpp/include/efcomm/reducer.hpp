@@ -140,10 +140,10 @@ class Reducer {
 
   /// Reduces many tensors (float32/float64; outs[i] like xs[i], may alias) fused into buckets
   /// of at most `bucketBytes` (consecutive tensors of one dtype); bucket j is reduced as key
-  /// "<key>#<j>" with its own state. The same list on every rank, every call. Host reducers
-  /// only (InvalidArgument on a device reducer).
+  /// "<key>#<j>" with its own state. The same list on every rank, every call. On a device
+  /// reducer the tensors are device arrays, fused in device memory on `stream`.
   void allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
-                          const std::string& key);
+                          const std::string& key, cuda::Stream stream = nullptr);
 
   /// Counters per key (keys that have completed at least one call or failed after agreement).
   std::map<std::string, ReducerStats> stats() const;

@@ -300,11 +300,20 @@ void Reducer::drain() const {
 }
 
 void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
-                                 const std::string& key) {
-  EFCOMM_CHECK(!onDevice(), "Reducer.allreduce_coalesced(key '", key,
-               "'): host arrays only; on a device, reduce one flat tensor per bucket with allreduce");
+                                 const std::string& key, cuda::Stream stream) {
   EFCOMM_CHECK(xs.size() == outs.size(), "Reducer.allreduce_coalesced(key '", key, "'): ", xs.size(), " inputs but ",
                outs.size(), " outputs");
+  // A bucket's bytes, fused in host memory, or in device memory on a device reducer.
+  std::vector<double> hostFused;
+  cuda::DeviceBuffer deviceFused;
+  const auto copyBytes = [&](void* dst, const void* src, size_t n) {
+    if (n == 0) return;
+    if (onDevice()) {
+      cuda::copy(dst, src, n, stream);
+    } else {
+      std::memcpy(dst, src, n);
+    }
+  };
   size_t bucket = 0;
   for (size_t first = 0; first < xs.size(); ++bucket) {
     // A bucket: consecutive tensors of one dtype up to bucketBytes (at least one tensor).
@@ -319,18 +328,23 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
     const DType dtype = xs[first].dtype;
     EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64, "Reducer.allreduce_coalesced(key '", key,
                  "'): dtype must be float32 or float64, got ", dtypeName(dtype));
-    const size_t words = (bytes + sizeof(double) - 1) / sizeof(double);
-    std::vector<double> fused(words);
-    auto* p = reinterpret_cast<uint8_t*>(fused.data());
+    uint8_t* p;
+    if (onDevice()) {
+      deviceFused.resize(bytes);
+      p = static_cast<uint8_t*>(deviceFused.data());
+    } else {
+      hostFused.assign((bytes + sizeof(double) - 1) / sizeof(double), 0.0);
+      p = reinterpret_cast<uint8_t*>(hostFused.data());
+    }
     for (size_t i = first, at = 0; i < last; at += xs[i].nbytes(), ++i) {
       EFCOMM_CHECK(xs[i].data != nullptr || xs[i].numel() == 0, "Reducer.allreduce_coalesced: null input ", i);
-      if (xs[i].nbytes() > 0) std::memcpy(p + at, xs[i].data, xs[i].nbytes());
+      copyBytes(p + at, xs[i].data, xs[i].nbytes());
     }
     const std::vector<int64_t> shape{static_cast<int64_t>(bytes / itemSize(dtype))};
-    allreduce(ConstTensorView{fused.data(), dtype, shape}, TensorView{fused.data(), dtype, shape},
-              key + "#" + std::to_string(bucket));
-    for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i)
-      if (outs[i].nbytes() > 0) std::memcpy(outs[i].data, p + at, outs[i].nbytes());
+    allreduce(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, key + "#" + std::to_string(bucket),
+              stream);
+    for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i) copyBytes(outs[i].data, p + at, outs[i].nbytes());
+    if (onDevice()) cuda::synchronize(stream);  // the fused buffer is reused, then freed
     first = last;
   }
 }

@@ -35,6 +35,8 @@ size_t compress(Compressor&, const ConstTensorView&, DeviceBuffer&, std::optiona
 void decompress(const void*, size_t, const TensorView&, Stream) { unavailable(); }
 void accumulate(const void*, size_t, const TensorView&, double, Stream) { unavailable(); }
 Message toHost(const void*, size_t, Stream) { unavailable(); }
+void copy(void*, const void*, size_t, Stream) { unavailable(); }
+void synchronize(Stream) { unavailable(); }
 void toDevice(const Message&, DeviceBuffer&, Stream) { unavailable(); }
 
 struct DeviceFeedback::Impl {};

@@ -222,7 +222,7 @@ TEST(CudaReducer, NonFiniteRankIsNamedOnEveryRank) {
   }
 }
 
-TEST(CudaReducer, RejectsHostMemoryAndHostOnlyCalls) {
+TEST(CudaReducer, RejectsHostMemoryAndPowerSgdAllreduce) {
   SKIP_WITHOUT_DEVICE();
   forRanks(1, [&](int, std::shared_ptr<Backend> host) {
     auto transport = efcomm::stagedDeviceBackend(host, 0);
@@ -232,12 +232,60 @@ TEST(CudaReducer, RejectsHostMemoryAndHostOnlyCalls) {
                                TensorView{out.data(), DType::kFloat32, {64}}, "k"),
                  efcomm::InvalidArgument);
     EXPECT_THROW(dev.allreduceCoalesced({ConstTensorView{v.data(), DType::kFloat32, {64}}},
-                                        {TensorView{out.data(), DType::kFloat32, {64}}}, "k"),
+                                        {TensorView{out.data(), DType::kFloat32, {64}}}, "c"),
                  efcomm::InvalidArgument);
     ReducerOptions o;
     o.algorithm = "allreduce";
     EXPECT_THROW(Reducer(transport, "powersgd:rank=2", "none", o), efcomm::InvalidArgument);
   });
+}
+
+TEST(CudaReducer, CoalescedBucketsMatchTheHostReducer) {
+  SKIP_WITHOUT_DEVICE();
+  const std::vector<int64_t> sizes = {100, 300, 50, 700};
+  ReducerOptions o;
+  o.algorithm = "allgather";
+  o.bucketBytes = 400 * sizeof(float);  // buckets {100, 300}, {50}, {700}
+  std::vector<std::vector<std::vector<float>>> got(2), want(2);
+  auto inputs = [&](int r) {
+    std::vector<std::vector<float>> xs;
+    for (size_t i = 0; i < sizes.size(); ++i) xs.push_back(input(r, static_cast<int>(i), sizes[i]));
+    return xs;
+  };
+  forRanks(2, [&](int r, std::shared_ptr<Backend> host) {
+    Reducer dev(efcomm::stagedDeviceBackend(host, 0), "topk:ratio=0.1", "ef21", o);
+    const auto xs = inputs(r);
+    std::vector<std::unique_ptr<Dev>> in, out;
+    std::vector<ConstTensorView> xv;
+    std::vector<TensorView> ov;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      in.push_back(std::make_unique<Dev>(xs[i]));
+      out.push_back(std::make_unique<Dev>(xs[i].size() * sizeof(float)));
+      xv.push_back(ConstTensorView{in.back()->p, DType::kFloat32, {sizes[i]}});
+      ov.push_back(TensorView{out.back()->p, DType::kFloat32, {sizes[i]}});
+    }
+    dev.allreduceCoalesced(xv, ov, "c");
+    for (auto& b : out) got[static_cast<size_t>(r)].push_back(b->get<float>());
+    EXPECT_EQ(dev.stats().size(), 3u);  // keys c#0, c#1, c#2
+  });
+  forRanks(2, [&](int r, std::shared_ptr<Backend> host) {
+    Reducer ref(host, "topk:ratio=0.1", "ef21", o);
+    auto xs = inputs(r);
+    std::vector<std::vector<float>> outs(xs.size());
+    std::vector<ConstTensorView> xv;
+    std::vector<TensorView> ov;
+    for (size_t i = 0; i < xs.size(); ++i) {
+      outs[i].resize(xs[i].size());
+      xv.push_back(ConstTensorView{xs[i].data(), DType::kFloat32, {sizes[i]}});
+      ov.push_back(TensorView{outs[i].data(), DType::kFloat32, {sizes[i]}});
+    }
+    ref.allreduceCoalesced(xv, ov, "c");
+    want[static_cast<size_t>(r)] = outs;
+  });
+  EXPECT_EQ(got[0], got[1]);
+  for (size_t i = 0; i < sizes.size(); ++i)
+    for (size_t j = 0; j < got[0][i].size(); ++j)
+      ASSERT_NEAR(got[0][i][j], want[0][i][j], 1e-5 * (1 + std::fabs(want[0][i][j]))) << "tensor " << i << " at " << j;
 }
 
 TEST(CudaReducer, RunsOnOneRankOfNccl) {
