@@ -25,10 +25,6 @@ namespace {
 
 cudaStream_t native(cuda::Stream s) { return cuda::nativeStream(s); }
 
-void copyDevice(void* dst, const void* src, size_t bytes, cudaStream_t s) {
-  if (bytes > 0) EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
-}
-
 void uploadSync(const std::vector<uint8_t>& host, void* dev, cudaStream_t s) {
   if (host.empty()) return;
   EFCOMM_CUDA_CHECK(cudaMemcpyAsync(dev, host.data(), host.size(), cudaMemcpyHostToDevice, s));
@@ -117,7 +113,7 @@ class DeviceAggregate {
 };
 
 void copyOut(const ConstTensorView& est, const TensorView& out, cudaStream_t s) {
-  copyDevice(out.data, est.data, est.nbytes(), s);
+  cuda::copy(out.data, est.data, est.nbytes(), s);
 }
 
 // The messages of a gathered round: device block pointers (null for a status block) and the
@@ -257,7 +253,7 @@ class DeviceReduceScatter final : public Algorithm {
     }
     send_.resize(total);
     for (size_t c = 0, at = 0; c < parts.size(); at += parts[c].size, ++c)
-      copyDevice(static_cast<uint8_t*>(send_.data()) + at, parts[c].buf.data(), parts[c].size, s);
+      cuda::copy(static_cast<uint8_t*>(send_.data()) + at, parts[c].buf.data(), parts[c].size, s);
     DeviceByteBlocks mine;
     t0 = Clock::now();
     s_.device->alltoallv(send_.data(), counts, mine, stream)->wait();
@@ -283,10 +279,10 @@ class DeviceReduceScatter final : public Algorithm {
       blockBytes = kStatusBytes + reduced.size;
       block_.resize(blockBytes);
       uploadSync(statusBlock(first), block_.data(), s);
-      copyDevice(static_cast<uint8_t*>(block_.data()) + kStatusBytes, reduced.buf.data(), reduced.size, s);
+      cuda::copy(static_cast<uint8_t*>(block_.data()) + kStatusBytes, reduced.buf.data(), reduced.size, s);
     } else {
       block_.resize(blockBytes);
-      copyDevice(block_.data(), reduced.buf.data(), blockBytes, s);
+      cuda::copy(block_.data(), reduced.buf.data(), blockBytes, s);
     }
     DeviceByteBlocks owners;
     t0 = Clock::now();
@@ -433,7 +429,7 @@ class DeviceAllreduce final : public DevicePair {
       t0 = Clock::now();
       const cuda::DeviceMessageLayout ml =
           cuda::beginMessage(msg_, layout->id, s_.dtype, s_.shape, layout->flags, layout->params, count * item, s);
-      copyDevice(static_cast<uint8_t*>(msg_.data()) + ml.headerBytes, sum_.data(), count * item, s);
+      cuda::copy(static_cast<uint8_t*>(msg_.data()) + ml.headerBytes, sum_.data(), count * item, s);
       const size_t size = cuda::sealMessage(msg_, ml, count * item, s);
       aggregate_->update({static_cast<const uint8_t*>(msg_.data())}, {size}, s);
       st.aggregateSeconds += secondsSince(t0);
