@@ -14,11 +14,31 @@ def _cmd_info(args) -> int:
     if args.json:
         print(json.dumps(info, indent=2))
     else:
-        rows = list(info.items()) + [("compressors", ", ".join(ef._core.compressor_names()))]
+        rows = list(info.items()) + _runtime_rows(info) + [("compressors", ", ".join(ef._core.compressor_names()))]
         width = max(len(k) for k, _ in rows)
         for k, v in rows:
             print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _runtime_rows(info: dict) -> list:
+    """What this machine gives the build: CUDA devices and the libnccl that would be loaded."""
+    from . import _core
+    from .comm import _nccl_wheel_library
+    from .errors import BackendUnavailable
+
+    rows = []
+    if info["cuda"]:
+        cuda = _core._cuda_info()
+        rows.append(("gpu", f"{cuda['device_count']} CUDA device(s)" if cuda["available"]
+                     else f"none usable ({cuda['reason']})"))
+    if info["nccl"]:
+        try:
+            v = _core._nccl_version(_nccl_wheel_library())
+            rows.append(("libnccl", f"{v // 10000}.{v // 100 % 100}.{v % 100} ({_core._nccl_library()})"))
+        except BackendUnavailable as e:
+            rows.append(("libnccl", f"not loadable: {str(e).split('; ')[0]}"))
+    return rows
 
 
 def _cmd_bench(args) -> int:

@@ -59,6 +59,12 @@ def test_info_prints_build_configuration():
     assert ef.__version__ in out
     for key in BUILD_INFO_KEYS:
         assert key in out
+    # What this machine gives the build: its CUDA devices (or why none) and the libnccl found.
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    if ef.build_info()["cuda"]:
+        assert "CUDA device(s)" in rows["gpu"] or "none usable (" in rows["gpu"]
+    if ef.build_info()["nccl"]:
+        assert rows["libnccl"].split(None, 1)[1].startswith(("not loadable: ", "2."))
 
 
 def test_info_json_has_build_info_keys():
