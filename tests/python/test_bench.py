@@ -89,3 +89,16 @@ def test_gradient_energy_script(capsys, monkeypatch):
         top, r1, r2 = float(top), float(r1), float(r2)
         assert 0 < top <= 1 and 0 < r1 <= r2 <= 1
         assert top < r2  # the MLP's gradients are close to low-rank: rank 2 keeps more than TopK 1 %
+
+
+def test_load_warning_at_the_end_discounts_the_benchmarks_own_ranks():
+    from efcomm.bench._util import load_warnings
+
+    result = {"machine": {"usable_cores": 2, "load_average": 0.2}, "load_average_end": 4.3}
+    assert any("when the run ended" in w for w in load_warnings(result))
+    result["load_average_own"] = 4  # its 4 ranks, busy until the end
+    assert load_warnings(result) == []
+    result["load_average_end"] = 6.0  # 2 more than its own: other work
+    assert any("beyond the benchmark's own 4 processes" in w for w in load_warnings(result))
+    result["machine"]["load_average"] = 1.5  # busy from the start: one warning, the first
+    assert len(load_warnings(result)) == 1 and "when the run started" in load_warnings(result)[0]

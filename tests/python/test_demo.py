@@ -209,15 +209,21 @@ def test_targets():
                _summary("powersgd-2", "powersgd", 97.0, 20.0, 6.0)]
     for s in summary:
         s["fewer_bytes"] = 2000.0 / s["wire_bytes_per_rank"]
-    result = {"summary": summary, "config": {"seeds": 3}, "runs": [{"rate": None, "status": "ok"},
-                                                                  {"rate": 10**9, "status": "ok"}]}
+    summary[1]["by_rate"]["1gbit"]["wall_s"] = 8.0
+    result = {"summary": summary, "config": {"seeds": 3, "epochs": 30},
+              "runs": [{"rate": None, "status": "ok"}, {"rate": 10**9, "status": "ok"}]}
     status = [(t["status"], t["value"]) for t in bench.evaluate(result)]
     assert status[0][0] == "PASS" and status[0][1] == pytest.approx(-0.4)
     assert status[1][0] == "PASS" and status[1][1] == pytest.approx(2000 / 95)
     assert status[2][0] == "PASS" and status[2][1] == pytest.approx(6.0 / 5.0)  # rank 1 never got there
+    # 30 epochs in 8 s against 10 s, 0.4 points below the best PowerSGD run.
+    assert status[3][0] == "PASS" and status[3][1] == pytest.approx(10.0 / 8.0)
     summary[1].update(accuracy=96.4, wire_bytes_per_rank=101.0, fewer_bytes=2000 / 101)
     summary[1]["by_rate"]["1gbit"]["time_to_accuracy_s"] = 7.0
-    assert [t["status"] for t in bench.evaluate(result)] == ["FAIL", "FAIL", "FAIL"]
+    assert [t["status"] for t in bench.evaluate(result)] == ["FAIL", "FAIL", "FAIL", "FAIL"]  # 0.6 points below
+    summary[1].update(accuracy=96.6)
+    summary[1]["by_rate"]["1gbit"]["wall_s"] = 12.0
+    assert bench.evaluate(result)[3]["status"] == "FAIL"  # slower
     result["runs"][1].update(status="skipped", reason="needs root")
-    assert bench.evaluate(result)[2]["status"] == "SKIP"
+    assert [t["status"] for t in bench.evaluate(result)][2:] == ["SKIP", "SKIP"]
     assert bench.time_to([{"seconds": 1.0, "accuracy": 90.0}, {"seconds": 2.0, "accuracy": 95.0}], 95.0) == 2.0

@@ -274,11 +274,15 @@ def target_summary(result: dict) -> str:
 
 
 def load_warnings(result: dict) -> list:
-    """Load warnings: at the start, and at the end (a run takes minutes, other work may start)."""
+    """Load warnings: at the start, and at the end (a run takes minutes, other work may start).
+    At the end the load average still counts the benchmark's own processes (its ranks, busy
+    until a moment ago: ``load_average_own``), which are not other work."""
     out = [busy_warning(result["machine"])]
     if result.get("load_average_end") is not None and not out[0]:
-        end = busy_warning({**result["machine"], "load_average": result["load_average_end"]})
-        out.append(end and end.replace("when the run started", "when the run ended"))
+        own = result.get("load_average_own", 0)
+        end = busy_warning({**result["machine"], "load_average": result["load_average_end"] - own})
+        out.append(end and end.replace("when the run started", "when the run ended, beyond the benchmark's own "
+                                       f"{own} processes" if own else "when the run ended"))
     return [w for w in out if w]
 
 

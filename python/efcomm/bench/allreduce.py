@@ -541,6 +541,7 @@ def run(args) -> dict:
                       "burst_seconds": _netns.BURST_SECONDS, "min_burst_bytes": _netns.MIN_BURST_BYTES,
                       "latency": _netns.LATENCY},
         "load_average_end": os.getloadavg()[0],
+        "load_average_own": max([*args.ranks, *(args.scaling_ranks if args.scaling else [])]),
         "runs": done["runs"],
         "rows": done["rows"],
     }

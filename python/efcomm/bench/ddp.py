@@ -194,6 +194,7 @@ def run(args) -> dict:
                       "burst_seconds": _netns.BURST_SECONDS, "min_burst_bytes": _netns.MIN_BURST_BYTES,
                       "latency": _netns.LATENCY},
         "load_average_end": os.getloadavg()[0],
+        "load_average_own": cfg.ranks,
         "runs": runs,
         "rows": rows,
     }
@@ -303,6 +304,25 @@ def evaluate(result: dict) -> list:
             # A PowerSGD run that never reached the accuracy is slower than one that did.
             ratio = min((t if t is not None else float("inf")) / mine for t in theirs.values())
             out.append(_target(text, ratio, 1.0, "PASS" if ratio > 1 else "FAIL", shown=shown))
+
+    # The same comparison at the end of the run: the final accuracy (mean of the seeds) and the
+    # wall time of the fixed number of epochs.
+    text = (f"{_netns.rate_text(TARGET_RATE)}: after {result['config']['epochs']} epochs TopK 1% + EF21 is within "
+            f"{TARGET_ACCURACY_POINTS:g} points of the PowerSGD hook's accuracy and takes less time (every rank run)")
+    if topk is None or not powersgd or run is None or run["status"] != "ok":
+        out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods at this rate"))
+    elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd) or topk["accuracy"] is None \
+            or any(s["accuracy"] is None for s in powersgd):
+        out.append(_target(text, None, None, "ERROR", "a method failed: see the errors"))
+    else:
+        mine = topk["by_rate"][rate]["wall_s"]
+        worst = min(topk["accuracy"] - s["accuracy"] for s in powersgd)
+        ratio = min(s["by_rate"][rate]["wall_s"] / mine for s in powersgd)
+        shown = (f"{mine:.1f} s vs " + ", ".join(f"{s['by_rate'][rate]['wall_s']:.1f} s "
+                                                 f"({s['label'].rsplit(', ', 1)[-1]})" for s in powersgd)
+                 + f"; accuracy {worst:+.2f} points against the best PowerSGD run")
+        ok = worst >= -TARGET_ACCURACY_POINTS and ratio > 1
+        out.append(_target(text, ratio, 1.0, "PASS" if ok else "FAIL", shown=shown))
     return out
 
 
