@@ -102,3 +102,17 @@ def test_load_warning_at_the_end_discounts_the_benchmarks_own_ranks():
     assert any("beyond the benchmark's own 4 processes" in w for w in load_warnings(result))
     result["machine"]["load_average"] = 1.5  # busy from the start: one warning, the first
     assert len(load_warnings(result)) == 1 and "when the run started" in load_warnings(result)[0]
+
+
+def test_rows_beside_the_targets_do_not_count():
+    import types
+
+    from efcomm.bench._util import check_status, result_text, target_summary
+
+    result = {"targets": [{"status": "PASS", "counted": True}, {"status": "FAIL", "counted": False},
+                          {"status": "PASS"}]}
+    assert check_status(result, types.SimpleNamespace(check=True)) == 0
+    assert target_summary(result) == "2 PASS (beside them: 1 FAIL)"
+    assert result_text(result["targets"][1]) == "FAIL (not a target)" and result_text(result["targets"][2]) == "PASS"
+    result["targets"][0]["status"] = "FAIL"
+    assert check_status(result, types.SimpleNamespace(check=True)) == 1

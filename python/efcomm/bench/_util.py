@@ -216,9 +216,15 @@ def emit(result: dict, args, render_text: Callable[[dict], str], render_markdown
 
 
 def check_status(result: dict, args) -> int:
-    """The exit status of a benchmark: 1 with --check when a target failed or errored, else 0."""
-    failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR")]
+    """The exit status of a benchmark: 1 with --check when a target failed or errored, else 0
+    (rows measured beside the targets, ``counted`` False, do not count)."""
+    failed = [t for t in result["targets"] if t["status"] in ("FAIL", "ERROR") and t.get("counted", True)]
     return 1 if args.check and failed else 0
+
+
+def result_text(t: dict) -> str:
+    """A target row's result: its status, marked when the row is not one of the targets."""
+    return t["status"] if t.get("counted", True) else f"{t['status']} (not a target)"
 
 
 # ---- command-line pieces shared by the benchmarks and the demo ------------------------------------
@@ -266,11 +272,15 @@ def ring_factor(ranks: int) -> float:
 
 
 def target_summary(result: dict) -> str:
-    """"1 FAIL, 5 PASS": the targets' results counted."""
-    counts = {}
-    for t in result["targets"]:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-    return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    """"1 FAIL, 5 PASS": the targets' results counted (rows beside the targets said apart)."""
+    def count(rows):
+        counts = {}
+        for t in rows:
+            counts[t["status"]] = counts.get(t["status"], 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    beside = [t for t in result["targets"] if not t.get("counted", True)]
+    text = count([t for t in result["targets"] if t.get("counted", True)])
+    return text + (f" (beside them: {count(beside)})" if beside else "")
 
 
 def load_warnings(result: dict) -> list:
@@ -307,7 +317,7 @@ def render_report_text(result: dict, r: Report) -> str:
     for title, headers, rows, align in r.tables:
         lines += [title, format_table(headers, rows, align), ""]
     for t in result["targets"]:
-        lines.append(f"{t['status']}: {t['target']}: {t['shown'] or t['reason']}")
+        lines.append(f"{result_text(t)}: {t['target']}: {t['shown'] or t['reason']}")
     lines.append(f"targets: {r.summary}")
     return "\n".join(lines)
 

@@ -33,6 +33,7 @@ from typing import Optional
 from .. import _ddp_train
 from . import _netns
 from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
+                    result_text,
                     positive_int, ranks_arg, render_report_markdown, render_report_text, target_summary)
 from .allreduce import _bytes
 
@@ -250,9 +251,15 @@ def per_rank_bytes(s: dict) -> Optional[float]:
 
 # ---- targets ----------------------------------------------------------------------------------
 
-def _target(text, value, threshold, status, reason=None, shown=None) -> dict:
+STRICTER = ("a stricter reading, beside the target: the time to a fixed accuracy instead of the accuracy after "
+            "the fixed epochs")
+
+
+def _target(text, value, threshold, status, reason=None, shown=None, counted=True) -> dict:
+    """One row of the targets table; counted=False for a row measured beside the targets (its
+    result shows, but --check and the summary count only the targets)."""
     return {"target": text, "value": value, "threshold": threshold, "status": status, "reason": reason,
-            "shown": shown}
+            "shown": shown, "counted": counted}
 
 
 def evaluate(result: dict) -> list:
@@ -282,35 +289,18 @@ def evaluate(result: dict) -> list:
                            shown=f"{v:.1f}x {where}"))
 
     rate = _netns.rate_arg(TARGET_RATE)
-    text = (f"{_netns.rate_text(TARGET_RATE)}: TopK 1% + EF21 reaches {TIME_TO_ACCURACY:g}% test accuracy sooner "
-            "than the PowerSGD hook (every rank run)")
     powersgd = [s for s in result["summary"] if s["kind"] == "powersgd"]
     run = next((r for r in result["runs"] if r["rate"] == TARGET_RATE), None)
+    # Issue 5's "at equal accuracy, faster than the PowerSGD hook": the accuracy after the fixed
+    # number of epochs (mean of the seeds) and the wall time of those epochs.
+    text = (f"{_netns.rate_text(TARGET_RATE)}: after {result['config']['epochs']} epochs TopK 1% + EF21 is within "
+            f"{TARGET_ACCURACY_POINTS:g} points of the PowerSGD hook's accuracy and takes less time (every rank run)")
     if topk is None or not powersgd:
         out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods"))
     elif run is None:
         out.append(_target(text, None, None, "SKIP", f"not in this run (needs --rates ...,{rate})"))
     elif run["status"] != "ok":
         out.append(_target(text, None, None, "SKIP", run["reason"]))
-    elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd):
-        out.append(_target(text, None, None, "ERROR", "a method failed at this rate: see the errors"))
-    else:
-        mine = topk["by_rate"][rate]["time_to_accuracy_s"]
-        theirs = {s["label"]: s["by_rate"][rate]["time_to_accuracy_s"] for s in powersgd}
-        shown = f"{_secs(mine)} vs " + ", ".join(f"{_secs(t)} ({k.rsplit(', ', 1)[-1]})" for k, t in theirs.items())
-        if mine is None:
-            out.append(_target(text, None, None, "FAIL", f"TopK 1% + EF21 never reached {TIME_TO_ACCURACY:g}%", shown))
-        else:
-            # A PowerSGD run that never reached the accuracy is slower than one that did.
-            ratio = min((t if t is not None else float("inf")) / mine for t in theirs.values())
-            out.append(_target(text, ratio, 1.0, "PASS" if ratio > 1 else "FAIL", shown=shown))
-
-    # The same comparison at the end of the run: the final accuracy (mean of the seeds) and the
-    # wall time of the fixed number of epochs.
-    text = (f"{_netns.rate_text(TARGET_RATE)}: after {result['config']['epochs']} epochs TopK 1% + EF21 is within "
-            f"{TARGET_ACCURACY_POINTS:g} points of the PowerSGD hook's accuracy and takes less time (every rank run)")
-    if topk is None or not powersgd or run is None or run["status"] != "ok":
-        out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods at this rate"))
     elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd) or topk["accuracy"] is None \
             or any(s["accuracy"] is None for s in powersgd):
         out.append(_target(text, None, None, "ERROR", "a method failed: see the errors"))
@@ -323,6 +313,29 @@ def evaluate(result: dict) -> list:
                  + f"; accuracy {worst:+.2f} points against the best PowerSGD run")
         ok = worst >= -TARGET_ACCURACY_POINTS and ratio > 1
         out.append(_target(text, ratio, 1.0, "PASS" if ok else "FAIL", shown=shown))
+
+    text = (f"{_netns.rate_text(TARGET_RATE)}: TopK 1% + EF21 reaches {TIME_TO_ACCURACY:g}% test accuracy sooner "
+            "than the PowerSGD hook (every rank run)")
+    if topk is None or not powersgd:
+        out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods", counted=False))
+    elif run is None:
+        out.append(_target(text, None, None, "SKIP", f"not in this run (needs --rates ...,{rate})", counted=False))
+    elif run["status"] != "ok":
+        out.append(_target(text, None, None, "SKIP", run["reason"], counted=False))
+    elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd):
+        out.append(_target(text, None, None, "ERROR", "a method failed at this rate: see the errors", counted=False))
+    else:
+        mine = topk["by_rate"][rate]["time_to_accuracy_s"]
+        theirs = {s["label"]: s["by_rate"][rate]["time_to_accuracy_s"] for s in powersgd}
+        shown = f"{_secs(mine)} vs " + ", ".join(f"{_secs(t)} ({k.rsplit(', ', 1)[-1]})" for k, t in theirs.items())
+        if mine is None:
+            out.append(_target(text, None, None, "FAIL", f"TopK 1% + EF21 never reached {TIME_TO_ACCURACY:g}%", shown,
+                               counted=False))
+        else:
+            # A PowerSGD run that never reached the accuracy is slower than one that did.
+            ratio = min((t if t is not None else float("inf")) / mine for t in theirs.values())
+            out.append(_target(text, ratio, 1.0, "PASS" if ratio > 1 else "FAIL", STRICTER, shown, counted=False))
+
     return out
 
 
@@ -372,7 +385,7 @@ def _table(result: dict) -> tuple:
 
 
 def _targets_table(result: dict) -> tuple:
-    rows = [[t["target"], t["shown"] or "-", _need(t), t["status"], t["reason"] or ""] for t in result["targets"]]
+    rows = [[t["target"], t["shown"] or "-", _need(t), result_text(t), t["reason"] or ""] for t in result["targets"]]
     return "Targets (issue 5)", ["target", "measured", "needed", "result", "why"], rows, "llrll"
 
 
