@@ -224,7 +224,7 @@ class DeviceAllgather final : public DevicePair {
 class DeviceReduceScatter final : public Algorithm {
  public:
   explicit DeviceReduceScatter(const SlotSetup& s) : s_(s) {
-    d_ = ConstTensorView{nullptr, s.dtype, s.shape}.numel();
+    chunks_ = {ConstTensorView{nullptr, s.dtype, s.shape}.numel(), s.n};
     build(parts_);
   }
 
@@ -241,7 +241,7 @@ class DeviceReduceScatter final : public Algorithm {
     for (int c = 0; c < n; ++c) {
       cuda::DeviceFeedback& worker = *parts_.workers[static_cast<size_t>(c)];
       parts[static_cast<size_t>(c)].run(s_.rank, s, [&](cuda::DeviceBuffer& b) {
-        return worker.step(chunk(x, c), b, step, stream);
+        return worker.step(chunks_.of(x, c), b, step, stream);
       });
     }
     st.compressSeconds += secondsSince(t0);
@@ -302,7 +302,7 @@ class DeviceReduceScatter final : public Algorithm {
     }
     st.aggregateSeconds += secondsSince(t0);
     if (first) raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
-    for (int c = 0; c < n; ++c) copyOut(parts_.mirrors[static_cast<size_t>(c)]->estimate(), chunk(out, c), s);
+    for (int c = 0; c < n; ++c) copyOut(parts_.mirrors[static_cast<size_t>(c)]->estimate(), chunks_.of(out, c), s);
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
@@ -338,10 +338,6 @@ class DeviceReduceScatter final : public Algorithm {
   };
 
   bool plain() const { return s_.feedback == "none"; }  // canonical spec: "none" has no parameters
-  int64_t begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d_), s_.n, c)); }
-  int64_t length(int c) const { return begin(c + 1) - begin(c); }
-  ConstTensorView chunk(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
-  TensorView chunk(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
 
   static std::exception_ptr firstError(const std::vector<DeviceAttempt>& parts) {
     for (const DeviceAttempt& a : parts)
@@ -355,16 +351,16 @@ class DeviceReduceScatter final : public Algorithm {
     for (int c = 0; c < s_.n; ++c) {
       p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor));
       p.mirrors.push_back(std::make_unique<DeviceAggregate>(mirror, 1, std::vector<double>{1.0},
-                                                            std::vector<int64_t>{length(c)}, s_.dtype));
+                                                            std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }
-    const std::vector<int64_t> own{length(s_.rank)};
+    const std::vector<int64_t> own{chunks_.length(s_.rank)};
     p.owner = std::make_unique<DeviceAggregate>(plain() ? "none" : s_.feedback, s_.n, s_.weights, own, s_.dtype);
     p.ownerFeedback =
         std::make_unique<cuda::DeviceFeedback>(plain() ? "none" : "ef21:init=compressed", s_.compressor);
   }
 
   SlotSetup s_;
-  int64_t d_ = 0;
+  Chunks chunks_;
   Parts parts_;
   cuda::DeviceBuffer send_, block_;
 };

@@ -156,7 +156,7 @@ class AllgatherAlgorithm final : public Algorithm {
 class ReduceScatterAlgorithm final : public Algorithm {
  public:
   explicit ReduceScatterAlgorithm(const SlotSetup& s) : s_(s) {
-    d_ = ConstTensorView{nullptr, s.dtype, s.shape}.numel();
+    chunks_ = {ConstTensorView{nullptr, s.dtype, s.shape}.numel(), s.n};
     build(workers_, owner_, ownerCompressor_, mirrors_);
   }
 
@@ -170,7 +170,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
     auto t0 = Clock::now();
     for (int c = 0; c < n; ++c) {
       Feedback& worker = *workers_[static_cast<size_t>(c)];
-      parts[static_cast<size_t>(c)].run(s_.rank, [&] { return worker.step(chunk(x, c), step); });
+      parts[static_cast<size_t>(c)].run(s_.rank, [&] { return worker.step(chunks_.of(x, c), step); });
     }
     st.compressSeconds += secondsSince(t0);
     std::vector<uint8_t> send;
@@ -233,7 +233,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
     }
     st.aggregateSeconds += secondsSince(t0);
     if (first) raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
-    for (int c = 0; c < n; ++c) copyOut(mirrors_[static_cast<size_t>(c)]->estimate(), chunk(out, c));
+    for (int c = 0; c < n; ++c) copyOut(mirrors_[static_cast<size_t>(c)]->estimate(), chunks_.of(out, c));
   }
 
   StateDict stateDict() const override {
@@ -266,10 +266,6 @@ class ReduceScatterAlgorithm final : public Algorithm {
   }
 
  private:
-  int64_t begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d_), s_.n, c)); }
-  int64_t length(int c) const { return begin(c + 1) - begin(c); }
-  ConstTensorView chunk(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
-  TensorView chunk(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
 
   static std::exception_ptr firstError(const std::vector<Attempt>& parts) {
     for (const Attempt& a : parts)
@@ -283,9 +279,9 @@ class ReduceScatterAlgorithm final : public Algorithm {
     for (int c = 0; c < s_.n; ++c) {
       workers.push_back(makeFeedback(s_.feedback, makeCompressor(s_.compressor)));
       mirrors.push_back(std::make_unique<Aggregate>(plain ? "none" : "ef21", 1, std::vector<double>{1.0},
-                                                    std::vector<int64_t>{length(c)}, s_.dtype));
+                                                    std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }
-    const std::vector<int64_t> own{length(s_.rank)};
+    const std::vector<int64_t> own{chunks_.length(s_.rank)};
     if (plain) {
       owner = std::make_unique<Aggregate>("none", s_.n, s_.weights, own, s_.dtype);
       ownerCompressor = makeCompressor(s_.compressor);
@@ -296,7 +292,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
   }
 
   SlotSetup s_;
-  int64_t d_ = 0;
+  Chunks chunks_;
   std::vector<std::unique_ptr<Feedback>> workers_;
   std::unique_ptr<Aggregate> owner_;
   std::unique_ptr<Compressor> ownerCompressor_;  // `none` only: the owner's plain re-compression
@@ -534,6 +530,8 @@ DType payloadDType(const Descriptor& d, const SlotSetup& s) {
                  ": bad cast parameters");
   return static_cast<DType>(d.params[0]);
 }
+
+int64_t Chunks::begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d), n, c)); }
 
 uint64_t allreduceTraffic(size_t count, size_t item, int n, int rank) {
   const size_t own = partBegin(count, n, rank + 1) - partBegin(count, n, rank);

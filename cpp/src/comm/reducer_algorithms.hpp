@@ -109,6 +109,17 @@ DType payloadDType(const Descriptor& d, const SlotSetup& s);
 ConstTensorView flatPart(const ConstTensorView& x, int64_t begin, int64_t len);
 TensorView flatPart(const TensorView& x, int64_t begin, int64_t len);
 
+/// reduce_scatter's split of d elements into n contiguous chunks (partBegin): chunk c is
+/// [begin(c), begin(c) + length(c)), owned by rank c.
+struct Chunks {
+  int64_t d = 0;
+  int n = 1;
+  int64_t begin(int c) const;
+  int64_t length(int c) const { return begin(c + 1) - begin(c); }
+  ConstTensorView of(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
+  TensorView of(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
+};
+
 /// What a rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes over
 /// n ranks (a reduce-scatter into n parts and an allgather of the parts): the parts it does not
 /// own, then its own part to n - 1 peers.
