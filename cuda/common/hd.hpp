@@ -10,6 +10,7 @@
 
 #include "common/half.hpp"
 #include "common/host_device.hpp"
+#include "common/rng.hpp"
 
 namespace efcomm::cuda {
 
@@ -75,5 +76,34 @@ EFCOMM_HD inline uint32_t nonFinite(double v) {
 }
 EFCOMM_HD inline uint32_t nonFinite(BF16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
 EFCOMM_HD inline uint32_t nonFinite(F16 v) { return (v.bits & 0x7c00u) == 0x7c00u; }
+
+/// Unsigned 64-bit division by a divisor fixed for a whole kernel, as a multiply-high, an add
+/// and two shifts: a GPU has no integer divider, and `n / d` with a run-time d is a subroutine of
+/// some 70 instructions, too slow inside a per-element loop. Granlund & Montgomery, "Division
+/// by invariant integers using multiplication" (PLDI 1994), Figure 4.1: with l = ceil(log2 d),
+/// m = floor(2^64 (2^l - d) / d) + 1, t = mulhi(m, n), n / d = (t + ((n - t) >> min(l, 1))) >>
+/// max(l - 1, 0), exact for every n < 2^64 and 1 <= d < 2^64.
+struct DivisorU64 {
+  uint64_t magic = 1;
+  uint32_t shift1 = 0, shift2 = 0;
+};
+
+/// The divisor d >= 1 (host code: the 128-bit division runs once, before the launch).
+inline DivisorU64 makeDivisorU64(uint64_t d) {
+  uint32_t l = 0;
+  while (l < 64 && (uint64_t{1} << l) < d) ++l;
+  const unsigned __int128 gap = (static_cast<unsigned __int128>(1) << l) - d;  // 2^l - d < d
+  DivisorU64 r;
+  r.magic = static_cast<uint64_t>((gap << 64) / d) + 1;
+  r.shift1 = l < 1 ? l : 1;
+  r.shift2 = l > 1 ? l - 1 : 0;
+  return r;
+}
+
+/// floor(n / d) for the divisor made by makeDivisorU64(d).
+EFCOMM_HD inline uint64_t divide(uint64_t n, const DivisorU64& d) {
+  const uint64_t t = mulHi64(d.magic, n);
+  return (t + ((n - t) >> d.shift1)) >> d.shift2;
+}
 
 }  // namespace efcomm::cuda

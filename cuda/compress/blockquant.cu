@@ -137,25 +137,27 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
 // The CPU's rank of in-block index i (< 2^32) as 32 bits: element 0 first, then by (i % 16, i / 16).
 __device__ __forceinline__ uint32_t rank32(uint32_t i) { return (i & 15u) << 28 | i >> 4; }
 
-template <typename T, bool kVec>
-__global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_t d, int G, int bits, bool fused,
-                                                             uint8_t* scales, uint8_t* codes, uint32_t* flag) {
+// One grid-stride step of the fast encoder: warp rows row0 .. row0 + U - 1. kFull: every group
+// of the step is whole (8 elements, inside the vector): no bounds checks, no divergent branches
+// (every step but the last). kG: the lanes per block when fixed at compile time (32: block
+// 256, the default; the shuffle levels unrolled), else 0 and G.
+template <typename T, bool kVec, int kG, bool kFull>
+__device__ __forceinline__ void encodeFastStep(const T* in, int64_t d, int64_t row0, int G, int bits, bool fused,
+                                               uint8_t* scales, uint8_t* codes, uint32_t& bad) {
   constexpr int U = kStreamUnroll;
-  const int lane = threadIdx.x & 31, sub = lane & (G - 1);
-  const int64_t block = 8 * static_cast<int64_t>(G);
-  const int64_t nb = (d + block - 1) / block;
+  const int lanes = kG ? kG : G;
+  const int shift = kG ? __ffs(kG) - 1 : __ffs(G) - 1;  // lanes is a power of two: g / lanes = g >> shift
+  const int lane = threadIdx.x & 31, sub = lane & (lanes - 1);
   const int64_t groups = (d + 7) / 8;
-  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
-  const uint32_t levels = (1u << bits) - 1;
-  uint32_t bad = 0;
-  // Step s covers warp rows [s U, s U + U) of 32 groups each: group index row * 32 + lane.
-  for (int64_t row0 = warp * U; row0 * 32 < groups; row0 += warps * U) {
-    T v[U][8];
-    int count[U];
+  T v[U][8];
+  int count[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t g = (row0 + u) * 32 + lane;
+  for (int u = 0; u < U; ++u) {
+    const int64_t g = (row0 + u) * 32 + lane;
+    if constexpr (kFull) {
+      count[u] = 8;
+      load8<T, kVec>(in, g, v[u]);
+    } else {
       count[u] = g < groups ? (d - 8 * g < 8 ? static_cast<int>(d - 8 * g) : 8) : 0;
       if (count[u] == 8) {
         load8<T, kVec>(in, g, v[u]);
@@ -164,62 +166,80 @@ __global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_
         for (int k = 0; k < 8; ++k) v[u][k] = k < count[u] ? in[8 * g + k] : T{};
       }
     }
+  }
+  const int levels = (1 << bits) - 1;
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t g = (row0 + u) * 32 + lane;
-      const int64_t b = g / G;  // this lane's quantization block (g = b G + sub)
-      float lo = INFINITY, hi = -INFINITY;
-      float x[8];
+  for (int u = 0; u < U; ++u) {
+    const int64_t g = (row0 + u) * 32 + lane;
+    const int64_t b = g >> shift;  // this lane's quantization block (g = b lanes + sub)
+    float lo = INFINITY, hi = -INFINITY;
+    float x[8];
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        x[k] = Elem<T>::load(v[u][k]);
-        if (k < count[u]) {
-          bad |= nonFinite(v[u][k]);
-          lo = fminf(lo, x[k]);
-          hi = fmaxf(hi, x[k]);
-        }
-      }
-      for (int o = 1; o < G; o <<= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-      }
-      // Zeros: the sign of the zero of smallest rank (min over rank << 1 | sign bit).
-      const bool zeroBound = (lo == 0.0f || hi == 0.0f);
-      if (__any_sync(0xffffffffu, zeroBound)) {
-        uint64_t best = ~uint64_t{0};
-#pragma unroll
-        for (int k = 0; k < 8; ++k)
-          if (k < count[u] && x[k] == 0.0f) {
-            const uint64_t key = static_cast<uint64_t>(rank32(static_cast<uint32_t>(8 * sub + k))) << 1 |
-                                 (floatBits(x[k]) >> 31);
-            best = key < best ? key : best;
-          }
-        for (int o = 1; o < G; o <<= 1) {
-          const uint64_t other = __shfl_xor_sync(0xffffffffu, best, o);
-          best = other < best ? other : best;
-        }
-        const float zero = (best & 1u) ? -0.0f : 0.0f;
-        if (lo == 0.0f) lo = zero;
-        if (hi == 0.0f) hi = zero;
-      }
-      if (count[u] == 0 && sub == 0) continue;  // a block past the end (this lane's group too)
-      if (b >= nb) continue;
-      if (sub == 0) *reinterpret_cast<float2*>(scales + 8 * b) = make_float2(lo, hi);
-      if (count[u] == 0) continue;
-      const QuantAffine<float> f = quantAffine(lo, hi, static_cast<int>(levels), fused);
-      uint64_t word = 0;
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (k < count[u]) word |= static_cast<uint64_t>(quantCode(x[k], f, fused)) << (k * bits);
-      uint8_t* dst = codes + g * bits;
-      if (count[u] == 8) {
-        if (bits == 8) *reinterpret_cast<uint2*>(dst) = make_uint2(static_cast<uint32_t>(word), static_cast<uint32_t>(word >> 32));
-        else if (bits == 4) *reinterpret_cast<uint32_t*>(dst) = static_cast<uint32_t>(word);
-        else *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(word);
-      } else {
-        for (int q = 0; q < (count[u] * bits + 7) / 8; ++q) dst[q] = static_cast<uint8_t>(word >> (8 * q));
+    for (int k = 0; k < 8; ++k) {
+      x[k] = Elem<T>::load(v[u][k]);
+      if (kFull || k < count[u]) {
+        bad |= nonFinite(v[u][k]);
+        lo = fminf(lo, x[k]);
+        hi = fmaxf(hi, x[k]);
       }
     }
+#pragma unroll
+    for (int o = 1; o < lanes; o <<= 1) {
+      lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+      hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    // Zeros: the sign of the zero of smallest rank (min over rank << 1 | sign bit).
+    if (__any_sync(0xffffffffu, lo == 0.0f || hi == 0.0f)) {
+      uint64_t best = ~uint64_t{0};
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if ((kFull || k < count[u]) && x[k] == 0.0f) {
+          const uint64_t key = static_cast<uint64_t>(rank32(static_cast<uint32_t>(8 * sub + k))) << 1 |
+                               (floatBits(x[k]) >> 31);
+          best = key < best ? key : best;
+        }
+      for (int o = 1; o < lanes; o <<= 1) {
+        const uint64_t other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other < best ? other : best;
+      }
+      const float zero = (best & 1u) ? -0.0f : 0.0f;
+      if (lo == 0.0f) lo = zero;
+      if (hi == 0.0f) hi = zero;
+    }
+    if constexpr (!kFull) {
+      if (count[u] == 0 && sub == 0) continue;  // a block past the end (this lane's group too)
+      if (b >= ((groups + lanes - 1) >> shift)) continue;
+    }
+    if (sub == 0) *reinterpret_cast<float2*>(scales + 8 * b) = make_float2(lo, hi);
+    if (!kFull && count[u] == 0) continue;
+    const QuantAffine<float> f = quantAffine(lo, hi, levels, fused);
+    uint64_t word = 0;
+#pragma unroll
+    for (int k = 0; k < 8; ++k)
+      if (kFull || k < count[u]) word |= static_cast<uint64_t>(quantCode(x[k], f, fused)) << (k * bits);
+    uint8_t* dst = codes + g * bits;
+    if (kFull || count[u] == 8) {
+      if (bits == 8) *reinterpret_cast<uint2*>(dst) = make_uint2(static_cast<uint32_t>(word), static_cast<uint32_t>(word >> 32));
+      else if (bits == 4) *reinterpret_cast<uint32_t*>(dst) = static_cast<uint32_t>(word);
+      else *reinterpret_cast<uint16_t*>(dst) = static_cast<uint16_t>(word);
+    } else {
+      for (int q = 0; q < (count[u] * bits + 7) / 8; ++q) dst[q] = static_cast<uint8_t>(word >> (8 * q));
+    }
+  }
+}
+
+template <typename T, bool kVec, int kG>
+__global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_t d, int G, int bits, bool fused,
+                                                             uint8_t* scales, uint8_t* codes, uint32_t* flag) {
+  constexpr int U = kStreamUnroll;
+  const int64_t groups = (d + 7) / 8, wholeGroups = d / 8;
+  const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * blockDim.x / 32;
+  uint32_t bad = 0;
+  // Step s covers warp rows [s U, s U + U) of 32 groups each: group index row * 32 + lane.
+  for (int64_t row0 = warp * U; row0 * 32 < groups; row0 += warps * U) {
+    if ((row0 + U) * 32 <= wholeGroups) encodeFastStep<T, kVec, kG, true>(in, d, row0, G, bits, fused, scales, codes, bad);
+    else encodeFastStep<T, kVec, kG, false>(in, d, row0, G, bits, fused, scales, codes, bad);
   }
   raiseMailFlag(flag, bad);
 }
@@ -230,11 +250,10 @@ __global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_
 // check) and is not written.
 template <typename T, bool kVec>
 __global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scales, const uint8_t* codes, int64_t d,
-                                                             int64_t block, int bits, bool fused, T* out,
+                                                             DivisorU64 unitsPerBlock, int bits, bool fused, T* out,
                                                              uint32_t* flag) {
   constexpr int U = kStreamUnroll;
   const int64_t units = (d + 3) / 4;
-  const int64_t unitsPerBlock = block / 4;
   const uint32_t cmask = (1u << bits) - 1;
   uint32_t bad = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x * U;
@@ -257,7 +276,7 @@ __global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scal
           const uint8_t* p = codes + (4 * h * bits) / 8;
           for (int q = 0; q < (count * bits + 7) / 8; ++q) word[u] |= static_cast<uint32_t>(p[q]) << (8 * q);
         }
-        sc[u] = __ldg(reinterpret_cast<const float2*>(scales) + h / unitsPerBlock);
+        sc[u] = __ldg(reinterpret_cast<const float2*>(scales) + divide(static_cast<uint64_t>(h), unitsPerBlock));
       }
     }
 #pragma unroll
@@ -276,7 +295,9 @@ __global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scal
       if (4 * h + 4 <= d) {
         store4<T, kVec>(out, h, o);
       } else {
-        for (int k = 0; 4 * h + k < d; ++k) out[4 * h + k] = o[k];
+#pragma unroll
+        for (int k = 0; k < 4; ++k)  // constant indices: o stays in registers
+          if (4 * h + k < d) out[4 * h + k] = o[k];
       }
     }
   }
@@ -363,8 +384,14 @@ size_t compressQuant(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBu
       withAlignment({x.data}, [&](auto vec) {
         constexpr bool kVec = decltype(vec)::value;
         if (fastLayout(p.block, x.dtype)) {
-          encodeFastKernel<T, kVec><<<streamGrid((d + 7) / 8), kThreads, 0, stream>>>(
-              static_cast<const T*>(x.data), d, G, p.bits, cpuContractsFma(), f.payload, codes, flags);
+          const auto* in = static_cast<const T*>(x.data);
+          if (G == 32) {
+            encodeFastKernel<T, kVec, 32><<<streamGrid((d + 7) / 8), kThreads, 0, stream>>>(
+                in, d, G, p.bits, cpuContractsFma(), f.payload, codes, flags);
+          } else {
+            encodeFastKernel<T, kVec, 0><<<streamGrid((d + 7) / 8), kThreads, 0, stream>>>(
+                in, d, G, p.bits, cpuContractsFma(), f.payload, codes, flags);
+          }
         } else {
           encodeKernel<T, kVec><<<blocksFor(nb * G), kThreads, 0, stream>>>(
               static_cast<const T*>(x.data), d, p.block, p.bits, G, cpuContractsFma(), f.payload, codes, flags);
@@ -411,7 +438,8 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
       using T = typename decltype(tag)::type;
       withAlignment({out.data}, [&](auto vec) {
         decodeFastKernel<T, decltype(vec)::value><<<streamGrid((d + 3) / 4), kThreads, 0, stream>>>(
-            scales, codes, d, p.block, p.bits, cpuContractsFma(), static_cast<T*>(out.data), flag);
+            scales, codes, d, makeDivisorU64(static_cast<uint64_t>(p.block / 4)), p.bits, cpuContractsFma(),
+            static_cast<T*>(out.data), flag);
       });
     });
     EFCOMM_CUDA_CHECK(cudaGetLastError());

@@ -35,7 +35,8 @@ EFCOMM_HD inline QuantAffine<C> quantAffine(C lo, C hi, int levels, bool fused) 
   const C a = mulRn(lo, s);
   const C rs = madd(fused, hi, s, -a);
   const C L = static_cast<C>(levels);
-  return {lo, hi, s, a, rs > 0 ? L / rs : C(0), rs / L, C(1) / s};
+  const C unscale = s == C(1) ? C(1) : (s == C(0.25) ? C(4) : C(0x1p-64));  // 1 / s, exact
+  return {lo, hi, s, a, rs > 0 ? L / rs : C(0), rs / L, unscale};
 }
 
 EFCOMM_HD inline int32_t roundToEven(float t) {

@@ -102,6 +102,31 @@ TEST(CudaHostCodecs, GeneratorBelowIsLemiresMethod) {
   }
 }
 
+// The kernels' division by a run-time constant (hd.hpp DivisorU64) against the CPU's division:
+// small and large divisors, powers of two and their neighbours, dividends at and around
+// multiples of the divisor and at the top of the range.
+TEST(CudaHostCodecs, DivisorMatchesIntegerDivision) {
+  std::vector<uint64_t> divisors;
+  for (uint64_t d = 1; d <= 300; ++d) divisors.push_back(d);
+  for (int k = 1; k < 64; ++k)
+    for (int64_t delta : {-1, 0, 1}) divisors.push_back((uint64_t{1} << k) + static_cast<uint64_t>(delta));
+  std::mt19937_64 g(11);
+  for (int i = 0; i < 200; ++i) divisors.push_back(g() >> (g() % 64) | 1);
+  divisors.push_back(~uint64_t{0});
+  for (uint64_t d : divisors) {
+    const DivisorU64 div = makeDivisorU64(d);
+    std::vector<uint64_t> ns = {0, 1, d - 1, d, d + 1, 2 * d - 1, 2 * d, ~uint64_t{0}, ~uint64_t{0} - d,
+                                ~uint64_t{0} / d * d, ~uint64_t{0} / d * d - 1};
+    for (int i = 0; i < 64; ++i) ns.push_back(g() >> (g() % 64));
+    for (int i = 0; i < 16; ++i) {
+      const uint64_t top = ~uint64_t{0} / d;  // a multiple of d (at most top d) and its neighbours
+      const uint64_t m = (top == ~uint64_t{0} ? g() : g() % (top + 1)) * d;
+      ns.insert(ns.end(), {m, m - 1, m + 1});
+    }
+    for (uint64_t n : ns) ASSERT_EQ(divide(n, div), n / d) << n << " / " << d;
+  }
+}
+
 TEST(CudaHostCodecs, GroupPackingMatchesBitpack) {
   std::mt19937 g(2);
   for (int w = 1; w <= 16; ++w) {
