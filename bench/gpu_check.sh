@@ -55,7 +55,8 @@ EFCOMM_CUDA_TRACE=1 timeout 60 "$bdir/efcomm_gpu_bench" --size "$size" --repeats
   echo "gpu_check: the traced run failed (see trace.txt)"
 timeout 180 "$bdir/efcomm_gpu_bench" --size "$size" >"$out/gpu_bench.json" 2>"$out/gpu_bench.err" ||
   { cat "$out/gpu_bench.err"; status=1; }
-PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --out "$out/gpu_table.md" ||
+PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --trace "$out/trace.txt" \
+  --out "$out/gpu_table.md" ||
   status=1
 stage "done: exit $status"
 exit $status

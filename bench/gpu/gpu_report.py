@@ -1,16 +1,76 @@
 #!/usr/bin/env python3
 """The table of the device check (bench/gpu_check.sh): reads efcomm_gpu_bench's JSON, times
 ``torch.topk`` on the same GPU and size in the same run, checks issue 8's targets and prints a
-markdown table (last), also written with --out.
+markdown table (last), also written with --out. With --trace (the stderr of a run under
+EFCOMM_CUDA_TRACE=1), also where one call's time goes: the codec's kernels, the checksum, the
+synchronizations, from GPU events.
 
-    python3 bench/gpu/gpu_report.py BENCH.json [--out TABLE.md]
+    python3 bench/gpu/gpu_report.py BENCH.json [--trace TRACE.txt] [--out TABLE.md]
 """
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
+
+_COMPRESS = re.compile(r"^efcomm-trace compress (\S+) n=(\d+) msg=(\d+) \| (.*)$")
+_DECOMPRESS = re.compile(r"^efcomm-trace decompress\s+n=(\d+) msg=(\d+) \| (.*)$")
+
+
+def _phases(text: str) -> dict:
+    """'copy 162.8us | seal 109.0us | ...' -> {'copy': 162.8e-6, ...} (microseconds to seconds)."""
+    out = {}
+    for part in text.split(" | "):
+        name, _, value = part.rpartition(" ")
+        if value.endswith("us"):
+            out[name] = float(value[:-2]) * 1e-6
+    return out
+
+
+def trace_breakdown(path: str, element_bytes: int = 4) -> dict:
+    """spec -> {'compress': phases, 'decompress': phases, 'input', 'message'} from a trace: the
+    last call of each (after the warm-up). A decompress line belongs to the compress before it."""
+    out, spec = {}, None
+    with open(path) as f:
+        for line in f:
+            m = _COMPRESS.match(line.strip())
+            if m:
+                spec = m.group(1)
+                out[spec] = {"compress": _phases(m.group(4)), "input": int(m.group(2)) * element_bytes,
+                             "message": int(m.group(3))}
+                continue
+            m = _DECOMPRESS.match(line.strip())
+            if m and spec in out:
+                out[spec]["decompress"] = _phases(m.group(3))
+    return out
+
+
+def breakdown_lines(trace: dict, copy_gbps: float) -> list:
+    """Rows for the compressors whose codec kernels are marked in the trace (the streaming ones)."""
+    rows = []
+    for spec, t in trace.items():
+        c, d = t["compress"], t.get("decompress", {})
+        codec = sum(v for k, v in c.items() if k not in ("seal", "host-enqueue", "wall"))
+        if codec <= 0 or "decode" not in d:
+            continue
+        moved = t["input"] + t["message"]
+
+        def pct(seconds):
+            return f"{100 * moved / seconds / 1e9 / copy_gbps:.0f} %"
+
+        rows.append(f"| `{spec}` | {codec * 1e6:.1f} us ({pct(codec)}) | {c.get('seal', 0) * 1e6:.1f} us | "
+                    f"{c.get('wall', 0) * 1e6:.1f} us | {d.get('verify', 0) * 1e6:.1f} us | "
+                    f"{d.get('verify-sync', 0) * 1e6:.1f} us | {d['decode'] * 1e6:.1f} us ({pct(d['decode'])}) | "
+                    f"{d.get('wall', 0) * 1e6:.1f} us |")
+    if not rows:
+        return []
+    return ["", "Where one call's time goes (a traced call after the warm-up, GPU event times; a kernel's % "
+            "of the copy bandwidth counts the call's bytes read + written, input and message, against "
+            "the copy's wall time, which includes one synchronization):", "",
+            "| compressor | compress kernel | checksum + header | compress call | verify | sync | "
+            "decode kernel | decompress call |", "|---|---:|---:|---:|---:|---:|---:|---:|"] + rows
 
 
 def torch_topk_seconds(n: int, k: int, repeats: int) -> tuple:
@@ -43,6 +103,7 @@ def torch_topk_seconds(n: int, k: int, repeats: int) -> tuple:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("bench_json")
+    p.add_argument("--trace", help="stderr of efcomm_gpu_bench under EFCOMM_CUDA_TRACE=1")
     p.add_argument("--out")
     args = p.parse_args()
     with open(args.bench_json) as f:
@@ -85,6 +146,11 @@ def main() -> int:
                 continue
             over = f"{a['over_ef21_step']:.2f}x" if "over_ef21_step" in a else "-"
             lines.append(f"| {a['algorithm']} | {what} | {a['allreduce_seconds'] * 1e3:.3f} ms | {over} |")
+    if args.trace:
+        try:
+            lines += breakdown_lines(trace_breakdown(args.trace), copy)
+        except OSError as e:
+            lines += ["", f"No time breakdown: {e}."]
     lines.append("")
     if topk_sel is not None:
         lines.append(f"`torch.topk` (k = {k:,}, unsorted): {topk_sel * 1e3:.3f} ms on |x| computed beforehand, "

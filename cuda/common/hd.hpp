@@ -88,7 +88,8 @@ struct DivisorU64 {
   uint32_t shift1 = 0, shift2 = 0;
 };
 
-/// The divisor d >= 1 (host code: the 128-bit division runs once, before the launch).
+/// The divisor d >= 1 (host code: the 128-bit division runs once, before the launch; d = 0
+/// divides by zero).
 inline DivisorU64 makeDivisorU64(uint64_t d) {
   uint32_t l = 0;
   while (l < 64 && (uint64_t{1} << l) < d) ++l;

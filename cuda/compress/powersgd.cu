@@ -125,10 +125,10 @@ __global__ void sumSlabsKernel(const double* partial, int64_t slabs, int64_t rn,
 // out = the first d elements of P Q^T, row i of it sum_k P[i, k] Q[:, k] in the CPU's order.
 template <typename T>
 __global__ void decodeKernel(const typename Elem<T>::Compute* p, const typename Elem<T>::Compute* q, int64_t d,
-                             int64_t m, int64_t n, int64_t r, T* out) {
+                             int64_t m, int64_t n, DivisorU64 byN, int64_t r, T* out) {
   using C = typename Elem<T>::Compute;
   for (int64_t e = globalThread(); e < d; e += gridThreads()) {
-    const int64_t i = e / n, j = e - i * n;
+    const int64_t i = static_cast<int64_t>(divide(static_cast<uint64_t>(e), byN)), j = e - i * n;
     C buf = p[i] * q[j];
     for (int64_t k = 1; k < r; ++k) buf += p[k * m + i] * q[k * n + j];
     out[e] = Elem<T>::store(buf);
@@ -264,7 +264,8 @@ void decode(const DeviceMessageHeader& h, const void* msg, const TensorView& out
     using T = typename decltype(tag)::type;
     using C = typename Elem<T>::Compute;
     const C* p = static_cast<const C*>(f);
-    decodeKernel<T><<<gridFor(h.numel), kThreads, 0, st>>>(p, p + v.m * v.r, h.numel, v.m, v.n, v.r,
+    decodeKernel<T><<<gridFor(h.numel), kThreads, 0, st>>>(p, p + v.m * v.r, h.numel, v.m, v.n,
+                                                           makeDivisorU64(static_cast<uint64_t>(std::max<int64_t>(v.n, 1))), v.r,
                                                            static_cast<T*>(out.data));
     check();
   });
