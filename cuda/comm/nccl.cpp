@@ -646,6 +646,7 @@ NcclCommunicator::NcclCommunicator(int rank, int size, const NcclUniqueId& id, i
                    deadlineAfter(defaultTimeoutSeconds), defaultTimeoutSeconds);
   EFCOMM_NCCL_CUDA(cudaMalloc(reinterpret_cast<void**>(&st->barrierWord), sizeof(float)), "NcclCommunicator");
   EFCOMM_NCCL_CUDA(cudaMemset(st->barrierWord, 0, sizeof(float)), "NcclCommunicator");
+  EFCOMM_NCCL_CUDA(cudaStreamSynchronize(cudaStreamLegacy), "NcclCommunicator");  // before any stream uses it
   state_ = std::move(st);
   host_ = comm::ncclHostBackend(*this);
 }

@@ -15,6 +15,7 @@
 #include "comm/reducer_kernels.hpp"
 #include "common/runtime.hpp"
 #include "common/wire.hpp"
+#include "compress/device_codec.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "feedback/common.hpp"
@@ -75,14 +76,22 @@ class DeviceAggregate {
         shape_(std::move(shape)),
         dtype_(dtype),
         g_(ConstTensorView{nullptr, dtype, shape_}.nbytes()) {
-    if (g_.size() > 0) EFCOMM_CUDA_CHECK(cudaMemset(g_.data(), 0, g_.size()));
+    if (g_.size() > 0) {
+      EFCOMM_CUDA_CHECK(cudaMemset(g_.data(), 0, g_.size()));
+      cuda::settleLegacyStream();
+    }
   }
 
-  // msgs[i] (sizes[i] bytes) from worker i, null for a worker that did not participate.
+  // msgs[i] (sizes[i] bytes) from worker i, null for a worker that did not participate. Every
+  // message is read and its checksum verified before g changes (as Aggregate parses them all
+  // first): a damaged message leaves g as it was.
   void update(const std::vector<const uint8_t*>& msgs, const std::vector<size_t>& sizes, cudaStream_t s) {
-    if (!additive_) EFCOMM_CUDA_CHECK(cudaMemsetAsync(g_.data(), 0, g_.size(), s));
+    std::vector<cuda::DeviceMessageHeader> headers(msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i)
-      if (msgs[i]) cuda::accumulate(msgs[i], sizes[i], view(), host_.weights()[i], s);
+      if (msgs[i]) headers[i] = cuda::readMessage(msgs[i], sizes[i], s);
+    if (!additive_ && g_.size() > 0) EFCOMM_CUDA_CHECK(cudaMemsetAsync(g_.data(), 0, g_.size(), s));
+    for (size_t i = 0; i < msgs.size(); ++i)
+      if (msgs[i]) cuda::accumulateRead(headers[i], msgs[i], sizes[i], view(), host_.weights()[i], s);
   }
 
   TensorView view() { return {g_.data(), dtype_, shape_}; }
@@ -101,7 +110,10 @@ class DeviceAggregate {
     Aggregate check(host_.spec(), host_.n(), host_.weights(), shape_, dtype_);
     check.loadStateDict(state);
     const ConstTensorView g = check.estimate();
-    if (g.nbytes() > 0) EFCOMM_CUDA_CHECK(cudaMemcpy(g_.data(), g.data, g.nbytes(), cudaMemcpyHostToDevice));
+    if (g.nbytes() > 0) {
+      EFCOMM_CUDA_CHECK(cudaMemcpy(g_.data(), g.data, g.nbytes(), cudaMemcpyHostToDevice));
+      cuda::settleLegacyStream();
+    }
   }
 
  private:
@@ -151,6 +163,7 @@ class DevicePair : public Algorithm {
   }
 
   void loadStateDict(const StateDict& state) override {
+    cuda::DeviceGuard guard(s_.device->device());  // the state's allocations on the backend's device
     std::unique_ptr<cuda::DeviceFeedback> worker;
     std::unique_ptr<DeviceAggregate> aggregate;
     build(worker, aggregate);
@@ -318,6 +331,7 @@ class DeviceReduceScatter final : public Algorithm {
   }
 
   void loadStateDict(const StateDict& state) override {
+    cuda::DeviceGuard guard(s_.device->device());  // the state's allocations on the backend's device
     Parts p;
     build(p);
     for (size_t c = 0; c < p.workers.size(); ++c) {

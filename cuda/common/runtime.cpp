@@ -169,6 +169,26 @@ bool cpuContractsFma() {
 #endif
 }
 
+DeviceGuard::DeviceGuard(int device) : device_(device) {
+  EFCOMM_CUDA_CHECK(cudaGetDevice(&previous_));
+  if (previous_ != device_) EFCOMM_CUDA_CHECK(cudaSetDevice(device_));
+}
+DeviceGuard::~DeviceGuard() {
+  if (previous_ != device_) (void)cudaSetDevice(previous_);
+}
+
+void settleLegacyStream() { EFCOMM_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy)); }
+
+bool isDevicePointer(const void* p, int device) {
+  if (pointerCache().has(p, device)) return true;
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeManaged || (attr.type == cudaMemoryTypeDevice && attr.device == device);
+}
+
 bool isDevicePointer(const void* p) {
   int dev = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) {
@@ -239,6 +259,7 @@ uint32_t* ticketWords() {
   if (!r.tickets) {
     EFCOMM_CUDA_CHECK(cudaMalloc(&r.tickets, 8 * sizeof(uint32_t)));
     EFCOMM_CUDA_CHECK(cudaMemset(r.tickets, 0, 8 * sizeof(uint32_t)));
+    settleLegacyStream();  // zero before the first kernel, on whatever stream, counts on them
   }
   return r.tickets;
 }

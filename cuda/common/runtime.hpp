@@ -106,22 +106,9 @@ void traceBegin(cudaStream_t stream, const char* call, const char* codec, int64_
 void traceMark(cudaStream_t stream, const char* phase);
 void traceEnd(size_t messageBytes);
 
-/// Selects `device` for the current thread and restores the previous one on exit.
-class DeviceGuard {
- public:
-  explicit DeviceGuard(int device) : device_(device) {
-    EFCOMM_CUDA_CHECK(cudaGetDevice(&previous_));
-    if (previous_ != device_) EFCOMM_CUDA_CHECK(cudaSetDevice(device_));
-  }
-  ~DeviceGuard() {
-    if (previous_ != device_) (void)cudaSetDevice(previous_);
-  }
-  DeviceGuard(const DeviceGuard&) = delete;
-  DeviceGuard& operator=(const DeviceGuard&) = delete;
-
- private:
-  int device_;
-  int previous_ = 0;
-};
+/// Waits for the legacy default stream, where cudaMemset and pageable cudaMemcpy run: it does
+/// not order with non-blocking streams (torch's side streams, the NCCL tests'), so device words
+/// and state written there must be complete before a kernel on another stream reads them.
+void settleLegacyStream();
 
 }  // namespace efcomm::cuda

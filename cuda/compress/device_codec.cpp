@@ -164,7 +164,11 @@ void accumulate(const void* msg, size_t size, const TensorView& out, double weig
   requireDevice();
   checkDeviceView(out, "accumulate: out");
   const cudaStream_t st = nativeStream(stream);
-  const DeviceMessageHeader h = readMessage(msg, size, st);
+  accumulateRead(readMessage(msg, size, st), msg, size, out, weight, st);
+}
+
+void accumulateRead(const DeviceMessageHeader& h, const void* msg, size_t size, const TensorView& out, double weight,
+                    cudaStream_t st) {
   checkOutput(h, out);
   EFCOMM_CHECK(out.dtype == DType::kFloat32 || out.dtype == DType::kFloat64,
                "accumulate: float32 or float64 output required, got ", dtypeName(out.dtype));

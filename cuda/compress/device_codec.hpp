@@ -37,6 +37,12 @@ struct DeviceCodec {
   bool compressSynchronizes = false;
 };
 
+/// accumulate() of a message whose header readMessage returned (its checksum verified), for
+/// callers that verify a round's messages before changing anything: the header's checks against
+/// `out`, then out += weight * decode(msg). `out` a checked device view. Synchronizes `stream`.
+void accumulateRead(const DeviceMessageHeader& h, const void* msg, size_t size, const TensorView& out, double weight,
+                    cudaStream_t stream);
+
 /// For decoders that check payload content inside the decoding kernel instead of a separate
 /// check kernel and synchronization: returns the device address of a zeroed mailbox flag word
 /// for the kernel to set (a plain store of 1); decompress throws CorruptMessageError(message)

@@ -525,6 +525,7 @@ void DeviceFeedback::loadStateDict(const StateDict& state) {
         EFCOMM_CUDA_CHECK(cudaMemcpy(b.data(), arrays[i]->bytes.data(), arrays[i]->bytes.size(), cudaMemcpyHostToDevice));
       }
     }
+    settleLegacyStream();  // the pageable copies complete before a step on another stream reads them
   }
   im.comp->loadStateDict(compState);
   im.initialized = init == 1;

@@ -42,9 +42,25 @@ bool available();
 /// True when p points to device or managed memory (of any device); false without kernels or
 /// device. Never throws.
 bool isDevicePointer(const void* p);
+/// True when p is device memory of CUDA device `device`, or managed memory. Never throws.
+bool isDevicePointer(const void* p, int device);
 /// Why `available()` is false ("efcomm was built without CUDA (nvcc not found)", "no CUDA
 /// device: <driver's message>"); empty when available.
 std::string unavailableReason();
+
+/// Makes `device` the calling thread's current CUDA device (cudaSetDevice) until destroyed, then
+/// restores the previous one: allocations and launches in its scope go to `device`.
+class DeviceGuard {
+ public:
+  explicit DeviceGuard(int device);
+  ~DeviceGuard();
+  DeviceGuard(const DeviceGuard&) = delete;
+  DeviceGuard& operator=(const DeviceGuard&) = delete;
+
+ private:
+  int device_;
+  int previous_ = 0;
+};
 
 /// Owned device memory (cudaMalloc/cudaFree). Move-only. `resize` keeps the allocation when it
 /// is large enough and otherwise reallocates (contents are then not kept).

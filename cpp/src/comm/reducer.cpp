@@ -125,8 +125,9 @@ std::string describe(const Header& h, const std::string& key) {
 }
 
 // Why x/out cannot be reduced under `key` on this rank; empty when they can.
+// `device`: the backend's CUDA device on a device reducer, else -1.
 std::string checkArgs(const ConstTensorView& x, const TensorView& out, const std::vector<int64_t>* slotShape,
-                      DType slotDType, bool device) {
+                      DType slotDType, int device) {
   try {
     if (x.dtype != DType::kFloat32 && x.dtype != DType::kFloat64)
       return "dtype must be float32 or float64, got " + dtypeName(x.dtype);
@@ -134,8 +135,12 @@ std::string checkArgs(const ConstTensorView& x, const TensorView& out, const std
     if (out.numel() != x.numel())
       return "out has " + std::to_string(out.numel()) + " elements, x has " + std::to_string(x.numel());
     if ((x.data == nullptr || out.data == nullptr) && x.numel() > 0) return "null data pointer";
-    if (device && x.numel() > 0 && !(cuda::isDevicePointer(x.data) && cuda::isDevicePointer(out.data)))
+    if (device >= 0 && x.numel() > 0 && !(cuda::isDevicePointer(x.data) && cuda::isDevicePointer(out.data)))
       return "x and out must be device memory on a device reducer (CUDA arrays: torch CUDA tensors, CuPy arrays)";
+    if (device >= 0 && x.numel() > 0 &&
+        !(cuda::isDevicePointer(x.data, device) && cuda::isDevicePointer(out.data, device)))
+      return "x and out must be on the communicator's CUDA device " + std::to_string(device) +
+             " (torch.cuda.set_device / tensor.to('cuda:" + std::to_string(device) + "'))";
     if (slotShape != nullptr && (*slotShape != x.shape || slotDType != x.dtype))
       return "the key was first reduced as " + dtypeName(slotDType) + " " + shapeString(*slotShape) +
              ", now " + dtypeName(x.dtype) + " " + shapeString(x.shape);
@@ -303,7 +308,10 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
                                  const std::string& key, cuda::Stream stream) {
   EFCOMM_CHECK(xs.size() == outs.size(), "Reducer.allreduce_coalesced(key '", key, "'): ", xs.size(), " inputs but ",
                outs.size(), " outputs");
-  // A bucket's bytes, fused in host memory, or in device memory on a device reducer.
+  // A bucket's bytes, fused in host memory, or in device memory (the backend's device) on a
+  // device reducer.
+  std::optional<cuda::DeviceGuard> onBackendDevice;
+  if (onDevice()) onBackendDevice.emplace(device_->device());
   std::vector<double> hostFused;
   cuda::DeviceBuffer deviceFused;
   const auto copyBytes = [&](void* dst, const void* src, size_t n) {
@@ -328,6 +336,16 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
     const DType dtype = xs[first].dtype;
     EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64, "Reducer.allreduce_coalesced(key '", key,
                  "'): dtype must be float32 or float64, got ", dtypeName(dtype));
+    const std::string bucketKey = key + "#" + std::to_string(bucket);
+    if (onDevice()) {
+      // A tensor not on the backend's device is reduced alone under the bucket's key: the header
+      // agreement then reports it (InvalidArgument here, MismatchError on the other ranks)
+      // instead of this rank leaving the collectives.
+      for (size_t i = first; i < last; ++i)
+        if (xs[i].numel() > 0 && !(cuda::isDevicePointer(xs[i].data, device_->device()) &&
+                                   cuda::isDevicePointer(outs[i].data, device_->device())))
+          allreduce(xs[i], outs[i], bucketKey, stream);
+    }
     uint8_t* p;
     if (onDevice()) {
       deviceFused.resize(bytes);
@@ -341,8 +359,7 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       copyBytes(p + at, xs[i].data, xs[i].nbytes());
     }
     const std::vector<int64_t> shape{static_cast<int64_t>(bytes / itemSize(dtype))};
-    allreduce(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, key + "#" + std::to_string(bucket),
-              stream);
+    allreduce(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, bucketKey, stream);
     for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i) copyBytes(outs[i].data, p + at, outs[i].nbytes());
     if (onDevice()) cuda::synchronize(stream);  // the fused buffer is reused, then freed
     first = last;
@@ -360,7 +377,8 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   const auto found = slots_.find(key);
   const Slot* existing = found == slots_.end() ? nullptr : found->second.get();
   const std::string argError =
-      checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32, onDevice());
+      checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32,
+                onDevice() ? device_->device() : -1);
 
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);

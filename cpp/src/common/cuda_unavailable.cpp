@@ -22,7 +22,11 @@ bool built() { return false; }
 int deviceCount() { return 0; }
 bool available() { return false; }
 bool isDevicePointer(const void*) { return false; }
+bool isDevicePointer(const void*, int) { return false; }
 std::string unavailableReason() { return kReason; }
+
+DeviceGuard::DeviceGuard(int device) : device_(device) { unavailable(); }
+DeviceGuard::~DeviceGuard() = default;
 
 DeviceBuffer::~DeviceBuffer() = default;
 DeviceBuffer::DeviceBuffer(DeviceBuffer&&) noexcept = default;
