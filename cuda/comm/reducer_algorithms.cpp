@@ -40,7 +40,9 @@ Failure deviceStatus(const uint8_t* block, cudaStream_t s) {
   return readStatus(h);
 }
 
-// This rank's contribution: a device message, or its status block when making it failed.
+// This rank's contribution: a device message, or its status block when making it failed. An
+// algorithm keeps its attempts between calls, so that their buffers are allocated once (a
+// cudaFree waits for the whole device).
 struct DeviceAttempt {
   cuda::DeviceBuffer buf;
   size_t size = 0;
@@ -49,6 +51,9 @@ struct DeviceAttempt {
 
   template <typename F>
   void run(int rank, cudaStream_t s, F&& produce) {
+    size = 0;
+    failure = Failure{};
+    error = nullptr;
     try {
       size = produce(buf);
       return;
@@ -71,7 +76,7 @@ class DeviceAggregate {
  public:
   DeviceAggregate(const std::string& spec, int n, const std::vector<double>& weights, std::vector<int64_t> shape,
                   DType dtype)
-      : host_(spec, n, weights, shape, dtype),
+      : host_(spec, n, weights, {0}, dtype),
         additive_(feedback::parseConfig(spec).additive()),
         shape_(std::move(shape)),
         dtype_(dtype),
@@ -99,6 +104,7 @@ class DeviceAggregate {
 
   StateDict stateDict() const {
     StateDict sd = host_.stateDict();
+    sd.meta["shape"] = feedback::shapeText(shape_);
     std::vector<uint8_t> g(g_.size());
     if (!g.empty()) EFCOMM_CUDA_CHECK(cudaMemcpy(g.data(), g_.data(), g.size(), cudaMemcpyDeviceToHost));
     sd.tensors["g"] = StateTensor::fromView({g.data(), dtype_, shape_});
@@ -117,7 +123,9 @@ class DeviceAggregate {
   }
 
  private:
-  Aggregate host_;  // the spec, n and weights, validated; its state's format
+  // The spec, n and weights, validated, and the state's format: an Aggregate of no elements (a
+  // host g of the tensor's size would be a second copy of it, never used).
+  Aggregate host_;
   bool additive_;
   std::vector<int64_t> shape_;
   DType dtype_;
@@ -204,27 +212,28 @@ class DeviceAllgather final : public DevicePair {
            cuda::Stream stream) override {
     cuda::DeviceGuard guard(s_.device->device());
     const cudaStream_t s = native(stream);
-    DeviceAttempt mine;
     auto t0 = Clock::now();
-    mine.run(s_.rank, s, [&](cuda::DeviceBuffer& b) { return worker_->step(x, b, step, stream); });
+    mine_.run(s_.rank, s, [&](cuda::DeviceBuffer& b) { return worker_->step(x, b, step, stream); });
     st.compressSeconds += secondsSince(t0);
 
-    DeviceByteBlocks gathered;
     t0 = Clock::now();
-    s_.device->allgatherv(mine.buf.data(), mine.size, gathered, stream)->wait();
+    s_.device->allgatherv(mine_.buf.data(), mine_.size, gathered_, stream)->wait();
     st.commSeconds += secondsSince(t0);
-    st.bytesSent += mine.size * static_cast<uint64_t>(s_.n - 1);
+    st.bytesSent += mine_.size * static_cast<uint64_t>(s_.n - 1);
 
     t0 = Clock::now();
     Failure first;
-    const Gathered g = splitBlocks(gathered, s_.n, s_.rank, first, st, s);
+    const Gathered g = splitBlocks(gathered_, s_.n, s_.rank, first, st, s);
     aggregate_->update(g.msgs, g.sizes, s);
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(backend, s_.context, first, mine.error);
+    if (first) raise(backend, s_.context, first, mine_.error);
     copyOut(aggregate_->estimate(), out, s);
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
+ private:
+  DeviceAttempt mine_;
+  DeviceByteBlocks gathered_;
 };
 
 // ---- reduce_scatter --------------------------------------------------------------------------
@@ -249,7 +258,8 @@ class DeviceReduceScatter final : public Algorithm {
     const size_t me = static_cast<size_t>(s_.rank);
 
     // Phase 1: compress every chunk with its worker; chunk c goes to rank c.
-    std::vector<DeviceAttempt> parts(static_cast<size_t>(n));
+    std::vector<DeviceAttempt>& parts = attempts_;
+    parts.resize(static_cast<size_t>(n));
     auto t0 = Clock::now();
     for (int c = 0; c < n; ++c) {
       cuda::DeviceFeedback& worker = *parts_.workers[static_cast<size_t>(c)];
@@ -267,17 +277,16 @@ class DeviceReduceScatter final : public Algorithm {
     send_.resize(total);
     for (size_t c = 0, at = 0; c < parts.size(); at += parts[c].size, ++c)
       cuda::copy(static_cast<uint8_t*>(send_.data()) + at, parts[c].buf.data(), parts[c].size, s);
-    DeviceByteBlocks mine;
     t0 = Clock::now();
-    s_.device->alltoallv(send_.data(), counts, mine, stream)->wait();
+    s_.device->alltoallv(send_.data(), counts, received_, stream)->wait();
     st.commSeconds += secondsSince(t0);
     st.bytesSent += total - counts[me];
 
     // The owner folds its chunk's messages (a rank that failed is absent) and re-compresses.
     t0 = Clock::now();
     Failure first;
-    const Gathered g = splitBlocks(mine, n, s_.rank, first, st, s);
-    DeviceAttempt reduced;
+    const Gathered g = splitBlocks(received_, n, s_.rank, first, st, s);
+    DeviceAttempt& reduced = reduced_;
     reduced.run(s_.rank, s, [&](cuda::DeviceBuffer& b) {
       parts_.owner->update(g.msgs, g.sizes, s);
       return parts_.ownerFeedback->step(parts_.owner->estimate(), b, plain() ? std::optional<uint64_t>(step)
@@ -297,7 +306,7 @@ class DeviceReduceScatter final : public Algorithm {
       block_.resize(blockBytes);
       cuda::copy(block_.data(), reduced.buf.data(), blockBytes, s);
     }
-    DeviceByteBlocks owners;
+    DeviceByteBlocks& owners = owners_;
     t0 = Clock::now();
     s_.device->allgatherv(block_.data(), blockBytes, owners, stream)->wait();
     st.commSeconds += secondsSince(t0);
@@ -376,6 +385,10 @@ class DeviceReduceScatter final : public Algorithm {
   SlotSetup s_;
   Chunks chunks_;
   Parts parts_;
+  // Kept between calls (allocated once): the chunks' attempts, the owner's, the exchanges.
+  std::vector<DeviceAttempt> attempts_;
+  DeviceAttempt reduced_;
+  DeviceByteBlocks received_, owners_;
   cuda::DeviceBuffer send_, block_;
 };
 
@@ -395,7 +408,7 @@ class DeviceAllreduce final : public DevicePair {
            cuda::Stream stream) override {
     cuda::DeviceGuard guard(s_.device->device());
     const cudaStream_t s = native(stream);
-    DeviceAttempt mine;
+    DeviceAttempt& mine = mine_;
     std::optional<Descriptor> own;
     size_t headerBytes = 0;
     auto t0 = Clock::now();
@@ -452,6 +465,7 @@ class DeviceAllreduce final : public DevicePair {
 
  private:
   std::vector<double> weights_;  // the ranks' weights on their payloads
+  DeviceAttempt mine_;
   cuda::DeviceBuffer sum_, msg_;
 };
 

@@ -8,6 +8,7 @@
 
 #include <cuda_runtime.h>
 
+#include <numeric>
 #include <utility>
 
 #include "common/runtime.hpp"
@@ -42,6 +43,8 @@ std::vector<uint8_t> hostCopy(const void* dev, size_t bytes, cudaStream_t s) {
   toHostSync(dev, bytes, h.data(), s);
   return h;
 }
+
+size_t totalOf(const std::vector<size_t>& counts) { return std::accumulate(counts.begin(), counts.end(), size_t{0}); }
 
 void fill(DeviceByteBlocks& out, const ByteBlocks& in, cudaStream_t s) {
   out.data.resize(in.data.size());
@@ -79,8 +82,7 @@ class StagedDeviceBackend final : public DeviceBackend {
                                   cuda::Stream stream, std::optional<double> timeoutSeconds) override {
     cuda::DeviceGuard guard(device_);
     const auto s = cuda::nativeStream(stream);
-    size_t total = 0;
-    for (size_t c : sendCounts) total += c;
+    const size_t total = totalOf(sendCounts);
     const std::vector<uint8_t> mine = hostCopy(send, total, s);
     ByteBlocks chunks;
     host_->alltoallv(mine.data(), sendCounts, chunks, timeoutSeconds)->wait();
@@ -104,7 +106,9 @@ class StagedDeviceBackend final : public DeviceBackend {
   int device_;
 };
 
-// Host bytes through the communicator's device, on the legacy default stream.
+// Host bytes through the communicator's device, on the legacy default stream. Its staging
+// buffers are kept between calls (allocated once: a cudaFree waits for the whole device); a
+// communicator is driven by one thread at a time (nccl.hpp).
 class NcclHostBackend final : public Backend {
  public:
   explicit NcclHostBackend(NcclCommunicator& c) : c_(c) {}
@@ -115,33 +119,30 @@ class NcclHostBackend final : public Backend {
   std::shared_ptr<Work> allgatherv(const void* send, size_t bytes, ByteBlocks& recv,
                                    std::optional<double> timeoutSeconds) override {
     cuda::DeviceGuard guard(c_.device());
-    cuda::DeviceBuffer mine(bytes);
-    toDeviceSync(send, bytes, mine.data(), nullptr);
-    DeviceByteBlocks all;
-    c_.allgatherv(mine.data(), bytes, all, nullptr, timeoutSeconds)->wait();
-    fill(recv, all, nullptr);
+    staging_.resize(bytes);
+    toDeviceSync(send, bytes, staging_.data(), nullptr);
+    c_.allgatherv(staging_.data(), bytes, received_, nullptr, timeoutSeconds)->wait();
+    fill(recv, received_, nullptr);
     return std::make_shared<DoneWork>();
   }
 
   std::shared_ptr<Work> alltoallv(const void* send, const std::vector<size_t>& sendCounts, ByteBlocks& recv,
                                   std::optional<double> timeoutSeconds) override {
     cuda::DeviceGuard guard(c_.device());
-    size_t total = 0;
-    for (size_t c : sendCounts) total += c;
-    cuda::DeviceBuffer mine(total);
-    toDeviceSync(send, total, mine.data(), nullptr);
-    DeviceByteBlocks chunks;
-    c_.alltoallv(mine.data(), sendCounts, chunks, nullptr, timeoutSeconds)->wait();
-    fill(recv, chunks, nullptr);
+    const size_t total = totalOf(sendCounts);
+    staging_.resize(total);
+    toDeviceSync(send, total, staging_.data(), nullptr);
+    c_.alltoallv(staging_.data(), sendCounts, received_, nullptr, timeoutSeconds)->wait();
+    fill(recv, received_, nullptr);
     return std::make_shared<DoneWork>();
   }
 
   std::shared_ptr<Work> broadcast(void* buf, size_t bytes, int root, std::optional<double> timeoutSeconds) override {
     cuda::DeviceGuard guard(c_.device());
-    cuda::DeviceBuffer d(bytes);
-    toDeviceSync(buf, bytes, d.data(), nullptr);
-    c_.broadcast(d.data(), bytes, root, nullptr, timeoutSeconds)->wait();
-    toHostSync(d.data(), bytes, buf, nullptr);
+    staging_.resize(bytes);
+    toDeviceSync(buf, bytes, staging_.data(), nullptr);
+    c_.broadcast(staging_.data(), bytes, root, nullptr, timeoutSeconds)->wait();
+    toHostSync(staging_.data(), bytes, buf, nullptr);
     return std::make_shared<DoneWork>();
   }
 
@@ -149,10 +150,10 @@ class NcclHostBackend final : public Backend {
                                      std::optional<double> timeoutSeconds) override {
     cuda::DeviceGuard guard(c_.device());
     const size_t bytes = count * itemSize(dtype);
-    cuda::DeviceBuffer d(bytes);
-    toDeviceSync(buf, bytes, d.data(), nullptr);
-    c_.allreduceSum(d.data(), count, dtype, nullptr, timeoutSeconds)->wait();
-    toHostSync(d.data(), bytes, buf, nullptr);
+    staging_.resize(bytes);
+    toDeviceSync(buf, bytes, staging_.data(), nullptr);
+    c_.allreduceSum(staging_.data(), count, dtype, nullptr, timeoutSeconds)->wait();
+    toHostSync(staging_.data(), bytes, buf, nullptr);
     return std::make_shared<DoneWork>();
   }
 
@@ -164,6 +165,8 @@ class NcclHostBackend final : public Backend {
 
  private:
   NcclCommunicator& c_;
+  cuda::DeviceBuffer staging_;
+  DeviceByteBlocks received_;
 };
 
 }  // namespace
