@@ -4,7 +4,8 @@
 #      kernel benchmark and the Python module;
 #   2. runs the GPU tests: C++ (efcomm_gpu_tests) and Python (tests/python/test_cuda.py);
 #   3. times every kernel on 64M float32 against a device-to-device copy and torch.topk measured
-#      in the same run, and prints the table (with the targets) last.
+#      in the same run, with where one traced call's time goes (kernels, checksum, syncs), and
+#      prints the table (with the targets) last; $OUT/summary.md has it all for docs/benchmarks.md.
 # Usage: bash bench/gpu_check.sh
 # Environment: OUT (logs and the table; default build/gpu-check), JOBS (default: all cores),
 # CUDA_ARCHS (default native), PYTHON (default python3: the one with torch), SIZE (elements).
@@ -58,5 +59,15 @@ timeout 180 "$bdir/efcomm_gpu_bench" --size "$size" >"$out/gpu_bench.json" 2>"$o
 PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --trace "$out/trace.txt" \
   --out "$out/gpu_table.md" ||
   status=1
+# The summary for docs/benchmarks.md (bench:gpu): the machine, the tests' results, the tables.
+{
+  echo "Measured $(date -u '+%Y-%m-%d %H:%M') UTC with \`bash bench/gpu_check.sh\` on $(nvidia-smi \
+    --query-gpu=name,driver_version --format=csv,noheader | head -1) (CUDA_ARCHS=${CUDA_ARCHS:-native})."
+  echo "C++ GPU tests: $(grep -aE '^\[  (PASSED|FAILED|SKIPPED) ' "$out/gpu_tests.log" | tr -s ' ' | sed 's/\.$//' | paste -sd ';' -)."
+  echo "Python GPU tests: $(grep -aE '(passed|failed|error)' "$out/test_cuda.log" | tail -1 | tr -d '=' | sed 's/^ *//; s/ *$//')."
+  echo
+  cat "$out/gpu_table.md" 2>/dev/null
+} >"$out/summary.md"
+echo "summary for docs/benchmarks.md: $out/summary.md"
 stage "done: exit $status"
 exit $status
