@@ -68,6 +68,7 @@ struct DeviceResources {
   HostMailbox::Layout* mailHost = nullptr;
   HostMailbox::Layout* mailDevice = nullptr;
   uint32_t* tickets = nullptr;
+  cudaEvent_t event = nullptr;
 };
 
 struct ThreadResources {
@@ -81,6 +82,7 @@ struct ThreadResources {
       if (r.flagsHost) cudaFreeHost(r.flagsHost);
       if (r.mailHost) cudaFreeHost(r.mailHost);
       if (r.tickets) cudaFree(r.tickets);
+      if (r.event) cudaEventDestroy(r.event);
     }
     cudaGetLastError();
   }
@@ -225,6 +227,12 @@ void checkDeviceView(const ConstTensorView& v, const char* what) {
                  cur, "; call cudaSetDevice(", attr.device, ") (torch.cuda.set_device) first");
     pointerCache().add(v.data, cur);
   }
+}
+
+cudaEvent_t mailEvent() {
+  DeviceResources& r = resources();
+  if (!r.event) EFCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&r.event, cudaEventDisableTiming));
+  return r.event;
 }
 
 HostMailbox mailbox() {

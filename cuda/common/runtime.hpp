@@ -89,6 +89,9 @@ struct HostMailbox {
 };
 /// The calling thread's mailbox on the current device (allocated once: cudaHostAlloc mapped).
 HostMailbox mailbox();
+/// The calling thread's event on the current device for waiting on part of a stream (created
+/// once, without timing).
+cudaEvent_t mailEvent();
 /// Zeroes the first `count` flag words of the mailbox (host stores; call with no kernel of
 /// this thread in flight that writes them) and returns their device address.
 uint32_t* clearMailboxFlags(int count = HostMailbox::kFlagWords);

@@ -162,7 +162,8 @@ __device__ void publish(const SealArgs& a, uint32_t sum) {
       for (int b = 0; b < 4; ++b) a.sumOut[b] = static_cast<uint8_t>(sum >> (8 * b));
     if (a.mail) {
       a.mail->checksum = sum;
-      for (int b = 0; b < 5; ++b) a.mail->tail[b] = a.tail[b];
+      if (a.tail)
+        for (int b = 0; b < 5; ++b) a.mail->tail[b] = a.tail[b];
     }
   }
   if (a.mail)
@@ -453,30 +454,19 @@ size_t finishMessage(DeviceBuffer& out, const DeviceMessageLayout& layout, size_
   return sealMessage(out, layout, payloadSize, stream);
 }
 
-DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t stream) {
+namespace {
+
+void checkMessageArgs(const void* msg, size_t size) {
   EFCOMM_CHECK_MSG(size >= kFixedHeaderBytes + 4, "message of ", size,
                    " bytes is shorter than the smallest valid message (", kFixedHeaderBytes + 4, ")");
   EFCOMM_CHECK(msg != nullptr && isDevicePointer(msg),
                "message is not in device memory: pass a CUDA buffer, or use efcomm::Message for host bytes");
-  const auto* dmsg = static_cast<const uint8_t*>(msg);
-  // One kernel and one synchronization: the checksum over [0, size - 4) (safe on any bytes),
-  // the header prefix, the trailer and the last payload byte, all into the mapped mailbox.
-  const HostMailbox mail = mailbox();
-  SealArgs a;
-  a.data = dmsg;
-  a.size = size - 4;
-  a.mail = mail.device;
-  a.headCopy = static_cast<uint32_t>(std::min<size_t>(size, HostMailbox::kHeadBytes));
-  a.tail = dmsg + size - 5;
-  enqueueChecksum(a, nullptr, stream);
-  traceMark(stream, "verify");
-  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
-  traceMark(stream, "verify-sync");
-  std::vector<uint8_t> head(mail.host->head, mail.host->head + a.headCopy);
-  uint8_t tail[5];
-  std::memcpy(tail, mail.host->tail, 5);
-  const uint32_t computed = mail.host->checksum;
+}
 
+// The header of the device message dmsg (`size` bytes) from copies of its first bytes (`head`)
+// and its last 5 (`tail`: the last payload byte, then the stored checksum).
+DeviceMessageHeader parseHeader(std::vector<uint8_t> head, const uint8_t* tail, const uint8_t* dmsg, size_t size,
+                                cudaStream_t stream) {
   // The checks of Message::parseHeader, in its order.
   const uint8_t* b = head.data();
   EFCOMM_CHECK_MSG(loadAs<uint32_t>(b) == kWireMagic, "bad magic: not an efcomm message");
@@ -528,10 +518,66 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
   std::memcpy(h.payloadHead, b + hdr, std::min<size_t>(payload, 16));
   h.payloadLast = payload ? tail[0] : 0;
 
-  const uint32_t stored = loadAs<uint32_t>(tail + 1);
-  EFCOMM_CHECK_MSG(stored == computed, "checksum mismatch (stored ", stored, ", computed ", computed,
-                   "): the payload was damaged in transit");
   return h;
 }
+
+void checkChecksum(uint32_t stored, uint32_t computed) {
+  EFCOMM_CHECK_MSG(stored == computed, "checksum mismatch (stored ", stored, ", computed ", computed,
+                   "): the payload was damaged in transit");
+}
+
+}  // namespace
+
+DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t stream) {
+  checkMessageArgs(msg, size);
+  const auto* dmsg = static_cast<const uint8_t*>(msg);
+  // One kernel and one synchronization: the checksum over [0, size - 4) (safe on any bytes),
+  // the header prefix, the trailer and the last payload byte, all into the mapped mailbox.
+  const HostMailbox mail = mailbox();
+  SealArgs a;
+  a.data = dmsg;
+  a.size = size - 4;
+  a.mail = mail.device;
+  a.headCopy = static_cast<uint32_t>(std::min<size_t>(size, HostMailbox::kHeadBytes));
+  a.tail = dmsg + size - 5;
+  enqueueChecksum(a, nullptr, stream);
+  traceMark(stream, "verify");
+  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(stream));
+  traceMark(stream, "verify-sync");
+  uint8_t tail[5];
+  std::memcpy(tail, mail.host->tail, 5);
+  const uint32_t computed = mail.host->checksum;
+  const DeviceMessageHeader h =
+      parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + a.headCopy), tail, dmsg, size, stream);
+  checkChecksum(loadAs<uint32_t>(tail + 1), computed);
+  return h;
+}
+
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream) {
+  checkMessageArgs(msg, size);
+  const auto* dmsg = static_cast<const uint8_t*>(msg);
+  // The header prefix and the last 5 bytes into the mailbox, then the checksum kernel; the host
+  // waits for the copies only and checks the header while the kernel runs.
+  const HostMailbox mail = mailbox();
+  const size_t headCopy = std::min<size_t>(size, HostMailbox::kHeadBytes);
+  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(mail.host->head, dmsg, headCopy, cudaMemcpyDeviceToHost, stream));
+  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(mail.host->tail, dmsg + size - 5, 5, cudaMemcpyDeviceToHost, stream));
+  const cudaEvent_t copied = mailEvent();
+  EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
+  SealArgs a;
+  a.data = dmsg;
+  a.size = size - 4;
+  a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
+  enqueueChecksum(a, nullptr, stream);
+  traceMark(stream, "verify");
+  EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
+  PendingMessage p;
+  p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
+                         size, stream);
+  p.stored = loadAs<uint32_t>(mail.host->tail + 1);
+  return p;
+}
+
+void finishMessageRead(const PendingMessage& p) { checkChecksum(p.stored, mailbox().host->checksum); }
 
 }  // namespace efcomm::cuda

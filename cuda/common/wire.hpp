@@ -75,4 +75,17 @@ struct DeviceMessageHeader {
 /// the checksum on the device. Throws CorruptMessageError. Synchronizes `stream`.
 DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t stream);
 
+/// readMessage without waiting for the checksum, for decoders that are safe on any payload
+/// bytes (DeviceCodec::decodesUnverified): copies the header and the trailer to the host, enqueues
+/// the checksum kernel on `stream` and checks the header while it runs, so that a decode enqueued
+/// next follows it without a synchronization in between. After the stream's next
+/// synchronization, finishMessageRead compares the checksum (CorruptMessageError). Uses the
+/// calling thread's mailbox: no other message read on this thread in between.
+struct PendingMessage {
+  DeviceMessageHeader header;
+  uint32_t stored = 0;  // the message's trailer
+};
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream);
+void finishMessageRead(const PendingMessage& pending);
+
 }  // namespace efcomm::cuda

@@ -466,7 +466,7 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
 }  // namespace
 
 DeviceCodec blockquantDeviceCodec() {
-  return {CompressorId::kBlockQuant, compressQuant, decodeQuant, nullptr, true};
+  return {CompressorId::kBlockQuant, compressQuant, decodeQuant, nullptr, true, true};
 }
 
 }  // namespace efcomm::cuda

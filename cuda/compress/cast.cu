@@ -167,6 +167,6 @@ void accumulateCast(const DeviceMessageHeader& h, const void* msg, const TensorV
 
 }  // namespace
 
-DeviceCodec castDeviceCodec() { return {CompressorId::kCast, compressCast, decodeCast, accumulateCast, true}; }
+DeviceCodec castDeviceCodec() { return {CompressorId::kCast, compressCast, decodeCast, accumulateCast, true, true}; }
 
 }  // namespace efcomm::cuda

@@ -150,13 +150,23 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
   const bool tracing = traceEnabled();
   if (tracing) traceBegin(st, "decompress", "", out.numel());
   pendingDecodeCheck() = nullptr;
-  const DeviceMessageHeader h = readMessage(msg, size, st);
+  // The header is checked while the checksum kernel runs. A codec whose decode is safe on any
+  // payload bytes decodes right behind it (no synchronization in between), and the checksum is
+  // compared after the decode: a damaged message then leaves `out` overwritten, as a failed
+  // content check does. The others wait for the checksum first.
+  const PendingMessage pending = readMessageAsync(msg, size, st);
+  const DeviceMessageHeader& h = pending.header;
   checkOutput(h, out);
   const DeviceCodec& codec = codecFor(h.id);
+  if (!codec.decodesUnverified) {
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+    finishMessageRead(pending);
+  }
   codec.decode(h, alignedMessage(msg, size, st), out, st);
   traceMark(st, "decode");
   EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
   if (tracing) traceEnd(size);
+  if (codec.decodesUnverified) finishMessageRead(pending);
   finishDecodeChecks();
 }
 

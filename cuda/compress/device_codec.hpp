@@ -35,6 +35,10 @@ struct DeviceCodec {
   /// True when compress always synchronizes `stream` after its last kernel (compress() then
   /// adds no synchronization of its own).
   bool compressSynchronizes = false;
+  /// True when decode stays inside `out` and the payload whatever the payload bytes (no indices
+  /// read from the payload): decompress then decodes while the checksum is still being computed
+  /// (readMessageAsync) and throws after the decode if it does not match.
+  bool decodesUnverified = false;
 };
 
 /// accumulate() of a message whose header readMessage returned (its checksum verified), for

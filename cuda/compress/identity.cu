@@ -124,7 +124,7 @@ void addScaled(const void* decoded, const TensorView& out, double weight, cudaSt
 }
 
 DeviceCodec identityDeviceCodec() {
-  return {CompressorId::kIdentity, compressIdentity, decodeIdentity, accumulateIdentity, true};
+  return {CompressorId::kIdentity, compressIdentity, decodeIdentity, accumulateIdentity, true, true};
 }
 
 }  // namespace efcomm::cuda

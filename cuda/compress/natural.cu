@@ -147,6 +147,6 @@ void decodeNatural(const DeviceMessageHeader& h, const void* msg, const TensorVi
 
 }  // namespace
 
-DeviceCodec naturalDeviceCodec() { return {CompressorId::kNatural, compressNatural, decodeNatural, nullptr}; }
+DeviceCodec naturalDeviceCodec() { return {CompressorId::kNatural, compressNatural, decodeNatural, nullptr, false, true}; }
 
 }  // namespace efcomm::cuda

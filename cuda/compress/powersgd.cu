@@ -275,6 +275,6 @@ void decode(const DeviceMessageHeader& h, const void* msg, const TensorView& out
 }  // namespace
 }  // namespace psgd
 
-DeviceCodec powersgdDeviceCodec() { return {CompressorId::kPowerSGD, psgd::compress, psgd::decode, nullptr}; }
+DeviceCodec powersgdDeviceCodec() { return {CompressorId::kPowerSGD, psgd::compress, psgd::decode, nullptr, false, true}; }
 
 }  // namespace efcomm::cuda

@@ -240,6 +240,6 @@ void decodeQsgd(const DeviceMessageHeader& h, const void* msg, const TensorView&
 
 }  // namespace
 
-DeviceCodec qsgdDeviceCodec() { return {CompressorId::kQSGD, compressQsgd, decodeQsgd, nullptr}; }
+DeviceCodec qsgdDeviceCodec() { return {CompressorId::kQSGD, compressQsgd, decodeQsgd, nullptr, false, true}; }
 
 }  // namespace efcomm::cuda

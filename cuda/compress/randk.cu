@@ -203,6 +203,6 @@ void accumulateRandk(const DeviceMessageHeader& h, const void* msg, const Tensor
 
 }  // namespace
 
-DeviceCodec randkDeviceCodec() { return {CompressorId::kRandK, compressRandk, decodeRandk, accumulateRandk}; }
+DeviceCodec randkDeviceCodec() { return {CompressorId::kRandK, compressRandk, decodeRandk, accumulateRandk, false, true}; }
 
 }  // namespace efcomm::cuda

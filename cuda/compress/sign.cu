@@ -222,6 +222,6 @@ void accumulateSign(const DeviceMessageHeader& h, const void* msg, const TensorV
 
 }  // namespace
 
-DeviceCodec signDeviceCodec() { return {CompressorId::kSign, compressSign, decodeSign, accumulateSign, true}; }
+DeviceCodec signDeviceCodec() { return {CompressorId::kSign, compressSign, decodeSign, accumulateSign, true, true}; }
 
 }  // namespace efcomm::cuda
