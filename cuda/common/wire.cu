@@ -34,6 +34,12 @@ constexpr uint64_t kMaxElements = uint64_t{1} << 56;
 // Chunk CRCs whose array's CRC the seal kernel's last block finishes (its words fit x4).
 constexpr uint64_t kOneLevelChunks = kCrcChunkWords;
 
+// readMessageAsync's copies into the mapped mailbox: the first headCopy bytes and the last 5.
+__global__ void copyHeadTailKernel(const uint8_t* msg, uint64_t size, uint32_t headCopy, HostMailbox::Layout* mail) {
+  for (uint32_t i = threadIdx.x; i < headCopy; i += blockDim.x) mail->head[i] = msg[i];
+  if (threadIdx.x < 5) mail->tail[threadIdx.x] = msg[size - 5 + threadIdx.x];
+}
+
 __global__ void patchU64Kernel(uint8_t* dst, uint64_t v) {
   if (threadIdx.x < 8) dst[threadIdx.x] = static_cast<uint8_t>(v >> (8 * threadIdx.x));
 }
@@ -560,8 +566,8 @@ PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t strea
   // waits for the copies only and checks the header while the kernel runs.
   const HostMailbox mail = mailbox();
   const size_t headCopy = std::min<size_t>(size, HostMailbox::kHeadBytes);
-  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(mail.host->head, dmsg, headCopy, cudaMemcpyDeviceToHost, stream));
-  EFCOMM_CUDA_CHECK(cudaMemcpyAsync(mail.host->tail, dmsg + size - 5, 5, cudaMemcpyDeviceToHost, stream));
+  copyHeadTailKernel<<<1, 256, 0, stream>>>(dmsg, size, static_cast<uint32_t>(headCopy), mail.device);
+  EFCOMM_CUDA_CHECK(cudaGetLastError());
   const cudaEvent_t copied = mailEvent();
   EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
   SealArgs a;
