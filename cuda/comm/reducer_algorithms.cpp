@@ -89,7 +89,9 @@ class DeviceAggregate {
 
   // msgs[i] (sizes[i] bytes) from worker i, null for a worker that did not participate. Every
   // message is read and its checksum verified before g changes (as Aggregate parses them all
-  // first): a damaged message leaves g as it was.
+  // first): a message damaged in transit leaves g as it was. (Content rules are checked per
+  // message as it is added: a well-formed message with invalid content from a faulty peer can
+  // leave the earlier messages added.)
   void update(const std::vector<const uint8_t*>& msgs, const std::vector<size_t>& sizes, cudaStream_t s) {
     std::vector<cuda::DeviceMessageHeader> headers(msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i)

@@ -578,8 +578,13 @@ PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t strea
   traceMark(stream, "verify");
   EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
   PendingMessage p;
-  p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
-                         size, stream);
+  try {
+    p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
+                           size, stream);
+  } catch (...) {
+    (void)cudaStreamSynchronize(stream);  // no checksum kernel outlives the call (scratch, ticket, mailbox)
+    throw;
+  }
   p.stored = loadAs<uint32_t>(mail.host->tail + 1);
   return p;
 }

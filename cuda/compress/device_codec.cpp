@@ -156,17 +156,27 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
   // content check does. The others wait for the checksum first.
   const PendingMessage pending = readMessageAsync(msg, size, st);
   const DeviceMessageHeader& h = pending.header;
-  checkOutput(h, out);
-  const DeviceCodec& codec = codecFor(h.id);
-  if (!codec.decodesUnverified) {
+  bool verified = false;
+  try {
+    const DeviceCodec& codec = codecFor(h.id);
+    if (!codec.decodesUnverified) {
+      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+      finishMessageRead(pending);
+      verified = true;
+    }
+    checkOutput(h, out);
+    codec.decode(h, alignedMessage(msg, size, st), out, st);
+    traceMark(st, "decode");
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
-    finishMessageRead(pending);
+  } catch (...) {
+    // No checksum kernel outlives the call, and a damaged payload is reported as such (as
+    // Message::fromBytes does) rather than as the content error it caused.
+    (void)cudaStreamSynchronize(st);
+    if (!verified) finishMessageRead(pending);
+    throw;
   }
-  codec.decode(h, alignedMessage(msg, size, st), out, st);
-  traceMark(st, "decode");
-  EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
   if (tracing) traceEnd(size);
-  if (codec.decodesUnverified) finishMessageRead(pending);
+  if (!verified) finishMessageRead(pending);
   finishDecodeChecks();
 }
 
