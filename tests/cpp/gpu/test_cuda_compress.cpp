@@ -279,6 +279,17 @@ TEST(CudaCompress, CorruptAndTruncatedMessagesAreRejected) {
     Dev d1(flipped);
     EXPECT_THROW(cuda::decompress(d1.p, size, y), CorruptMessageError) << spec;
     EXPECT_THROW(cuda::accumulate(d1.p, size, y, 1.0), CorruptMessageError) << spec;
+    // The last payload byte (sign: padding bits, which a content check would reject): reported
+    // as the checksum mismatch it is, also where the decode runs before the comparison.
+    std::vector<uint8_t> last = bytes;
+    last[size - 5] ^= 0x80;
+    Dev d5(last);
+    try {
+      cuda::decompress(d5.p, size, y);
+      ADD_FAILURE() << spec << ": a damaged last payload byte was accepted";
+    } catch (const CorruptMessageError& e) {
+      EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << spec << ": " << e.what();
+    }
     // Truncated: the payload length no longer matches.
     Dev d2(bytes);
     EXPECT_THROW(cuda::decompress(d2.p, size - 1, y), CorruptMessageError) << spec;
