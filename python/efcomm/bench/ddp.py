@@ -263,6 +263,18 @@ def _target(text, value, threshold, status, reason=None, shown=None, counted=Tru
             "shown": shown, "counted": counted, "need": need}
 
 
+def _comparison_skipped(text, topk, powersgd, run, rate, **kw):
+    """The SKIP row of a TopK-vs-PowerSGD target at `rate` when the run cannot decide it (a method
+    or the rate missing, the rate's run not ok), else None; kw as _target's."""
+    if topk is None or not powersgd:
+        return _target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods", **kw)
+    if run is None:
+        return _target(text, None, None, "SKIP", f"not in this run (needs --rates ...,{rate})", **kw)
+    if run["status"] != "ok":
+        return _target(text, None, None, "SKIP", run["reason"], **kw)
+    return None
+
+
 def evaluate(result: dict) -> list:
     by = {s["method"]: s for s in result["summary"]}
     ddp, topk = by.get("ddp"), by.get("topk-ef21")
@@ -297,12 +309,9 @@ def evaluate(result: dict) -> list:
     text = (f"{_netns.rate_text(TARGET_RATE)}: after {result['config']['epochs']} epochs TopK 1% + EF21 is within "
             f"{TARGET_ACCURACY_POINTS:g} points of the PowerSGD hook's accuracy and takes less time (every rank run)")
     need = f">= -{TARGET_ACCURACY_POINTS:g} points, faster"
-    if topk is None or not powersgd:
-        out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods", need=need))
-    elif run is None:
-        out.append(_target(text, None, None, "SKIP", f"not in this run (needs --rates ...,{rate})", need=need))
-    elif run["status"] != "ok":
-        out.append(_target(text, None, None, "SKIP", run["reason"], need=need))
+    skipped = _comparison_skipped(text, topk, powersgd, run, rate, need=need)
+    if skipped:
+        out.append(skipped)
     elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd) or topk["accuracy"] is None \
             or any(s["accuracy"] is None for s in powersgd):
         out.append(_target(text, None, None, "ERROR", "a method failed: see the errors", need=need))
@@ -318,12 +327,9 @@ def evaluate(result: dict) -> list:
 
     text = (f"{_netns.rate_text(TARGET_RATE)}: TopK 1% + EF21 reaches {TIME_TO_ACCURACY:g}% test accuracy sooner "
             "than the PowerSGD hook (every rank run)")
-    if topk is None or not powersgd:
-        out.append(_target(text, None, None, "SKIP", "needs the topk-ef21 and powersgd-* methods", counted=False))
-    elif run is None:
-        out.append(_target(text, None, None, "SKIP", f"not in this run (needs --rates ...,{rate})", counted=False))
-    elif run["status"] != "ok":
-        out.append(_target(text, None, None, "SKIP", run["reason"], counted=False))
+    skipped = _comparison_skipped(text, topk, powersgd, run, rate, counted=False)
+    if skipped:
+        out.append(skipped)
     elif rate not in topk["by_rate"] or any(rate not in s["by_rate"] for s in powersgd):
         out.append(_target(text, None, None, "ERROR", "a method failed at this rate: see the errors", counted=False))
     else:
