@@ -100,8 +100,8 @@ DeviceResources& resources() {
   return *last;
 }
 
-// Device pointers that checkDeviceView accepted recently on this thread (pointer, device):
-// a repeated call with the same tensor skips cudaPointerGetAttributes. Device allocations keep
+// Device pointers that checkDeviceView or isDevicePointer(p, device) accepted recently on this
+// thread (pointer, device): a repeated call with the same tensor skips cudaPointerGetAttributes. Device allocations keep
 // their virtual addresses reserved for the driver, so a cached address cannot turn into host
 // memory.
 struct PointerCache {
@@ -181,13 +181,21 @@ DeviceGuard::~DeviceGuard() {
 
 void settleLegacyStream() { EFCOMM_CUDA_CHECK(cudaStreamSynchronize(cudaStreamLegacy)); }
 
+namespace {
+// p's attributes; false (the error cleared) where CUDA cannot tell.
+bool pointerAttributes(const void* p, cudaPointerAttributes& attr) {
+  attr = cudaPointerAttributes{};
+  if (cudaPointerGetAttributes(&attr, p) == cudaSuccess) return true;
+  cudaGetLastError();
+  return false;
+}
+}  // namespace
+
 bool isDevicePointer(const void* p, int device) {
   if (pointerCache().has(p, device)) return true;
-  cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
+  cudaPointerAttributes attr;
+  if (!pointerAttributes(p, attr)) return false;
+  if (attr.type == cudaMemoryTypeDevice && attr.device == device) pointerCache().add(p, device);
   return attr.type == cudaMemoryTypeManaged || (attr.type == cudaMemoryTypeDevice && attr.device == device);
 }
 
@@ -198,13 +206,8 @@ bool isDevicePointer(const void* p) {
     return false;
   }
   if (pointerCache().has(p, dev)) return true;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, p);
-  if (err != cudaSuccess) {
-    cudaGetLastError();
-    return false;
-  }
-  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+  cudaPointerAttributes attr;
+  return pointerAttributes(p, attr) && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged);
 }
 
 void checkDeviceView(const ConstTensorView& v, const char* what) {
@@ -216,10 +219,9 @@ void checkDeviceView(const ConstTensorView& v, const char* what) {
   EFCOMM_CHECK(v.data != nullptr, what, ": data pointer is null for ", n, " elements");
   const int cur = currentDevice();
   if (pointerCache().has(v.data, cur)) return;
-  cudaPointerAttributes attr{};
-  const cudaError_t err = cudaPointerGetAttributes(&attr, v.data);
-  if (err != cudaSuccess) cudaGetLastError();
-  EFCOMM_CHECK(err == cudaSuccess && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
+  cudaPointerAttributes attr;
+  const bool known = pointerAttributes(v.data, attr);
+  EFCOMM_CHECK(known && (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged),
                what, " is host memory: pass a CUDA tensor (device or managed memory of the current device), "
                "or use the CPU path (efcomm::Compressor) for host arrays");
   if (attr.type == cudaMemoryTypeDevice) {

@@ -135,12 +135,13 @@ std::string checkArgs(const ConstTensorView& x, const TensorView& out, const std
     if (out.numel() != x.numel())
       return "out has " + std::to_string(out.numel()) + " elements, x has " + std::to_string(x.numel());
     if ((x.data == nullptr || out.data == nullptr) && x.numel() > 0) return "null data pointer";
-    if (device >= 0 && x.numel() > 0 && !(cuda::isDevicePointer(x.data) && cuda::isDevicePointer(out.data)))
-      return "x and out must be device memory on a device reducer (CUDA arrays: torch CUDA tensors, CuPy arrays)";
     if (device >= 0 && x.numel() > 0 &&
-        !(cuda::isDevicePointer(x.data, device) && cuda::isDevicePointer(out.data, device)))
+        !(cuda::isDevicePointer(x.data, device) && cuda::isDevicePointer(out.data, device))) {
+      if (!(cuda::isDevicePointer(x.data) && cuda::isDevicePointer(out.data)))
+        return "x and out must be device memory on a device reducer (CUDA arrays: torch CUDA tensors, CuPy arrays)";
       return "x and out must be on the communicator's CUDA device " + std::to_string(device) +
              " (torch.cuda.set_device / tensor.to('cuda:" + std::to_string(device) + "'))";
+    }
     if (slotShape != nullptr && (*slotShape != x.shape || slotDType != x.dtype))
       return "the key was first reduced as " + dtypeName(slotDType) + " " + shapeString(*slotShape) +
              ", now " + dtypeName(x.dtype) + " " + shapeString(x.shape);
