@@ -122,6 +122,15 @@ void initCompress(py::module_& m) {
   m.def("decompress_into_cuda", [](const Message& msg, py::handle out, intptr_t stream) {
     decompressIntoCuda(msg, out, stream, "decompress(out=...)");
   }, py::arg("msg"), py::arg("out"), py::arg("stream") = 0);
+  // out += weight * decode(msg) where msg is a CUDA byte array (a message as received, e.g. a
+  // slice of an all_gather's output): no host copy of the payload. The message is checked in
+  // full before out changes. Synchronizes `stream`.
+  m.def("accumulate_cuda", [](py::handle msg, py::handle out, double weight, intptr_t stream) {
+    CudaBytes b = cudaBytesArg(msg, false, "accumulate (message)", stream);
+    TensorArg t = cudaTensorArg(out, true, "accumulate (out)", stream);
+    py::gil_scoped_release nogil;
+    cuda::accumulate(b.data, b.nbytes, t.mutableView(), weight, reinterpret_cast<cuda::Stream>(stream));
+  }, py::arg("msg"), py::arg("out"), py::arg("weight"), py::arg("stream") = 0);
   // The GPU path's status: {"built", "available", "device_count", "reason"}.
   m.def("_cuda_info", [] {
     py::dict d;

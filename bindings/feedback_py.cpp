@@ -84,6 +84,7 @@ void initFeedback(py::module_& m) {
       .def_property_readonly("n", &Aggregate::n)
       .def_property_readonly("weights", &Aggregate::weights)
       .def_property_readonly("broadcast", &Aggregate::broadcast)
+      .def_property_readonly("additive", &Aggregate::additive)
       .def("update", [](Aggregate& a, py::sequence msgs) {
         std::vector<const Message*> ptrs;
         for (py::handle h : msgs) ptrs.push_back(h.is_none() ? nullptr : &py::cast<const Message&>(h));

@@ -278,6 +278,12 @@ class Aggregate:
     def broadcast(self) -> Optional[Compressor]:
         return self._broadcast
 
+    @property
+    def additive(self) -> bool:
+        """True for the EF21 family and EControl (``update`` adds to g), False for ef14 and none
+        (``update`` replaces g)."""
+        return self._impl.additive
+
     def update(self, messages: Sequence[Optional[Message]]) -> np.ndarray:
         """Folds in one round and returns a copy of the estimate (b with broadcast, else g)."""
         return self._impl.update(list(messages))

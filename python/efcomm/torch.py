@@ -24,6 +24,12 @@ parameter's place in DDP's initial bucket layout (the same in every process of o
 its shape, so it survives DDP's bucket rebuild and a restart from a checkpoint resumes
 bit-identically whatever the layout at the time.
 
+On GPUs (CUDA gradients, NCCL) the workers step on the gradients in device memory (efcomm's
+CUDA kernels, one fused pass per step) and the mirrors decode and add the messages straight from
+the all_gather's output buffer; what passes through the host is each rank's compressed message
+on its way into the all_gather buffer and the message sizes. The checkpoint format is the same
+on CPUs and GPUs.
+
 A rank whose vector to compress is not finite takes no part in that round (its estimate stays,
 as an absent worker under partial participation); the round completes on every rank, then every
 rank raises ``ef.NonFiniteError`` naming it, so the step can be skipped everywhere.
@@ -35,7 +41,7 @@ import torch.distributed as dist
 
 from . import _core
 from . import feedback as _feedback
-from .compressors import Message
+from .compressors import Message, _cuda_stream, _device_ctx
 from .errors import InvalidArgument, NonFiniteError
 
 __all__ = ["DDPHookState", "ddp_hook"]
@@ -48,13 +54,60 @@ _SIZE_SPLIT = 1 << 16
 
 
 class _Slot:
-    """One compressed parameter: this rank's worker and its mirror of every rank's worker."""
+    """One compressed parameter: this rank's worker and its mirror of every rank's worker.
+
+    On CUDA gradients the worker's state lives in device memory (ef.feedback's GPU path) and so
+    does the mirror's estimate (``device_g``, authoritative once set; ``aggregate`` then keeps
+    the spec, weights and checkpoint format, and its own estimate is stale)."""
 
     def __init__(self, feedback: str, compressor: str, n: int, numel: int):
         self.worker = _feedback.make(feedback, compressor)
         self.aggregate = _feedback.Aggregate(feedback, n, dim=numel)
         self.numel = numel
         self.step = 0
+        self.device_g = None
+        self._spare = None  # device_g's double buffer: an update is written here, then swapped in
+
+    def update(self, messages: list) -> torch.Tensor:
+        """Folds in one round (per rank a message, or None for a rank that sat it out) and
+        returns the estimate. Host messages go through ``aggregate``; CUDA byte arrays (slices of
+        the gathered buffer) are decoded and added in device memory. Either way every message is
+        checked before the estimate changes."""
+        if not any(isinstance(m, torch.Tensor) for m in messages):
+            return torch.from_numpy(self.aggregate.update(messages))
+        device = next(m.device for m in messages if m is not None)
+        if self.device_g is None:
+            self.device_g = torch.from_numpy(self.aggregate.estimate.copy()).to(device)
+        if self._spare is None:
+            self._spare = torch.empty_like(self.device_g)
+        work = self._spare
+        if self.aggregate.additive:
+            work.copy_(self.device_g)
+        else:
+            work.zero_()
+        with _device_ctx(work):
+            stream = _cuda_stream(work)
+            for weight, m in zip(self.aggregate.weights, messages):
+                if m is not None:
+                    _core.accumulate_cuda(m, work, weight, stream)
+        self.device_g, self._spare = work, self.device_g
+        return self.device_g
+
+    def start_mirror(self, mean: torch.Tensor) -> None:
+        """Sets the mirror's estimate to ``mean`` (the warm-up's last average)."""
+        if mean.is_cuda:
+            self.device_g = _vector(mean).clone()
+            return
+        state = self.aggregate.state_dict()
+        state["tensors"]["g"] = _vector(mean).copy()
+        self.aggregate.load_state_dict(state)
+
+    def aggregate_state(self) -> dict:
+        """The mirror's state in ``ef.feedback.Aggregate``'s format (a GPU run's continues on CPUs)."""
+        state = self.aggregate.state_dict()
+        if self.device_g is not None:
+            state["tensors"]["g"] = self.device_g.cpu().numpy()
+        return state
 
 
 class DDPHookState:
@@ -94,7 +147,7 @@ class DDPHookState:
                 "start_iter": self.start_iter,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
                 "slots": {key: {"numel": s.numel, "step": s.step, "worker": s.worker.state_dict(),
-                                "aggregate": s.aggregate.state_dict()} for key, s in self._slots.items()}}
+                                "aggregate": s.aggregate_state()} for key, s in self._slots.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict() of a hook with the same compressor and feedback."""
@@ -160,7 +213,7 @@ class DDPHookState:
         payloads, sizes, error = [], [], None
         for slot, (_, g) in zip(slots, keyed):
             try:
-                msg = slot.worker.step(_host_f32(g), step=slot.step)
+                msg = slot.worker.step(_vector(g), step=slot.step)
                 payloads.append(np.frombuffer(msg, dtype=np.uint8))
                 sizes.append(len(payloads[-1]))
             except NonFiniteError as e:
@@ -197,7 +250,9 @@ class DDPHookState:
         traffic = (n - 1) * width
         self.stats["bytes_sent"] += traffic
         self.stats["bytes_received"] += traffic
-        blocks = [g.cpu().numpy() for g in gathered]
+        # On GPUs the messages are decoded from the gathered buffers where they lie.
+        on_device = padded.is_cuda
+        blocks = gathered if on_device else [g.cpu().numpy() for g in gathered]
         offsets = [0] * n
         failed = set()
         for j, (slot, (_, grad)) in enumerate(zip(slots, keyed)):
@@ -208,10 +263,10 @@ class DDPHookState:
                     failed.add(r)
                     messages.append(None)
                     continue
-                messages.append(Message.from_bytes(blocks[r][offsets[r]:offsets[r] + size]))
+                part = blocks[r][offsets[r]:offsets[r] + size]
+                messages.append(part if on_device else Message.from_bytes(part))
                 offsets[r] += size
-            estimate = slot.aggregate.update(messages)
-            grad.copy_(torch.from_numpy(estimate).view_as(grad))
+            grad.copy_(slot.update(messages).view_as(grad))
         if failed:
             if error is not None:
                 raise error
@@ -262,15 +317,16 @@ class DDPHookState:
             slot = self._slot(key, mean.numel())
             if slot.worker.initialized:
                 continue
-            slot.worker.step(_host_f32(grad), step=slot.step)
-            state = slot.aggregate.state_dict()
-            state["tensors"]["g"] = _host_f32(mean).copy()
-            slot.aggregate.load_state_dict(state)
+            slot.worker.step(_vector(grad), step=slot.step)
+            slot.start_mirror(mean)
 
 
-def _host_f32(t: torch.Tensor) -> np.ndarray:
-    """t as the flat float32 host array the native kernels read (a view where t already is one)."""
-    return t.detach().to(device="cpu", dtype=torch.float32).reshape(-1).numpy()
+def _vector(t: torch.Tensor):
+    """t as the flat float32 vector a worker steps on (a view where t already is one): a CUDA
+    tensor stays in device memory (the GPU kernels take it as is), a host tensor becomes the
+    numpy array the CPU kernels read."""
+    flat = t.detach().reshape(-1).to(torch.float32)
+    return flat if flat.is_cuda else flat.numpy()
 
 
 def _scatter(flat: torch.Tensor, views: list) -> None:

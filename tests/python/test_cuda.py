@@ -172,6 +172,8 @@ def test_fake_cuda_array_native_entry_points_raise_backend_unavailable():
         _core.decompress_into_cuda(msg, FakeCudaArray(), 0)
     with pytest.raises(ef.BackendUnavailable, match="GPU path is unavailable"):
         _core._DeviceFeedback("ef21", "sign")
+    with pytest.raises(ef.BackendUnavailable, match="GPU path is unavailable"):
+        _core.accumulate_cuda(FakeCudaArray(typestr="|u1"), FakeCudaArray(), 0.5, 0)
 
 
 @without_gpu
@@ -363,6 +365,58 @@ def test_gpu_feedback_matches_cpu(fb_spec):
     _close(comp, b, a)
     with pytest.raises(ef.InvalidArgument, match="GPU"):
         gpu.step(v)  # host input after the state moved to the device
+
+
+@gpu_child
+@pytest.mark.parametrize("fb_spec", ["ef21", "ef14"])
+def test_gpu_ddp_hook_round_on_the_device(fb_spec):
+    """The DDP hook's compressed round on CUDA gradients over a one-rank NCCL group: workers step
+    in device memory, the mirror adds the messages from the gathered device buffer; the same
+    results as the hook on host tensors (gloo), and the GPU run's checkpoint continues on CPUs."""
+    import tempfile
+
+    import torch
+    import torch.distributed as dist
+    if not dist.is_nccl_available():
+        pytest.skip("this torch has no NCCL")
+    if not dist.is_initialized():
+        store = tempfile.NamedTemporaryFile(delete=False)
+        dist.init_process_group("gloo", init_method=f"file://{store.name}", rank=0, world_size=1)
+    nccl = dist.new_group(backend="nccl")
+
+    def hook(group):
+        return ef.torch.DDPHookState("topk:ratio=0.1", fb_spec, process_group=group, start_iter=0,
+                                     min_compress_numel=0)
+
+    gpu, cpu = hook(nccl), hook(dist.group.WORLD)
+    gen = torch.Generator().manual_seed(0)
+
+    def round_(state, grads, small, device):
+        grads, small = [g.to(device) for g in grads], [x.to(device) for x in small]
+        state._compressed_mean([(f"p{i}:{g.numel()}", g) for i, g in enumerate(grads)], small)
+        return [g.cpu() for g in grads + small]
+
+    for _ in range(4):
+        grads = [torch.randn(64, 33, generator=gen), torch.randn(500, 4, generator=gen)]
+        small = [torch.randn(17, generator=gen)]
+        for a, b in zip(round_(gpu, grads, small, "cuda"), round_(cpu, grads, small, "cpu")):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    assert all(s.worker.on_device and s.device_g is not None and s.device_g.is_cuda for s in gpu._slots.values())
+    # The GPU checkpoint, loaded by a hook on host tensors, goes on as the host hook does.
+    resumed = hook(dist.group.WORLD)
+    resumed.load_state_dict(gpu.state_dict())
+    grads = [torch.randn(64, 33, generator=gen), torch.randn(500, 4, generator=gen)]
+    for a, b in zip(round_(resumed, grads, [], "cpu"), round_(cpu, grads, [], "cpu")):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+    # A damaged message in the gathered buffer: CorruptMessageError, the mirror unchanged.
+    slot = next(iter(gpu._slots.values()))
+    wire = bytearray(bytes(ef.compressor("topk:ratio=0.1").compress(torch.randn(slot.numel, generator=gen))))
+    wire[len(wire) // 2] ^= 0x10
+    before = slot.device_g.clone()
+    with pytest.raises(ef.CorruptMessageError, match="checksum"):
+        slot.update([torch.frombuffer(wire, dtype=torch.uint8).cuda()])
+    assert torch.equal(slot.device_g, before)
+    dist.destroy_process_group(nccl)
 
 
 def _nccl_comm():

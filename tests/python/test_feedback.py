@@ -161,6 +161,16 @@ def test_aggregate_ef14_mean():
     np.testing.assert_allclose(agg.update(msgs), want, rtol=1e-14)
     np.testing.assert_allclose(agg.update(msgs), want, rtol=1e-14)  # not accumulated
     np.testing.assert_allclose(agg.update([msgs[0], None, None]), ef.compressors.decompress(msgs[0]) / 3)
+    assert not agg.additive and not ef.feedback.Aggregate("none", 3, dim=50).additive
+
+
+@pytest.mark.parametrize("spec", ["ef21", "ef21:init=compressed", "ef21sgdm", "econtrol"])
+def test_aggregate_additive_methods_accumulate(spec):
+    msg = ef.compressor("topk:k=2").compress(np.array([3.0, -1.0, 0.5, 4.0]))
+    agg = ef.feedback.Aggregate(spec, 1, dim=4, dtype="float64")
+    assert agg.additive
+    agg.update([msg])
+    np.testing.assert_array_equal(agg.update([msg]), [6.0, 0.0, 0.0, 8.0])
 
 
 def test_broadcast_compression_and_mirror():

@@ -118,6 +118,9 @@ class Aggregate {
   int n() const { return n_; }
   const std::vector<double>& weights() const { return weights_; }
   const std::shared_ptr<Compressor>& broadcast() const { return broadcast_; }
+  /// True for the EF21 family and EControl (update adds to g), false for ef14 and none (update
+  /// replaces g).
+  bool additive() const { return additive_; }
 
   /// State as for Feedback: meta "spec", "n", "broadcast", "dtype"; tensors "weights", "g"
   /// (and "b", and the broadcast compressor's state under "broadcast.").
