@@ -88,20 +88,26 @@ class DeviceAggregate {
   }
 
   // msgs[i] (sizes[i] bytes) from worker i, null for a worker that did not participate. Every
-  // message is read and its checksum verified before g changes (as Aggregate parses them all
-  // first): a message damaged in transit leaves g as it was. (Content rules are checked per
-  // message as it is added: a well-formed message with invalid content from a faulty peer can
-  // leave the earlier messages added.)
+  // message is read and its checksum verified first (as Aggregate parses them all first), and the
+  // round is added into a second buffer swapped in at the end: a message damaged in transit, or a
+  // well-formed one whose content breaks the format's rules (a faulty peer), leaves g as it was.
   void update(const std::vector<const uint8_t*>& msgs, const std::vector<size_t>& sizes, cudaStream_t s) {
     std::vector<cuda::DeviceMessageHeader> headers(msgs.size());
     for (size_t i = 0; i < msgs.size(); ++i)
       if (msgs[i]) headers[i] = cuda::readMessage(msgs[i], sizes[i], s);
-    if (!additive_ && g_.size() > 0) EFCOMM_CUDA_CHECK(cudaMemsetAsync(g_.data(), 0, g_.size(), s));
+    spare_.resize(g_.size());
+    if (g_.size() > 0) {
+      if (additive_)
+        cuda::copy(spare_.data(), g_.data(), g_.size(), s);
+      else
+        EFCOMM_CUDA_CHECK(cudaMemsetAsync(spare_.data(), 0, spare_.size(), s));
+    }
+    const TensorView next{spare_.data(), dtype_, shape_};
     for (size_t i = 0; i < msgs.size(); ++i)
-      if (msgs[i]) cuda::accumulateRead(headers[i], msgs[i], sizes[i], view(), host_.weights()[i], s);
+      if (msgs[i]) cuda::accumulateRead(headers[i], msgs[i], sizes[i], next, host_.weights()[i], s);
+    std::swap(g_, spare_);
   }
 
-  TensorView view() { return {g_.data(), dtype_, shape_}; }
   ConstTensorView estimate() const { return {g_.data(), dtype_, shape_}; }
 
   StateDict stateDict() const {
@@ -131,7 +137,7 @@ class DeviceAggregate {
   bool additive_;
   std::vector<int64_t> shape_;
   DType dtype_;
-  cuda::DeviceBuffer g_;
+  cuda::DeviceBuffer g_, spare_;  // spare_: the next round's g, swapped in when the round is whole
 };
 
 void copyOut(const ConstTensorView& est, const TensorView& out, cudaStream_t s) {
