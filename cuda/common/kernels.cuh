@@ -53,51 +53,34 @@ __device__ __forceinline__ float warpMax(float v) {
 }
 __device__ __forceinline__ uint32_t warpOr(uint32_t v) { return __reduce_or_sync(0xffffffffu, v); }
 
-/// Block-wide sum (blockDim.x a multiple of 32, at most 1024); every thread of the block must
-/// call it; the result is valid in thread 0 (and returned to all). Fixed order: warp butterflies,
-/// then warp 0 over the warps' sums.
-__device__ inline double blockSum(double v) {
-  __shared__ double part[32];
+/// Block-wide reduction (blockDim.x a multiple of 32, at most 1024) with `warpOp`, a warp-wide
+/// reduction that gives every lane the result; `identity` stands in for the absent warps. Every
+/// thread of the block must call it; every thread gets the result. Fixed order: the warps'
+/// reductions, then warp 0 over the warps' results.
+template <typename T, typename WarpOp>
+__device__ inline T blockReduce(T v, T identity, WarpOp warpOp) {
+  __shared__ T part[32];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warpSum(v);
+  v = warpOp(v);
   __syncthreads();  // part[] may still be read by a previous call
   if (lane == 0) part[warp] = v;
   __syncthreads();
-  v = lane < warps ? part[lane] : 0.0;
-  if (warp == 0) v = warpSum(v);
+  v = lane < warps ? part[lane] : identity;
+  if (warp == 0) v = warpOp(v);
   if (threadIdx.x == 0) part[0] = v;
   __syncthreads();
   return part[0];
 }
 
-/// Block-wide max (same rules as blockSum).
+/// Block-wide sum, max and OR of flag bits (blockReduce's rules).
+__device__ inline double blockSum(double v) {
+  return blockReduce(v, 0.0, [](double x) { return warpSum(x); });
+}
 __device__ inline float blockMax(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warpMax(v);
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < warps ? part[lane] : -INFINITY;
-  if (warp == 0) v = warpMax(v);
-  if (threadIdx.x == 0) part[0] = v;
-  __syncthreads();
-  return part[0];
+  return blockReduce(v, -INFINITY, [](float x) { return warpMax(x); });
 }
-
-/// Block-wide OR of flag bits (same rules).
 __device__ inline uint32_t blockOr(uint32_t v) {
-  __shared__ uint32_t part[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-  v = warpOr(v);
-  __syncthreads();
-  if (lane == 0) part[warp] = v;
-  __syncthreads();
-  v = lane < warps ? part[lane] : 0u;
-  if (warp == 0) v = warpOr(v);
-  if (threadIdx.x == 0) part[0] = v;
-  __syncthreads();
-  return part[0];
+  return blockReduce(v, 0u, [](uint32_t x) { return warpOr(x); });
 }
 
 /// Grid-stride loop index helpers (int64 sizes).
