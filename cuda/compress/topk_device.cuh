@@ -278,6 +278,17 @@ static __global__ void __launch_bounds__(1024) planKernel(SelState* s, const int
   if (b == 0) s->t = s->klo;
 }
 
+/// Warp `warp`'s place in the block: `base` plus the counts the lower warps posted in `perWarp`
+/// (read after a barrier); `total` gets the sum over all warps.
+__device__ __forceinline__ long long warpOffset(const long long* perWarp, int warp, long long base, long long& total) {
+  total = 0;
+  for (int w = 0; w < kWarps; ++w) {
+    if (w < warp) base += perWarp[w];
+    total += perWarp[w];
+  }
+  return base;
+}
+
 /// Stable exact compaction of chunk b into out[base[b], base[b] + cap[b]): keys above t = klo
 /// and the first quota[b] ties of the chunk, in index order (see topk_select.hpp). Warps rank
 /// their elements with ballots; two block barriers per tile order the warps.
@@ -315,11 +326,8 @@ __global__ void __launch_bounds__(kBlock)
     }
     if (lane == 0) warpTies[warp] = myTies;
     __syncthreads();
-    long long tieRank = ties, tileTies = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      if (w < warp) tieRank += warpTies[w];
-      tileTies += warpTies[w];
-    }
+    long long tileTies;
+    long long tieRank = warpOffset(warpTies, warp, ties, tileTies);
     unsigned keepMask[kSteps];
     long long myKeep = 0;
 #pragma unroll
@@ -332,11 +340,8 @@ __global__ void __launch_bounds__(kBlock)
     }
     if (lane == 0) warpKeep[warp] = myKeep;
     __syncthreads();
-    long long pos = kept, tileKept = 0;
-    for (int w = 0; w < kWarps; ++w) {
-      if (w < warp) pos += warpKeep[w];
-      tileKept += warpKeep[w];
-    }
+    long long tileKept;
+    long long pos = warpOffset(warpKeep, warp, kept, tileKept);
 #pragma unroll
     for (int s2 = 0; s2 < kSteps; ++s2) {
       if ((keepMask[s2] >> lane) & 1u) {
