@@ -2,9 +2,16 @@
 // watchdog naming a rank that never arrives, and the Reducer's non-finite finding.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
+#include <fstream>
 #include <functional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -96,6 +103,62 @@ TEST(HealthMonitor, NonFiniteInputIsAttributedToItsRank) {
     EXPECT_EQ(found[0].kind, "nonfinite");
     EXPECT_EQ(found[0].ranks, std::vector<int>{1});
   });
+}
+
+std::string readFile(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// Dumps that race (a failed collective, the agent's verdict, SIGUSR1 and close may dump at once)
+// each leave a complete record and no temporary file behind; rank 0's close dump keeps the
+// coordinator's view.
+TEST(HealthMonitor, ConcurrentDumpsEachLeaveACompleteRecord) {
+  const std::string dir = ::testing::TempDir() + "efcomm-dumps-" + std::to_string(getpid());
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  MonitorOptions o = fast();
+  o.dumpDir = dir;
+  InProcessGroup group(2, 30.0);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < 2; ++r) {
+    ranks.emplace_back([&, r] {
+      Monitor mon(group.backend(r), o);
+      mon.backend()->barrier()->wait();
+      const std::string path = dir + "/race-rank" + std::to_string(r) + ".json";
+      std::atomic<int> failures{0};
+      std::vector<std::thread> writers;
+      for (int w = 0; w < 6; ++w) {
+        writers.emplace_back([&] {
+          for (int i = 0; i < 20; ++i) {
+            try {
+              mon.dump(path, "demand");
+            } catch (const Error&) {
+              ++failures;
+            }
+          }
+        });
+      }
+      for (auto& t : writers) t.join();
+      EXPECT_EQ(failures.load(), 0) << "rank " << r;
+      const std::string text = readFile(path);
+      EXPECT_EQ(text.rfind("{\"format\":\"efcomm-flight-record\"", 0), 0u) << text.substr(0, 80);
+      EXPECT_EQ(text.substr(text.size() - 2), "}\n");
+      mon.close();
+    });
+  }
+  for (auto& t : ranks) t.join();
+  std::set<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) names.insert(e.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"efcomm-flight-rank0.json", "efcomm-flight-rank1.json", "race-rank0.json",
+                                          "race-rank1.json"}));
+  const std::string closed0 = readFile(dir + "/efcomm-flight-rank0.json");
+  EXPECT_NE(closed0.find("\"reason\":\"close\""), std::string::npos);
+  EXPECT_EQ(closed0.find("\"coordinator\":null"), std::string::npos) << "rank 0's close dump lost the coordinator";
+  EXPECT_NE(readFile(dir + "/efcomm-flight-rank1.json").find("\"coordinator\":null"), std::string::npos);
+  std::filesystem::remove_all(dir);
 }
 
 TEST(HealthMonitor, RejectsBadOptions) {

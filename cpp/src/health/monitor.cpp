@@ -177,11 +177,17 @@ class MonitorImpl {
     return anomalies_;
   }
 
-  std::string dumpJson(const std::string& reason) const;
+  // `coordinator`: the coordinator's view as JSON; null: asked of the agent (rank 0's, while it
+  // runs).
+  std::string dumpJson(const std::string& reason, const std::string* coordinator = nullptr) const;
 
-  void dump(const std::string& path, const std::string& reason) const {
-    const std::string text = dumpJson(reason);
-    const std::string tmp = path + ".tmp" + std::to_string(getpid());
+  // Dumps are serialized (a failed collective, the agent's verdict, SIGUSR1 and close may dump at
+  // once) and each writes a file of its own before the rename: two writers of one temporary file
+  // could leave an empty dump in place when the process then dies.
+  void dump(const std::string& path, const std::string& reason, const std::string* coordinator = nullptr) const {
+    const std::string text = dumpJson(reason, coordinator);
+    std::lock_guard<std::mutex> lk(dumpMu_);
+    const std::string tmp = path + ".tmp" + std::to_string(getpid()) + "-" + std::to_string(++dumps_);
     {
       std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
       EFCOMM_CHECK_T(Error, static_cast<bool>(f), "Monitor.dump: cannot write ", tmp);
@@ -195,22 +201,28 @@ class MonitorImpl {
 
   // The automatic dump into dumpDir (after a failed collective, on SIGUSR1, at close); errors are
   // swallowed: a dump must never turn into the failure being reported.
-  void autoDump(const std::string& reason) const {
+  void autoDump(const std::string& reason, const std::string* coordinator = nullptr) const {
     if (options_.dumpDir.empty()) return;
     try {
-      dump(options_.dumpDir + "/efcomm-flight-rank" + std::to_string(inner_->rank()) + ".json", reason);
+      dump(options_.dumpDir + "/efcomm-flight-rank" + std::to_string(inner_->rank()) + ".json", reason,
+           coordinator);
     } catch (...) {  // NOLINT(bugprone-empty-catch): see above
     }
   }
 
+  // The first call closes and dumps; later ones (the destructor after close()) do nothing.
   void close() {
     std::shared_ptr<Agent> agent;
     {
       std::lock_guard<std::mutex> lk(mu_);
+      if (closed_) return;
+      closed_ = true;
       agent = std::move(agent_);
     }
+    // Rank 0's close dump keeps the coordinator's last view, taken before the agent stops it.
+    const std::string coordinator = agent ? agent->coordinatorJson() : "null";
     if (agent) agent->close();
-    autoDump("close");
+    autoDump("close", &coordinator);
   }
 
  private:
@@ -253,7 +265,10 @@ class MonitorImpl {
   const MonitorOptions options_;
 
   mutable std::mutex mu_;
+  mutable std::mutex dumpMu_;    // one dump at a time (see dump)
+  mutable uint64_t dumps_ = 0;   // under dumpMu_: numbers the temporary files
   std::shared_ptr<Agent> agent_;
+  bool closed_ = false;
   std::vector<Record> ring_;
   uint64_t nextSeq_ = 0;
   uint64_t dropped_ = 0;
@@ -265,13 +280,13 @@ class MonitorImpl {
   std::condition_variable fatalCv_;
 };
 
-std::string MonitorImpl::dumpJson(const std::string& reason) const {
+std::string MonitorImpl::dumpJson(const std::string& reason, const std::string* coordinatorView) const {
   std::shared_ptr<Agent> agent;
   {
     std::lock_guard<std::mutex> lk(mu_);
     agent = agent_;
   }
-  const std::string coordinator = agent ? agent->coordinatorJson() : "null";
+  const std::string coordinator = coordinatorView ? *coordinatorView : agent ? agent->coordinatorJson() : "null";
   std::lock_guard<std::mutex> lk(mu_);
   const MonitorOptions& o = options_;
   std::string s;
