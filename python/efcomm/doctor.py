@@ -616,10 +616,12 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
             was = (f"its last collective was seq {last['seq']}, {_call_text(last, False)}, {last['status']}"
                    if last else "it recorded no collective")
             parts.append(f"rank {r} never reached seq {s} ({was}; dump reason {by_rank[r].reason!r})")
+        first_failed = min((g["seq"] for g in res["failed"]), default=None)
         if res["missing_ranks"]:
-            where = f" and never reached seq {stuck_seqs[0]}" if stuck_seqs else ""
-            parts.append(f"{_ranks_text(res['missing_ranks'])} wrote no dump{where} (killed, stopped, or "
-                         "its dump directory is elsewhere)")
+            where = (f" and never reached seq {stuck_seqs[0]}" if stuck_seqs else
+                     f"; the other ranks' seq {first_failed} failed without it" if first_failed is not None else "")
+            parts.append(f"{_ranks_text(res['missing_ranks'])} wrote no dump (killed, stopped, or its dump "
+                         f"directory is elsewhere){where}")
         for s in stuck_seqs:
             here = [p for p in stuck if p["seq"] == s]
             ages = [p["age_s"] for p in here if math.isfinite(p["age_s"])]
@@ -630,8 +632,12 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
         for a in monitor:
             parts.append(f"the monitor reported a {a['kind']} of {_ranks_text(a['ranks'])} at seq {a['seq']}: "
                          f"{a['detail']}")
-        seq = min(list(early.values()) + stuck_seqs + [a["seq"] for a in monitor] or [None],
-                  key=lambda v: math.inf if v is None else v)
+        # Where it happened: the records' first collective a culprit never reached, the first one
+        # ranks are stuck in, or else the first one that failed; the monitor's seq is only the last
+        # arrival the coordinator had heard of (arrivals travel in batches), so it counts only
+        # without such records.
+        from_records = list(early.values()) + stuck_seqs or ([first_failed] if first_failed is not None else [])
+        seq = min(from_records) if from_records else min((a["seq"] for a in monitor), default=None)
         kind = "crash" if any(a["kind"] == "crash" for a in monitor) else "hang"
         if culprits:
             head = f"{'Crash' if kind == 'crash' else 'Hang or crash'} of {_ranks_text(culprits)}"

@@ -254,7 +254,7 @@ TEST(HealthDetect, TrackerOverdueNamesTheAbsentAndTheUnfinished) {
   EXPECT_EQ(f->seq, 10u);
   EXPECT_NE(f->detail.find("collective #10 (allgatherv) is overdue: rank 2 has not arrived"), std::string::npos)
       << f->detail;
-  EXPECT_NE(f->detail.find("rank 2 last reached collective #9 (allgatherv)"), std::string::npos) << f->detail;
+  EXPECT_NE(f->detail.find("rank 2 was last heard arriving at collective #9 (allgatherv)"), std::string::npos) << f->detail;
 
   // All arrived, rank 1 never finishes: measured from the last arrival.
   t.arrive(2, 10, "allgatherv", 0.01, clock + 0.3);

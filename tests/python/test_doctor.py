@@ -121,6 +121,27 @@ def test_missing_dump_names_the_rank(capsys, tmp_path):
     assert top["ranks"] == [3] and top["seq"] == 30 and "rank 3 wrote no dump" in top["summary"]
 
 
+def test_crash_is_placed_at_the_collective_the_others_failed_in(capsys, tmp_path):
+    # The monitor's crash finding carries the last arrival the coordinator had heard of (seq 33;
+    # arrivals travel in batches); the survivors' records say where it happened: their seq 39
+    # failed without rank 2.
+    make_dumps(tmp_path, seqs=40, no_dump=(2,))
+    crash = {"kind": "crash", "ranks": [2], "seq": 33, "time": T0 + 5,
+             "detail": "rank 2 crashed: its control connection was lost without a goodbye"}
+    for r in (0, 1, 3):
+        f = tmp_path / f"efcomm-flight-rank{r}.json"
+        d = json.loads(f.read_text())
+        d["records"][-1].update(status="failed", error="efcomm health: rank 2 crashed")
+        d["anomalies"], d["reason"] = [crash], "timeout"
+        f.write_text(json.dumps(d))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1
+    top = res["faults"][0]
+    assert top["kind"] == "crash" and top["ranks"] == [2] and top["seq"] == 39, top
+    assert top["summary"].startswith("Crash of rank 2 at seq 39: ")
+    assert "the other ranks' seq 39 failed without it" in top["summary"]
+
+
 def test_stale_dump_is_not_a_hang(capsys, tmp_path):
     make_dumps(tmp_path)
     f = tmp_path / "efcomm-flight-rank1.json"

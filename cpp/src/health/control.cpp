@@ -598,7 +598,8 @@ void Coordinator::lost(Conn& c, const std::string& reason, double now) {
   const uint64_t seq = tracker_.lastSeq(c.rank) < 0 ? 0 : static_cast<uint64_t>(tracker_.lastSeq(c.rank));
   report({"crash", {c.rank},
           "rank " + std::to_string(c.rank) + " crashed: its control connection was lost without a goodbye (" + reason +
-              "); it " + tracker_.lastReached(c.rank, now),
+              "); it " + tracker_.lastReached(c.rank, now) +
+              " (arrivals are reported in batches each heartbeat interval: it may have gone further)",
           seq},
          true);
 }

@@ -376,8 +376,8 @@ double Tracker::deadline() const {
 
 std::string Tracker::lastReached(int rank, double now) const {
   const size_t r = static_cast<size_t>(rank);
-  if (lastSeq_[r] < 0) return "had not reached any collective";
-  return "last reached collective #" + std::to_string(lastSeq_[r]) + " (" + lastOp_[r] + ") " +
+  if (lastSeq_[r] < 0) return "had not been heard arriving at any collective";
+  return "was last heard arriving at collective #" + std::to_string(lastSeq_[r]) + " (" + lastOp_[r] + ") " +
          formatSeconds(now - lastArrive_[r]) + " ago";
 }
 

@@ -233,7 +233,9 @@ class Tracker {
   /// before any).
   double spansP99() const;
 
-  /// "last reached collective #17 (allgatherv) 0.31 s before" / "never reached a collective".
+  /// "was last heard arriving at collective #17 (allgatherv) 0.31 s ago" / "had not been heard
+  /// arriving at any collective": what the coordinator heard, which lags the rank by up to a
+  /// heartbeat interval (agents send arrivals in batches).
   std::string lastReached(int rank, double now) const;
   /// The last collective `rank` arrived at (-1: none), and when.
   int64_t lastSeq(int rank) const { return lastSeq_.at(static_cast<size_t>(rank)); }
