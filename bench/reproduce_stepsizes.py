@@ -264,7 +264,7 @@ follows it ({', '.join(_g(r['gain_rounds']) for r in small_xi)}), so "within 20%
 (l_ratio = 1) both stepsizes nearly coincide and there is nothing to gain. EF21-W at its stepsize
 1/(L + L_AM ξ) reaches the tolerance in {w.rounds_to(TOL)} rounds, the same as EF21 at that
 stepsize ({head['rounds_am']}): for a positively homogeneous compressor like TopK its iterates are
-EF21's (ALGORITHMS.md). Bits per round are constant after round 1 (the uncompressed initial
+EF21's (docs/algorithms.md). Bits per round are constant after round 1 (the uncompressed initial
 message), so the bit gain equals the round gain (largest difference {bits_dev:.1%}).
 `tests/python/test_reproductions_stepsizes.py` checks the headline row and the uncompressed row at
 {R2_QUICK_ROUNDS} rounds.""")

@@ -1,4 +1,4 @@
-"""Error feedback (ALGORITHMS.md): one object per worker per tensor slot, owning its state and
+"""Error feedback (docs/algorithms.md): one object per worker per tensor slot, owning its state and
 wrapping a compressor, and :class:`Aggregate`, the receiver's mirror.
 
 ``fb.step(v)`` consumes this round's vector (numpy array or torch CPU tensor, float32/float64,

@@ -84,7 +84,7 @@ def keep_count(d: int, params: dict) -> int:
 
 
 def expected_constants(spec: str, d: int):
-    """(biased, alpha, omega) that ALGORITHMS.md / SPEC.md fix for this spec; a field is
+    """(biased, alpha, omega) that docs/algorithms.md / SPEC.md fix for this spec; a field is
     ... (Ellipsis) where the contract leaves it to the implementation."""
     name, p = parse_spec(spec)
     if name == "identity":

@@ -1,4 +1,4 @@
-"""Property tests of every compressor in SPEC.md's table against the constants of ALGORITHMS.md:
+"""Property tests of every compressor in SPEC.md's table against the constants of docs/algorithms.md:
 spec round trips, shapes and dtypes, exact contraction identities where they are exact,
 unbiasedness and variance statistically where they are expectations, determinism, reproducible
 draws (also in another process with another thread count), wire sizes, non-finite input and

@@ -1,4 +1,4 @@
-"""Error feedback: every method against a float64 numpy reference of ALGORITHMS.md, the exact
+"""Error feedback: every method against a float64 numpy reference of docs/algorithms.md, the exact
 reductions of issue 3, state dicts, the aggregate (PP, BC) and errors."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ METHODS = ["none", "ef14", "ef21", "ef21:init=compressed", "ef21w:weight=0.25,n=
 
 
 class Reference:
-    """ALGORITHMS.md's recursions in float64, one operation at a time."""
+    """docs/algorithms.md's recursions in float64, one operation at a time."""
 
     def __init__(self, spec, comp):
         name, _, params = spec.partition(":")

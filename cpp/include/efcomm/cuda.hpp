@@ -117,7 +117,7 @@ Message toHost(const void* msg, size_t size, Stream stream = nullptr);
 void toDevice(const Message& msg, DeviceBuffer& out, Stream stream = nullptr);
 
 /// One worker's error feedback for one tensor slot with its state in device memory: the GPU
-/// counterpart of `Feedback` (same specs, same update rules, ALGORITHMS.md), each step one
+/// counterpart of `Feedback` (same specs, same update rules, docs/algorithms.md), each step one
 /// fused pass over the state where the compressor allows. Not thread-safe.
 class DeviceFeedback {
  public:

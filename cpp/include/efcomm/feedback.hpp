@@ -1,6 +1,6 @@
 #pragma once
 /// @file feedback.hpp
-/// Error feedback (ALGORITHMS.md): the worker side `Feedback`, which owns its state and wraps a
+/// Error feedback (docs/algorithms.md): the worker side `Feedback`, which owns its state and wraps a
 /// compressor, and the receiver side `Aggregate`, which mirrors the workers' estimates.
 ///
 /// Build a worker with `makeFeedback("ef21:init=compressed", compressor)`. Specs and parameters:

@@ -23,7 +23,7 @@
 ///   call. The choice is the same on every rank and shows in `stats()`.
 ///
 /// A rank whose compression fails (a non-finite vector) takes no part in that round, as an
-/// absent worker under partial participation (ALGORITHMS.md, EF21-PP): the other ranks' round
+/// absent worker under partial participation (docs/algorithms.md, EF21-PP): the other ranks' round
 /// completes, the estimates stay consistent, and then every rank throws, naming that rank.
 ///
 /// On a GPU (a reducer made over a `DeviceBackend`: NCCL, device_comm.hpp) the same algorithms

@@ -151,7 +151,7 @@ class AllgatherAlgorithm final : public Algorithm {
 // Rank c owns chunk c. Every rank keeps a worker per chunk (its own error feedback on that part
 // of its vector), the owner's aggregate of its own chunk, and a mirror per chunk of what the
 // owners broadcast. The owner's second compression is EF21-BC's b += C(g - b) (Gruntkowska et
-// al. 2023, EF21-BC; ALGORITHMS.md), so the re-compression error is fed back too; with `none`
+// al. 2023, EF21-BC; docs/algorithms.md), so the re-compression error is fed back too; with `none`
 // it is plain C(g).
 class ReduceScatterAlgorithm final : public Algorithm {
  public:

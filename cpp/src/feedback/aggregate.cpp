@@ -1,4 +1,4 @@
-// The receiver side of error feedback (ALGORITHMS.md, EF21 and variants): g += sum_i w_i Delta_i
+// The receiver side of error feedback (docs/algorithms.md, EF21 and variants): g += sum_i w_i Delta_i
 // for the EF21 family and EControl, g = sum_i w_i Delta_i for EF14 and plain compression, and
 // EF21-BC's compressed broadcast b += C_M(g - b).
 #include <cmath>

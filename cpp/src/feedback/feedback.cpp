@@ -2,7 +2,7 @@
 // workspace, compresses it, and only then updates its state (adding the decoded message with
 // efcomm::accumulate, which touches only the kept entries of sparse messages). So a throw from
 // the compressor (NonFiniteError) leaves the state untouched, and the state equals the
-// reference recursions of ALGORITHMS.md operation for operation: g_new = g + C(r) exactly as the
+// reference recursions of docs/algorithms.md operation for operation: g_new = g + C(r) exactly as the
 // receiver forms it, not a re-derived g from an in-place r.
 #include "efcomm/feedback.hpp"
 

@@ -135,7 +135,7 @@ class Counterexample(Quadratic):
     """The 3-client counterexample (Beznosikov et al. 2020; EF21 paper, Example 1):
     f_i(x) = (a_i^T x)^2 + mu/2 ||x||^2 with a = (-3,2,2), (2,-3,2), (2,2,-3); x* = 0, f* = 0.
     From x0 = (1,1,1), compressed gradient descent with Top1 and no error feedback diverges for
-    every stepsize. ALGORITHMS.md writes mu = 1; the EF21 paper uses mu = 1/2 (both diverge)."""
+    every stepsize. docs/algorithms.md writes mu = 1; the EF21 paper uses mu = 1/2 (both diverge)."""
 
     name = "counterexample"
     A = np.array([[-3.0, 2.0, 2.0], [2.0, -3.0, 2.0], [2.0, 2.0, -3.0]])

@@ -5,7 +5,7 @@ One round t (t = 1..T), from the iterate x_{t-1}:
 - EF21-type methods (ef21, ef21w, ef21sgdm, econtrol): client i steps its feedback object with
   v_i = grad f_i(x_{t-1}) and sends the message; the aggregate returns the estimate g;
   x_t = x_{t-1} - gamma g. Round 1 carries EF21's initial message (g_i^0 = grad f_i(x_0), full or
-  compressed as the feedback's ``init`` says), so x_1 = x_0 - gamma g^0 as in ALGORITHMS.md.
+  compressed as the feedback's ``init`` says), so x_1 = x_0 - gamma g^0 as in docs/algorithms.md.
 - ef14 and none: the original form of EF14 (Seide et al. 2014; Stich et al. 2018) compresses the
   step, v_i = gamma grad f_i(x_{t-1}), and x_t = x_{t-1} - (1/n) sum_i Delta_i; the residual e_i
   then lives in units of the iterate. ``none`` sends the same vector with no residual, so it is

@@ -1,4 +1,4 @@
-"""Smoothness constants and the theoretical stepsizes of EF21 (ALGORITHMS.md).
+"""Smoothness constants and the theoretical stepsizes of EF21 (docs/algorithms.md).
 
 With a contractive compressor of constant alpha (E||C(x) - x||^2 <= (1 - alpha)||x||^2):
 theta = 1 - sqrt(1 - alpha), beta = (1 - alpha) / (1 - sqrt(1 - alpha)), xi = sqrt(beta / theta).
