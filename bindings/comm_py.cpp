@@ -72,7 +72,11 @@ void initComm(py::module_& m) {
       .def("abort", [](InProcessGroup& g, int culprit, const std::string& reason) {
         py::gil_scoped_release nogil;
         g.abort(culprit, reason);
-      }, py::arg("culprit"), py::arg("reason"));
+      }, py::arg("culprit"), py::arg("reason"))
+      .def("leave", [](InProcessGroup& g, int rank) {
+        py::gil_scoped_release nogil;
+        g.leave(rank);
+      }, py::arg("rank"));
 
   // The Work of an async call keeps its input and output arrays alive until it is waited on.
   struct PyWork {

@@ -17,13 +17,20 @@ namespace {
 Message messageFromBuffer(py::buffer b) {
   py::buffer_info info = b.request();
   EFCOMM_CHECK_MSG(info.ndim <= 1 || info.itemsize == 1, "Message.from_bytes: expected a 1-d byte buffer");
-  size_t n = static_cast<size_t>(info.size) * static_cast<size_t>(info.itemsize);
-  if (info.ndim == 1) {
-    EFCOMM_CHECK_MSG(info.strides[0] == info.itemsize, "Message.from_bytes: buffer is not contiguous");
-  }
+  // The bytes are read in memory order: a strided view (reversed, transposed) would be read out
+  // of order or past its end.
+  checkCContiguous(info, "Message.from_bytes");
+  const size_t n = static_cast<size_t>(info.size) * static_cast<size_t>(info.itemsize);
   const void* p = info.ptr;
   py::gil_scoped_release nogil;
   return Message::fromBytes(p, n);
+}
+
+// d for the per-dimension constants: a message holds at most 2^56 elements (Message rejects more), and
+// byte counts beyond that would overflow.
+int64_t checkedDim(int64_t d, const char* what) {
+  EFCOMM_CHECK(d >= 0 && d <= (int64_t{1} << 56), what, ": d must be in [0, 2^56], got ", d);
+  return d;
 }
 
 // Decodes the host message `msg` into the CUDA array `out` (the message is copied to the device
@@ -75,11 +82,10 @@ void initCompress(py::module_& m) {
       .def_property_readonly("spec", &Compressor::spec)
       .def_property_readonly("biased", &Compressor::biased)
       .def_property_readonly("randomized", &Compressor::randomized)
-      .def("alpha", &Compressor::alpha, py::arg("d"))
-      .def("omega", &Compressor::omega, py::arg("d"))
+      .def("alpha", [](const Compressor& c, int64_t d) { return c.alpha(checkedDim(d, "alpha")); }, py::arg("d"))
+      .def("omega", [](const Compressor& c, int64_t d) { return c.omega(checkedDim(d, "omega")); }, py::arg("d"))
       .def("wire_bytes", [](const Compressor& c, int64_t d, const std::string& dtype) {
-        EFCOMM_CHECK(d >= 0, "wire_bytes: d must be >= 0, got ", d);
-        return c.wireBytes(d, parseDType(dtype));
+        return c.wireBytes(checkedDim(d, "wire_bytes"), parseDType(dtype));
       }, py::arg("d"), py::arg("dtype") = "float32")
       .def("compress", [](Compressor& c, py::handle x, std::optional<uint64_t> step) {
         TensorArg t = tensorArg(x, false, (c.name() + ".compress").c_str());

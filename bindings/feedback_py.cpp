@@ -87,7 +87,12 @@ void initFeedback(py::module_& m) {
       .def_property_readonly("additive", &Aggregate::additive)
       .def("update", [](Aggregate& a, py::sequence msgs) {
         std::vector<const Message*> ptrs;
-        for (py::handle h : msgs) ptrs.push_back(h.is_none() ? nullptr : &py::cast<const Message&>(h));
+        for (py::handle h : msgs) {
+          ptrs.push_back(h.is_none() ? nullptr
+                                     : &castOrThrow<const Message&>(
+                                           h, "Aggregate.update: messages[" + std::to_string(ptrs.size()) + "]",
+                                           "an efcomm.Message or None"));
+        }
         {
           py::gil_scoped_release nogil;
           a.update(ptrs);

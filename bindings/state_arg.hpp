@@ -38,18 +38,36 @@ inline pybind11::dict stateToPython(const StateDict& d) {
   return out;
 }
 
+inline std::string pyTypeName(pybind11::handle obj) {
+  return pybind11::str(pybind11::type::handle_of(obj).attr("__name__"));
+}
+
+/// obj as a T, or InvalidArgument saying that `what` must be `expected` (a state dict from an
+/// unknown source: never pybind11's bare cast error).
+template <typename T>
+T castOrThrow(pybind11::handle obj, const std::string& what, const char* expected) {
+  try {
+    return pybind11::cast<T>(obj);
+  } catch (const pybind11::cast_error&) {
+    throw InvalidArgument(what + " must be " + expected + ", got " + pyTypeName(obj));
+  }
+}
+
 inline StateDict stateFromPython(pybind11::handle obj) {
-  EFCOMM_CHECK(pybind11::isinstance<pybind11::dict>(obj), "load_state_dict: expected a dict, got ",
-               std::string(pybind11::str(pybind11::type::handle_of(obj).attr("__name__"))));
+  EFCOMM_CHECK(pybind11::isinstance<pybind11::dict>(obj), "load_state_dict: expected a dict, got ", pyTypeName(obj));
   pybind11::dict d = pybind11::reinterpret_borrow<pybind11::dict>(obj);
   for (const char* key : {"spec", "meta", "tensors"})
     EFCOMM_CHECK(d.contains(key), "load_state_dict: the dict has no '", key, "' entry");
   StateDict s;
-  s.meta["spec"] = pybind11::cast<std::string>(d["spec"]);
-  for (auto kv : pybind11::cast<pybind11::dict>(d["meta"]))
-    s.meta[pybind11::cast<std::string>(kv.first)] = pybind11::cast<std::string>(kv.second);
-  for (auto kv : pybind11::cast<pybind11::dict>(d["tensors"])) {
-    const std::string name = pybind11::cast<std::string>(kv.first);
+  s.meta["spec"] = castOrThrow<std::string>(d["spec"], "load_state_dict: 'spec'", "a str");
+  const auto meta = castOrThrow<pybind11::dict>(d["meta"], "load_state_dict: 'meta'", "a dict of str to str");
+  for (auto kv : meta) {
+    const auto key = castOrThrow<std::string>(kv.first, "load_state_dict: a 'meta' key", "a str");
+    s.meta[key] = castOrThrow<std::string>(kv.second, "load_state_dict: meta '" + key + "'", "a str");
+  }
+  const auto tensors = castOrThrow<pybind11::dict>(d["tensors"], "load_state_dict: 'tensors'", "a dict of str to array");
+  for (auto kv : tensors) {
+    const std::string name = castOrThrow<std::string>(kv.first, "load_state_dict: a 'tensors' key", "a str");
     pybind11::object arr = pybind11::module_::import("numpy").attr("ascontiguousarray")(kv.second);
     TensorArg t = tensorArg(arr, false, ("state tensor '" + name + "'").c_str());
     s.tensors[name] = StateTensor::fromView(t.view());

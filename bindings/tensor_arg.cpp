@@ -41,6 +41,10 @@ constexpr uint8_t kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4;
 std::string typeName(py::handle obj) { return py::str(py::type::handle_of(obj).attr("__name__")); }
 
 DType fromFormat(const std::string& fmt, ssize_t itemsize, const char* what) {
+  // The kernels read native (little-endian) values: a big-endian array would be read as garbage.
+  if (!fmt.empty() && (fmt[0] == '>' || fmt[0] == '!'))
+    throw InvalidArgument(std::string(what) + ": big-endian elements (format '" + fmt +
+                          "') are not supported; convert first, e.g. x.astype(x.dtype.newbyteorder('='))");
   char c = fmt.empty() ? '?' : fmt.back();
   if (c == 'f' && itemsize == 4) return DType::kFloat32;
   if (c == 'd' && itemsize == 8) return DType::kFloat64;
@@ -48,6 +52,20 @@ DType fromFormat(const std::string& fmt, ssize_t itemsize, const char* what) {
   throw InvalidArgument(std::string(what) + ": unsupported element format '" + fmt +
                         "'; expected float32, float64, float16 or bfloat16");
 }
+
+}  // namespace
+
+void checkCContiguous(const py::buffer_info& info, const char* what) {
+  ssize_t expect = info.itemsize;
+  // An empty array has no memory layout to check (exporters report arbitrary strides).
+  for (ssize_t i = info.ndim - 1; i >= 0 && info.size > 0; --i) {
+    EFCOMM_CHECK(info.shape[i] <= 1 || info.strides[i] == expect, what,
+                 ": array is not C-contiguous; pass a contiguous copy (numpy.ascontiguousarray / tensor.contiguous())");
+    expect *= info.shape[i];
+  }
+}
+
+namespace {
 
 TensorArg fromBuffer(py::handle obj, bool writable, const char* what) {
   py::buffer buf = py::reinterpret_borrow<py::buffer>(obj);
@@ -61,13 +79,7 @@ TensorArg fromBuffer(py::handle obj, bool writable, const char* what) {
   TensorArg t;
   t.dtype = fromFormat(info.format, info.itemsize, what);
   t.data = info.ptr;
-  ssize_t expect = info.itemsize;
-  // An empty array has no memory layout to check (exporters report arbitrary strides).
-  for (ssize_t i = info.ndim - 1; i >= 0 && info.size > 0; --i) {
-    EFCOMM_CHECK(info.shape[i] <= 1 || info.strides[i] == expect, what,
-                 ": array is not C-contiguous; pass a contiguous copy (numpy.ascontiguousarray / tensor.contiguous())");
-    expect *= info.shape[i];
-  }
+  checkCContiguous(info, what);
   for (ssize_t s : info.shape) t.shape.push_back(static_cast<int64_t>(s));
   t.owner = py::reinterpret_borrow<py::object>(obj);
   return t;

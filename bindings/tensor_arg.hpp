@@ -26,6 +26,9 @@ struct TensorArg {
 
 /// Throws efcomm::InvalidArgument naming `what` if obj is not a contiguous host float array.
 TensorArg tensorArg(pybind11::handle obj, bool writable, const char* what);
+/// Throws InvalidArgument naming `what` unless the buffer is C-contiguous (any number of
+/// dimensions; an empty buffer always passes).
+void checkCContiguous(const pybind11::buffer_info& info, const char* what);
 
 /// Throws efcomm::BackendUnavailable (naming `what` and the reason) unless the CUDA kernels are
 /// built and a device is present.

@@ -244,6 +244,14 @@ __global__ void __launch_bounds__(kThreads) encodeFastKernel(const T* in, int64_
   raiseMailFlag(flag, bad);
 }
 
+// A block's bounds are usable: finite, ordered, and within T's range once rounded to it
+// (decoded values lie in [lo, hi]: no valid message decodes to Inf; blockquant.cpp validate).
+template <typename T>
+__device__ __forceinline__ bool validScales(float lo, float hi) {
+  return isfinite(lo) && isfinite(hi) && lo <= hi && isfinite(static_cast<float>(Elem<T>::load(Elem<T>::store(lo)))) &&
+         isfinite(static_cast<float>(Elem<T>::load(Elem<T>::store(hi))));
+}
+
 // Fast decode (float compute, any block): units of 4 elements (a block is a multiple of 8, so
 // a unit never straddles two), each lane one unit per row: its 4 codes, its block's (min, max),
 // one coalesced 16-byte store (float32). A block with invalid scales sets `flag` (a deferred
@@ -284,7 +292,7 @@ __global__ void __launch_bounds__(kThreads) decodeFastKernel(const uint8_t* scal
       const int64_t h = base + u * kThreads;
       if (h >= units) break;
       const float lo = sc[u].x, hi = sc[u].y;
-      if (!(isfinite(lo) && isfinite(hi) && lo <= hi)) {
+      if (!validScales<T>(lo, hi)) {
         bad = 1;
         continue;
       }
@@ -430,7 +438,7 @@ void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView
   const uint8_t* scales = payloadOf(h, msg);
   const uint8_t* codes = scales + static_cast<size_t>(nb) * 2 * scaleBytes(h.dtype);
   const int G = lanesFor(p.block);
-  const char* invalid = "quant: a block has invalid scales (not finite, or min > max)";
+  const char* invalid = "quant: a block has invalid scales (not finite, min > max, or beyond the output dtype's range)";
   if (h.dtype != DType::kFloat64) {
     // The scale check inside the decoding kernel, reported after decompress's synchronization.
     uint32_t* flag = deferDecodeCheck(invalid);

@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from .errors import InvalidArgument
+
 
 def _cmd_info(args) -> int:
     import efcomm as ef
@@ -76,11 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
                                ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training"),
                                ("faults", bench_faults, "fault-injection campaign: hangs, crashes, stragglers, slow links"),
                                ("plan", bench_plan, "traffic planning: optimality against the bound, completion time, planner speed")):
-        b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0])
+        b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0],
+                             epilog="exit status: 0 done, 1 a target missed (with --check), 2 bad input")
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)
 
-    sim = sub.add_parser("sim", help="simulate error feedback x compressors on n clients")
+    sim = sub.add_parser("sim", help="simulate error feedback x compressors on n clients",
+                         epilog="exit status: 0 done, 2 bad input")
     from .sim import cli as sim_cli
     sim_cli.add_arguments(sim)
     sim.set_defaults(fn=_cmd_sim)
@@ -100,10 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _prog(args) -> str:
+    return " ".join(["efcomm", args.command] + ([args.what] if args.command == "bench" else []))
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
+    except InvalidArgument as e:
+        # Bad input that shows only once the command runs (a compressor spec, a stepsize the
+        # compressor cannot give, an output path): one line and status 2, as argparse gives for what
+        # it checks itself, not a traceback. plan and doctor report theirs the same way themselves.
+        print(f"{_prog(args)}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

@@ -191,6 +191,7 @@ class Compressor:
     def compress(self, x, *, step: Optional[int] = None) -> Message:
         """Compresses x (read in place). ``step`` picks the random draw; default: a counter.
         A CUDA array is compressed on the GPU; the message returned is a host copy."""
+        step = _check_step(step, f"{self._impl.name}.compress")
         if _is_cuda(x):
             _require_cuda(f"{self._impl.name}.compress")
             x = _host(x)
@@ -228,6 +229,15 @@ class Compressor:
 
     def __hash__(self) -> int:
         return hash(self.spec)
+
+
+def _check_step(step, what: str) -> Optional[int]:
+    """step as the native calls take it: None, or an int in [0, 2**64)."""
+    if step is None:
+        return None
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= int(step) < 2 ** 64:
+        raise InvalidArgument(f"{what}: step must be None or an int in [0, 2**64), got {step!r}")
+    return int(step)
 
 
 def _fmt(v) -> str:

@@ -23,8 +23,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from . import _core
-from .compressors import (Compressor, Message, _cuda_like, _cuda_stream, _device_ctx, _fmt, _host, _is_cuda,
-                          _require_cuda, compressor as _compressor)
+from .compressors import (Compressor, Message, _check_step, _cuda_like, _cuda_stream, _device_ctx, _fmt, _host,
+                          _is_cuda, _require_cuda, compressor as _compressor)
 from .errors import InvalidArgument
 
 __all__ = ["Feedback", "NoFeedback", "EF14", "EF21", "EF21W", "EF21SGDM", "EControl", "Aggregate", "make",
@@ -88,6 +88,7 @@ class Feedback:
         """Consumes v and returns the message to send. ``step`` picks the compressor's random
         draw (default: its counter). On an error (e.g. NonFiniteError) the state is unchanged.
         A CUDA v runs on the GPU (see the module documentation)."""
+        step = _check_step(step, f"{type(self).__name__}.step")
         if _is_cuda(v):
             return self._step_cuda(v, step)
         if self._device is not None:

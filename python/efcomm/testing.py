@@ -20,7 +20,8 @@ def run_ranks(n: int, fn: Callable[[Communicator], Any], timeout: float = 60.0) 
 
     ``timeout`` (seconds) is the default timeout of every collective of the group and bounds the
     whole run. If a rank raises, the group is aborted so the other ranks' collectives fail at once
-    instead of waiting, and the first exception raised is re-raised here.
+    instead of waiting, and the first exception raised is re-raised here; a collective that waits
+    for a rank whose ``fn`` has returned fails at once too, naming that rank.
     """
     if not isinstance(n, int) or n < 1:
         raise InvalidArgument(f"run_ranks: n must be a positive int, got {n!r}")
@@ -34,6 +35,7 @@ def run_ranks(n: int, fn: Callable[[Communicator], Any], timeout: float = 60.0) 
     def body(rank: int) -> None:
         try:
             results[rank] = fn(Communicator(group.backend(rank)))
+            group.leave(rank)  # a collective still waiting for this rank fails now, naming it
         except BaseException as e:  # noqa: BLE001 - every failure must release the other ranks
             with lock:
                 first = not errors
@@ -44,7 +46,7 @@ def run_ranks(n: int, fn: Callable[[Communicator], Any], timeout: float = 60.0) 
     threads = [threading.Thread(target=body, args=(r,), name=f"efcomm-rank-{r}", daemon=True) for r in range(n)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + min(timeout, threading.TIMEOUT_MAX / 2)
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
     stuck = [r for r, t in enumerate(threads) if t.is_alive()]

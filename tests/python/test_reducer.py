@@ -4,6 +4,7 @@ every rank, mismatches and exceptions that fail every rank instead of hanging, s
 from __future__ import annotations
 
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -116,6 +117,31 @@ def test_state_dict_round_trip_continues_bit_identically(n):
     for outs_a, outs_b in ef.testing.run_ranks(n, fn):
         for x, y in zip(outs_a, outs_b):
             assert x.tobytes() == y.tobytes()
+
+
+def test_a_rank_that_finished_is_named_at_once():
+    # Rank 1 returns after one call; rank 0's second call waits for it: it fails at once naming
+    # rank 1 (not rank 0 at the run's timeout).
+    def fn(comm):
+        red = ef.Reducer(comm, compressor="topk:ratio=0.5", algorithm="allgather")
+        red.allreduce(np.ones(8, np.float32), key="a")
+        if comm.rank == 0:
+            red.allreduce(np.ones(8, np.float32), key="a")
+
+    t0 = time.monotonic()
+    with pytest.raises(ef.CollectiveTimeout, match="rank.s. 1 finished without calling it") as info:
+        ef.testing.run_ranks(2, fn, timeout=30.0)
+    assert info.value.culprits == [1] and time.monotonic() - t0 < 10
+
+
+def test_huge_timeouts_mean_no_timeout():
+    # A timeout beyond any run (1e10 s) waits; it used to overflow the clock and fail at once.
+    def fn(comm):
+        comm.barrier(timeout=1e10)
+        red = ef.Reducer(comm, compressor="identity", feedback="none")
+        return red.allreduce_async(np.ones(3, np.float32), key="x").wait(timeout=1e10).tolist()
+
+    assert ef.testing.run_ranks(2, fn, timeout=1e10) == [[1.0, 1.0, 1.0]] * 2
 
 
 def test_run_ranks_returns_in_rank_order():

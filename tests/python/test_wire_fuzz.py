@@ -257,3 +257,28 @@ def test_empty_shape_with_a_huge_dimension():
                     new_shape[dim] = huge
                     bad.append(f"{spec} shape {tuple(new_shape)}: {err}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize("spec,dtype,value", [
+    ("quant:bits=8,block=8", np.float16, 1e6),     # float32 block bounds beyond float16's range
+    ("quant:bits=8,block=8", np.float32, 3e38),    # in range: a valid message (control)
+    ("powersgd:rank=1", np.float32, 1e30),         # finite factors whose product overflows float32
+    ("powersgd:rank=1", np.float16, 1e3),          # ... float16
+])
+def test_valid_messages_never_decode_to_inf(spec, dtype, value):
+    """A payload that passes validation decodes to finite values: scales or factors whose
+    decoded values would overflow the message's dtype are rejected (checksum fixed)."""
+    x = np.linspace(-1, 1, 16).astype(dtype).reshape(4, 4)
+    raw = bytearray(ef.compressor(spec).compress(x, step=0))
+    hdr = H.Header(bytes(raw)).hdr
+    if spec.startswith("quant"):
+        struct.pack_into("<f", raw, hdr + 4, value)  # block 0's upper bound (float32)
+    else:
+        n = (len(raw) - 4 - hdr) // 4  # every factor (float32)
+        struct.pack_into(f"<{n}f", raw, hdr, *([value] * n))
+    wire = H.fix_checksum(raw)
+    if value == 3e38:
+        assert np.isfinite(ef.compressors.decompress(ef.Message.from_bytes(wire))).all()
+        return
+    with pytest.raises(ef.CorruptMessageError, match="range"):
+        ef.Message.from_bytes(wire)

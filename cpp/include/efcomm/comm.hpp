@@ -180,6 +180,9 @@ class InProcessGroup {
   /// naming `culprit` and carrying `reason`: used when a rank stops taking part (its thread
   /// raised), so that the others fail at once instead of at their timeout.
   void abort(int culprit, const std::string& reason);
+  /// Rank `rank` has finished (its function returned): every pending or later collective it has
+  /// not reached fails at once with `CollectiveTimeout` naming it, instead of at the timeout.
+  void leave(int rank);
 
  private:
   std::shared_ptr<comm::InProcessState> state_;

@@ -28,7 +28,9 @@ struct ConstTensorView {
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape;
 
-  /// Product of the shape (1 for a 0-d scalar).
+  /// Product of the shape (1 for a 0-d scalar). Throws `InvalidArgument` for a negative
+  /// dimension or more than 2^56 elements (the wire format's limit, and more than any memory
+  /// holds: so that nbytes() cannot overflow).
   int64_t numel() const;
   size_t nbytes() const { return static_cast<size_t>(numel()) * itemSize(dtype); }
 };
@@ -39,7 +41,7 @@ struct TensorView {
   DType dtype = DType::kFloat32;
   std::vector<int64_t> shape;
 
-  int64_t numel() const;
+  int64_t numel() const;  // as ConstTensorView::numel
   size_t nbytes() const { return static_cast<size_t>(numel()) * itemSize(dtype); }
   operator ConstTensorView() const { return {data, dtype, shape}; }
 };

@@ -12,7 +12,11 @@
 namespace efcomm::comm {
 
 Clock::time_point deadlineAfter(double seconds) {
-  return Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
+  // Beyond ~30 years is "never" (and the conversion to the clock's int64 nanoseconds would
+  // overflow into the past: a collective timed out at once).
+  constexpr double kNever = 1e9;
+  return Clock::now() +
+         std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(std::min(seconds, kNever)));
 }
 
 double secondsSince(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }

@@ -156,7 +156,7 @@ void runCollective(Slot& slot) {
 namespace comm {
 
 struct InProcessState {
-  InProcessState(int n, double t) : size(n), defaultTimeout(t) {}
+  InProcessState(int n, double t) : size(n), defaultTimeout(t), left(static_cast<size_t>(n), false) {}
   const int size;
   const double defaultTimeout;
   std::mutex mu;
@@ -164,6 +164,36 @@ struct InProcessState {
   // Slots some rank has reached and not every rank has; erased when the last rank arrives.
   std::map<uint64_t, std::shared_ptr<Slot>> slots;
   std::exception_ptr aborted;  // set once: every pending and later collective fails with it
+  std::vector<bool> left;      // ranks that finished (InProcessGroup::leave): they arrive nowhere again
+
+  // Called with mu held: fails a pending slot that a rank which left never reached, naming it.
+  void failIfLeft(Slot& slot, int rank) {
+    if (slot.phase != Phase::kPending) return;
+    std::vector<int> gone;
+    for (int r = 0; r < size; ++r)
+      if (left[static_cast<size_t>(r)] && !slot.entries[static_cast<size_t>(r)].arrived) gone.push_back(r);
+    if (gone.empty()) return;
+    slot.error = std::make_exception_ptr(CollectiveTimeout(
+        detail::concat("efcomm: ", opName(slot.entries[static_cast<size_t>(rank)].op), " (collective #", slot.seq,
+                       ") on rank ", rank, " of ", size, ": rank(s) ", rankList(gone),
+                       " finished without calling it"),
+        gone));
+    slot.phase = Phase::kFailed;
+    cv.notify_all();
+  }
+
+  void leave(int rank) {
+    std::lock_guard<std::mutex> lk(mu);
+    left[static_cast<size_t>(rank)] = true;
+    for (auto& [seq, slot] : slots) {
+      for (int r = 0; r < size; ++r) {
+        if (slot->entries[static_cast<size_t>(r)].arrived) {
+          failIfLeft(*slot, r);  // worded from a rank that is waiting in it
+          break;
+        }
+      }
+    }
+  }
 
   // Fails every pending and every later collective of the group with `error`; the first abort
   // wins. Collectives already moving data (kRunning) complete: their buffers are in use.
@@ -356,6 +386,7 @@ class InProcessBackend final : public Backend {
       slot = s;
     }
     slot->entries[static_cast<size_t>(rank_)] = std::move(entry);
+    st.failIfLeft(*slot, rank_);
     if (++slot->arrived == st.size) {
       st.slots.erase(seq);
       if (slot->phase == Phase::kPending) {
@@ -406,6 +437,12 @@ std::shared_ptr<Backend> InProcessGroup::backend(int rank) const {
   return backends_[static_cast<size_t>(rank)];
 }
 
+void InProcessGroup::leave(int rank) {
+  EFCOMM_CHECK(rank >= 0 && rank < state_->size, "InProcessGroup.leave: rank ", rank, " not in [0, ", state_->size,
+               ")");
+  state_->leave(rank);
+}
+
 void InProcessGroup::abort(int culprit, const std::string& reason) {
   state_->abort(std::make_exception_ptr(CollectiveTimeout(
       detail::concat("efcomm: in-process group aborted because rank ", culprit, " stopped: ", reason), {culprit})));
@@ -421,6 +458,7 @@ void runRanks(int n, const std::function<void(Backend&)>& fn, double defaultTime
     threads.emplace_back([&, r] {
       try {
         fn(*group.backend(r));
+        group.leave(r);
       } catch (...) {
         std::string what = "unknown exception";
         try {

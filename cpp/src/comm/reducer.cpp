@@ -57,8 +57,8 @@ struct Reducer::Job final : Work {
   void wait(std::optional<double> timeoutSeconds) override {
     std::unique_lock<std::mutex> lock(mutex);
     if (timeoutSeconds) {
-      const auto limit = std::chrono::duration<double>(comm::resolveTimeout(timeoutSeconds, 1.0));
-      if (!done.wait_for(lock, limit, [&] { return finished; }))
+      const auto until = comm::deadlineAfter(comm::resolveTimeout(timeoutSeconds, 1.0));
+      if (!done.wait_until(lock, until, [&] { return finished; }))
         throw CollectiveTimeout("Reducer.allreduce_async(key '" + key + "'): not completed within " +
                                     std::to_string(*timeoutSeconds) + " s (it is still running)",
                                 {});

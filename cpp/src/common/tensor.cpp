@@ -35,11 +35,14 @@ DType parseDType(const std::string& n) {
 }
 
 namespace {
+constexpr int64_t kMaxNumel = int64_t{1} << 56;
+
 int64_t product(const std::vector<int64_t>& shape) {
+  for (int64_t s : shape) EFCOMM_CHECK(s >= 0, "negative dimension in shape ", shapeString(shape));
   int64_t n = 1;
   for (int64_t s : shape) {
-    EFCOMM_CHECK(s >= 0, "negative dimension in shape ", shapeString(shape));
-    EFCOMM_CHECK(s == 0 || n <= INT64_MAX / s, "shape ", shapeString(shape), " overflows int64");
+    if (s == 0) return 0;
+    EFCOMM_CHECK(n <= kMaxNumel / s, "shape ", shapeString(shape), " has more than 2^56 elements");
     n *= s;
   }
   return n;

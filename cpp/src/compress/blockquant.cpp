@@ -237,12 +237,16 @@ Params parseLayout(const Message& m) {
   return p;
 }
 
+// Decoded values lie in [lo, hi] (quantValue clamps), so finite bounds that fit the output
+// dtype (float16 and bfloat16 blocks carry float32 bounds) keep every decoded value finite.
 template <typename C>
-void checkScales(const uint8_t* s, int64_t nb) {
+void checkScales(const uint8_t* s, int64_t nb, DType dt) {
   for (int64_t b = 0; b < nb; ++b) {
     const C lo = loadAs<C>(s + 2 * b * sizeof(C)), hi = loadAs<C>(s + (2 * b + 1) * sizeof(C));
     EFCOMM_CHECK_MSG(std::isfinite(lo) && std::isfinite(hi) && lo <= hi, "quant: block ", b,
                      " has invalid scales [", lo, ", ", hi, "]");
+    EFCOMM_CHECK_MSG(fits(dt, lo) && fits(dt, hi), "quant: block ", b, " has scales [", lo, ", ", hi,
+                     "] beyond the ", dtypeName(dt), " range");
   }
 }
 
@@ -250,9 +254,9 @@ void validate(const Message& m) {
   const Params p = parseLayout(m);
   const int64_t nb = numBlocks(m.numel(), p.block);
   if (m.dtype() == DType::kFloat64) {
-    checkScales<double>(m.payload(), nb);
+    checkScales<double>(m.payload(), nb, m.dtype());
   } else {
-    checkScales<float>(m.payload(), nb);
+    checkScales<float>(m.payload(), nb, m.dtype());
   }
 }
 

@@ -182,8 +182,11 @@ void orthonormalize(double* p, int64_t m, int64_t r) {
 }
 
 
-void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
-                       DType dtype) {
+namespace {
+
+// max_i sum_k |P_ik| * max |Q| <= dtype's largest finite value.
+bool decodedRangeFits(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
+                      DType dtype) {
   double rowSum = 0, qMax = 0;
   for (int64_t i = 0; i < v.m; ++i) {
     double sum = 0;
@@ -195,9 +198,36 @@ void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& 
                            : dtype == DType::kBFloat16 ? 3.3895313892515355e38
                            : dtype == DType::kFloat32  ? static_cast<double>(std::numeric_limits<float>::max())
                                                        : std::numeric_limits<double>::max();
-  if (!(rowSum * qMax <= maxFinite))
+  return rowSum * qMax <= maxFinite;
+}
+
+template <typename C>
+std::vector<double> loadFactors(const uint8_t* p, size_t count) {
+  std::vector<double> f(count);
+  for (size_t i = 0; i < count; ++i) {
+    f[i] = static_cast<double>(loadAs<C>(p + i * sizeof(C)));
+    EFCOMM_CHECK_MSG(std::isfinite(f[i]), "powersgd: factor value ", i, " is not finite");
+  }
+  return f;
+}
+
+}  // namespace
+
+void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
+                       DType dtype) {
+  if (!decodedRangeFits(p, q, v, dtype))
     throw NonFiniteError("powersgd.compress: decoded values could exceed the " + dtypeName(dtype) +
                          " range; the input's magnitude is too large");
+}
+
+void checkFactors(const uint8_t* payload, const PowerSgdLayout& v, DType dtype) {
+  const size_t count = static_cast<size_t>(v.r * (v.m + v.n));
+  std::vector<double> f = dtype == DType::kFloat64 ? loadFactors<double>(payload, count)
+                                                   : loadFactors<float>(payload, count);
+  const std::vector<double> q(f.begin() + v.m * v.r, f.end());
+  f.resize(static_cast<size_t>(v.m * v.r));
+  EFCOMM_CHECK_MSG(decodedRangeFits(f, q, v, dtype), "powersgd: the factors decode beyond the ", dtypeName(dtype),
+                   " range");
 }
 
 }  // namespace compress::powersgd
@@ -436,21 +466,7 @@ View parseLayout(const Message& msg) {
   return v;
 }
 
-template <typename C>
-void checkFinite(const uint8_t* p, size_t count) {
-  for (size_t i = 0; i < count; ++i)
-    EFCOMM_CHECK_MSG(std::isfinite(loadAs<C>(p + i * sizeof(C))), "powersgd: factor value ", i, " is not finite");
-}
-
-void validate(const Message& msg) {
-  const View v = parseLayout(msg);
-  const size_t count = static_cast<size_t>(v.r * (v.m + v.n));
-  if (msg.dtype() == DType::kFloat64) {
-    checkFinite<double>(msg.payload(), count);
-  } else {
-    checkFinite<float>(msg.payload(), count);
-  }
-}
+void validate(const Message& msg) { compress::powersgd::checkFactors(msg.payload(), parseLayout(msg), msg.dtype()); }
 
 void decode(const Message& msg, const TensorView& out) {
   const View v = parseLayout(msg);

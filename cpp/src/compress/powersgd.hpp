@@ -58,6 +58,10 @@ void orthonormalize(double* p, int64_t m, int64_t r);
 /// message decode to Inf.
 void checkDecodedRange(const std::vector<double>& p, const std::vector<double>& q, const PowerSgdLayout& v,
                        DType dtype);
+/// Validation of a message's factors (`payload`: the r(m + n) values as stored, float64 for
+/// float64 messages, else float32): every value finite and P Q^T within dtype's range, so that no
+/// valid message decodes to Inf. Throws CorruptMessageError naming the first violation.
+void checkFactors(const uint8_t* payload, const PowerSgdLayout& v, DType dtype);
 /// Rounds values to the compute type C (what travels); false if any is not finite.
 template <typename C>
 bool roundToWire(std::vector<double>& x) {

@@ -119,15 +119,6 @@ void decodeChunk(const uint8_t* packed, int64_t lo, int64_t hi, int s, int w, do
     o[i] = Elem<T>::store(static_cast<C>(static_cast<double>(int(codes[i - lo]) - s) * scale));
 }
 
-// True when a decoded value of magnitude v is finite in dtype dt.
-bool fits(DType dt, double v) {
-  return dispatchDType(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    return std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(v)))));
-  });
-}
-
 struct CodeRange {
   int maxCode = 0;   // largest code
   int maxLevel = 0;  // largest |code - s|

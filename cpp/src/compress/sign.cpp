@@ -100,12 +100,7 @@ void validate(const Message& m) {
                    " bytes for ", n, " elements (expected ", signPayloadBytes(n), ")");
   const double scale = scaleOf(m);
   EFCOMM_CHECK_MSG(std::isfinite(scale) && scale >= 0, "sign: bad scale ", scale);
-  dispatchDType(m.dtype(), [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    EFCOMM_CHECK_MSG(std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(scale))))),
-                     "sign: scale ", scale, " overflows ", dtypeName(m.dtype()));
-  });
+  EFCOMM_CHECK_MSG(fits(m.dtype(), scale), "sign: scale ", scale, " overflows ", dtypeName(m.dtype()));
   if (n % 8) {
     const uint8_t last = m.payload()[m.payloadSize() - 1];
     EFCOMM_CHECK_MSG((last >> (n % 8)) == 0, "sign: non-zero padding bits");

@@ -11,7 +11,7 @@ namespace efcomm {
 Aggregate::Aggregate(const std::string& spec, int n, std::vector<double> weights, std::vector<int64_t> shape,
                      DType dtype, std::shared_ptr<Compressor> broadcast)
     : n_(n), weights_(std::move(weights)), shape_(std::move(shape)), dtype_(dtype), broadcast_(std::move(broadcast)) {
-  const feedback::Config cfg = feedback::parseConfig(spec);
+  const feedback::Config cfg = feedback::parseConfig(spec, /*receiver=*/true);
   spec_ = cfg.canonical;
   additive_ = cfg.additive();
   EFCOMM_CHECK(n_ >= 1, "Aggregate: n must be >= 1, got ", n_);

@@ -10,7 +10,7 @@ namespace efcomm::feedback {
 
 std::vector<std::string> methodNames() { return {"econtrol", "ef14", "ef21", "ef21sgdm", "ef21w", "none"}; }
 
-Config parseConfig(const std::string& spec) {
+Config parseConfig(const std::string& spec, bool receiver) {
   SpecParams p = SpecParams::parse(spec);
   Config c;
   c.name = p.name();
@@ -32,6 +32,10 @@ Config parseConfig(const std::string& spec) {
     const std::optional<int64_t> n = p.getInt("n");
     const std::string init = readInit();
     p.finish("weight, n, init");
+    if (receiver && !w && !n) {
+      c.canonical = "ef21w:" + init.substr(1);
+      return c;
+    }
     EFCOMM_CHECK(w && n, "ef21w: weight and n are required (EF21-W sends v / (n weight)), got '", spec, "'");
     EFCOMM_CHECK(std::isfinite(*w) && *w > 0 && *w <= 1, "ef21w: weight must be in (0, 1], got ", *w);
     EFCOMM_CHECK(*n >= 1, "ef21w: n must be >= 1, got ", *n);

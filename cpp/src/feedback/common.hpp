@@ -25,8 +25,10 @@ struct Config {
   bool additive() const { return name != "none" && name != "ef14"; }
 };
 
-/// Parses and checks a feedback spec; throws InvalidArgument naming the problem.
-Config parseConfig(const std::string& spec);
+/// Parses and checks a feedback spec; throws InvalidArgument naming the problem. `receiver`: the
+/// spec of an Aggregate, which needs only the method (ef21w's weight and n are then optional:
+/// the aggregate has weights of its own).
+Config parseConfig(const std::string& spec, bool receiver = false);
 /// The method names parseConfig accepts.
 std::vector<std::string> methodNames();
 

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from ..errors import InvalidArgument
+
 
 @dataclass
 class Timing:
@@ -193,7 +195,8 @@ def replace_marked_section(path: str, name: str, content: str) -> None:
     if i >= 0 and j > i:
         text = text[:i] + block + text[j + len(end):]
     elif i >= 0 or j >= 0:
-        raise ValueError(f"{path}: unbalanced markers for section {name!r}")
+        raise InvalidArgument(f"{path}: unbalanced markers for section {name!r}: it needs {begin} before {end} "
+                              "(or neither, and the section is appended)")
     else:
         text = (text.rstrip() + "\n\n" if text.strip() else "") + block + "\n"
     with open(path, "w") as f:
@@ -211,7 +214,12 @@ def emit(result: dict, args, render_text: Callable[[dict], str], render_markdown
     else:
         print(render_text(result))
     if args.write_docs:
-        replace_marked_section(args.write_docs, section, render_markdown(result))
+        try:
+            replace_marked_section(args.write_docs, section, render_markdown(result))
+        except OSError as e:
+            # Bad input like any other (the results are printed above): one line, not a traceback.
+            raise InvalidArgument(f"--write-docs {args.write_docs}: cannot write it ({e.strerror or e}): name a "
+                                  "markdown file in an existing, writable directory") from None
         print(f"wrote the {section} section of {args.write_docs}", file=sys.stderr)
 
 
@@ -234,6 +242,14 @@ def positive_int(text: str) -> int:
     v = int(text)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an int >= 0 (a seed, a count that may be zero)."""
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
 
 

@@ -18,7 +18,7 @@ from typing import Optional
 import numpy as np
 
 from ._util import (Progress, Timing, add_output_arguments, busy_warning, check_status, emit, format_table, gbps,
-                    machine_info, machine_summary, markdown_table, target_summary, time_calls)
+                    machine_info, machine_summary, markdown_table, nonnegative_int, target_summary, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -96,8 +96,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
                    help="and more calls until each measurement has taken this long in all "
                         f"(default {DEFAULT_MIN_TIME}; 0: exactly --repeats calls)")
-    g.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (default 1)")
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the random input (default 0)")
+    g.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed calls before timing (default 1)")
+    g.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="seed of the random input (default 0)")
     g.add_argument("--input", choices=sorted(INPUTS), default="normal",
                    help="input distribution: normal (default), ints (integers -3..3: heavy ties), "
                         "sparse (99%% zeros, the rest normal)")

@@ -15,7 +15,7 @@ import datetime
 import numpy as np
 
 from ._util import (Progress, busy_warning, emit, format_table, gbps, machine_info, machine_summary,
-                    markdown_table, time_calls)
+                    markdown_table, nonnegative_int, positive_int, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 METHODS = ("none", "ef14", "ef21", "ef21sgdm", "econtrol")
@@ -24,12 +24,12 @@ DOCS_SECTION = "bench:feedback"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=int, default=DEFAULT_SIZE, help="float32 elements (default 16777216 = 64 MiB)")
+    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE, help="float32 elements (default 16777216 = 64 MiB)")
     p.add_argument("--compressor", default="topk:ratio=0.01", help="compressor spec (default topk:ratio=0.01)")
-    p.add_argument("--repeats", type=int, default=5, help="at least this many timed steps per method (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=5, help="at least this many timed steps per method (default 5)")
     p.add_argument("--min-time", type=float, default=0.1, metavar="SECONDS",
                    help="and more steps until each measurement took this long (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random gradients (default 0)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random gradients (default 0)")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--markdown", action="store_true", help="print the markdown table")
@@ -41,6 +41,7 @@ def run(args) -> dict:
     import efcomm as ef
 
     machine = machine_info()
+    comp = ef.compressor(args.compressor)  # a bad spec fails here, before 2 x --size gradients are drawn
     rng = np.random.default_rng(args.seed)
     # Two gradients alternate so that every step sees new data, as in training.
     grads = [rng.standard_normal(args.size, dtype=np.float32) for _ in range(2)]
@@ -50,7 +51,6 @@ def run(args) -> dict:
         dst = np.empty_like(grads[0])
         memcpy = time_calls(lambda: np.copyto(dst, grads[0]), args.repeats, min_time=args.min_time)
         progress.step("compressor alone")
-        comp = ef.compressor(args.compressor)
         alone = time_calls(lambda: comp.compress(grads[0]), args.repeats, min_time=args.min_time)
         rows = []
         for method in METHODS:

@@ -216,8 +216,8 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
                                  **({"weight": float(weights[i]), "n": n} if weights is not None else {}))
                for i in range(n)]
     # EF21-W's receiver is EF21's running sum g += sum w_i decoded, with the weights w_i.
-    agg = ef_feedback.Aggregate("ef21" if fb_name == "ef21w" else fb_name, n,
-                                 weights=None if weights is None else weights.tolist(), shape=(d,), dtype=dtype)
+    agg = ef_feedback.Aggregate(fb_name, n, weights=None if weights is None else weights.tolist(), shape=(d,),
+                                 dtype=dtype)
     # ef14/none compress the step gamma grad f_i and move by the mean message; EF21-type methods
     # compress gradients and move by gamma times the estimate.
     v_scale, x_scale = (gamma, 1.0) if fb_name in STEP_TYPE else (1.0, gamma)
