@@ -37,6 +37,19 @@ py::dict statsToPython(const ReducerStats& s) {
   return d;
 }
 
+// A Reducer call's argument conversion. A failure still takes part in the call (Reducer::reject:
+// the other ranks raise MismatchError naming this rank instead of waiting for it), then raises.
+template <typename F>
+auto convertedOrReject(Reducer& r, const std::string& key, F&& convert) -> decltype(convert()) {
+  try {
+    return convert();
+  } catch (const InvalidArgument& e) {
+    const std::string error = e.what();
+    py::gil_scoped_release nogil;
+    r.reject(key, error);
+  }
+}
+
 // Output storage for x: numpy of the same dtype for float32/float64; raw 16-bit storage otherwise,
 // so a dtype the reducer rejects still reaches it (and the other ranks learn of it, not hang).
 py::array outputLike(const TensorArg& t) {
@@ -126,8 +139,12 @@ void initComm(py::module_& m) {
         d["beta_seconds_per_byte"] = l->betaSecondsPerByte;
         return d;
       })
+      .def("reject", [](Reducer& r, const std::string& key, const std::string& error) {
+        py::gil_scoped_release nogil;
+        r.reject(key, error);
+      }, py::arg("key"), py::arg("error"))
       .def("allreduce", [](Reducer& r, py::handle x, const std::string& key) {
-        TensorArg t = tensorArg(x, false, "Reducer.allreduce");
+        TensorArg t = convertedOrReject(r, key, [&] { return tensorArg(x, false, "Reducer.allreduce"); });
         py::array out = outputLike(t);
         TensorView ov{out.mutable_data(), t.dtype, t.shape};
         {
@@ -137,7 +154,7 @@ void initComm(py::module_& m) {
         return out;
       }, py::arg("x"), py::arg("key"))
       .def("allreduce_async", [](Reducer& r, py::handle x, const std::string& key) {
-        TensorArg t = tensorArg(x, false, "Reducer.allreduce_async");
+        TensorArg t = convertedOrReject(r, key, [&] { return tensorArg(x, false, "Reducer.allreduce_async"); });
         py::array out = outputLike(t);
         TensorView ov{out.mutable_data(), t.dtype, t.shape};
         std::shared_ptr<Work> w;
@@ -151,15 +168,19 @@ void initComm(py::module_& m) {
       // used on `stream`.
       .def("allreduce_device", [](Reducer& r, py::handle x, py::handle out, const std::string& key,
                                   intptr_t stream) {
-        TensorArg t = cudaTensorArg(x, false, "Reducer.allreduce", stream);
-        TensorArg o = cudaTensorArg(out, true, "Reducer.allreduce (out)", stream);
+        auto [t, o] = convertedOrReject(r, key, [&] {
+          return std::make_pair(cudaTensorArg(x, false, "Reducer.allreduce", stream),
+                                cudaTensorArg(out, true, "Reducer.allreduce (out)", stream));
+        });
         py::gil_scoped_release nogil;
         r.allreduce(t.view(), o.mutableView(), key, reinterpret_cast<cuda::Stream>(stream));
       }, py::arg("x"), py::arg("out"), py::arg("key"), py::arg("stream"))
       .def("allreduce_async_device", [](Reducer& r, py::handle x, py::handle out, const std::string& key,
                                         intptr_t stream) {
-        TensorArg t = cudaTensorArg(x, false, "Reducer.allreduce_async", stream);
-        TensorArg o = cudaTensorArg(out, true, "Reducer.allreduce_async (out)", stream);
+        auto [t, o] = convertedOrReject(r, key, [&] {
+          return std::make_pair(cudaTensorArg(x, false, "Reducer.allreduce_async", stream),
+                                cudaTensorArg(out, true, "Reducer.allreduce_async (out)", stream));
+        });
         std::shared_ptr<Work> w;
         {
           py::gil_scoped_release nogil;
@@ -174,12 +195,15 @@ void initComm(py::module_& m) {
         std::vector<TensorArg> args, outArgs;
         std::vector<ConstTensorView> views;
         std::vector<TensorView> outViews;
-        for (size_t i = 0; i < xs.size(); ++i) {
-          args.push_back(cudaTensorArg(xs[i], false, "Reducer.allreduce_coalesced", stream));
-          outArgs.push_back(cudaTensorArg(outs[i], true, "Reducer.allreduce_coalesced (out)", stream));
-          views.push_back(args.back().view());
-          outViews.push_back(outArgs.back().mutableView());
-        }
+        convertedOrReject(r, key + "#0", [&] {  // as allreduce_coalesced below
+          for (size_t i = 0; i < xs.size(); ++i) {
+            args.push_back(cudaTensorArg(xs[i], false, "Reducer.allreduce_coalesced", stream));
+            outArgs.push_back(cudaTensorArg(outs[i], true, "Reducer.allreduce_coalesced (out)", stream));
+            views.push_back(args.back().view());
+            outViews.push_back(outArgs.back().mutableView());
+          }
+          return 0;
+        });
         py::gil_scoped_release nogil;
         r.allreduceCoalesced(views, outViews, key, reinterpret_cast<cuda::Stream>(stream));
       }, py::arg("xs"), py::arg("outs"), py::arg("key"), py::arg("stream"))
@@ -188,7 +212,11 @@ void initComm(py::module_& m) {
         std::vector<ConstTensorView> views;
         std::vector<TensorView> outViews;
         py::list outs;
-        for (py::handle x : xs) args.push_back(tensorArg(x, false, "Reducer.allreduce_coalesced"));
+        // A bad tensor fails the first bucket's call (the one every rank makes first).
+        convertedOrReject(r, key + "#0", [&] {
+          for (py::handle x : xs) args.push_back(tensorArg(x, false, "Reducer.allreduce_coalesced"));
+          return 0;
+        });
         for (const TensorArg& t : args) {
           py::array out = outputLike(t);
           outViews.push_back(TensorView{out.mutable_data(), t.dtype, t.shape});

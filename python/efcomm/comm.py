@@ -508,10 +508,17 @@ class Reducer:
         """The link model of ``auto`` (alpha_seconds, beta_seconds_per_byte), once measured."""
         return self._impl.link
 
-    @staticmethod
-    def _check_key(key, what):
-        if not isinstance(key, str):
-            raise InvalidArgument(f"Reducer.{what}: key must be a string, got {type(key).__name__}")
+    def _checked(self, key, what, check=None, bucket=""):
+        """The Python-side checks of a call (the key, and ``check()``'s). A failure still takes
+        part in the call (the native reject: the other ranks raise MismatchError naming this
+        rank instead of waiting for it), then raises InvalidArgument. Returns ``check()``."""
+        try:
+            if not isinstance(key, str):
+                raise InvalidArgument(f"Reducer.{what}: key must be a string, got {type(key).__name__}")
+            return check() if check else None
+        except InvalidArgument as e:
+            self._impl.reject((key if isinstance(key, str) else repr(key)) + bucket, str(e))
+            raise  # not reached: reject raises
 
     def _device_args(self, x, what):
         """x checked to be a CUDA array, a new output like it, and the stream they are used on."""
@@ -534,23 +541,23 @@ class Reducer:
     def allreduce(self, x, *, key: str):
         """The aggregated estimate of every rank's x, bit-identical on every rank (a device array
         like x on a reducer over NCCL)."""
-        self._check_key(key, "allreduce")
         if self._device:
-            x, out, stream = self._device_args(x, "allreduce")
+            x, out, stream = self._checked(key, "allreduce", lambda: self._device_args(x, "allreduce"))
             with _device_ctx(x):
                 self._impl.allreduce_device(x, out, key, stream)
             return out
+        self._checked(key, "allreduce")
         return _like(self._impl.allreduce(_host(x), key), x)
 
     def allreduce_async(self, x, *, key: str) -> Work:
         """Starts :meth:`allreduce` on the reducer's worker thread; calls run in the order made.
         x must not be modified until the Work has completed."""
-        self._check_key(key, "allreduce_async")
         if self._device:
-            x, out, stream = self._device_args(x, "allreduce_async")
+            x, out, stream = self._checked(key, "allreduce_async", lambda: self._device_args(x, "allreduce_async"))
             with _device_ctx(x):
                 work = Work(self._impl.allreduce_async_device(x, out, key, stream), None)
         else:
+            self._checked(key, "allreduce_async")
             work = Work(self._impl.allreduce_async(_host(x), key), x)
         # The native call reads x and writes its output until it completes: keep both alive even
         # if the caller drops the Work.
@@ -560,15 +567,16 @@ class Reducer:
     def allreduce_coalesced(self, xs, *, key: str) -> list:
         """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
         key ``f"{key}#{j}"``); returns the results in order. The same list on every rank."""
-        self._check_key(key, "allreduce_coalesced")
         xs = list(xs)
         if self._device:
-            args = [self._device_args(x, "allreduce_coalesced") for x in xs]
+            args = self._checked(key, "allreduce_coalesced",
+                                 lambda: [self._device_args(x, "allreduce_coalesced") for x in xs], bucket="#0")
             if args:
                 with _device_ctx(args[0][0]):
                     self._impl.allreduce_coalesced_device([a[0] for a in args], [a[1] for a in args], key,
                                                           args[0][2])
             return [a[1] for a in args]
+        self._checked(key, "allreduce_coalesced", bucket="#0")
         outs = self._impl.allreduce_coalesced([_host(x) for x in xs], key)
         return [_like(o, x) for o, x in zip(outs, xs)]
 

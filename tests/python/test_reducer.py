@@ -119,6 +119,38 @@ def test_state_dict_round_trip_continues_bit_identically(n):
             assert x.tobytes() == y.tobytes()
 
 
+@pytest.mark.parametrize("bad", [
+    lambda red: red.allreduce(np.arange(10), key="a"),                       # an integer array
+    lambda red: red.allreduce(np.ones(10, np.float32), key=5),               # a key that is no string
+    lambda red: red.allreduce(np.ones(20, np.float32)[::2], key="a"),        # not contiguous
+    lambda red: red.allreduce(np.ones(10, np.float32).astype(">f4"), key="a"),  # big-endian
+    lambda red: red.allreduce_async(np.arange(10), key="a").wait(),
+    lambda red: red.allreduce_coalesced([np.ones(10, np.float32), np.arange(3)], key="a"),
+], ids=["int", "key", "strided", "big-endian", "async", "coalesced"])
+def test_arguments_rejected_before_the_call_still_release_the_others(bad):
+    # Rank 1's arguments fail their conversion before any native call: it still takes part in
+    # the call, so rank 0 raises MismatchError naming it at once (not a timeout), and both go on.
+    def fn(comm):
+        red = ef.Reducer(comm, compressor="topk:ratio=0.5", algorithm="allgather")
+        red.allreduce(np.ones(10, np.float32), key="a")
+        try:
+            if comm.rank == 1:
+                bad(red)
+            elif "allreduce_coalesced" in bad.__code__.co_names:
+                red.allreduce_coalesced([np.ones(10, np.float32), np.ones(3, np.float32)], key="a")
+            else:
+                red.allreduce(np.ones(10, np.float32), key="a")
+        except ef.Error as e:
+            got = (type(e), str(e))
+        return got, red.allreduce(np.full(10, comm.rank, np.float32), key="a")[0]
+
+    t0 = time.monotonic()
+    (e0, after0), (e1, after1) = ef.testing.run_ranks(2, fn, timeout=30.0)
+    assert e0[0] is ef.MismatchError and "rank 1 rejected its arguments" in e0[1], e0
+    assert e1[0] is ef.InvalidArgument, e1
+    assert after0 == after1 and time.monotonic() - t0 < 10
+
+
 def test_a_rank_that_finished_is_named_at_once():
     # Rank 1 returns after one call; rank 0's second call waits for it: it fails at once naming
     # rank 1 (not rank 0 at the run's timeout).

@@ -145,6 +145,13 @@ class Reducer {
   void allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
                           const std::string& key, cuda::Stream stream = nullptr);
 
+  /// A call whose arguments could not even be made into views (a binding's conversion failed:
+  /// an integer array, a key that is not a string): takes part in the call under `key`, in order
+  /// with the calls made before it, as a rank that rejected its arguments, so that the other
+  /// ranks raise `MismatchError` naming this rank instead of waiting for it; then throws
+  /// `InvalidArgument(error)`. Collective.
+  [[noreturn]] void reject(const std::string& key, const std::string& error);
+
   /// Counters per key (keys that have completed at least one call or failed after agreement).
   std::map<std::string, ReducerStats> stats() const;
   /// The link model `auto` uses (measured or given); empty before the first auto call.
@@ -174,7 +181,13 @@ class Reducer {
   struct Slot;
 
  private:
-  void reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key, cuda::Stream stream);
+  struct Job;
+  // Runs a call on the caller's thread, or behind the queued calls while the worker thread runs.
+  void runInOrder(const std::shared_ptr<Job>& job);
+  std::shared_ptr<Work> enqueue(const std::shared_ptr<Job>& job);
+  // `rejected`: the error of a call made by reject() (no views; the agreement reports it).
+  void reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key, cuda::Stream stream,
+                 const std::string& rejected = {});
   void drain() const;  // waits until the worker thread has run every queued call
   std::string chooseAlgorithm(const ConstTensorView& x);
   comm::SlotSetup setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const;
@@ -189,7 +202,6 @@ class Reducer {
   std::map<std::string, ReducerStats> stats_;
 
   // The worker thread of allreduceAsync, started by its first call.
-  struct Job;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   mutable std::condition_variable idle_;

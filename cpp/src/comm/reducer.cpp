@@ -38,6 +38,7 @@ struct Reducer::Job final : Work {
   TensorView out;
   std::string key;
   cuda::Stream stream;
+  std::string rejected;  // a call made by Reducer::reject
   mutable std::mutex mutex;
   std::condition_variable done;
   bool finished = false;
@@ -242,28 +243,44 @@ std::string Reducer::chooseAlgorithm(const ConstTensorView& x) {
 
 void Reducer::allreduce(const ConstTensorView& x, const TensorView& out, const std::string& key,
                         cuda::Stream stream) {
+  runInOrder(std::make_shared<Job>(x, out, key, stream));
+}
+
+void Reducer::runInOrder(const std::shared_ptr<Job>& job) {
   bool queued;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queued = thread_.joinable() && std::this_thread::get_id() != thread_.get_id();
   }
   if (queued) {
-    allreduceAsync(x, out, key, stream)->wait();
+    enqueue(job)->wait();
   } else {
-    reduceNow(x, out, key, stream);
+    reduceNow(job->x, job->out, job->key, job->stream, job->rejected);
   }
+}
+
+void Reducer::reject(const std::string& key, const std::string& error) {
+  EFCOMM_CHECK(!error.empty(), "Reducer.reject: the error must not be empty");
+  auto job = std::make_shared<Job>(ConstTensorView{nullptr, DType::kFloat32, {0}},
+                                   TensorView{nullptr, DType::kFloat32, {0}}, key, nullptr);
+  job->rejected = error;
+  runInOrder(job);
+  throw InvalidArgument(error);  // not reached: the call throws it
 }
 
 std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const TensorView& out, const std::string& key,
                                               cuda::Stream stream) {
-  auto job = std::make_shared<Job>(x, out, key, stream);
+  return enqueue(std::make_shared<Job>(x, out, key, stream));
+}
+
+std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
   // An MPI initialized below MPI_THREAD_SERIALIZED may only be called from its own thread: the
   // call then runs here and the Work is complete when returned.
   const std::optional<MpiThreadLevel> level = mpiThreadLevel(*backend_);
   if (level && *level < MpiThreadLevel::kSerialized) {
     std::exception_ptr error;
     try {
-      reduceNow(x, out, key, stream);
+      reduceNow(job->x, job->out, job->key, job->stream, job->rejected);
     } catch (...) {
       error = std::current_exception();
     }
@@ -283,7 +300,7 @@ std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const Te
         lock.unlock();
         std::exception_ptr error;
         try {
-          reduceNow(j->x, j->out, j->key, j->stream);
+          reduceNow(j->x, j->out, j->key, j->stream, j->rejected);
         } catch (...) {
           error = std::current_exception();
         }
@@ -326,18 +343,21 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
   size_t bucket = 0;
   for (size_t first = 0; first < xs.size(); ++bucket) {
     // A bucket: consecutive tensors of one dtype up to bucketBytes (at least one tensor).
+    const std::string bucketKey = key + "#" + std::to_string(bucket);
     size_t last = first, bytes = 0;
     while (last < xs.size() && xs[last].dtype == xs[first].dtype &&
            (last == first || bytes + xs[last].nbytes() <= options_.bucketBytes)) {
-      EFCOMM_CHECK(outs[last].dtype == xs[last].dtype && outs[last].numel() == xs[last].numel(),
-                   "Reducer.allreduce_coalesced(key '", key, "'): output ", last, " is not like input ", last);
+      // A bad tensor fails its bucket's call on every rank (reject), not this rank alone.
+      if (!(outs[last].dtype == xs[last].dtype && outs[last].numel() == xs[last].numel()))
+        reject(bucketKey, detail::concat("Reducer.allreduce_coalesced(key '", key, "'): output ", last,
+                                         " is not like input ", last));
       bytes += xs[last].nbytes();
       ++last;
     }
     const DType dtype = xs[first].dtype;
-    EFCOMM_CHECK(dtype == DType::kFloat32 || dtype == DType::kFloat64, "Reducer.allreduce_coalesced(key '", key,
-                 "'): dtype must be float32 or float64, got ", dtypeName(dtype));
-    const std::string bucketKey = key + "#" + std::to_string(bucket);
+    if (dtype != DType::kFloat32 && dtype != DType::kFloat64)
+      reject(bucketKey, detail::concat("Reducer.allreduce_coalesced(key '", key, "'): dtype must be float32 or float64, got ",
+                                       dtypeName(dtype)));
     if (onDevice()) {
       // A tensor not on the backend's device is reduced alone under the bucket's key: the header
       // agreement then reports it (InvalidArgument here, MismatchError on the other ranks)
@@ -368,7 +388,7 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
 }
 
 void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key,
-                        cuda::Stream stream) {
+                        cuda::Stream stream, const std::string& rejected) {
   // The collectives of this call carry its key and algorithm in a health monitor's record; later
   // ones (the application's own) carry none.
   struct Unlabel {
@@ -378,8 +398,9 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   const auto found = slots_.find(key);
   const Slot* existing = found == slots_.end() ? nullptr : found->second.get();
   const std::string argError =
-      checkArgs(x, out, existing ? &existing->shape : nullptr, existing ? existing->dtype : DType::kFloat32,
-                onDevice() ? device_->device() : -1);
+      !rejected.empty() ? rejected
+                        : checkArgs(x, out, existing ? &existing->shape : nullptr,
+                                    existing ? existing->dtype : DType::kFloat32, onDevice() ? device_->device() : -1);
 
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
@@ -389,6 +410,7 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
   backend_->allgatherv(header.data(), header.size(), headers)->wait();
   const double agreeSeconds = comm::secondsSince(t0);
   ++calls_;
+  if (!rejected.empty()) throw InvalidArgument(rejected);
   EFCOMM_CHECK(argError.empty(), "Reducer.allreduce(key '", key, "'): ", argError);
   const size_t n = static_cast<size_t>(size());
   const Header mine = readHeader(headers, static_cast<size_t>(rank()));
