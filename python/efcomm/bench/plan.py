@@ -348,11 +348,13 @@ def add_arguments(p) -> None:
     from ._util import add_output_arguments, positive_int
 
     g = p.add_argument_group("traffic-planning benchmark")
-    g.add_argument("--instances", type=positive_int, help=f"randomized instances (default {DEFAULT_INSTANCES})")
+    g.add_argument("--instances", type=positive_int,
+                   help=f"randomized instances drawn (default {DEFAULT_INSTANCES}; degenerate draws, whose flows all "
+                        "stay inside a host, are skipped: the tables count those measured)")
     g.add_argument("--ecmp-seeds", type=positive_int, help=f"ecmp hash seeds per instance (default {DEFAULT_ECMP_SEEDS})")
     g.add_argument("--seed", type=int, default=0, help="seed of the instances (default 0)")
     g.add_argument("--quick", action="store_true",
-                   help="a smoke run: 12 instances, small fabrics (the speed targets are not checked)")
+                   help="a smoke run: 12 instances drawn, small fabrics (the speed targets are not checked)")
     add_output_arguments(g, DOCS_SECTION)
 
 
