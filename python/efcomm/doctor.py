@@ -68,6 +68,15 @@ EQUAL_BYTES_OPS = frozenset({"broadcast", "allreduceSum", "barrier"})
 
 #: Up to this many ranks (or links), each one's reference excludes itself (see _others_median).
 LEAVE_ONE_OUT_MAX = 64
+#: A dump claiming more ranks than this is corrupt: no job is that large, and the doctor's work grows
+#: with the size (a list of the missing ranks, the link analysis below).
+MAX_SIZE = 1 << 20
+#: The link analysis compares size x size pairs: past this many ranks it is skipped, with a note (its
+#: table alone would hold size^2 cells, its statistics a Python loop per pair).
+LINKS_MAX_RANKS = 256
+#: It holds at most this many delivery times (32 MiB of float64; its statistics take a few times
+#: that): the latest collectives that fit, so a job's ring of thousands of records stays affordable.
+LINKS_MAX_VALUES = 1 << 22
 
 MAD_TO_SIGMA = 1.4826      # MAD -> standard deviation, normal data
 MEDIAN_SE = 1.2533         # standard error of a median / of a mean, normal data: sqrt(pi / 2)
@@ -167,6 +176,9 @@ def load_dump(path: str) -> Dump:
                         "(use the efcomm release that wrote the dumps)")
     g = lambda name: _field(top, name, "the record", path)  # noqa: E731
     size = _int(g("size"), "size", path, 1)
+    if size > MAX_SIZE:
+        raise DumpError(f"{path}: size {size} is not a number of ranks a job has (at most {MAX_SIZE}): a corrupt "
+                        "dump; leave it out by naming the other dump files")
     rank = _int(g("rank"), "rank", path)
     if rank >= size:
         raise DumpError(f"{path}: rank {rank} is not below size {size}")
@@ -551,9 +563,23 @@ def _stragglers(ranks, recs, complete, one_host: bool) -> dict:
 
 def _links(size, ranks, recs, seqs) -> dict:
     """The per-pair delivery matrix: [src][dst] = median over collectives of rank dst's
-    peer_seconds[src]; slow cells, and rows (a rank's send side) or columns (its receive side)."""
-    cube = np.full((len(seqs), size, size), np.nan)
-    for j, s in enumerate(seqs):
+    peer_seconds[src]; slow cells, and rows (a rank's send side) or columns (its receive side).
+    ``note`` says why no matrix was computed past LINKS_MAX_RANKS ranks, or over how few of the
+    collectives it was (LINKS_MAX_VALUES)."""
+    none = {"matrix_s": None, "reference_s": math.nan, "cells": [], "flagged": [], "slow_send": [],
+            "slow_recv": [], "slowest": None, "seqs": 0, "note": None}
+    if size > LINKS_MAX_RANKS:
+        return {**none, "note": f"links were not compared: {size} ranks are more than the {LINKS_MAX_RANKS} "
+                                f"the per-pair analysis takes ({size * size} pairs)"}
+    timed = [s for s in seqs if any(s in recs[r] and recs[r][s].peer_seconds is not None for r in ranks)]
+    keep = LINKS_MAX_VALUES // (size * size)
+    note = None
+    if len(timed) > keep:
+        note = (f"links judged over the latest {keep} of the {len(timed)} collectives with per-peer times "
+                f"(the analysis holds at most {LINKS_MAX_VALUES} delivery times)")
+        timed = timed[-keep:]
+    cube = np.full((len(timed), size, size), np.nan)
+    for j, s in enumerate(timed):
         for dst in ranks:
             rec = recs[dst].get(s)
             if rec is not None and rec.peer_seconds is not None:
@@ -562,11 +588,10 @@ def _links(size, ranks, recs, seqs) -> dict:
         cube[:, r, r] = np.nan
     have = np.isfinite(cube).any(axis=0)
     if not have.any():
-        return {"matrix_s": None, "reference_s": math.nan, "cells": [], "flagged": [], "slow_send": [],
-                "slow_recv": [], "slowest": None, "seqs": 0}
+        return none
     matrix = np.full((size, size), np.nan)
     matrix[have] = np.nanmedian(cube[:, have], axis=0)
-    flat = cube.reshape(len(seqs), size * size).T
+    flat = cube.reshape(len(timed), size * size).T
     tests, _ = _paired(flat)
     cells, flagged = [], []
     for src in range(size):
@@ -594,7 +619,7 @@ def _links(size, ranks, recs, seqs) -> dict:
             "cells": cells, "flagged": [list(f) for f in flagged], "slow_send": slow_send, "slow_recv": slow_recv,
             "slowest": ({k: slowest[k] for k in ("src", "dst", "seconds", "ratio", "excess_s", "z", "samples")}
                         if slowest else None),
-            "seqs": int(np.isfinite(flat).any(axis=0).sum())}
+            "seqs": int(np.isfinite(flat).any(axis=0).sum()), "note": note}
 
 
 def _faults(res: dict, by_rank, recs, early) -> List[dict]:
@@ -770,7 +795,7 @@ def _verdict(res: dict) -> str:
                      f"(+{_ms(c['excess_s'])}; a slow link needs >= {SLOW_LINK_RATIO}x, +{_ms(SLOW_LINK_FLOOR_S)} "
                      f"and {SIGNIFICANCE:.0f} standard errors)")
     else:
-        parts.append("no per-peer times in the dumps, so links were not compared")
+        parts.append(ln["note"] or "no per-peer times in the dumps, so links were not compared")
     return " ".join(["; ".join(parts) + "."] + tail)
 
 
@@ -859,7 +884,11 @@ def render_text(res: dict) -> str:
         if c:
             lines.append(f"slowest link {c['src']} -> {c['dst']}: {_ms(c['seconds'])}, {_f(c['ratio'])}x the other "
                          f"links' median (median cell {_ms(ln['reference_s'])}), z {_f(c['z'], '{:.1f}')}")
+        if ln["note"]:
+            lines.append(f"({ln['note']})")
         lines.append("")
+    elif ln["note"]:
+        lines += [ln["note"][0].upper() + ln["note"][1:] + ".", ""]
     else:
         lines += ["No per-peer delivery times in the dumps (the backend does not measure them).", ""]
     t = res["thresholds"]
@@ -913,7 +942,7 @@ def write_plots(res: dict, out_dir: str) -> dict:
         out["links"] = os.path.abspath(os.path.join(out_dir, "efcomm-doctor-links.png"))
         fig.savefig(out["links"], dpi=110)
     else:
-        out["notes"].append("no latency matrix plot: the dumps hold no per-peer times")
+        out["notes"].append(f"no latency matrix plot: {ln['note'] or 'the dumps hold no per-peer times'}")
     st = res["stragglers"]
     if st["rows"] and st.get("seqs"):
         fig = Figure(figsize=(8, 4), layout="constrained")

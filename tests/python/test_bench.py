@@ -122,3 +122,31 @@ def test_rows_beside_the_targets_do_not_count():
     assert result_text(result["targets"][1]) == "FAIL (not a target)" and result_text(result["targets"][2]) == "PASS"
     result["targets"][0]["status"] = "FAIL"
     assert check_status(result, types.SimpleNamespace(check=True)) == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["bench", "feedback", "--size", "-5"], "argument --size: must be > 0, got -5"),
+    (["bench", "feedback", "--repeats", "0"], "argument --repeats: must be > 0, got 0"),
+    (["bench", "feedback", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    ([*SMALL, "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    ([*SMALL, "--warmup", "-1"], "argument --warmup: must be >= 0, got -1"),
+])
+def test_bad_numbers_are_rejected(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_input_is_one_line_and_status_2(capsys, tmp_path):
+    assert main(["bench", "feedback", "--size", "64", "--compressor", "bogus"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efcomm bench feedback: error: unknown compressor 'bogus'") and err.count("\n") == 1
+    docs = tmp_path / "nosuch" / "benchmarks.md"
+    assert main([*SMALL, "--only", "identity", "--write-docs", str(docs)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"efcomm bench compressors: error: --write-docs {docs}: cannot write it (No such file or "
+                   "directory): name a markdown file in an existing, writable directory\n")
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("<!-- bench:compressors:end -->\n<!-- bench:compressors:begin -->\n")
+    assert main([*SMALL, "--only", "identity", "--write-docs", str(docs)]) == 2
+    assert "unbalanced markers for section 'bench:compressors'" in capsys.readouterr().err

@@ -263,6 +263,46 @@ def test_sizes_disagree_are_reported(capsys, tmp_path):
     assert any("disagree on the number of ranks" in w for w in res["warnings"])
 
 
+def _set_size(path, rank, size):
+    f = path / f"efcomm-flight-rank{rank}.json"
+    d = json.loads(f.read_text())
+    d["size"] = size
+    f.write_text(json.dumps(d))
+
+
+def test_implausible_size_is_bad_input(capsys, tmp_path):
+    # No per-peer times, so no list of that length vouches for the size: before the check, the
+    # doctor looped over range(size) and allocated (seqs, size, size) arrays.
+    _set_size(make_dumps(tmp_path, peers=False), 3, (1 << 20) + 1)
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"efcomm doctor: error: {tmp_path / 'efcomm-flight-rank3.json'}: size 1048577 is not a "
+                          "number of ranks a job has (at most 1048576)")
+
+
+def test_large_size_skips_the_link_analysis(capsys, tmp_path):
+    _set_size(make_dumps(tmp_path, peers=False), 3, 100_000)
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and res["size"] == 100_000 and len(res["missing_ranks"]) == 100_000 - 4
+    assert any("disagree on the number of ranks" in w for w in res["warnings"])
+    assert res["links"]["matrix_s"] is None
+    assert res["links"]["note"].startswith("links were not compared: 100000 ranks are more than the 256")
+
+
+def test_link_analysis_is_bounded(capsys, tmp_path, monkeypatch):
+    make_dumps(tmp_path, slow_link=(1, 2, 3.0))
+    monkeypatch.setattr(doctor, "LINKS_MAX_VALUES", 20 * 4 * 4)  # 4 ranks: the latest 20 collectives
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and [(f["kind"], f["ranks"]) for f in res["faults"]] == [("slow_link", [1, 2])]
+    assert res["links"]["seqs"] == 20 and "latest 20 of the 50 collectives" in res["links"]["note"]
+    monkeypatch.setattr(doctor, "LINKS_MAX_RANKS", 3)
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 0 and res["links"]["matrix_s"] is None
+    assert "links were not compared: 4 ranks are more than the 3" in res["verdict"]
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 0
+    assert "Links were not compared: 4 ranks" in capsys.readouterr().out
+
+
 def test_explicit_files(capsys, tmp_path):
     make_dumps(tmp_path, hang=(2, 30))
     files = [str(tmp_path / f"efcomm-flight-rank{r}.json") for r in (0, 1, 2)]

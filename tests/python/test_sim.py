@@ -4,6 +4,7 @@ formulas, output files, the command line, and reproduction 1 of issue 3."""
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -207,3 +208,61 @@ def test_cli_table(capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "L_QM" in out and "ef21" in out and "topk" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--rounds", "-1"], "argument --rounds: must be >= 0, got -1"),
+    (["--clients", "-2"], "argument --clients: must be > 0, got -2"),
+    (["--participation", "2"], "argument --participation: must be in (0, 1], got 2"),
+    (["--multiplier", "0"], "argument --multiplier: must be > 0, got 0"),
+    (["--problem", "lsq", "--dim", "0"], "argument --dim: must be > 0, got 0"),
+    (["--problem", "lsq", "--samples", "-3"], "argument --samples: must be > 0, got -3"),
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+])
+def test_cli_rejects_bad_numbers(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli_main(["sim", "--no-plots", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--compressor", "bogus"], "unknown compressor 'bogus'"),
+    (["--feedback", "bogus"], "unknown feedback 'bogus'"),
+    (["--stepsize", "bogus"], "--stepsize must be theory or theory-am or a number, got 'bogus'"),
+    (["--problem", "lsq", "--l-ratio", "0.5"], "l_ratio must be >= 1"),
+    # PowerSGD guarantees no contraction (alpha = 0): the theory's stepsize does not exist for it.
+    (["--compressor", "powersgd:rank=1", "--problem", "lsq", "--dim", "5", "--samples", "5"],
+     "the theory stepsize needs a contractive compressor (alpha > 0), but powersgd:rank=1 has alpha = 0: "
+     "give a number instead"),
+])
+def test_cli_bad_input_is_one_line_and_status_2(argv, message, capsys):
+    assert cli_main(["sim", "--rounds", "2", "--no-plots", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efcomm sim: error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_numeric_stepsize_runs_a_compressor_without_alpha(capsys):
+    assert cli_main(["sim", "--compressor", "powersgd:rank=1", "--problem", "lsq", "--dim", "5", "--samples", "5",
+                     "--stepsize", "0.01", "--rounds", "5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["rounds_run"] == 5
+
+
+def test_cli_out_that_cannot_be_a_directory(tmp_path, capsys):
+    file = tmp_path / "file"
+    file.write_text("")
+    for out, why in ((file, "File exists"), (file / "sub", "Not a directory")):
+        assert cli_main(["sim", "--rounds", "2", "--no-plots", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"efcomm sim: error: --out {out}: cannot create the directory ({why})"), err
+    assert file.read_text() == ""
+
+
+def test_cli_out_not_writable(tmp_path, capsys):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o500)
+    if os.access(out, os.W_OK):
+        pytest.skip("this user writes into read-only directories (root)")
+    assert cli_main(["sim", "--rounds", "2", "--no-plots", "--out", str(out)]) == 2
+    assert f"--out {out}: cannot write into this directory" in capsys.readouterr().err
+    assert not list(out.iterdir())

@@ -24,9 +24,11 @@ DOCS_SECTION = "bench:feedback"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE, help="float32 elements (default 16777216 = 64 MiB)")
+    p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
+                   help="float32 elements (default 16777216 = 64 MiB)")
     p.add_argument("--compressor", default="topk:ratio=0.01", help="compressor spec (default topk:ratio=0.01)")
-    p.add_argument("--repeats", type=positive_int, default=5, help="at least this many timed steps per method (default 5)")
+    p.add_argument("--repeats", type=positive_int, default=5,
+                   help="at least this many timed steps per method (default 5)")
     p.add_argument("--min-time", type=float, default=0.1, metavar="SECONDS",
                    help="and more steps until each measurement took this long (default 0.1)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random gradients (default 0)")

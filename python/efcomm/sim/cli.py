@@ -8,6 +8,7 @@ import json
 import os
 import re
 
+from ..bench._util import nonnegative_int, positive_float, positive_int
 from ..errors import InvalidArgument
 from . import plots, problems, runner, theory
 
@@ -19,24 +20,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "name:key=value (e.g. ef21:init=compressed, econtrol:eta=0.1)")
     p.add_argument("--compressor", nargs="+", default=["topk:k=1"], metavar="SPEC",
                    help="one or more compressor specs; every feedback runs with every compressor")
-    p.add_argument("--rounds", type=int, default=1000)
+    p.add_argument("--rounds", type=nonnegative_int, default=1000)
     p.add_argument("--stepsize", default="theory",
                    help="theory (1/(L + L_QM xi(alpha))), theory-am (1/(L + L_AM xi(alpha))) or a number")
-    p.add_argument("--multiplier", type=float, default=1.0, help="factor applied to the stepsize")
-    p.add_argument("--participation", type=float, default=1.0,
+    p.add_argument("--multiplier", type=positive_float, default=1.0, help="factor applied to the stepsize")
+    p.add_argument("--participation", type=_probability, default=1.0,
                    help="probability that a client takes part in a round (EF21-PP); absent clients send nothing")
-    p.add_argument("--clients", type=int, default=10, help="number of clients (counterexample: always 3)")
-    p.add_argument("--seed", type=int, default=0, help="data split / synthetic data seed")
+    p.add_argument("--clients", type=positive_int, default=10, help="number of clients (counterexample: always 3)")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="data split / synthetic data seed")
     p.add_argument("--lam", type=float, default=0.1, help="nonconvex regularizer weight (logreg)")
     p.add_argument("--zeta", type=float, default=1.0, help="heterogeneity of the clients' minimizers (lsq)")
     p.add_argument("--l-ratio", type=float, default=None,
                    help="spread max/min of the clients' smoothness (logreg-synth default 100, lsq 1)")
-    p.add_argument("--dim", type=int, default=20, help="dimension of the synthetic problems")
-    p.add_argument("--samples", type=int, default=50, help="samples per client of the synthetic problems")
+    p.add_argument("--dim", type=positive_int, default=20, help="dimension of the synthetic problems")
+    p.add_argument("--samples", type=positive_int, default=50, help="samples per client of the synthetic problems")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64", help="what travels")
     p.add_argument("--out", default=None, help="directory for CSV, PNG and summary.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _probability(text: str) -> float:
+    """argparse type of --participation: a probability in (0, 1]."""
+    v = float(text)
+    if not 0 < v <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
 
 
 def _stepsize(s: str):
@@ -46,6 +55,18 @@ def _stepsize(s: str):
         return float(s)
     except ValueError:
         raise InvalidArgument(f"--stepsize must be {' or '.join(theory.RULES)} or a number, got {s!r}") from None
+
+
+def _out_dir(path: str) -> None:
+    """Creates --out before the runs, so that a path that cannot take their files fails at once
+    with a line naming it, not after the runs with a traceback."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise InvalidArgument(f"--out {path}: cannot create the directory ({e.strerror or e}): name a new "
+                              "directory or an existing, writable one") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise InvalidArgument(f"--out {path}: cannot write into this directory: name a writable one")
 
 
 def _slug(s: str) -> str:
@@ -67,12 +88,12 @@ def _table(results) -> str:
 
 
 def main(args) -> int:
+    step = _stepsize(args.stepsize)
     prob = problems.make_problem(args.problem, clients=args.clients, seed=args.seed, lam=args.lam,
                                  zeta=args.zeta, l_ratio=args.l_ratio, dim=args.dim, samples=args.samples)
     consts = theory.problem_constants(prob)
-    step = _stepsize(args.stepsize)
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
+        _out_dir(args.out)
     results = []
     for fb in args.feedback:
         for comp in args.compressor:

@@ -204,6 +204,11 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     comps = [ef.compressor(s) for s in specs]
     alpha = comps[0].alpha(d)
     consts = theory.problem_constants(problem)
+    if stepsize in theory.RULES and not alpha > 0:
+        # The theory's stepsizes need a contractive compressor; one that guarantees no contraction
+        # (PowerSGD: alpha = 0) gets its stepsize from the user.
+        raise InvalidArgument(f"the {stepsize} stepsize needs a contractive compressor (alpha > 0), but "
+                              f"{compressor} has alpha = 0: give a number instead (efcomm sim --stepsize 0.01)")
     if isinstance(stepsize, str):
         rule, gamma = stepsize, theory.stepsize(stepsize, consts, alpha, multiplier)
     else:
