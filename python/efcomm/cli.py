@@ -13,34 +13,51 @@ def _cmd_info(args) -> int:
     import efcomm as ef
 
     info = ef.build_info()
+    runtime = _runtime(info)
+    compressors = ef._core.compressor_names()
     if args.json:
-        print(json.dumps(info, indent=2))
-    else:
-        rows = list(info.items()) + _runtime_rows(info) + [("compressors", ", ".join(ef._core.compressor_names()))]
-        width = max(len(k) for k, _ in rows)
-        for k, v in rows:
-            print(f"{k:<{width}}  {v}")
+        print(json.dumps({**info, **runtime, "compressors": compressors}, indent=2))
+        return 0
+    rows = list(info.items())
+    if "gpu" in runtime:
+        g = runtime["gpu"]
+        rows.append(("gpu", f"{g['device_count']} CUDA device(s)" if g["available"] else f"none usable ({g['reason']})"))
+    if "libnccl" in runtime:
+        n = runtime["libnccl"]
+        rows.append(("libnccl", f"{n['version']} ({n['path']})" if n["version"] else
+                     f"not loadable: {n['error'].split('; ')[0]}"))
+    rows.append(("compressors", ", ".join(compressors)))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
     return 0
 
 
-def _runtime_rows(info: dict) -> list:
-    """What this machine gives the build: CUDA devices and the libnccl that would be loaded."""
+def _runtime(info: dict) -> dict:
+    """What this machine gives the build: "gpu" (CUDA devices: available, device_count, reason)
+    and "libnccl" (the library that would be loaded: version and path, or the error)."""
     from . import _core
     from .comm import _nccl_wheel_library
     from .errors import BackendUnavailable
 
-    rows = []
+    out = {}
     if info["cuda"]:
         cuda = _core._cuda_info()
-        rows.append(("gpu", f"{cuda['device_count']} CUDA device(s)" if cuda["available"]
-                     else f"none usable ({cuda['reason']})"))
+        out["gpu"] = {"available": bool(cuda["available"]), "device_count": int(cuda["device_count"]),
+                      "reason": cuda["reason"]}
     if info["nccl"]:
         try:
             v = _core._nccl_version(_nccl_wheel_library())
-            rows.append(("libnccl", f"{v // 10000}.{v // 100 % 100}.{v % 100} ({_core._nccl_library()})"))
+            out["libnccl"] = {"version": f"{v // 10000}.{v // 100 % 100}.{v % 100}", "path": _core._nccl_library(),
+                              "error": None}
         except BackendUnavailable as e:
-            rows.append(("libnccl", f"not loadable: {str(e).split('; ')[0]}"))
-    return rows
+            out["libnccl"] = {"version": None, "path": None, "error": str(e)}
+    return out
+
+
+def _summary(module) -> str:
+    """A module's first docstring paragraph, as one line: a subcommand's --help description."""
+    return " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
 
 
 def _cmd_bench(args) -> int:
@@ -64,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(fn=_cmd_info)
 
     demo = sub.add_parser("demo", help="the main job: DDP training uncompressed, with TopK + EF21 and TopK alone",
-                          description=(demo_module.__doc__ or "").strip().splitlines()[0])
+                          description=_summary(demo_module))
     demo_module.add_arguments(demo)
     demo.set_defaults(fn=demo_module.main)
 
@@ -78,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                                ("ddp", bench_ddp, "efcomm's DDP hook against DDP, PowerSGD and fp16 hooks in training"),
                                ("faults", bench_faults, "fault-injection campaign: hangs, crashes, stragglers, slow links"),
                                ("plan", bench_plan, "traffic planning: optimality against the bound, completion time, planner speed")):
-        b = which.add_parser(name, help=text, description=(module.__doc__ or "").strip().splitlines()[0],
+        b = which.add_parser(name, help=text, description=_summary(module),
                              epilog="exit status: 0 done, 1 a target missed (with --check), 2 bad input")
         module.add_arguments(b)
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)

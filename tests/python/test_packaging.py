@@ -73,7 +73,14 @@ def test_info_json_has_build_info_keys():
     assert info["version"] == ef.__version__
     assert isinstance(info["cuda"], bool) and isinstance(info["nccl"], bool)
     assert info["mpi"] is None or isinstance(info["mpi"], str)
-    assert info == ef.build_info()
+    # The build, and what the text output adds: the machine's GPUs and libnccl, the compressors.
+    assert {k: info[k] for k in ef.build_info()} == ef.build_info()
+    assert info["compressors"] == sorted(info["compressors"]) and "topk" in info["compressors"]
+    if info["cuda"]:
+        assert set(info["gpu"]) == {"available", "device_count", "reason"}
+    if info["nccl"]:
+        n = info["libnccl"]
+        assert (n["version"] is None) == (n["error"] is not None) and (n["version"] or "2.").startswith("2.")
 
 
 def test_cmake_root_entry_point_names_the_package():
