@@ -169,7 +169,10 @@ TEST(Comm, LateRankSeesTheTimeoutToo) {
 
 TEST(Comm, WaitTimeoutAbortsTheCollective) {
   runRanks(2, [](Backend& b) {
-    if (b.rank() == 1) return;
+    if (b.rank() == 1) {  // alive, elsewhere, past rank 0's wait (a rank that returns is named at once)
+      std::this_thread::sleep_for(std::chrono::milliseconds(500));
+      return;
+    }
     auto w = b.barrier(60.0);
     EXPECT_FALSE(w->completed());
     try {
@@ -181,6 +184,22 @@ TEST(Comm, WaitTimeoutAbortsTheCollective) {
     EXPECT_TRUE(w->completed());
     EXPECT_THROW(w->wait(), CollectiveTimeout);  // the stored error, every time
   });
+}
+
+TEST(Comm, ARankThatReturnedIsNamedAtOnce) {
+  const auto t0 = std::chrono::steady_clock::now();
+  runRanks(3, [](Backend& b) {
+    b.barrier()->wait();
+    if (b.rank() == 2) return;
+    try {
+      b.barrier(60.0)->wait();
+      ADD_FAILURE() << "rank " << b.rank() << ": the barrier completed without rank 2";
+    } catch (const CollectiveTimeout& e) {
+      EXPECT_EQ(e.culprits(), std::vector<int>{2}) << e.what();
+      EXPECT_NE(std::string(e.what()).find("rank(s) 2 finished without calling it"), std::string::npos) << e.what();
+    }
+  });
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 30.0);
 }
 
 TEST(Comm, MismatchedCollectivesFailOnEveryRank) {
