@@ -9,6 +9,7 @@ Every blocking native call releases the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Optional, Sequence
@@ -567,16 +568,20 @@ class Reducer:
     def allreduce_coalesced(self, xs, *, key: str) -> list:
         """Reduces a list of tensors fused into buckets of at most ``bucket_bytes`` (bucket j has
         key ``f"{key}#{j}"``); returns the results in order. The same list on every rank."""
-        xs = list(xs)
+        def as_list():
+            if isinstance(xs, (str, bytes)) or not hasattr(xs, "__iter__"):
+                raise InvalidArgument(f"Reducer.allreduce_coalesced: xs must be a list of arrays, got "
+                                      f"{type(xs).__name__}")
+            return list(xs)
+
+        xs = self._checked(key, "allreduce_coalesced", as_list, bucket="#0")
         if self._device:
             args = self._checked(key, "allreduce_coalesced",
                                  lambda: [self._device_args(x, "allreduce_coalesced") for x in xs], bucket="#0")
-            if args:
-                with _device_ctx(args[0][0]):
-                    self._impl.allreduce_coalesced_device([a[0] for a in args], [a[1] for a in args], key,
-                                                          args[0][2])
+            with _device_ctx(args[0][0]) if args else contextlib.nullcontext():
+                self._impl.allreduce_coalesced_device([a[0] for a in args], [a[1] for a in args], key,
+                                                      args[0][2] if args else 0)
             return [a[1] for a in args]
-        self._checked(key, "allreduce_coalesced", bucket="#0")
         outs = self._impl.allreduce_coalesced([_host(x) for x in xs], key)
         return [_like(o, x) for o, x in zip(outs, xs)]
 

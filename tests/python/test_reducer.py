@@ -151,6 +151,29 @@ def test_arguments_rejected_before_the_call_still_release_the_others(bad):
     assert after0 == after1 and time.monotonic() - t0 < 10
 
 
+@pytest.mark.parametrize("mine", [
+    [np.ones(8, np.float32), np.ones(8, np.float32)],   # two buckets against one
+    [],                                                  # no call at all, before
+    np.float32(1.0),                                     # not a list
+], ids=["more-buckets", "empty", "not-a-list"])
+def test_coalesced_lists_that_differ_fail_on_every_rank_at_once(mine):
+    # Rank 0 reduces one bucket, rank 1 another list: both fail at the coalesced call (the
+    # number of buckets is part of each bucket's agreement), and the next call pairs correctly.
+    def fn(comm):
+        red = ef.Reducer(comm, "identity", "none", algorithm="allgather", bucket_bytes=32)
+        try:
+            red.allreduce_coalesced([np.ones(8, np.float32)] if comm.rank == 0 else mine, key="g")
+            got = None
+        except ef.Error as e:
+            got = type(e)
+        return got, red.allreduce(np.full(4, comm.rank + 1.0, np.float32), key="w")[0]
+
+    t0 = time.monotonic()
+    (e0, after0), (e1, after1) = ef.testing.run_ranks(2, fn, timeout=30.0)
+    assert e0 is ef.MismatchError and e1 in (ef.MismatchError, ef.InvalidArgument)
+    assert after0 == after1 == 1.5 and time.monotonic() - t0 < 10
+
+
 def test_a_rank_that_finished_is_named_at_once():
     # Rank 1 returns after one call; rank 0's second call waits for it: it fails at once naming
     # rank 1 (not rank 0 at the run's timeout).

@@ -140,8 +140,9 @@ class Reducer {
 
   /// Reduces many tensors (float32/float64; outs[i] like xs[i], may alias) fused into buckets
   /// of at most `bucketBytes` (consecutive tensors of one dtype); bucket j is reduced as key
-  /// "<key>#<j>" with its own state. The same list on every rank, every call. On a device
-  /// reducer the tensors are device arrays, fused in device memory on `stream`.
+  /// "<key>#<j>" with its own state. The same non-empty list on every rank, every call: lists that
+  /// differ (in their number of buckets too) raise `MismatchError` on every rank at the first
+  /// bucket. On a device reducer the tensors are device arrays, fused in device memory on `stream`.
   void allreduceCoalesced(const std::vector<ConstTensorView>& xs, const std::vector<TensorView>& outs,
                           const std::string& key, cuda::Stream stream = nullptr);
 
@@ -185,9 +186,7 @@ class Reducer {
   // Runs a call on the caller's thread, or behind the queued calls while the worker thread runs.
   void runInOrder(const std::shared_ptr<Job>& job);
   std::shared_ptr<Work> enqueue(const std::shared_ptr<Job>& job);
-  // `rejected`: the error of a call made by reject() (no views; the agreement reports it).
-  void reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key, cuda::Stream stream,
-                 const std::string& rejected = {});
+  void reduceNow(const Job& job);
   void drain() const;  // waits until the worker thread has run every queued call
   std::string chooseAlgorithm(const ConstTensorView& x);
   comm::SlotSetup setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const;

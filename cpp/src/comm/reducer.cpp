@@ -39,6 +39,7 @@ struct Reducer::Job final : Work {
   std::string key;
   cuda::Stream stream;
   std::string rejected;  // a call made by Reducer::reject
+  uint64_t buckets = 0;  // a bucket of an allreduceCoalesced call of this many buckets (0: none)
   mutable std::mutex mutex;
   std::condition_variable done;
   bool finished = false;
@@ -108,9 +109,10 @@ Header readHeader(const ByteBlocks& blocks, size_t rank) {
   return h;
 }
 
-std::string describe(const Header& h, const std::string& key) {
+// keyHash: what this rank's header carries for `key` (hashString(key), salted in coalesced calls).
+std::string describe(const Header& h, const std::string& key, uint64_t keyHash) {
   std::ostringstream os;
-  if (h[kKeyHash] == hashString(key)) {
+  if (h[kKeyHash] == keyHash) {
     os << "key '" << key << "'";
   } else {
     os << "key hash 0x" << std::hex << h[kKeyHash] << std::dec;
@@ -255,7 +257,7 @@ void Reducer::runInOrder(const std::shared_ptr<Job>& job) {
   if (queued) {
     enqueue(job)->wait();
   } else {
-    reduceNow(job->x, job->out, job->key, job->stream, job->rejected);
+    reduceNow(*job);
   }
 }
 
@@ -280,7 +282,7 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
   if (level && *level < MpiThreadLevel::kSerialized) {
     std::exception_ptr error;
     try {
-      reduceNow(job->x, job->out, job->key, job->stream, job->rejected);
+      reduceNow(*job);
     } catch (...) {
       error = std::current_exception();
     }
@@ -300,7 +302,7 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
         lock.unlock();
         std::exception_ptr error;
         try {
-          reduceNow(j->x, j->out, j->key, j->stream, j->rejected);
+          reduceNow(*j);
         } catch (...) {
           error = std::current_exception();
         }
@@ -340,19 +342,36 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       std::memcpy(dst, src, n);
     }
   };
-  size_t bucket = 0;
-  for (size_t first = 0; first < xs.size(); ++bucket) {
-    // A bucket: consecutive tensors of one dtype up to bucketBytes (at least one tensor).
-    const std::string bucketKey = key + "#" + std::to_string(bucket);
-    size_t last = first, bytes = 0;
-    while (last < xs.size() && xs[last].dtype == xs[first].dtype &&
-           (last == first || bytes + xs[last].nbytes() <= options_.bucketBytes)) {
-      // A bad tensor fails its bucket's call on every rank (reject), not this rank alone.
-      if (!(outs[last].dtype == xs[last].dtype && outs[last].numel() == xs[last].numel()))
-        reject(bucketKey, detail::concat("Reducer.allreduce_coalesced(key '", key, "'): output ", last,
-                                         " is not like input ", last));
+  if (xs.empty())  // the others (a non-empty list) must not wait for a call that never comes
+    reject(key + "#0", detail::concat("Reducer.allreduce_coalesced(key '", key, "'): the list is empty"));
+  // The buckets: consecutive tensors of one dtype up to bucketBytes (at least one tensor each).
+  std::vector<size_t> ends;
+  for (size_t first = 0, last = 0; first < xs.size(); first = last) {
+    size_t bytes = 0;
+    for (last = first; last < xs.size() && xs[last].dtype == xs[first].dtype &&
+                       (last == first || bytes + xs[last].nbytes() <= options_.bucketBytes);
+         ++last)
       bytes += xs[last].nbytes();
-      ++last;
+    ends.push_back(last);
+  }
+  // Every bucket's agreement carries the number of buckets (Job::buckets): ranks whose lists
+  // make different numbers of buckets disagree at the first one, instead of pairing one rank's
+  // later buckets with another's next calls.
+  const auto reduceBucket = [&](const ConstTensorView& x, const TensorView& out, const std::string& bucketKey) {
+    auto job = std::make_shared<Job>(x, out, bucketKey, stream);
+    job->buckets = ends.size();
+    runInOrder(job);
+  };
+  for (size_t bucket = 0, first = 0; bucket < ends.size(); first = ends[bucket++]) {
+    const std::string bucketKey = key + "#" + std::to_string(bucket);
+    const size_t last = ends[bucket];
+    size_t bytes = 0;
+    for (size_t i = first; i < last; ++i) {
+      // A bad tensor fails its bucket's call on every rank (reject), not this rank alone.
+      if (!(outs[i].dtype == xs[i].dtype && outs[i].numel() == xs[i].numel()))
+        reject(bucketKey, detail::concat("Reducer.allreduce_coalesced(key '", key, "'): output ", i,
+                                         " is not like input ", i));
+      bytes += xs[i].nbytes();
     }
     const DType dtype = xs[first].dtype;
     if (dtype != DType::kFloat32 && dtype != DType::kFloat64)
@@ -365,7 +384,7 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       for (size_t i = first; i < last; ++i)
         if (xs[i].numel() > 0 && !(cuda::isDevicePointer(xs[i].data, device_->device()) &&
                                    cuda::isDevicePointer(outs[i].data, device_->device())))
-          allreduce(xs[i], outs[i], bucketKey, stream);
+          reduceBucket(xs[i], outs[i], bucketKey);
     }
     uint8_t* p;
     if (onDevice()) {
@@ -380,15 +399,18 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       copyBytes(p + at, xs[i].data, xs[i].nbytes());
     }
     const std::vector<int64_t> shape{static_cast<int64_t>(bytes / itemSize(dtype))};
-    allreduce(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, bucketKey, stream);
+    reduceBucket(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, bucketKey);
     for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i) copyBytes(outs[i].data, p + at, outs[i].nbytes());
     if (onDevice()) cuda::synchronize(stream);  // the fused buffer is reused, then freed
-    first = last;
   }
 }
 
-void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const std::string& key,
-                        cuda::Stream stream, const std::string& rejected) {
+void Reducer::reduceNow(const Job& job) {
+  const ConstTensorView& x = job.x;
+  const TensorView& out = job.out;
+  const std::string& key = job.key;
+  const cuda::Stream stream = job.stream;
+  const std::string& rejected = job.rejected;
   // The collectives of this call carry its key and algorithm in a health monitor's record; later
   // ones (the application's own) carry none.
   struct Unlabel {
@@ -403,7 +425,10 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
                                     existing ? existing->dtype : DType::kFloat32, onDevice() ? device_->device() : -1);
 
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
-  const std::vector<uint8_t> header = encodeHeader(hashString(key), calls_, specHash_, argError.empty(), x);
+  const uint64_t keyHash =
+      job.buckets ? hashString(key) ^ hashString("allreduce_coalesced buckets " + std::to_string(job.buckets))
+                  : hashString(key);
+  const std::vector<uint8_t> header = encodeHeader(keyHash, calls_, specHash_, argError.empty(), x);
   ByteBlocks headers;
   const auto t0 = comm::Clock::now();
   backend_->label(key, existing ? existing->algorithm : options_.algorithm);
@@ -438,8 +463,11 @@ void Reducer::reduceNow(const ConstTensorView& x, const TensorView& out, const s
                               " uses another compressor, feedback, algorithm or weights than rank ", rank(), " (",
                               compressorSpec_, ", ", feedbackSpec_, ", ", options_.algorithm, ")"));
     if (h != mine)
-      mismatch(detail::concat("Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key), ", rank ",
-                              rank(), " has ", describe(mine, key)));
+      mismatch(detail::concat("Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key, keyHash),
+                              ", rank ", rank(), " has ", describe(mine, key, keyHash),
+                              job.buckets ? detail::concat(" in bucket ", key, " of an allreduce_coalesced call of ",
+                                                           job.buckets, " buckets (the ranks' lists must be alike)")
+                                          : std::string()));
   }
 
   auto it = slots_.find(key);
