@@ -31,9 +31,16 @@ on its way into the all_gather buffer and the message sizes. The checkpoint form
 on CPUs and GPUs.
 
 A rank whose vector to compress is not finite takes no part in that round (its estimate stays,
-as an absent worker under partial participation); the round completes on every rank, then every
-rank raises ``ef.NonFiniteError`` naming it, so the step can be skipped everywhere.
+as an absent worker under partial participation); the round completes on every rank (the others'
+estimates move as usual), and the bucket's compressed gradients become NaN on every rank, as
+DDP's own allreduce of a NaN leaves them: ``torch.amp.GradScaler`` (or a ``torch.isfinite``
+check) skips the step, and training goes on. ``stats["nonfinite_rounds"]`` counts such rounds, and
+a ``RuntimeWarning`` names the ranks. (The hook does not raise: an exception from a comm hook
+leaves DDP's reducer unusable.)
 """
+
+import hashlib
+import warnings
 
 import numpy as np
 import torch
@@ -42,7 +49,7 @@ import torch.distributed as dist
 from . import _core
 from . import feedback as _feedback
 from .compressors import Message, _cuda_stream, _device_ctx
-from .errors import InvalidArgument, NonFiniteError
+from .errors import InvalidArgument, MismatchError, NonFiniteError
 
 __all__ = ["DDPHookState", "ddp_hook"]
 
@@ -115,7 +122,8 @@ class DDPHookState:
 
     ``stats``: ``bytes_sent`` / ``bytes_received`` by this rank through the hook (gathered
     messages as sent, padding and size exchange included; an uncompressed allreduce counted as a
-    ring allreduce's 2 (n-1)/n of its bytes), ``calls`` (buckets), ``compressed_calls``.
+    ring allreduce's 2 (n-1)/n of its bytes), ``calls`` (buckets), ``compressed_calls``,
+    ``nonfinite_rounds`` (compressed buckets a rank's non-finite gradient turned to NaN).
     Save it with ``torch.save(state.state_dict(), path)`` (or ``torch.save(state, path)``) and
     restore with ``load_state_dict``: training resumes bit-identically.
     """
@@ -137,9 +145,10 @@ class DDPHookState:
         self.start_iter = start_iter
         self.min_compress_numel = min_compress_numel
         self.iter = 0
-        self.stats = {"bytes_sent": 0, "bytes_received": 0, "calls": 0, "compressed_calls": 0}
+        self.stats = {"bytes_sent": 0, "bytes_received": 0, "calls": 0, "compressed_calls": 0, "nonfinite_rounds": 0}
         self._slots: dict = {}
         self._order: dict = {}  # id(parameter) -> its place in the first iteration seen
+        self._agreed = False  # the ranks' configurations compared (at this process's first bucket)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -170,6 +179,7 @@ class DDPHookState:
         self.start_iter = int(state["start_iter"])
         self.min_compress_numel = int(state["min_compress_numel"])
         self.iter = int(state["iter"])
+        self._agreed = False  # compared again: every rank must have loaded its checkpoint
         self.stats = dict(state["stats"])
 
     def __getstate__(self):  # torch.save(state): the process group does not pickle
@@ -210,14 +220,13 @@ class DDPHookState:
         ``small`` by the mean over ranks."""
         n = self._world()
         slots = [self._slot(key, g.numel()) for key, g in keyed]
-        payloads, sizes, error = [], [], None
+        payloads, sizes = [], []
         for slot, (_, g) in zip(slots, keyed):
             try:
                 msg = slot.worker.step(_vector(g), step=slot.step)
                 payloads.append(np.frombuffer(msg, dtype=np.uint8))
                 sizes.append(len(payloads[-1]))
-            except NonFiniteError as e:
-                error = error or e
+            except NonFiniteError:
                 sizes.append(_FAILED)
             slot.step += 1
         device = keyed[0][1].device
@@ -267,13 +276,18 @@ class DDPHookState:
                 messages.append(part if on_device else Message.from_bytes(part))
                 offsets[r] += size
             grad.copy_(slot.update(messages).view_as(grad))
-        if failed:
-            if error is not None:
-                raise error
-            raise NonFiniteError(f"efcomm DDP hook (bucket with {len(keyed)} compressed parameters): rank "
-                                 f"{min(failed)} has non-finite gradients and skipped this round; skip this step "
-                                 "on every rank")
         self.stats["compressed_calls"] += 1
+        if failed:
+            # Raising here would leave DDP's reducer mid-bucket (every later forward fails), so the
+            # round completes and the bucket's gradients become NaN on every rank, as DDP's own
+            # allreduce leaves them: GradScaler (or an isfinite check) skips the step.
+            for _, grad in keyed:
+                grad.fill_(float("nan"))
+            self.stats["nonfinite_rounds"] = self.stats.get("nonfinite_rounds", 0) + 1
+            warnings.warn(f"efcomm DDP hook: rank(s) {sorted(failed)} had non-finite gradients in a bucket of "
+                          f"{len(keyed)} compressed parameters and sat the round out (their error-feedback "
+                          "estimates stay); its gradients are NaN on every rank: skip this step", RuntimeWarning,
+                          stacklevel=2)
 
     def _places(self, bucket) -> list:
         """Per parameter of the bucket, its place in the first iteration this process saw (DDP's
@@ -281,11 +295,34 @@ class DDPHookState:
         key that do not depend on DDP's bucket layout."""
         return [(self._order.setdefault(id(p), len(self._order)), p.shape) for p in bucket.parameters()]
 
+    def _agree(self, device) -> None:
+        """The ranks' hooks must be configured alike: unlike ones pair different collectives (a
+        silent divergence, or gloo aborting the process). One allreduce (max) of a hash of the
+        configuration and its negation at a process's first bucket; MismatchError on every rank
+        when they differ."""
+        n = self._world()
+        config = repr((self.compressor, self.feedback, self.start_iter, self.min_compress_numel, self.iter))
+        h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact
+        t = torch.tensor([h, -h], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.process_group)
+        ring = 2 * (n - 1) * t.numel() * t.element_size() // n
+        self.stats["bytes_sent"] += ring
+        self.stats["bytes_received"] += ring
+        self._agreed = True
+        if t[0].item() != -t[1].item():
+            raise MismatchError(f"efcomm DDP hook: the ranks' hooks differ in compressor, feedback, start_iter, "
+                                f"min_compress_numel or iteration (this rank: {self.compressor}, {self.feedback}, "
+                                f"start_iter={self.start_iter}, min_compress_numel={self.min_compress_numel}, "
+                                f"iteration {self.iter}); configure every rank alike (and load every rank's "
+                                "checkpoint)")
+
     def _bucket(self, bucket) -> torch.Tensor:
         buf = bucket.buffer()
         places = self._places(bucket)
         self.stats["calls"] += 1
         n = self._world()
+        if not self._agreed and n > 1:
+            self._agree(buf.device)
         warm = self.iter < self.start_iter or n == 1
         last_warm = self.iter == self.start_iter - 1 and n > 1
         if bucket.is_last():

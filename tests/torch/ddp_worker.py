@@ -109,10 +109,31 @@ def scenario_result(rank, scenario, out):
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100)
             ddp.register_comm_hook(state, hook)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
             x, y = batches[0]
             if rank == 1:
                 x = x.clone()
                 x[0, 0] = float("nan")
+            import warnings
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            result["warnings"] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+            # The step is skipped (its gradients are NaN on every rank); training goes on.
+            result["grads_finite"] = [bool(torch.isfinite(p.grad).all()) for p in model.parameters()]
+            opt.zero_grad()
+            result["losses"] = train(ddp, opt, batches[1:], 2)
+            result["params"] = params(model)
+            result["stats"] = state.stats
+        elif scenario == "config_mismatch":
+            # Rank 1's hook uses another feedback method: every rank raises MismatchError at the
+            # first bucket, before any gradient travels.
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21" if rank == 0 else "ef14", start_iter=0,
+                                            min_compress_numel=100)
+            ddp.register_comm_hook(state, hook)
+            x, y = batches[0]
             try:
                 torch.nn.functional.cross_entropy(ddp(x), y).backward()
                 result["error"] = None
