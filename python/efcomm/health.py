@@ -16,6 +16,8 @@ Example (every rank)::
 from __future__ import annotations
 
 import json
+import numbers
+import os
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -41,6 +43,21 @@ class Anomaly:
     time: float
 
 
+def _option(value, name: str, kind):
+    """A Monitor option as `kind` (float or int), or InvalidArgument naming it."""
+    ok = numbers.Real if kind is float else numbers.Integral
+    if isinstance(value, bool) or not isinstance(value, ok):
+        raise InvalidArgument(f"health.Monitor: {name} must be {'a number' if kind is float else 'an int'}, "
+                              f"got {value!r}")
+    return kind(value)
+
+
+def _path(value, what: str) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not os.fspath(value):
+        raise InvalidArgument(f"{what}: expected a non-empty path, got {value!r}")
+    return os.fspath(value)
+
+
 class Monitor:
     """Records and watches every collective of ``comm`` from now on, the collectives of Reducers
     built on ``comm`` after it included (build the Monitor first). Collective: every rank of
@@ -63,14 +80,23 @@ class Monitor:
                  address: Optional[str] = None):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"health.Monitor: expected an ef.Communicator, got {type(comm).__name__}")
+        seconds = [_option(v, n, float) for v, n in ((timeout_floor, "timeout_floor"), (timeout_factor, "timeout_factor"),
+                                                     (heartbeat_interval, "heartbeat_interval"),
+                                                     (heartbeat_timeout, "heartbeat_timeout"))]
+        counts = [_option(v, n, int) for v, n in ((capacity, "capacity"), (window, "window"))]
+        if counts[0] < 1:  # the native side takes an unsigned count
+            raise InvalidArgument(f"health.Monitor: capacity must be >= 1, got {capacity!r}")
+        if address is not None and not isinstance(address, str):
+            raise InvalidArgument(f"health.Monitor: address must be a str of IPv4 addresses, got {address!r}")
         if dump_dir is not None:
-            import os
-
-            os.makedirs(dump_dir, exist_ok=True)
+            dump_dir = _path(dump_dir, "health.Monitor: dump_dir")
+            try:
+                os.makedirs(dump_dir, exist_ok=True)
+            except OSError as e:
+                raise InvalidArgument(f"health.Monitor: cannot create dump_dir {dump_dir!r} ({e.strerror}); name a "
+                                      "writable directory") from None
         self._comm = comm
-        self._impl = _core._Monitor(comm._backend, float(timeout_floor), float(timeout_factor),
-                                    float(heartbeat_interval), float(heartbeat_timeout), int(capacity),
-                                    int(window), dump_dir or "", address or "")
+        self._impl = _core._Monitor(comm._backend, *seconds, *counts, dump_dir or "", address or "")
         self._unwatched = comm._backend
         comm._backend = self._impl.backend
 
@@ -85,7 +111,7 @@ class Monitor:
     def dump(self, path: str) -> None:
         """Writes this rank's flight record to ``path`` as JSON (format ``efcomm-flight-record``,
         version 1; docs/reliability.md describes the fields)."""
-        self._impl.dump(str(path))
+        self._impl.dump(_path(path, "Monitor.dump"))
 
     def close(self) -> None:
         """Says goodbye to the coordinator (leaving is not a crash), stops the control plane and

@@ -128,6 +128,17 @@ def test_bad_options_are_rejected():
             ef.health.Monitor(comm, heartbeat_interval=1.0, heartbeat_timeout=1.0)
         with pytest.raises(ef.InvalidArgument, match="Communicator"):
             ef.health.Monitor("not a communicator")
+        # Types and bounds: typed errors, never a pybind TypeError or an allocation of a huge window.
+        for options, match in ((dict(window=10 ** 9), "window must be in"), (dict(capacity=2 ** 40), "capacity"),
+                               (dict(capacity=-1), "capacity"), (dict(timeout_floor="x"), "timeout_floor"),
+                               (dict(timeout_floor=None), "timeout_floor"), (dict(capacity="x"), "capacity"),
+                               (dict(dump_dir=""), "dump_dir"), (dict(dump_dir=5), "dump_dir"),
+                               (dict(dump_dir=__file__), "cannot create dump_dir")):
+            with pytest.raises(ef.InvalidArgument, match=match):
+                ef.health.Monitor(comm, **options)
+        with ef.health.Monitor(comm) as mon:
+            with pytest.raises(ef.InvalidArgument, match="Monitor.dump"):
+                mon.dump(None)
 
     ef.testing.run_ranks(1, body)
 

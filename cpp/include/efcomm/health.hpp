@@ -23,6 +23,11 @@
 
 namespace efcomm::health {
 
+/// The largest `MonitorOptions::capacity` and `window` (memory: the slow-link statistics keep
+/// ranks^2 x window times).
+constexpr size_t kMaxCapacity = size_t{1} << 22;
+constexpr int kMaxWindow = 1000;
+
 /// Settings of a `Monitor`. Times in seconds.
 struct MonitorOptions {
   /// A collective some ranks have reached is overdue after max(timeoutFloor, timeoutFactor x the
@@ -33,9 +38,10 @@ struct MonitorOptions {
   double heartbeatInterval = 0.2;
   /// ...and a rank (or the coordinator) silent this long is declared stopped (a hang).
   double heartbeatTimeout = 2.0;
-  /// Collectives kept by the flight recorder (a ring: the oldest are dropped).
+  /// Collectives kept by the flight recorder (a ring: the oldest are dropped); at most
+  /// kMaxCapacity.
   size_t capacity = 4096;
-  /// Collectives the straggler and slow-link statistics look back over.
+  /// Collectives the straggler and slow-link statistics look back over; in [3, kMaxWindow].
   int window = 20;
   /// Where dumps go on a failed collective and on SIGUSR1 (`efcomm-flight-rank<R>.json`); empty:
   /// no automatic dumps (`Monitor::dumpJson` still works).

@@ -534,8 +534,11 @@ Monitor::Monitor(std::shared_ptr<Backend> inner, MonitorOptions options) {
                    std::isfinite(options.heartbeatTimeout),
                "health.Monitor: need heartbeat_interval > 0 and heartbeat_timeout > 2 x heartbeat_interval, got ",
                options.heartbeatInterval, " and ", options.heartbeatTimeout);
-  EFCOMM_CHECK(options.capacity >= 1, "health.Monitor: capacity must be >= 1");
-  EFCOMM_CHECK(options.window >= 3, "health.Monitor: window must be >= 3 collectives, got ", options.window);
+  // Upper bounds: the ring holds `capacity` records, the link statistics n^2 x `window` times.
+  EFCOMM_CHECK(options.capacity >= 1 && options.capacity <= kMaxCapacity, "health.Monitor: capacity must be in [1, ",
+               kMaxCapacity, "] collectives, got ", options.capacity);
+  EFCOMM_CHECK(options.window >= 3 && options.window <= kMaxWindow, "health.Monitor: window must be in [3, ",
+               kMaxWindow, "] collectives, got ", options.window);
   impl_ = std::make_shared<MonitorImpl>(std::move(inner), std::move(options));
   impl_->start(kMonitorConnectTimeout);
   if (!impl_->options().dumpDir.empty()) SignalDumper::get().add(impl_);
