@@ -10,6 +10,7 @@ Every blocking native call releases the GIL.
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 import sys
 from typing import Optional, Sequence
@@ -21,6 +22,15 @@ from .errors import BackendUnavailable, InvalidArgument
 __all__ = ["Communicator", "NcclCommunicator", "Reducer", "Work"]
 
 _ALGORITHMS = ("allgather", "reduce_scatter", "allreduce", "auto")
+
+
+def _timeout(value, what: str) -> Optional[float]:
+    """A timeout argument: None (the default), or seconds > 0 as a float."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise InvalidArgument(f"{what}: timeout must be None or seconds > 0, got {value!r}")
+    return float(value)
 
 
 class Communicator:
@@ -60,7 +70,7 @@ class Communicator:
         except OSError:  # no /proc (macOS): the core looks for an already loaded libmpi.so.12
             pass
         handle = comm.handle if hasattr(comm, "handle") else MPI._handleof(comm)
-        return cls(_core._mpi_backend(int(handle), library, None if timeout is None else float(timeout)))
+        return cls(_core._mpi_backend(int(handle), library, _timeout(timeout, "Communicator.mpi")))
 
     @classmethod
     def nccl(cls, comm=None, *, process_group=None, device=None,
@@ -83,8 +93,7 @@ class Communicator:
         if comm is not None and process_group is not None:
             raise InvalidArgument("Communicator.nccl: give comm (mpi4py) or process_group (torch.distributed), "
                                   "not both")
-        if timeout is not None and not (float(timeout) > 0):
-            raise InvalidArgument(f"Communicator.nccl: timeout must be > 0 seconds, got {timeout!r}")
+        timeout = _timeout(timeout, "Communicator.nccl")
         if not _core._nccl_built():
             # The same build everywhere: every rank fails alike, without talking to the others.
             raise BackendUnavailable(f"Communicator.nccl: {_nccl_problem('')}")
@@ -125,7 +134,7 @@ class Communicator:
         if payload[0] != "id":
             raise BackendUnavailable(f"Communicator.nccl: rank 0 could not make NCCL's unique id: {payload[1]}")
         native = _core._NcclCommunicator(exchange.rank, exchange.size, payload[1], dev,
-                                         None if timeout is None else float(timeout), library)
+                                         timeout, library)
         return NcclCommunicator(native)
 
     @property
@@ -138,7 +147,7 @@ class Communicator:
 
     def barrier(self, timeout: Optional[float] = None) -> None:
         """Returns once every rank has entered the barrier."""
-        self._backend.barrier(timeout)
+        self._backend.barrier(_timeout(timeout, "Communicator.barrier"))
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
@@ -308,7 +317,7 @@ class NcclWork:
         self._result = result
 
     def wait(self, timeout: Optional[float] = None):
-        self._native.wait(timeout)
+        self._native.wait(_timeout(timeout, "Work.wait"))
         return self._result
 
     def is_completed(self) -> bool:
@@ -373,12 +382,13 @@ class NcclCommunicator(Communicator):
 
     def barrier(self, timeout: Optional[float] = None) -> None:
         """Returns once every rank has reached the barrier (on the current stream)."""
-        self._nccl.barrier(self._stream(), None if timeout is None else float(timeout)).wait(None)
+        self._nccl.barrier(self._stream(), _timeout(timeout, "NcclCommunicator.barrier")).wait(None)
 
     def allreduce(self, x, *, timeout: Optional[float] = None, async_op: bool = False):
         """In place: x becomes the elementwise sum over ranks (float32/64, float16, bfloat16).
         Returns x (or an NcclWork whose wait returns x)."""
         a = self._check(x, "allreduce")
+        timeout = _timeout(timeout, "NcclCommunicator.allreduce")
         with _device_ctx(a):
             w = self._nccl.allreduce_sum(a, _dtype_name(a), self._stream(a), timeout)
         return self._run(w, x, async_op)
@@ -386,6 +396,7 @@ class NcclCommunicator(Communicator):
     def broadcast(self, x, root: int = 0, *, timeout: Optional[float] = None, async_op: bool = False):
         """In place: x on every rank becomes rank ``root``'s x (any dtype). Returns x."""
         a = self._check(x, "broadcast")
+        timeout = _timeout(timeout, "NcclCommunicator.broadcast")
         with _device_ctx(a):
             w = self._nccl.broadcast(a, int(root), self._stream(a), timeout)
         return self._run(w, x, async_op)
@@ -395,6 +406,7 @@ class NcclCommunicator(Communicator):
         ``size`` 1-d arrays of x's dtype and library, views of one new device buffer, entry i
         from rank i. Exchanges the sizes first (one small collective), then moves the data."""
         x = self._check(x, "allgatherv")
+        timeout = _timeout(timeout, "NcclCommunicator.allgatherv")
         with _device_ctx(x):
             stream = self._stream(x)
             sizes = self._nccl.exchange_sizes(_nbytes(x), stream, timeout)
@@ -443,7 +455,7 @@ class Work:
         self._x = x
 
     def wait(self, timeout: Optional[float] = None):
-        out = self._native.wait(timeout)
+        out = self._native.wait(_timeout(timeout, "Work.wait"))
         return out if self._x is None else _like(out, self._x)
 
     def is_completed(self) -> bool:

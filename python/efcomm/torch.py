@@ -160,6 +160,13 @@ class DDPHookState:
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict() of a hook with the same compressor and feedback."""
+        if not isinstance(state, dict):
+            raise InvalidArgument(f"DDPHookState.load_state_dict: expected a dict, got {type(state).__name__}")
+        missing = [k for k in ("compressor", "feedback", "world", "start_iter", "min_compress_numel", "iter", "stats",
+                               "slots") if k not in state]
+        if missing:
+            raise InvalidArgument(f"DDPHookState.load_state_dict: not a hook state (no {', '.join(missing)}); "
+                                  "pass what DDPHookState.state_dict() returned")
         for name in ("compressor", "feedback"):
             if state.get(name) != getattr(self, name):
                 raise InvalidArgument(f"DDPHookState.load_state_dict: saved {name} {state.get(name)!r}, "
