@@ -226,8 +226,11 @@ def load_dump(path: str) -> Dump:
         where = f"anomalies[{i}]"
         if not isinstance(a, dict) or not isinstance(a.get("ranks", []), list):
             raise DumpError(f"{path}: {where} should be an object with a list of ranks")
+        ranks = [_int(x, f"{where}.ranks", path) for x in a.get("ranks", [])]
+        if any(x >= size for x in ranks):
+            raise DumpError(f"{path}: {where} names rank {max(ranks)} of a job of {size}")
         dump.anomalies.append({"kind": _str(_field(a, "kind", where, path), f"{where}.kind", path),
-                               "ranks": [_int(x, f"{where}.ranks", path) for x in a.get("ranks", [])],
+                               "ranks": ranks,
                                "seq": _int(a.get("seq", 0), f"{where}.seq", path),
                                "detail": _str(a.get("detail", ""), f"{where}.detail", path) or "",
                                "time": _num(a.get("time"), f"{where}.time", path)})

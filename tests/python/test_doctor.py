@@ -250,6 +250,16 @@ def test_bad_input_exits_2(capsys, tmp_path):
     assert main(["doctor", str(tmp_path / "nosuch")]) == 2
 
 
+def test_anomaly_naming_a_rank_outside_the_job_is_bad_input(capsys, tmp_path):
+    make_dumps(tmp_path)
+    f = tmp_path / "efcomm-flight-rank0.json"
+    d = json.loads(f.read_text())
+    d["anomalies"] = [{"kind": "crash", "ranks": [99], "seq": 3, "detail": "", "time": T0}]
+    f.write_text(json.dumps(d))
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    assert "names rank 99 of a job of 4" in capsys.readouterr().err
+
+
 def test_sizes_disagree_are_reported(capsys, tmp_path):
     make_dumps(tmp_path)
     f = tmp_path / "efcomm-flight-rank3.json"
