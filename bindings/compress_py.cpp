@@ -14,8 +14,10 @@ namespace efcomm::py_bind {
 
 namespace {
 
-Message messageFromBuffer(py::buffer b) {
-  py::buffer_info info = b.request();
+Message messageFromBuffer(const py::object& o) {
+  EFCOMM_CHECK(PyObject_CheckBuffer(o.ptr()), "Message.from_bytes: expected bytes, bytearray, memoryview or a uint8 ",
+               "array, got ", std::string(py::str(py::type::of(o).attr("__name__"))));
+  py::buffer_info info = py::reinterpret_borrow<py::buffer>(o).request();
   EFCOMM_CHECK_MSG(info.ndim <= 1 || info.itemsize == 1, "Message.from_bytes: expected a 1-d byte buffer");
   // The bytes are read in memory order: a strided view (reversed, transposed) would be read out
   // of order or past its end.

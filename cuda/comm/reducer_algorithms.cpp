@@ -77,7 +77,7 @@ class DeviceAggregate {
   DeviceAggregate(const std::string& spec, int n, const std::vector<double>& weights, std::vector<int64_t> shape,
                   DType dtype)
       : host_(spec, n, weights, {0}, dtype),
-        additive_(feedback::parseConfig(spec).additive()),
+        additive_(host_.additive()),
         shape_(std::move(shape)),
         dtype_(dtype),
         g_(ConstTensorView{nullptr, dtype, shape_}.nbytes()) {
@@ -202,7 +202,7 @@ class DevicePair : public Algorithm {
  private:
   void build(std::unique_ptr<cuda::DeviceFeedback>& worker, std::unique_ptr<DeviceAggregate>& aggregate) const {
     cuda::DeviceGuard guard(s_.device->device());
-    worker = std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor);
+    worker = std::make_unique<cuda::DeviceFeedback>(s_.worker, s_.compressor);
     aggregate = std::make_unique<DeviceAggregate>(s_.feedback, workers_, weights_, s_.shape, s_.dtype);
   }
 
@@ -380,7 +380,7 @@ class DeviceReduceScatter final : public Algorithm {
     cuda::DeviceGuard guard(s_.device->device());
     const std::string mirror = plain() ? "none" : "ef21";
     for (int c = 0; c < s_.n; ++c) {
-      p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.feedback, s_.compressor));
+      p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.worker, s_.compressor));
       p.mirrors.push_back(std::make_unique<DeviceAggregate>(mirror, 1, std::vector<double>{1.0},
                                                             std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }

@@ -472,10 +472,12 @@ class Reducer:
     (PowerSGD's ``allreduce`` algorithm is host-only). All ranks call it with the same
     keys, shapes and dtypes in the same order; a disagreement raises MismatchError on every rank.
     ``weights`` (one per rank) default to 1/size each: with ``identity`` and ``none`` the result
-    is the mean.
+    is the mean. With ``feedback="ef21w"`` they are EF21-W's w_i: rank i's worker gets
+    weight=weights[i] and n=size (so the spec names neither), and the result is still the mean of
+    the ranks' estimates.
 
-    ``algorithm``: ``allgather``, ``reduce_scatter``, ``allreduce`` (identity and RandK, whose
-    payloads add) or ``auto`` (per key at its first call, the cheapest under an alpha-beta model
+    ``algorithm``: ``allgather``, ``reduce_scatter``, ``allreduce`` (compressors whose payloads
+    add: identity, cast, shared-seed RandK, PowerSGD's factors) or ``auto`` (per key at its first call, the cheapest under an alpha-beta model
     of the links measured by that call; the choice is in ``stats[key]["algorithm"]``).
     ``bucket_bytes``: the largest fused bucket of :meth:`allreduce_coalesced`.
     """

@@ -14,6 +14,10 @@ from .errors import CollectiveTimeout, InvalidArgument
 __all__ = ["run_ranks"]
 
 
+#: The most ranks run_ranks runs (each is a thread of this process).
+MAX_RANKS = 1024
+
+
 def run_ranks(n: int, fn: Callable[[Communicator], Any], timeout: float = 60.0) -> List[Any]:
     """Runs ``fn(comm)`` for every rank of a fresh in-process group of n ranks, each on its own
     thread, and returns fn's return values in rank order.
@@ -23,10 +27,10 @@ def run_ranks(n: int, fn: Callable[[Communicator], Any], timeout: float = 60.0) 
     instead of waiting, and the first exception raised is re-raised here; a collective that waits
     for a rank whose ``fn`` has returned fails at once too, naming that rank.
     """
-    if not isinstance(n, int) or n < 1:
-        raise InvalidArgument(f"run_ranks: n must be a positive int, got {n!r}")
-    if not timeout > 0:
-        raise InvalidArgument(f"run_ranks: timeout must be > 0, got {timeout!r}")
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_RANKS:
+        raise InvalidArgument(f"run_ranks: n must be an int in [1, {MAX_RANKS}] (a thread per rank), got {n!r}")
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+        raise InvalidArgument(f"run_ranks: timeout must be a number of seconds > 0, got {timeout!r}")
     group = _core._InProcessGroup(n, float(timeout))
     results: List[Any] = [None] * n
     errors: List[tuple] = []  # (rank, exception), in the order raised

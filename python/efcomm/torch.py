@@ -40,7 +40,9 @@ leaves DDP's reducer unusable.)
 """
 
 import hashlib
+import re
 import warnings
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -67,9 +69,15 @@ class _Slot:
     does the mirror's estimate (``device_g``, authoritative once set; ``aggregate`` then keeps
     the spec, weights and checkpoint format, and its own estimate is stale)."""
 
-    def __init__(self, feedback: str, compressor: str, n: int, numel: int):
-        self.worker = _feedback.make(feedback, compressor)
-        self.aggregate = _feedback.Aggregate(feedback, n, dim=numel)
+    def __init__(self, feedback: str, compressor: str, n: int, numel: int, weights: Optional[list] = None,
+                 rank: int = 0):
+        if weights is None:  # every method but ef21w
+            self.worker = _feedback.make(feedback, compressor)
+            self.aggregate = _feedback.Aggregate(feedback, n, dim=numel)
+        else:  # ef21w: this rank's worker scales by 1 / (n w_rank), the mirror weighs by w_i
+            init = feedback.split(":", 1)[1]
+            self.worker = _feedback.make(f"ef21w:weight={weights[rank]!r},n={n},{init}", compressor)
+            self.aggregate = _feedback.Aggregate(feedback, n, weights=weights, dim=numel)
         self.numel = numel
         self.step = 0
         self.device_g = None
@@ -124,23 +132,31 @@ class DDPHookState:
     messages as sent, padding and size exchange included; an uncompressed allreduce counted as a
     ring allreduce's 2 (n-1)/n of its bytes), ``calls`` (buckets), ``compressed_calls``,
     ``nonfinite_rounds`` (compressed buckets a rank's non-finite gradient turned to NaN).
-    Save it with ``torch.save(state.state_dict(), path)`` (or ``torch.save(state, path)``) and
-    restore with ``load_state_dict``: training resumes bit-identically.
+    Save it with ``torch.save(state.state_dict(), path)`` and restore with
+    ``state.load_state_dict(torch.load(path))``: training resumes bit-identically. The dict holds
+    only strings, numbers and CPU tensors, so ``torch.load``'s default ``weights_only=True`` reads
+    it; ``torch.save(state, path)`` pickles the object itself, which needs
+    ``torch.load(path, weights_only=False)``.
     """
 
     def __init__(self, compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
-                 start_iter: int = 10, min_compress_numel: int = 1024):
+                 start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None):
         compressor = getattr(compressor, "spec", compressor)
         feedback = getattr(feedback, "spec", feedback)
         if not isinstance(compressor, str) or not isinstance(feedback, str):
             raise InvalidArgument("ddp_hook: compressor and feedback must be spec strings")
-        probe = _feedback.make(feedback, compressor)  # validates both specs now, not at the first bucket
+        self.weights = _ef21w_weights(feedback, weights)
+        if self.weights is not None:  # the method and init are common; each rank's weight comes from weights
+            feedback = _feedback.Aggregate(feedback, 1, weights=[1.0], dim=0).spec
+            probe = _feedback.make(f"ef21w:weight=1,n=1,{feedback.split(':', 1)[1]}", compressor)
+        else:
+            probe = _feedback.make(feedback, compressor)  # validates both specs now, not at the first bucket
         if not isinstance(start_iter, int) or start_iter < 0:
             raise InvalidArgument(f"ddp_hook: start_iter must be an int >= 0, got {start_iter!r}")
         if not isinstance(min_compress_numel, int) or min_compress_numel < 0:
             raise InvalidArgument(f"ddp_hook: min_compress_numel must be an int >= 0, got {min_compress_numel!r}")
         self.compressor = probe.compressor.spec
-        self.feedback = probe.spec
+        self.feedback = feedback if self.weights is not None else probe.spec
         self.process_group = process_group
         self.start_iter = start_iter
         self.min_compress_numel = min_compress_numel
@@ -149,14 +165,16 @@ class DDPHookState:
         self._slots: dict = {}
         self._order: dict = {}  # id(parameter) -> its place in the first iteration seen
         self._agreed = False  # the ranks' configurations compared (at this process's first bucket)
+        self._saved_rank = 0  # the rank a loaded state was saved by (this process's, outside a process group)
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"compressor": self.compressor, "feedback": self.feedback, "world": self._world(),
+        return {"compressor": self.compressor, "feedback": self.feedback, "weights": self.weights,
+                "world": self._world(), "rank": self._rank(),
                 "start_iter": self.start_iter,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
-                "slots": {key: {"numel": s.numel, "step": s.step, "worker": s.worker.state_dict(),
-                                "aggregate": s.aggregate_state()} for key, s in self._slots.items()}}
+                "slots": {key: {"numel": s.numel, "step": s.step, "worker": _torch_state(s.worker.state_dict()),
+                                "aggregate": _torch_state(s.aggregate_state())} for key, s in self._slots.items()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Restores a state_dict() of a hook with the same compressor and feedback."""
@@ -167,7 +185,7 @@ class DDPHookState:
         if missing:
             raise InvalidArgument(f"DDPHookState.load_state_dict: not a hook state (no {', '.join(missing)}); "
                                   "pass what DDPHookState.state_dict() returned")
-        for name in ("compressor", "feedback"):
+        for name in ("compressor", "feedback", "weights"):
             if state.get(name) != getattr(self, name):
                 raise InvalidArgument(f"DDPHookState.load_state_dict: saved {name} {state.get(name)!r}, "
                                       f"this hook uses {getattr(self, name)!r}")
@@ -175,9 +193,14 @@ class DDPHookState:
         if dist.is_initialized() and n != self._world():
             raise InvalidArgument(f"DDPHookState.load_state_dict: saved by {n} ranks, the process group has "
                                   f"{self._world()}")
+        rank = int(state.get("rank", 0))
+        if dist.is_initialized() and rank != self._rank():
+            raise InvalidArgument(f"DDPHookState.load_state_dict: saved by rank {rank}, this is rank {self._rank()}: "
+                                  "each rank loads the state it saved (its error feedback is its own)")
+        self._saved_rank = rank
         slots = {}
         for key, saved in state["slots"].items():
-            slot = _Slot(self.feedback, self.compressor, n, int(saved["numel"]))
+            slot = self._new_slot(n, int(saved["numel"]))
             slot.worker.load_state_dict(saved["worker"])
             slot.aggregate.load_state_dict(saved["aggregate"])
             slot.step = int(saved["step"])
@@ -193,7 +216,8 @@ class DDPHookState:
         return self.state_dict()
 
     def __setstate__(self, state):
-        self.__init__(state["compressor"], state["feedback"], None, state["start_iter"], state["min_compress_numel"])
+        self.__init__(state["compressor"], state["feedback"], None, state["start_iter"], state["min_compress_numel"],
+                      state.get("weights"))
         self.load_state_dict(state)
 
     def __repr__(self) -> str:
@@ -203,6 +227,9 @@ class DDPHookState:
     # ---- the hook's work -----------------------------------------------------------------------
     def _world(self) -> int:
         return dist.get_world_size(self.process_group) if dist.is_initialized() else 1
+
+    def _rank(self) -> int:
+        return dist.get_rank(self.process_group) if dist.is_initialized() else self._saved_rank
 
     def _allreduce_sum(self, flat: torch.Tensor) -> torch.Tensor:
         n = self._world()
@@ -218,8 +245,16 @@ class DDPHookState:
     def _slot(self, key: str, numel: int) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = _Slot(self.feedback, self.compressor, self._world(), numel)
+            slot = self._slots[key] = self._new_slot(self._world(), numel)
         return slot
+
+    def _new_slot(self, n: int, numel: int) -> _Slot:
+        if self.weights is None:
+            return _Slot(self.feedback, self.compressor, n, numel)
+        if self.weights and len(self.weights) != n:
+            raise InvalidArgument(f"ddp_hook: {len(self.weights)} ef21w weights for a process group of {n} ranks; "
+                                  "pass one weight per rank")
+        return _Slot(self.feedback, self.compressor, n, numel, self.weights or [1.0 / n] * n, self._rank())
 
     def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
@@ -308,7 +343,8 @@ class DDPHookState:
         configuration and its negation at a process's first bucket; MismatchError on every rank
         when they differ."""
         n = self._world()
-        config = repr((self.compressor, self.feedback, self.start_iter, self.min_compress_numel, self.iter))
+        config = repr((self.compressor, self.feedback, self.weights, self.start_iter, self.min_compress_numel,
+                       self.iter))
         h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact
         t = torch.tensor([h, -h], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.process_group)
@@ -317,7 +353,7 @@ class DDPHookState:
         self.stats["bytes_received"] += ring
         self._agreed = True
         if t[0].item() != -t[1].item():
-            raise MismatchError(f"efcomm DDP hook: the ranks' hooks differ in compressor, feedback, start_iter, "
+            raise MismatchError(f"efcomm DDP hook: the ranks' hooks differ in compressor, feedback, weights, start_iter, "
                                 f"min_compress_numel or iteration (this rank: {self.compressor}, {self.feedback}, "
                                 f"start_iter={self.start_iter}, min_compress_numel={self.min_compress_numel}, "
                                 f"iteration {self.iter}); configure every rank alike (and load every rank's "
@@ -365,6 +401,12 @@ class DDPHookState:
             slot.start_mirror(mean)
 
 
+def _torch_state(state: dict) -> dict:
+    """An ef.feedback state dict with its numpy arrays as CPU tensors (torch.load's default
+    weights_only=True refuses numpy arrays; load_state_dict takes either)."""
+    return dict(state, tensors={k: torch.from_numpy(v) for k, v in state["tensors"].items()})
+
+
 def _vector(t: torch.Tensor):
     """t as the flat float32 vector a worker steps on (a view where t already is one): a CUDA
     tensor stays in device memory (the GPU kernels take it as is), a host tensor becomes the
@@ -393,12 +435,38 @@ def _hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.futures.Future[
 
 
 def ddp_hook(compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
-             start_iter: int = 10, min_compress_numel: int = 1024):
+             start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None):
     """Returns ``(state, hook)`` for ``DistributedDataParallel.register_comm_hook(state, hook)``.
 
     ``compressor`` / ``feedback``: efcomm specs. ``process_group``: the DDP model's group (None:
     the default group). ``start_iter``: iterations averaged uncompressed first (DDP rebuilds its
     buckets after the first one). ``min_compress_numel``: parameters smaller than this, and 1-d
-    ones, are averaged uncompressed.
+    ones, are averaged uncompressed. ``weights``: with ``feedback="ef21w"``, EF21-W's w_i, one per
+    rank (default 1/n each): rank i's worker gets weight=weights[i] and n=the group's size, and
+    the gradients are still the mean.
     """
-    return DDPHookState(compressor, feedback, process_group, start_iter, min_compress_numel), _hook
+    return DDPHookState(compressor, feedback, process_group, start_iter, min_compress_numel, weights), _hook
+
+
+def _ef21w_weights(feedback: str, weights) -> Optional[list]:
+    """For ``ef21w``: its weights as floats ([] for 1/n each, n being the group's size at the first
+    compressed bucket); None for the other methods. InvalidArgument for weights with another
+    method, for weight/n in an ef21w spec, or for weights that are not EF21-W's."""
+    method = feedback.split(":", 1)[0].strip()
+    if method != "ef21w":
+        if weights is not None:
+            raise InvalidArgument(f"ddp_hook: weights are EF21-W's (feedback='ef21w'); {method!r} averages the "
+                                  "ranks' gradients")
+        return None
+    if re.search(r"[:,]\s*(weight|n)\s*=", feedback):
+        raise InvalidArgument(f"ddp_hook: {feedback!r} gives a weight or n; pass feedback='ef21w' and "
+                              "weights=[w_0, ..., w_{n-1}] (one per rank): the hook gives each rank's worker its own")
+    if weights is None:
+        return []
+    try:
+        out = [float(w) for w in weights]
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"ddp_hook: weights must be a sequence of numbers, got {weights!r}") from None
+    if not out or not all(0 < w <= 1 for w in out):
+        raise InvalidArgument(f"ddp_hook: EF21-W's weights must be in (0, 1], one per rank, got {weights!r}")
+    return out

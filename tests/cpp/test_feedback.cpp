@@ -140,6 +140,10 @@ TEST(Feedback, Errors) {
   auto other = makeFeedback("ef21:init=compressed", comp("topk:k=1"));
   EXPECT_THROW(other->loadStateDict(fb->stateDict()), MismatchError);
   EXPECT_EQ(makeFeedback(fb->spec(), comp("topk:k=1"))->spec(), fb->spec());
+  // EF21-W's receiver needs the workers' weights (1/n would not undo their 1 / (n w_i)).
+  EXPECT_THROW(Aggregate("ef21w", 2, {}, {4}, DType::kFloat32), InvalidArgument);
+  EXPECT_THROW(Aggregate("ef21w:weight=0.5,n=3", 2, {0.5, 0.5}, {4}, DType::kFloat32), InvalidArgument);
+  EXPECT_EQ(Aggregate("ef21w", 2, {0.25, 0.75}, {4}, DType::kFloat32).spec(), "ef21w:init=full");
 }
 
 TEST(Aggregate, MirrorsEF21AndBroadcast) {

@@ -187,6 +187,9 @@ def test_message_from_bytes_rejects_non_bytes_buffers():
         ef.Message.from_bytes(np.frombuffer(raw + b"\0" * 4, np.uint32))  # 4-byte items
     with pytest.raises(ef.Error):
         ef.Message.from_bytes(np.frombuffer(raw * 2, np.uint8)[::2])  # non-contiguous
+    for bad in ("abc", None, 3):  # not buffers: InvalidArgument naming the type, not pybind's TypeError
+        with pytest.raises(ef.InvalidArgument, match=type(bad).__name__):
+            ef.Message.from_bytes(bad)
 
 
 # ----------------------------------------------------------------------------------------------

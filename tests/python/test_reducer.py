@@ -239,6 +239,15 @@ def test_async_coalesced_and_auto():
         assert all(a.tobytes() == b.tobytes() for a, b in zip(fused, res[0][1]))
 
 
+def test_run_ranks_arguments():
+    for n in (0, True, 2.0, ef.testing.MAX_RANKS + 1):
+        with pytest.raises(ef.InvalidArgument, match="n must be"):
+            ef.testing.run_ranks(n, lambda comm: None)
+    for timeout in ("x", None, 0, -1.0):
+        with pytest.raises(ef.InvalidArgument, match="timeout"):
+            ef.testing.run_ranks(2, lambda comm: None, timeout=timeout)
+
+
 def test_bad_algorithms():
     def fn(comm):
         with pytest.raises(ef.InvalidArgument, match="payloads add"):
@@ -248,3 +257,48 @@ def test_bad_algorithms():
         assert ef.Reducer(comm, algorithm="auto").algorithm == "auto"
 
     ef.testing.run_ranks(1, fn)
+
+
+W3 = [0.2, 0.3, 0.5]
+
+
+@pytest.mark.parametrize("algorithm", ["allgather", "reduce_scatter"])
+def test_ef21w_gives_each_rank_its_weight(algorithm):
+    # EF21-W through the Reducer: rank i's worker is EF21W(weight=W[i], n=3), the aggregate
+    # sum_i W[i] g_i. allgather equals the bare objects bit for bit; both algorithms are bit-identical
+    # on every rank, and with the identity compressor the result is the mean.
+    def fn(comm, compressor):
+        r = ef.Reducer(comm, compressor, "ef21w", algorithm=algorithm, weights=W3)
+        assert r.feedback == "ef21w:init=full"
+        return [r.allreduce(_grad(comm.rank, s), key="w") for s in range(4)]
+
+    res = ef.testing.run_ranks(3, lambda comm: fn(comm, "topk:k=20"))
+    for r in (1, 2):
+        for a, b in zip(res[0], res[r]):
+            assert a.tobytes() == b.tobytes()
+    if algorithm == "allgather":
+        workers = [ef.feedback.EF21W("topk:k=20", weight=W3[i], n=3) for i in range(3)]
+        agg = ef.feedback.Aggregate("ef21w", 3, weights=W3, dim=37 * 5, dtype="float32")
+        for s in range(4):
+            want = agg.update([w.step(_grad(i, s), step=s) for i, w in enumerate(workers)])
+            assert res[0][s].reshape(-1).tobytes() == want.tobytes()
+    for outs in ef.testing.run_ranks(3, lambda comm: fn(comm, "identity")):
+        for s, out in enumerate(outs):
+            mean = np.mean([_grad(i, s).astype(np.float64) for i in range(3)], axis=0)
+            np.testing.assert_allclose(out, mean, rtol=1e-5, atol=1e-6)
+
+
+def test_ef21w_weights_must_agree_with_the_spec():
+    def fn(comm):
+        ok = ef.Reducer(comm, "topk:k=2", f"ef21w:weight={W3[comm.rank]},n=3", weights=W3)  # the same: accepted
+        assert ok.feedback == "ef21w:init=full"
+        with pytest.raises(ef.InvalidArgument, match="weights"):
+            ef.Reducer(comm, "topk:k=2", "ef21w:weight=0.9,n=3", weights=W3)
+        return ef.Reducer(comm, "topk:k=2", "ef21w").allreduce(np.ones(8, np.float32), key="u")  # 1/n each
+
+    for out in ef.testing.run_ranks(3, fn):
+        np.testing.assert_allclose(out, np.ones(8), rtol=1e-6)  # init=full: the first round is the mean
+    with pytest.raises(ef.InvalidArgument, match="weights"):
+        ef.feedback.Aggregate("ef21w", 3, dim=4)
+    with pytest.raises(ef.InvalidArgument, match="n=4"):
+        ef.feedback.Aggregate("ef21w:weight=0.25,n=4", 3, weights=W3, dim=4)

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import efcomm as ef
 from helpers import has_module
 
 pytestmark = pytest.mark.skipif(not has_module("torch"), reason="torch is not installed (pip install torch)")
@@ -51,6 +52,28 @@ def test_topk_ef21_trains_identically_on_every_rank(tmp_path, scenario):
     assert stats["compressed_calls"] > 0 and stats["bytes_sent"] > 0
     state = res[0]["state"]  # the hook state pickles (torch.save) and keeps its slots
     assert state.state_dict()["slots"] and state.iter == 6
+
+
+def test_ef21w_with_topk_trains_as_ef21(tmp_path):
+    # Each rank's worker gets its own weight (0.25, 0.75) from weights=; TopK is positively
+    # homogeneous, so EF21-W's iterates are EF21's (docs/algorithms.md) up to rounding.
+    import torch
+
+    w = _run("topk_ef21w", tmp_path)
+    plain = _run("topk", tmp_path)
+    assert torch.equal(w[0]["params"], w[1]["params"])
+    torch.testing.assert_close(w[0]["params"], plain[0]["params"], rtol=1e-4, atol=1e-5)
+    assert w[0]["state"].feedback == "ef21w:init=full" and w[0]["state"].weights == [0.25, 0.75]
+    assert w[0]["stats"]["compressed_calls"] > 0
+
+
+def test_hook_ef21w_arguments():
+    with pytest.raises(ef.InvalidArgument, match="weights="):
+        ef.torch.ddp_hook("topk:ratio=0.05", "ef21w:weight=0.5,n=2")
+    with pytest.raises(ef.InvalidArgument, match="EF21-W"):
+        ef.torch.ddp_hook("topk:ratio=0.05", "ef21", weights=[0.5, 0.5])
+    with pytest.raises(ef.InvalidArgument, match=r"\(0, 1\]"):
+        ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", weights=[0.5, 1.5])
 
 
 def test_compression_sends_fewer_bytes(tmp_path):

@@ -74,11 +74,15 @@ def scenario_result(rank, scenario, out):
                 result["stats"] = state.stats
             train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
             result["params"] = params(model)
-        elif scenario in ("topk", "topk_bf16", "topk_accumulate"):
+        elif scenario in ("topk", "topk_bf16", "topk_accumulate", "topk_ef21w"):
             dtype = torch.bfloat16 if scenario == "topk_bf16" else torch.float32
             model, batches = model_and_data(rank, dtype)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100)
+            if scenario == "topk_ef21w":  # EF21-W, rank i weighted 1/4, 3/4 (n = 2)
+                state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", start_iter=2, min_compress_numel=100,
+                                                weights=[0.25, 0.75])
+            else:
+                state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100)
             ddp.register_comm_hook(state, hook)
             result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS,
                                      accumulate=3 if scenario == "topk_accumulate" else 1)
@@ -97,7 +101,7 @@ def scenario_result(rank, scenario, out):
                 train(ddp, opt, batches, 3)
                 torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "hook": state.state_dict()}, ckpt)
             else:
-                saved = torch.load(ckpt, weights_only=False)
+                saved = torch.load(ckpt)  # weights_only=True, torch's default: plain data and tensors
                 model.load_state_dict(saved["model"])
                 opt.load_state_dict(saved["opt"])
                 state.load_state_dict(saved["hook"])

@@ -100,8 +100,9 @@ class Aggregate {
  public:
   /// spec: a feedback spec (its parameters are checked, only the method matters here; ef21w
   /// needs no weight and n: pass the w_i as `weights`).
-  /// weights: empty for 1/n each, else n finite values. Throws `InvalidArgument` for a bad
-  /// spec, n < 1, wrong weights, or a dtype other than float32/float64.
+  /// weights: empty for 1/n each (not for ef21w: its workers' w_i are required), else n finite
+  /// values. Throws `InvalidArgument` for a bad spec, n < 1, wrong or missing weights, or a
+  /// dtype other than float32/float64.
   Aggregate(const std::string& spec, int n, std::vector<double> weights, std::vector<int64_t> shape,
             DType dtype, std::shared_ptr<Compressor> broadcast = nullptr);
 

@@ -46,6 +46,7 @@
 #include <vector>
 
 #include "efcomm/comm.hpp"
+#include "efcomm/compressor.hpp"
 #include "efcomm/cuda.hpp"
 #include "efcomm/device_comm.hpp"
 #include "efcomm/state.hpp"
@@ -89,7 +90,9 @@ struct LinkModel {
 struct ReducerOptions {
   /// "allgather", "reduce_scatter", "allreduce" or "auto".
   std::string algorithm = "auto";
-  /// Empty for 1/n each (the mean), else one finite value per rank.
+  /// Empty for 1/n each (the mean), else one finite value per rank. With `ef21w` feedback they
+  /// are the EF21-W weights w_i: rank i's worker is made with weight=weights[i] and n=size (the
+  /// feedback spec then gives neither, or the same).
   std::vector<double> weights;
   /// `allreduceCoalesced` fuses consecutive tensors into buckets of at most this many input
   /// bytes (a larger tensor is a bucket of its own). > 0.
@@ -189,11 +192,14 @@ class Reducer {
   void reduceNow(const Job& job);
   void drain() const;  // waits until the worker thread has run every queued call
   std::string chooseAlgorithm(const ConstTensorView& x);
+  // ef21w: this rank's worker spec from options_.weights (filled with 1/n when empty).
+  void weighWorker(const std::string& spec, const std::shared_ptr<Compressor>& compressor);
   comm::SlotSetup setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const;
 
   std::shared_ptr<DeviceBackend> device_;  // null on the host
   std::shared_ptr<Backend> backend_;       // the host bytes (a device reducer: device_->host())
-  std::string compressorSpec_, feedbackSpec_;
+  std::string compressorSpec_, feedbackSpec_;  // feedbackSpec_: what every rank has in common
+  std::string workerSpec_;                      // this rank's worker (ef21w: its weight and n)
   ReducerOptions options_;
   uint64_t specHash_;
   uint64_t calls_ = 0;  // header agreements performed: the call number every rank must agree on

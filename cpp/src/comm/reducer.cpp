@@ -15,6 +15,7 @@
 #include "comm/backend.hpp"
 #include "comm/reducer_algorithms.hpp"
 #include "common/bytes.hpp"
+#include "common/spec.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
@@ -193,7 +194,8 @@ Reducer::Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec, s
   EFCOMM_CHECK(backend_ != nullptr, "Reducer: null backend");
   std::shared_ptr<Compressor> c = makeCompressor(compressorSpec);
   compressorSpec_ = c->spec();
-  feedbackSpec_ = makeFeedback(feedbackSpec, c)->spec();
+  const bool ef21w = feedback::parseConfig(feedbackSpec, /*receiver=*/true).name == "ef21w";
+  if (!ef21w) workerSpec_ = feedbackSpec_ = makeFeedback(feedbackSpec, c)->spec();
   const std::string& alg = options_.algorithm;
   EFCOMM_CHECK(alg == "allgather" || alg == "reduce_scatter" || alg == "allreduce" || alg == "auto",
                "Reducer: unknown algorithm '", alg, "'; expected allgather, reduce_scatter, allreduce or auto");
@@ -203,6 +205,7 @@ Reducer::Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec, s
   }
   EFCOMM_CHECK(options_.weights.empty() || options_.weights.size() == static_cast<size_t>(backend_->size()),
                "Reducer: ", options_.weights.size(), " weights for ", backend_->size(), " ranks");
+  if (ef21w) weighWorker(feedbackSpec, c);
   Aggregate check(feedbackSpec_, backend_->size(), options_.weights, {0}, DType::kFloat32);  // validates weights
   EFCOMM_CHECK(options_.bucketBytes > 0, "Reducer: bucketBytes must be > 0");
   if (options_.link) {
@@ -213,6 +216,26 @@ Reducer::Reducer(std::shared_ptr<Backend> backend, std::string compressorSpec, s
   }
   specHash_ = hashString(compressorSpec_ + "|" + feedbackSpec_ + "|" + alg);
   specHash_ = fnv1a(options_.weights.data(), options_.weights.size() * sizeof(double), specHash_);
+}
+
+void Reducer::weighWorker(const std::string& spec, const std::shared_ptr<Compressor>& compressor) {
+  // EF21-W (docs/algorithms.md): worker i sends C(v / (n w_i) - g_i) and the receiver sums
+  // w_i g_i, so a rank's worker needs its own weight: weights[rank] (1/n each by default) and n the
+  // communicator's size. Only the method and init are common to all ranks (hashed, saved).
+  const int n = size();
+  if (options_.weights.empty()) options_.weights.assign(static_cast<size_t>(n), 1.0 / n);
+  const double w = options_.weights[static_cast<size_t>(rank())];
+  const feedback::Config given = feedback::parseConfig(spec, /*receiver=*/true);
+  const std::string init = given.initFull ? "full" : "compressed";
+  if (given.weighted) {
+    EFCOMM_CHECK(given.n == n && std::abs(given.weight - w) <= 1e-12 * w, "Reducer: '", spec, "' gives weight ",
+                 given.weight, " and n ", given.n, ", but rank ", rank(), " of ", n, " has weights[", rank(), "] = ", w,
+                 "; pass 'ef21w:init=", init, "' and weights=[...]: the Reducer gives each rank's worker its weight");
+  }
+  workerSpec_ = makeFeedback("ef21w:weight=" + formatDouble(w) + ",n=" + std::to_string(n) + ",init=" + init,
+                             compressor)
+                    ->spec();
+  feedbackSpec_ = "ef21w:init=" + init;
 }
 
 Reducer::~Reducer() {
@@ -490,7 +513,7 @@ void Reducer::reduceNow(const Job& job) {
 }
 
 comm::SlotSetup Reducer::setupFor(const std::string& key, const std::vector<int64_t>& shape, DType dtype) const {
-  return {compressorSpec_, feedbackSpec_, options_.weights, rank(), size(), shape, dtype,
+  return {compressorSpec_, feedbackSpec_, workerSpec_, options_.weights, rank(), size(), shape, dtype,
           "Reducer.allreduce(key '" + key + "')", device_.get()};
 }
 

@@ -97,7 +97,7 @@ class AllgatherAlgorithm final : public Algorithm {
  public:
   explicit AllgatherAlgorithm(const SlotSetup& s)
       : s_(s),
-        worker_(makeFeedback(s.feedback, makeCompressor(s.compressor))),
+        worker_(makeFeedback(s.worker, makeCompressor(s.compressor))),
         aggregate_(s.feedback, s.n, s.weights, s.shape, s.dtype) {}
 
   void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
@@ -136,7 +136,7 @@ class AllgatherAlgorithm final : public Algorithm {
   StateDict stateDict() const override { return pairState(*worker_, aggregate_); }
 
   void loadStateDict(const StateDict& state) override {
-    loadPair(state, makeFeedback(s_.feedback, makeCompressor(s_.compressor)),
+    loadPair(state, makeFeedback(s_.worker, makeCompressor(s_.compressor)),
              Aggregate(s_.feedback, s_.n, s_.weights, s_.shape, s_.dtype), worker_, aggregate_);
   }
 
@@ -277,7 +277,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
              std::unique_ptr<Compressor>& ownerCompressor, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
     const bool plain = s_.feedback == "none";  // canonical spec: "none" has no parameters
     for (int c = 0; c < s_.n; ++c) {
-      workers.push_back(makeFeedback(s_.feedback, makeCompressor(s_.compressor)));
+      workers.push_back(makeFeedback(s_.worker, makeCompressor(s_.compressor)));
       mirrors.push_back(std::make_unique<Aggregate>(plain ? "none" : "ef21", 1, std::vector<double>{1.0},
                                                     std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }
@@ -388,7 +388,7 @@ class AllreduceAlgorithm final : public Algorithm {
       compress::setPowerSgdRounds(*c, {[this](std::vector<double>& p, bool finite) { sumFactor(p, finite); },
                                        [this](const std::vector<double>& p) { sharedP_ = p; }});
     }
-    return makeFeedback(s_.feedback, c);
+    return makeFeedback(s_.worker, c);
   }
 
   // PowerSGD's P round: the weighted sum of the P_i, with one flag per rank for a non-finite P

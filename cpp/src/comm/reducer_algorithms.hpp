@@ -23,7 +23,8 @@ namespace efcomm::comm {
 
 /// What a key's algorithm is built from.
 struct SlotSetup {
-  std::string compressor, feedback;  // canonical specs
+  std::string compressor, feedback;  // canonical specs; `feedback` is the ranks' common (receiver) spec
+  std::string worker;                // this rank's worker feedback spec (ef21w: with its weight and n)
   std::vector<double> weights;       // empty: 1/n each
   int rank = 0, n = 1;
   std::vector<int64_t> shape;

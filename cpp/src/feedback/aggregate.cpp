@@ -15,6 +15,11 @@ Aggregate::Aggregate(const std::string& spec, int n, std::vector<double> weights
   spec_ = cfg.canonical;
   additive_ = cfg.additive();
   EFCOMM_CHECK(n_ >= 1, "Aggregate: n must be >= 1, got ", n_);
+  // EF21-W's workers send v / (n w_i): only their own weights make the sum a mean.
+  EFCOMM_CHECK(cfg.name != "ef21w" || !weights_.empty(), "Aggregate: ef21w needs weights=[w_1, ..., w_n], the weight ",
+               "each worker's EF21-W was made with (its workers scale by 1 / (n w_i); 1/n each would be wrong)");
+  EFCOMM_CHECK(!cfg.weighted || cfg.n == n_, "Aggregate: spec '", spec, "' is for n=", cfg.n, " workers, the aggregate has ",
+               n_);
   if (weights_.empty()) weights_.assign(static_cast<size_t>(n_), 1.0 / n_);
   EFCOMM_CHECK(weights_.size() == static_cast<size_t>(n_), "Aggregate: ", weights_.size(), " weights for ", n_,
                " workers");

@@ -41,6 +41,7 @@ Config parseConfig(const std::string& spec, bool receiver) {
     EFCOMM_CHECK(*n >= 1, "ef21w: n must be >= 1, got ", *n);
     c.weight = *w;
     c.n = *n;
+    c.weighted = true;
     c.canonical = "ef21w:weight=" + formatDouble(*w) + ",n=" + std::to_string(*n) + init;
   } else if (c.name == "ef21sgdm") {
     c.momentum = p.getDouble("momentum").value_or(0.1);

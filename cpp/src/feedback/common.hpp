@@ -19,6 +19,7 @@ struct Config {
   bool initFull = true;   // EF21 family, EControl
   double weight = 1;      // ef21w: w_i
   int64_t n = 1;          // ef21w: number of workers
+  bool weighted = false;  // ef21w: weight and n given (optional in a receiver's spec)
   double momentum = 1;    // ef21sgdm: eta
   double eta = 0;         // econtrol: eta
   /// The EF21 family and EControl accumulate g += sum w_i decoded at the receiver.
