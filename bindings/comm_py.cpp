@@ -123,6 +123,7 @@ void initComm(py::module_& m) {
            }),
            py::arg("backend"), py::arg("compressor"), py::arg("feedback"), py::arg("algorithm"), py::arg("weights"),
            py::arg("bucket_bytes"))
+      .def("rebind", &Reducer::rebind, py::arg("backend"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("on_device", &Reducer::onDevice)
       .def_property_readonly("rank", &Reducer::rank)
       .def_property_readonly("size", &Reducer::size)

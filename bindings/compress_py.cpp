@@ -86,9 +86,12 @@ void initCompress(py::module_& m) {
       .def_property_readonly("randomized", &Compressor::randomized)
       .def("alpha", [](const Compressor& c, int64_t d) { return c.alpha(checkedDim(d, "alpha")); }, py::arg("d"))
       .def("omega", [](const Compressor& c, int64_t d) { return c.omega(checkedDim(d, "omega")); }, py::arg("d"))
-      .def("wire_bytes", [](const Compressor& c, int64_t d, const std::string& dtype) {
-        return c.wireBytes(checkedDim(d, "wire_bytes"), parseDType(dtype));
-      }, py::arg("d"), py::arg("dtype") = "float32")
+      .def("wire_bytes", [](const Compressor& c, const std::vector<int64_t>& shape, const std::string& dtype) {
+        EFCOMM_CHECK(static_cast<int>(shape.size()) <= kMaxDims, "wire_bytes: at most ", kMaxDims,
+                     " dimensions, got ", shape.size());
+        shapeNumel(shape);  // negative or too many elements: InvalidArgument
+        return c.wireBytes(shape, parseDType(dtype));
+      }, py::arg("shape"), py::arg("dtype") = "float32")
       .def("compress", [](Compressor& c, py::handle x, std::optional<uint64_t> step) {
         TensorArg t = tensorArg(x, false, (c.name() + ".compress").c_str());
         py::gil_scoped_release nogil;

@@ -13,6 +13,7 @@ import contextlib
 import numbers
 import os
 import sys
+import weakref
 from typing import Optional, Sequence
 
 from . import _core
@@ -40,6 +41,7 @@ class Communicator:
         if not isinstance(backend, _core._Backend):
             raise InvalidArgument(f"Communicator: expected a native backend, got {type(backend).__name__}")
         self._backend = backend
+        self._reducers = weakref.WeakSet()  # the host Reducers on it: a health.Monitor rebinds them
 
     @classmethod
     def mpi(cls, comm=None, timeout: Optional[float] = None) -> "Communicator":
@@ -501,6 +503,8 @@ class Reducer:
         self._device = isinstance(comm, NcclCommunicator)
         self._impl = _core._Reducer(comm._nccl if self._device else comm._backend, compressor, feedback, algorithm,
                                     [] if weights is None else [float(w) for w in weights], bucket_bytes)
+        if not self._device:
+            comm._reducers.add(self)
 
     @property
     def comm(self) -> Communicator:

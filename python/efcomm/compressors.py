@@ -16,6 +16,8 @@ device) copies the message to the device and decodes it there, writing ``out`` i
 from __future__ import annotations
 
 import contextlib
+import numbers
+import operator
 from typing import Optional
 
 import numpy as np
@@ -137,8 +139,9 @@ def _check_out_shape(msg: Message, out) -> None:
     if shape is None:
         try:
             shape = out.__cuda_array_interface__["shape"]
-        except Exception:  # noqa: BLE001 - not a CUDA array either: the native parser reports it
-            shape = ()
+        except Exception:  # noqa: BLE001 - not an array at all
+            raise InvalidArgument(f"decompress: out must be an array (numpy, torch, CuPy) of the message's shape "
+                                  f"{tuple(msg.shape)} and dtype {msg.dtype}, got {type(out).__name__}") from None
     shape = tuple(shape)
     if shape != tuple(msg.shape):
         raise InvalidArgument(f"decompress: out has shape {shape}, the message holds {tuple(msg.shape)}")
@@ -184,9 +187,18 @@ class Compressor:
         """Variance constant of an unbiased compressor, None if biased."""
         return self._impl.omega(int(d))
 
-    def wire_bytes(self, d: int, dtype: str = "float32") -> int:
-        """Bytes on the wire for d elements (exact, or an upper bound where data-dependent)."""
-        return self._impl.wire_bytes(int(d), str(dtype))
+    def wire_bytes(self, d, dtype: str = "float32") -> int:
+        """Bytes on the wire for a 1-d input of d elements, or for an input of shape d (a tuple):
+        exact, or an upper bound where data-dependent (TopK's indices)."""
+        shape = [d] if isinstance(d, numbers.Integral) else d
+        try:
+            shape = [operator.index(s) for s in shape]
+        except TypeError:
+            raise InvalidArgument(f"{self._impl.name}.wire_bytes: d must be an int or a shape (a tuple of ints), "
+                                  f"got {d!r}") from None
+        if any(not 0 <= s <= 1 << 56 for s in shape):
+            raise InvalidArgument(f"{self._impl.name}.wire_bytes: sizes must be in [0, 2^56], got {d!r}")
+        return self._impl.wire_bytes(shape, str(dtype))
 
     def compress(self, x, *, step: Optional[int] = None) -> Message:
         """Compresses x (read in place). ``step`` picks the random draw; default: a counter.

@@ -18,6 +18,8 @@ own copy of the compressor: ``fb.compressor`` keeps the configuration, not the G
 
 from __future__ import annotations
 
+import numbers
+import operator
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -257,7 +259,15 @@ class Aggregate:
                  *, shape: Optional[Sequence[int]] = None, dtype: str = "float32", broadcast=None):
         if (dim is None) == (shape is None):
             raise InvalidArgument("Aggregate: give exactly one of dim and shape")
-        shape = [int(dim)] if dim is not None else [int(s) for s in shape]
+        if not isinstance(n, numbers.Integral) or not 1 <= n < 1 << 31:
+            raise InvalidArgument(f"Aggregate: n must be an int in [1, 2^31), got {n!r}")
+        try:
+            shape = [operator.index(dim)] if dim is not None else [operator.index(s) for s in shape]
+        except TypeError:
+            raise InvalidArgument(f"Aggregate: dim must be an int, shape a sequence of ints; got "
+                                  f"{dim if dim is not None else shape!r}") from None
+        if any(not 0 <= s <= 1 << 56 for s in shape):
+            raise InvalidArgument(f"Aggregate: sizes must be in [0, 2^56], got {shape}")
         self._broadcast = None if broadcast is None else _as_compressor(broadcast)
         self._impl = _core._Aggregate(spec, int(n), [] if weights is None else [float(w) for w in weights],
                                       shape, dtype if isinstance(dtype, str) else np.dtype(dtype).name,

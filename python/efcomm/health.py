@@ -6,7 +6,7 @@ for, and localizes stragglers and slow links. ``efcomm doctor DIR`` merges the r
 Example (every rank)::
 
     comm = ef.Communicator.mpi()
-    with ef.health.Monitor(comm, dump_dir="flight") as mon:   # before building Reducers on comm
+    with ef.health.Monitor(comm, dump_dir="flight") as mon:   # the Reducers on comm are watched too
         red = ef.Reducer(comm, "topk:ratio=0.01", "ef21")
         for step in range(steps):
             g = red.allreduce(grad(step), key="w")  # a dead or stopped rank: CollectiveTimeout
@@ -35,12 +35,12 @@ KINDS = ("hang", "crash", "straggler", "slow_link", "nonfinite", "mismatch")
 class Anomaly:
     """A fault the monitor found: ``kind`` (one of :data:`KINDS`), the ``ranks`` at fault (for a
     slow link its sender and receiver), a ``detail`` sentence, the collective's sequence number
-    ``seq`` and when it was found (``time``, seconds since the epoch)."""
+    ``seq`` and when it was found (``time``, seconds since the epoch; 0 when not known)."""
     kind: str
     ranks: List[int]
     detail: str
     seq: int
-    time: float
+    time: float = 0.0
 
 
 def _option(value, name: str, kind):
@@ -59,8 +59,8 @@ def _path(value, what: str) -> str:
 
 
 class Monitor:
-    """Records and watches every collective of ``comm`` from now on, the collectives of Reducers
-    built on ``comm`` after it included (build the Monitor first). Collective: every rank of
+    """Records and watches every collective of ``comm`` from now on, the collectives of the
+    Reducers on ``comm`` included (those built before it too). Collective: every rank of
     ``comm`` creates it, and it returns once all ranks' agents have reached the coordinator.
 
     A collective some ranks have reached is overdue after ``max(timeout_floor, timeout_factor x
@@ -99,6 +99,7 @@ class Monitor:
         self._impl = _core._Monitor(comm._backend, *seconds, *counts, dump_dir or "", address or "")
         self._unwatched = comm._backend
         comm._backend = self._impl.backend
+        self._rebind(self._impl.backend)
 
     def anomalies(self) -> List[Anomaly]:
         """Faults found so far, oldest first (every rank hears of the coordinator's findings)."""
@@ -119,7 +120,13 @@ class Monitor:
         are recorded no more."""
         if self._comm._backend is self._impl.backend:
             self._comm._backend = self._unwatched
+            self._rebind(self._unwatched)
         self._impl.close()
+
+    def _rebind(self, backend) -> None:
+        """Moves the communicator's Reducers onto ``backend`` (each waits for its queued calls)."""
+        for reducer in list(self._comm._reducers):
+            reducer._impl.rebind(backend)
 
     def __enter__(self) -> "Monitor":
         return self

@@ -117,6 +117,8 @@ def test_mismatched_out_rejected(spec):
             c.decompress(m, out=out)
     with pytest.raises(ef.InvalidArgument):
         c.decompress(m, out=np.empty((8, 6), np.float32)[:, ::2])  # non-contiguous out
+    with pytest.raises(ef.InvalidArgument, match="out must be an array .* got list"):
+        c.decompress(m, out=[[0.0] * 4] * 3)
 
 
 def test_out_with_other_shape_same_size_rejected():

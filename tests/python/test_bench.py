@@ -63,7 +63,8 @@ def test_text_table_and_docs_section(capsys, tmp_path):
 
 
 def test_feedback_benchmark_json(capsys):
-    assert main(["bench", "feedback", "--size", "65536", "--repeats", "1", "--min-time", "0", "--json"]) == 0
+    assert main(["bench", "feedback", "--size", "65536", "--repeats", "1", "--min-time", "0", "--json",
+                 "--no-progress"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in result["methods"]] == ["none", "ef14", "ef21", "ef21sgdm", "econtrol"]
     assert all(r["gbps"] > 0 and r["fraction_of_compressor"] > 0 for r in result["methods"])

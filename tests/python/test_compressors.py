@@ -218,12 +218,11 @@ def test_compress_any_shape(spec, x, step):
     budget = payload_budget(spec, x)
     if budget is not None:
         assert m.payload_nbytes <= budget, f"{spec}: {m.payload_nbytes} payload bytes for {x.shape} {x.dtype}"
-    if x.ndim == 1:
-        wb = c.wire_bytes(x.size, x.dtype.name)
-        if H.name_of(spec) == "topk":
-            assert len(raw) <= wb
-        else:
-            assert len(raw) == wb, f"wire_bytes({x.size}, {x.dtype.name}) = {wb}, message has {len(raw)}"
+    wb = c.wire_bytes(x.size if x.ndim == 1 else x.shape, x.dtype.name)
+    if H.name_of(spec) == "topk":
+        assert len(raw) <= wb
+    else:
+        assert len(raw) == wb, f"wire_bytes({x.shape}, {x.dtype.name}) = {wb}, message has {len(raw)}"
 
 
 @pytest.mark.parametrize("spec", SPECS)
@@ -698,8 +697,9 @@ def test_concurrent_compression_from_threads():
 @pytest.mark.parametrize("spec", SPECS)
 def test_wire_bytes_rejects_negative_and_grows(spec):
     c = ef.compressor(spec)
-    with pytest.raises(ef.InvalidArgument):
-        c.wire_bytes(-1)
+    for bad in (-1, (3, -1), 2 ** 70, "3", (1,) * 9, 2.5):
+        with pytest.raises(ef.InvalidArgument):
+            c.wire_bytes(bad)
     sizes = [c.wire_bytes(d) for d in (0, 1, 10, 1000, 10 ** 6)]
     assert all(isinstance(v, int) and v > 0 for v in sizes)
     assert sizes == sorted(sizes)

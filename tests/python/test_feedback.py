@@ -302,8 +302,9 @@ def test_errors():
         agg.update([ef.compressor("topk:k=1").compress(np.ones(4)), None])
     with pytest.raises(ef.InvalidArgument):
         ef.feedback.Aggregate("ef21", 2, weights=[1.0], dim=3)
-    with pytest.raises(ef.InvalidArgument):
-        ef.feedback.Aggregate("ef21", 0, dim=3)
+    for n, dim in ((0, 3), (2 ** 40, 3), (2.0, 3), (2, "x"), (2, -1), (2, 2 ** 70)):
+        with pytest.raises(ef.InvalidArgument):  # never pybind's TypeError
+            ef.feedback.Aggregate("ef21", n, dim=dim)
 
 
 def test_make_params_and_classes():

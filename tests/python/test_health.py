@@ -54,6 +54,27 @@ def test_records_every_collective_with_key_and_algorithm(tmp_path):
     assert len({tuple((r["seq"], r["op"], r["bytes"] > 0) for r in rec) for rec, _ in results}) == 1
 
 
+def test_reducers_built_before_the_monitor_are_watched_until_it_closes():
+    def body(comm):
+        early = ef.Reducer(comm, "topk:ratio=0.05", "ef21", algorithm="allgather")
+        early.allreduce(grad(comm.rank, 0), key="early")  # before the monitor: not recorded
+        with ef.health.Monitor(comm, **FAST) as mon:
+            early.allreduce(grad(comm.rank, 1), key="early")
+            late = ef.Reducer(comm, "topk:ratio=0.05", "ef21", algorithm="allgather")
+            late.allreduce(grad(comm.rank, 1), key="late")
+            records = mon.records()
+        # After close both run unwatched again, and go on from their state.
+        return records, early.allreduce(grad(comm.rank, 2), key="early"), late.allreduce(grad(comm.rank, 2), key="late")
+
+    results = ef.testing.run_ranks(2, body)
+    for records, _, _ in results:
+        assert [(r["op"], r["key"]) for r in records] == [("allgatherv", "early")] * 2 + [("allgatherv", "late")] * 2
+    assert results[0][1].tobytes() == results[1][1].tobytes() and results[0][2].tobytes() == results[1][2].tobytes()
+    other = ef._core._InProcessGroup(3, 5.0)  # a backend of another size is refused
+    with pytest.raises(ef.InvalidArgument, match="rank 0 of 3"):
+        ef.testing.run_ranks(1, lambda comm: ef.Reducer(comm)._impl.rebind(other.backend(0)))
+
+
 def test_capacity_keeps_the_newest_records():
     def body(comm):
         with ef.health.Monitor(comm, capacity=4, **FAST) as mon:

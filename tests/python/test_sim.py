@@ -191,7 +191,7 @@ def test_cli_help(capsys):
 def test_cli_json(tmp_path, capsys):
     rc = cli_main(["sim", "--problem", "counterexample", "--feedback", "none", "ef21",
                    "--compressor", "topk:k=1", "--rounds", "50", "--stepsize", "0.05",
-                   "--out", str(tmp_path), "--json"])
+                   "--out", str(tmp_path), "--json", "--no-progress"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
     assert [r["feedback"] for r in out["runs"]] == ["none", "ef21"]
@@ -214,7 +214,8 @@ def test_cli_table(capsys):
     (["--rounds", "-1"], "argument --rounds: must be >= 0, got -1"),
     (["--clients", "-2"], "argument --clients: must be > 0, got -2"),
     (["--participation", "2"], "argument --participation: must be in (0, 1], got 2"),
-    (["--multiplier", "0"], "argument --multiplier: must be > 0, got 0"),
+    (["--multiplier", "0"], "argument --multiplier: must be a finite number > 0, got 0"),
+    (["--multiplier", "inf"], "argument --multiplier: must be a finite number > 0, got inf"),
     (["--problem", "lsq", "--dim", "0"], "argument --dim: must be > 0, got 0"),
     (["--problem", "lsq", "--samples", "-3"], "argument --samples: must be > 0, got -3"),
     (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
@@ -228,7 +229,9 @@ def test_cli_rejects_bad_numbers(argv, message, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--compressor", "bogus"], "unknown compressor 'bogus'"),
     (["--feedback", "bogus"], "unknown feedback 'bogus'"),
-    (["--stepsize", "bogus"], "--stepsize must be theory or theory-am or a number, got 'bogus'"),
+    (["--stepsize", "bogus"], "--stepsize must be theory or theory-am or a finite number > 0, got 'bogus'"),
+    (["--stepsize", "inf"], "--stepsize must be theory or theory-am or a finite number > 0, got 'inf'"),
+    (["--stepsize", "-0.1"], "--stepsize must be theory or theory-am or a finite number > 0, got '-0.1'"),
     (["--problem", "lsq", "--l-ratio", "0.5"], "l_ratio must be >= 1"),
     # PowerSGD guarantees no contraction (alpha = 0): the theory's stepsize does not exist for it.
     (["--compressor", "powersgd:rank=1", "--problem", "lsq", "--dim", "5", "--samples", "5"],

@@ -37,9 +37,12 @@ class Compressor {
   virtual double alpha(int64_t d) const = 0;
   /// Variance constant of unbiased compressors (E||C(x)-x||^2 <= omega||x||^2); nullopt if biased.
   virtual std::optional<double> omega(int64_t d) const = 0;
-  /// Bytes on the wire for a 1-d input of d elements of `dtype`: exact where the size is
-  /// deterministic, otherwise an upper bound (TopK's index encoding depends on the data).
-  virtual size_t wireBytes(int64_t d, DType dtype = DType::kFloat32) const = 0;
+  /// Bytes on the wire for an input of `shape` and `dtype`: exact where the size is
+  /// deterministic, otherwise an upper bound (TopK's index encoding depends on the data). The
+  /// shape counts: the header holds it, and PowerSGD views a matrix as its rows.
+  virtual size_t wireBytes(const std::vector<int64_t>& shape, DType dtype) const = 0;
+  /// As above for a 1-d input of d elements.
+  size_t wireBytes(int64_t d, DType dtype = DType::kFloat32) const { return wireBytes(std::vector<int64_t>{d}, dtype); }
 
   /// Compresses `x` (any shape, contiguous). `step` selects the random draw of randomized
   /// compressors; when absent an internal counter (starting at 0) is used. A successful call

@@ -170,6 +170,11 @@ class Reducer {
   /// The configured algorithm ("auto" included); per key, see stats().
   const std::string& algorithm() const { return options_.algorithm; }
 
+  /// Later calls run over `backend`, which must have this reducer's rank and size (a wrapper of
+  /// the current one, such as a `health::Monitor`'s, or the one it wraps); waits for queued calls
+  /// first. Not for a device reducer. Throws `InvalidArgument` otherwise.
+  void rebind(std::shared_ptr<Backend> backend);
+
   /// Meta "reducer.compressor", "reducer.feedback", "reducer.algorithm", "reducer.rank",
   /// "reducer.size", "reducer.calls", "reducer.keys"; per key i (in key order) "slot/<i>/key",
   /// "slot/<i>/shape", "slot/<i>/dtype", "slot/<i>/algorithm", "slot/<i>/step" and the

@@ -21,6 +21,10 @@ DType parseDType(const std::string& name);
 /// True for a value that names a DType.
 bool isValidDType(uint8_t raw);
 
+/// Product of `shape` (1 for a 0-d scalar). Throws `InvalidArgument` for a negative dimension or
+/// more than 2^56 elements.
+int64_t shapeNumel(const std::vector<int64_t>& shape);
+
 /// A read-only view of a contiguous array. Does not own `data`; the caller keeps it alive for
 /// the duration of the call it is passed to.
 struct ConstTensorView {

@@ -341,6 +341,16 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
   return job;
 }
 
+void Reducer::rebind(std::shared_ptr<Backend> backend) {
+  EFCOMM_CHECK(!onDevice(), "Reducer.rebind: a device reducer keeps its NCCL communicator");
+  EFCOMM_CHECK(backend != nullptr, "Reducer.rebind: null backend");
+  EFCOMM_CHECK(backend->rank() == rank() && backend->size() == size(), "Reducer.rebind: the backend is rank ",
+               backend->rank(), " of ", backend->size(), ", this reducer rank ", rank(), " of ", size());
+  drain();
+  std::lock_guard<std::mutex> lock(mutex_);  // the worker thread reads backend_ after taking a job
+  backend_ = std::move(backend);
+}
+
 void Reducer::drain() const {
   std::unique_lock<std::mutex> lock(mutex_);
   if (thread_.joinable() && std::this_thread::get_id() == thread_.get_id()) return;

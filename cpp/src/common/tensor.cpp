@@ -49,6 +49,7 @@ int64_t product(const std::vector<int64_t>& shape) {
 }
 }  // namespace
 
+int64_t shapeNumel(const std::vector<int64_t>& shape) { return product(shape); }
 int64_t ConstTensorView::numel() const { return product(shape); }
 int64_t TensorView::numel() const { return product(shape); }
 

@@ -181,8 +181,9 @@ class BlockQuant final : public Compressor {
     return std::max(0.0, 1.0 - static_cast<double>(std::min(d, p_.block)) / (L * L));
   }
   std::optional<double> omega(int64_t) const override { return std::nullopt; }
-  size_t wireBytes(int64_t d, DType dt) const override {
-    return messageBytes(1, paramBytes().size(), payloadBytes(d, p_, dt));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), paramBytes().size(), payloadBytes(d, p_, dt));
   }
 
  protected:

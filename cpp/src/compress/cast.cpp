@@ -42,7 +42,10 @@ class Cast final : public Compressor {
     return 1.0 - u * u;
   }
   std::optional<double> omega(int64_t) const override { return std::nullopt; }
-  size_t wireBytes(int64_t d, DType) const override { return messageBytes(1, 1, 2 * static_cast<size_t>(d)); }
+  size_t wireBytes(const std::vector<int64_t>& shape, DType) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), 1, 2 * static_cast<size_t>(d));
+  }
 
  protected:
   Message doCompress(const ConstTensorView& x, uint64_t) override {

@@ -19,8 +19,9 @@ class Identity final : public Compressor {
   bool biased() const override { return false; }
   double alpha(int64_t) const override { return 1.0; }
   std::optional<double> omega(int64_t) const override { return 0.0; }
-  size_t wireBytes(int64_t d, DType dt) const override {
-    return messageBytes(1, 0, static_cast<size_t>(d) * itemSize(dt));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), 0, static_cast<size_t>(d) * itemSize(dt));
   }
 
  protected:

@@ -155,8 +155,9 @@ class Natural final : public Compressor {
   bool randomized() const override { return true; }
   double alpha(int64_t) const override { return 8.0 / 9.0; }
   std::optional<double> omega(int64_t) const override { return 1.0 / 8.0; }
-  size_t wireBytes(int64_t d, DType dt) const override {
-    return messageBytes(1, naturalParams(dt, 0).size(), packedBytes(d, kWidth));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), naturalParams(dt, 0).size(), packedBytes(d, kWidth));
   }
 
  protected:

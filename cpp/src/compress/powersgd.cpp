@@ -326,9 +326,10 @@ class PowerSGD final : public Compressor {
   bool biased() const override { return true; }
   double alpha(int64_t) const override { return 0.0; }
   std::optional<double> omega(int64_t) const override { return std::nullopt; }
-  size_t wireBytes(int64_t d, DType dt) const override {
-    const View v = matrixView({d}, d, rank_);
-    return messageBytes(1, paramBytes(v).size(), payloadBytes(v, dt));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
+    const View v = matrixView(shape, d, rank_);
+    return messageBytes(static_cast<int>(shape.size()), paramBytes(v).size(), payloadBytes(v, dt));
   }
 
   void setRounds(compress::PowerSgdRounds rounds) { rounds_ = std::move(rounds); }

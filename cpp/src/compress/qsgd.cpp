@@ -163,8 +163,9 @@ class QSGD final : public Compressor {
     const double dd = static_cast<double>(std::max<int64_t>(d, 0)), s = s_;
     return std::min(dd / (s * s), std::sqrt(dd) / s);
   }
-  size_t wireBytes(int64_t d, DType) const override {
-    return messageBytes(1, sizeof(uint32_t), qsgdPayloadBytes(d, s_));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), sizeof(uint32_t), qsgdPayloadBytes(d, s_));
   }
 
  protected:

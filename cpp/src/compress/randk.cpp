@@ -64,8 +64,9 @@ class RandK final : public Compressor {
     if (!scaled_) return std::nullopt;
     return d > 0 ? static_cast<double>(d) / static_cast<double>(keepCount(d, ratio_, k_)) - 1.0 : 0.0;
   }
-  size_t wireBytes(int64_t d, DType dt) const override {
-    return messageBytes(1, kParamsBytes, static_cast<size_t>(keepCount(d, ratio_, k_)) * itemSize(dt));
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), kParamsBytes, static_cast<size_t>(keepCount(d, ratio_, k_)) * itemSize(dt));
   }
 
  protected:

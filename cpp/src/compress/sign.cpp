@@ -56,7 +56,10 @@ class ScaledSign final : public Compressor {
   bool biased() const override { return true; }
   double alpha(int64_t d) const override { return d > 0 ? 1.0 / static_cast<double>(d) : 1.0; }
   std::optional<double> omega(int64_t) const override { return std::nullopt; }
-  size_t wireBytes(int64_t d, DType) const override { return messageBytes(1, 0, signPayloadBytes(d)); }
+  size_t wireBytes(const std::vector<int64_t>& shape, DType) const override {
+    const int64_t d = shapeNumel(shape);
+    return messageBytes(static_cast<int>(shape.size()), 0, signPayloadBytes(d));
+  }
 
  protected:
   Message doCompress(const ConstTensorView& x, uint64_t) override {

@@ -467,10 +467,11 @@ class TopK final : public Compressor {
     return d > 0 ? static_cast<double>(keepCount(d, ratio_, k_)) / static_cast<double>(d) : 1.0;
   }
   std::optional<double> omega(int64_t) const override { return std::nullopt; }
-  size_t wireBytes(int64_t d, DType dt) const override {
+  size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
+    const int64_t d = shapeNumel(shape);
     const int64_t k = keepCount(d, ratio_, k_);
     const size_t indexBytes = std::min(static_cast<size_t>(bitmapBytes(d)), worstVarintBytes(d, k));
-    return messageBytes(1, 8, static_cast<size_t>(k) * itemSize(dt) + indexBytes);
+    return messageBytes(static_cast<int>(shape.size()), 8, static_cast<size_t>(k) * itemSize(dt) + indexBytes);
   }
 
  protected:

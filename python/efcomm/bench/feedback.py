@@ -56,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     out.add_argument("--markdown", action="store_true", help="print the markdown table")
     p.add_argument("--write-docs", metavar="PATH", help="replace the bench:feedback section of this markdown file")
     p.add_argument("--check", action="store_true", help="exit with status 1 if the target is not met")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def run(args) -> dict:
@@ -66,7 +67,7 @@ def run(args) -> dict:
     rng = np.random.default_rng(args.seed)
     # Two gradients alternate so that every step sees new data, as in training.
     grads = [rng.standard_normal(args.size, dtype=np.float32) for _ in range(2)]
-    progress = Progress(total=2 + len(METHODS))
+    progress = Progress(total=2 + len(METHODS), enabled=None if args.progress else False)
     try:
         progress.step("memcpy")
         dst = np.empty_like(grads[0])

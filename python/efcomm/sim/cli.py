@@ -38,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for CSV, PNG and summary.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 
 def _probability(text: str) -> float:
@@ -52,9 +53,10 @@ def _stepsize(s: str):
     if s in theory.RULES:
         return s
     try:
-        return float(s)
-    except ValueError:
-        raise InvalidArgument(f"--stepsize must be {' or '.join(theory.RULES)} or a number, got {s!r}") from None
+        return positive_float(s)
+    except (ValueError, argparse.ArgumentTypeError):
+        raise InvalidArgument(f"--stepsize must be {' or '.join(theory.RULES)} or a finite number > 0, "
+                              f"got {s!r}") from None
 
 
 def _out_dir(path: str) -> None:
@@ -101,7 +103,7 @@ def main(args) -> int:
             results.append(runner.run(prob, fb, comp, rounds=args.rounds, stepsize=step,
                                       multiplier=args.multiplier, dtype=args.dtype,
                                       participation=args.participation, participation_seed=args.seed,
-                                      csv_path=csv_path))
+                                      csv_path=csv_path, progress=None if args.progress else False))
     pngs = []
     if args.out and not args.no_plots:
         try:

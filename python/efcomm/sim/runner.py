@@ -213,8 +213,8 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
         rule, gamma = stepsize, theory.stepsize(stepsize, consts, alpha, multiplier)
     else:
         rule, gamma = "fixed", float(stepsize) * multiplier
-    if not gamma > 0:
-        raise InvalidArgument(f"stepsize must be > 0, got {gamma}")
+    if not 0 < gamma < math.inf:
+        raise InvalidArgument(f"stepsize must be a finite number > 0, got {gamma}")
 
     weights = theory.ef21w_weights(problem.L_i) if fb_name == "ef21w" else None
     workers = [ef_feedback.make(fb_name, comps[i], **fb_params,
