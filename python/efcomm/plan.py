@@ -427,9 +427,11 @@ def plan(topo: Topology, flows, strategy: str = "split", seed: int = 0) -> Plan:
 
 
 def bound(topo: Topology, flows) -> float:
-    """A lower bound on the maximum congestion of any plan, splitting allowed (the cut bound over
-    every endpoint's links and every leaf's or pod's uplinks), seconds; the splittable optimum on
-    uniform leaf-spine fabrics. Fast at any size; :func:`lp_bound` is exact on small instances."""
+    """A lower bound on the maximum congestion of any plan, splitting allowed, seconds: the cut
+    bound over every endpoint's links and every leaf's or pod's uplinks (the splittable optimum on
+    uniform leaf-spine fabrics), and elsewhere the larger of it and a multiplicative-weights dual
+    bound, within a few % of the optimum where the instance is small enough (docs/planning.md).
+    :func:`lp_bound` is exact on small instances."""
     topo, flows = _as_topology(topo), _as_flows(flows)
     return _core._bound(topo._t, flows._f)
 

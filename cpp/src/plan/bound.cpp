@@ -1,5 +1,5 @@
-// The cut bound on maximum congestion (plan.hpp `bound`). Any plan, splitting allowed, must move
-// the bytes leaving a set of endpoints over the links leaving it, so out-bytes / cut capacity
+// The cut bound on maximum congestion (where plan.hpp `bound` starts). Any plan, splitting
+// allowed, must move the bytes leaving a set of endpoints over the links leaving it, so out-bytes / cut capacity
 // bounds the most congested of those links from below. The cuts: every endpoint (its uplinks in
 // all planes), every leaf (its uplinks in all planes) and, in a Clos, every pod (its agg-core
 // links). On a uniform leaf-spine fabric the bound is the splittable optimum: splitting every
@@ -100,7 +100,7 @@ double ratio(double bytes, double capacity) {
 
 }  // namespace
 
-double bound(const Topology& topo, const std::vector<Flow>& flows) {
+double detail::cutBound(const Topology& topo, const std::vector<Flow>& flows) {
   detail::checkFlows(topo, flows, "plan.bound");
   const std::vector<Node>& nodes = topo.nodes();
   const std::vector<Link>& links = topo.links();

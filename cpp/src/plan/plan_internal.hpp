@@ -27,4 +27,8 @@ struct LeafClasses {
 };
 LeafClasses leafClasses(const Topology& topo);
 
+/// The cut bound (bound.cpp): out-bytes over cut capacity for every endpoint, leaf class and pod;
+/// the splittable optimum on uniform leaf-spine fabrics. Checks the flows ("plan.bound").
+double cutBound(const Topology& topo, const std::vector<Flow>& flows);
+
 }  // namespace efcomm::plan::detail

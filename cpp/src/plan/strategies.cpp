@@ -172,7 +172,7 @@ class Balancer {
 
   std::vector<int> run(const std::vector<size_t>& order) {
     Candidates& c = cands_[0];
-    double floor = bound(topo_, flows_);
+    double floor = detail::cutBound(topo_, flows_);
     for (const size_t f : order) {
       const Flow& flow = flows_[f];
       c.load(flow, f);
@@ -818,42 +818,52 @@ Filled fillTo(const Topology& topo, const std::vector<Flow>& flows, const std::v
   return out;
 }
 
-// The fractional optimum by Garg and Konemann's multiplicative-weights algorithm for maximum
-// concurrent flow ("Faster and simpler algorithms for multicommodity flow", 2007; Fleischer's
-// phase order): every link has a length, initially delta / capacity; phase after phase each flow
-// routes its demand on its currently shortest candidate, and every link it crosses grows by
-// (1 + eps x routed / capacity), until the capacity-weighted length reaches 1. A flow's
-// fractions are its routed amounts normalized: within (1 + O(eps)) of the splittable optimum,
-// where greedy filling can strand capacity (two flows each needing the room the other took).
-// Then pieces are merged where the others have room. Returns false when the instance would
-// take more than about `budget` link visits.
-bool concurrentFlow(const Topology& topo, const std::vector<Flow>& flows, double hi, double budget, Filled& out) {
-  const std::vector<Link>& links = topo.links();
-  Candidates cands(topo);
-  // Every candidate's links, flat: flow f's candidates are [candOff[f], candOff[f + 1]).
+// Every flow's candidates, flat: flow f's are [candOff[f], candOff[f + 1]), candidate c's links
+// are candLinks[linkOff[c], linkOff[c + 1]).
+struct FlatCandidates {
   std::vector<size_t> candOff{0}, linkOff{0};
   std::vector<int> candLinks;
-  double perPhase = 0;
-  for (size_t f = 0; f < flows.size(); ++f) {
-    cands.load(flows[f], f);
-    for (int k = 0; k < cands.size(); ++k) {
-      candLinks.insert(candLinks.end(), cands.begin(k), cands.end(k));
-      linkOff.push_back(candLinks.size());
+  double perPhase = 0;  // link visits of one pass over every flow's candidates
+
+  FlatCandidates(const Topology& topo, const std::vector<Flow>& flows) {
+    Candidates cands(topo);
+    for (size_t f = 0; f < flows.size(); ++f) {
+      cands.load(flows[f], f);
+      for (int k = 0; k < cands.size(); ++k) {
+        candLinks.insert(candLinks.end(), cands.begin(k), cands.end(k));
+        linkOff.push_back(candLinks.size());
+      }
+      candOff.push_back(linkOff.size() - 1);
+      if (flows[f].bytes > 0) perPhase += static_cast<double>(cands.end(cands.size() - 1) - cands.begin(0));
     }
-    candOff.push_back(linkOff.size() - 1);
-    if (flows[f].bytes > 0) perPhase += static_cast<double>(cands.end(cands.size() - 1) - cands.begin(0));
   }
-  auto add = [&](std::vector<double>& load, size_t c, double bytes) {
-    addLoad(load, candLinks.data() + linkOff[c], candLinks.data() + linkOff[c + 1], bytes);
-  };
+};
+
+// Garg and Konemann's multiplicative-weights algorithm for maximum concurrent flow ("Faster and
+// simpler algorithms for multicommodity flow", 2007; Fleischer's phase order): every link has a
+// length, initially delta / capacity; phase after phase each flow routes its demand (bytes / hi,
+// hi the congestion of a known plan, so that the optimum is near 1) on its currently shortest
+// candidate, and every link it crosses grows by (1 + eps x routed / capacity), until the
+// capacity-weighted length reaches 1. The flows' routed amounts per candidate, normalized, are
+// within (1 + O(eps)) of the splittable optimum. The lengths are the dual: with `dual`, before
+// every phase the lower bound they certify (weak duality: a plan of congestion t has
+// sum_f bytes_f dist(f) <= sum_l load_l length_l <= t sum_l capacity_l length_l, dist(f) the
+// length of f's shortest candidate) is computed and the best kept, in seconds. Returns false when
+// the instance would take more than about `budget` link visits.
+bool gargKonemann(const Topology& topo, const std::vector<Flow>& flows, const FlatCandidates& fc, double hi,
+                  double budget, std::vector<double>& routed, double* dual) {
+  const std::vector<Link>& links = topo.links();
+  const std::vector<size_t>& candOff = fc.candOff;
+  const std::vector<size_t>& linkOff = fc.linkOff;
+  const std::vector<int>& candLinks = fc.candLinks;
   size_t used = 0;
   std::vector<char> onPath(links.size(), 0);
   for (const int l : candLinks) used += onPath[l] ? 0 : (onPath[l] = 1);
   if (used == 0) return false;
   const double m = static_cast<double>(used);
   // The phases number about ln(m) / eps^2 (demands scaled so the optimum is near 1): the
-  // smallest eps the budget affords, not coarser than 0.1.
-  const double eps = std::max(0.01, std::sqrt(std::log(m) * perPhase / budget));
+  // smallest eps the budget affords (a phase costs two passes with the dual), not coarser than 0.1.
+  const double eps = std::max(0.01, std::sqrt(std::log(m) * fc.perPhase * (dual ? 2 : 1) / budget));
   if (eps > 0.1) return false;
   const double delta = std::pow(m / (1 - eps), -1 / eps);
   std::vector<double> length(links.size(), 0);
@@ -863,26 +873,43 @@ bool concurrentFlow(const Topology& topo, const std::vector<Flow>& flows, double
     length[l] = delta / links[l].capacity;
     total += delta;
   }
-  std::vector<double> routed(linkOff.size() - 1, 0);
+  // f's shortest candidate under the current lengths: its index and its narrowest link.
+  auto shortest = [&](size_t f, double& len, double& narrowest) {
+    size_t best = candOff[f];
+    len = std::numeric_limits<double>::infinity();
+    narrowest = 0;
+    for (size_t c = candOff[f]; c < candOff[f + 1]; ++c) {
+      double sum = 0, cap = std::numeric_limits<double>::infinity();
+      for (size_t i = linkOff[c]; i < linkOff[c + 1]; ++i) {
+        sum += length[candLinks[i]];
+        cap = std::min(cap, links[candLinks[i]].capacity);
+      }
+      if (sum < len) {
+        len = sum;
+        best = c;
+        narrowest = cap;
+      }
+    }
+    return best;
+  };
+  routed.assign(linkOff.size() - 1, 0);
+  if (dual) *dual = 0;
   while (total < 1) {
+    if (dual) {
+      double paths = 0, len = 0, narrowest = 0;
+      for (size_t f = 0; f < flows.size(); ++f) {
+        if (flows[f].bytes <= 0) continue;
+        shortest(f, len, narrowest);
+        paths += flows[f].bytes * len;
+      }
+      *dual = std::max(*dual, paths / total);
+    }
     for (size_t f = 0; f < flows.size() && total < 1; ++f) {
       // Demands in units of the best congestion known: the optimum routes them with room to spare.
       double demand = flows[f].bytes / hi;
       while (demand > 0 && total < 1) {
-        size_t best = candOff[f];
-        double shortest = std::numeric_limits<double>::infinity(), narrowest = 0;
-        for (size_t c = candOff[f]; c < candOff[f + 1]; ++c) {
-          double len = 0, cap = std::numeric_limits<double>::infinity();
-          for (size_t i = linkOff[c]; i < linkOff[c + 1]; ++i) {
-            len += length[candLinks[i]];
-            cap = std::min(cap, links[candLinks[i]].capacity);
-          }
-          if (len < shortest) {
-            shortest = len;
-            best = c;
-            narrowest = cap;
-          }
-        }
+        double len = 0, narrowest = 0;
+        const size_t best = shortest(f, len, narrowest);
         if (linkOff[best] == linkOff[best + 1]) break;  // in-host: no link
         const double u = std::min(demand, narrowest);
         routed[best] += u;
@@ -895,6 +922,24 @@ bool concurrentFlow(const Topology& topo, const std::vector<Flow>& flows, double
       }
     }
   }
+  return true;
+}
+
+// The fractional optimum (gargKonemann), within (1 + O(eps)) of the splittable optimum, where
+// greedy filling can strand capacity (two flows each needing the room the other took). Then
+// pieces are merged where the others have room. Returns false when the instance would take more
+// than about `budget` link visits.
+bool concurrentFlow(const Topology& topo, const std::vector<Flow>& flows, double hi, double budget, Filled& out) {
+  const std::vector<Link>& links = topo.links();
+  const FlatCandidates fc(topo, flows);
+  const std::vector<size_t>& candOff = fc.candOff;
+  const std::vector<size_t>& linkOff = fc.linkOff;
+  const std::vector<int>& candLinks = fc.candLinks;
+  auto add = [&](std::vector<double>& load, size_t c, double bytes) {
+    addLoad(load, candLinks.data() + linkOff[c], candLinks.data() + linkOff[c + 1], bytes);
+  };
+  std::vector<double> routed;
+  if (!gargKonemann(topo, flows, fc, hi, budget, routed, nullptr)) return false;
 
   // Routed amounts become bytes (flows the phases never reached, none in practice, take their
   // first candidate).
@@ -1019,13 +1064,36 @@ Plan splitAny(const Topology& topo, const std::vector<Flow>& flows, double targe
 }
 
 Plan split(const Topology& topo, const std::vector<Flow>& flows) {
-  const double target = bound(topo, flows);
+  const double target = detail::cutBound(topo, flows);
   Plan exact;
   if (exactSplit(topo, flows, target, exact)) return exact;
   return splitAny(topo, flows, target);
 }
 
+// Link visits the dual of `bound` may take (about 0.1-0.3 s).
+constexpr double kBoundBudget = 5e7;
+
 }  // namespace
+
+double bound(const Topology& topo, const std::vector<Flow>& flows) {
+  const double cut = detail::cutBound(topo, flows);  // checks the flows
+  // On a uniform leaf-spine fabric the cut bound is the splittable optimum. Elsewhere (failed or
+  // degraded links, Clos, custom fabrics) it can be far below; the multiplicative weights' link
+  // lengths certify a lower bound within (1 + O(eps)) of the optimum where the instance is small
+  // enough, measured against a balanced plan (an upper bound: if it meets the cut, the cut is it).
+  UniformLeafSpine uniform;
+  if (cut <= 0 || uniformLeafSpine(topo, detail::leafClasses(topo), uniform)) return cut;
+  for (const Flow& f : flows) {  // an unreachable flow: no plan exists, the cut bound stands
+    if (f.bytes > 0 && topo.hostOf(f.src) != topo.hostOf(f.dst) && topo.pathCount(f.src, f.dst) == 0) return cut;
+  }
+  const double hi = singlePath(topo, flows, balancedChoice(topo, flows, largestFirst(flows)), "balanced")
+                        .maxCongestion();
+  if (hi <= cut * (1 + kExact)) return cut;
+  std::vector<double> routed;
+  double dual = 0;
+  if (!gargKonemann(topo, flows, FlatCandidates(topo, flows), hi, kBoundBudget, routed, &dual)) return cut;
+  return std::max(cut, dual * (1 - kExact));  // the dual's sums carry rounding: never above the optimum
+}
 
 Plan plan(const Topology& topo, const std::vector<Flow>& flows, const std::string& strategy, uint64_t seed) {
   detail::checkFlows(topo, flows, "plan.plan");
