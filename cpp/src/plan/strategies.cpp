@@ -1083,9 +1083,16 @@ double bound(const Topology& topo, const std::vector<Flow>& flows) {
   // enough, measured against a balanced plan (an upper bound: if it meets the cut, the cut is it).
   UniformLeafSpine uniform;
   if (cut <= 0 || uniformLeafSpine(topo, detail::leafClasses(topo), uniform)) return cut;
+  double candidates = 0;
   for (const Flow& f : flows) {  // an unreachable flow: no plan exists, the cut bound stands
-    if (f.bytes > 0 && topo.hostOf(f.src) != topo.hostOf(f.dst) && topo.pathCount(f.src, f.dst) == 0) return cut;
+    if (f.bytes <= 0 || topo.hostOf(f.src) == topo.hostOf(f.dst)) continue;
+    const int n = topo.pathCount(f.src, f.dst);
+    if (n == 0) return cut;
+    candidates += n;
   }
+  // Too large for the budget (gargKonemann would refuse, see its eps; paths have ~4 links): the
+  // cut bound, without building the candidates and a balanced plan first.
+  if (std::log(static_cast<double>(topo.links().size())) * candidates * 4 * 2 > 0.01 * kBoundBudget) return cut;
   const double hi = singlePath(topo, flows, balancedChoice(topo, flows, largestFirst(flows)), "balanced")
                         .maxCongestion();
   if (hi <= cut * (1 + kExact)) return cut;
