@@ -69,15 +69,16 @@ class _Slot:
     does the mirror's estimate (``device_g``, authoritative once set; ``aggregate`` then keeps
     the spec, weights and checkpoint format, and its own estimate is stale)."""
 
-    def __init__(self, feedback: str, compressor: str, n: int, numel: int, weights: Optional[list] = None,
-                 rank: int = 0):
+    def __init__(self, feedback: str, compressor: str, n: int, numel: int, dtype: str = "float32",
+                 weights: Optional[list] = None, rank: int = 0):
         if weights is None:  # every method but ef21w
             self.worker = _feedback.make(feedback, compressor)
-            self.aggregate = _feedback.Aggregate(feedback, n, dim=numel)
+            self.aggregate = _feedback.Aggregate(feedback, n, dim=numel, dtype=dtype)
         else:  # ef21w: this rank's worker scales by 1 / (n w_rank), the mirror weighs by w_i
             init = feedback.split(":", 1)[1]
             self.worker = _feedback.make(f"ef21w:weight={weights[rank]!r},n={n},{init}", compressor)
-            self.aggregate = _feedback.Aggregate(feedback, n, weights=weights, dim=numel)
+            self.aggregate = _feedback.Aggregate(feedback, n, weights=weights, dim=numel, dtype=dtype)
+        self.dtype = dtype
         self.numel = numel
         self.step = 0
         self.device_g = None
@@ -173,7 +174,8 @@ class DDPHookState:
                 "world": self._world(), "rank": self._rank(),
                 "start_iter": self.start_iter,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
-                "slots": {key: {"numel": s.numel, "step": s.step, "worker": _torch_state(s.worker.state_dict()),
+                "slots": {key: {"numel": s.numel, "dtype": s.dtype, "step": s.step,
+                                "worker": _torch_state(s.worker.state_dict()),
                                 "aggregate": _torch_state(s.aggregate_state())} for key, s in self._slots.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -200,7 +202,7 @@ class DDPHookState:
         self._saved_rank = rank
         slots = {}
         for key, saved in state["slots"].items():
-            slot = self._new_slot(n, int(saved["numel"]))
+            slot = self._new_slot(n, int(saved["numel"]), saved.get("dtype", "float32"))
             slot.worker.load_state_dict(saved["worker"])
             slot.aggregate.load_state_dict(saved["aggregate"])
             slot.step = int(saved["step"])
@@ -242,26 +244,26 @@ class DDPHookState:
     def _allreduce_mean(self, flat: torch.Tensor) -> torch.Tensor:
         return self._allreduce_sum(flat).div_(self._world())
 
-    def _slot(self, key: str, numel: int) -> _Slot:
+    def _slot(self, key: str, grad: torch.Tensor) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = self._new_slot(self._world(), numel)
+            slot = self._slots[key] = self._new_slot(self._world(), grad.numel(), _dtype(grad))
         return slot
 
-    def _new_slot(self, n: int, numel: int) -> _Slot:
+    def _new_slot(self, n: int, numel: int, dtype: str) -> _Slot:
         if self.weights is None:
-            return _Slot(self.feedback, self.compressor, n, numel)
+            return _Slot(self.feedback, self.compressor, n, numel, dtype)
         if self.weights and len(self.weights) != n:
             raise InvalidArgument(f"ddp_hook: {len(self.weights)} ef21w weights for a process group of {n} ranks; "
                                   "pass one weight per rank")
-        return _Slot(self.feedback, self.compressor, n, numel, self.weights or [1.0 / n] * n, self._rank())
+        return _Slot(self.feedback, self.compressor, n, numel, dtype, self.weights or [1.0 / n] * n, self._rank())
 
     def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
         rank's compressed gradient (one worker and one mirror per parameter), and each of
         ``small`` by the mean over ranks."""
         n = self._world()
-        slots = [self._slot(key, g.numel()) for key, g in keyed]
+        slots = [self._slot(key, g) for key, g in keyed]
         payloads, sizes = [], []
         for slot, (_, g) in zip(slots, keyed):
             try:
@@ -273,18 +275,19 @@ class DDPHookState:
             slot.step += 1
         device = keyed[0][1].device
         # Round 1: the small gradients' sum and every rank's message sizes (one per parameter), in
-        # one float32 allreduce; round 2: the messages, concatenated and padded to the longest
-        # concatenation (all_gather needs equal sizes).
+        # one float32 allreduce (float64 for a float64 model); round 2: the messages, concatenated
+        # and padded to the longest concatenation (all_gather needs equal sizes).
         m = len(keyed)
         numel_small = sum(g.numel() for g in small)
-        head = torch.zeros(numel_small + 2 * n * m, dtype=torch.float32, device=device)
+        wide = any(g.dtype == torch.float64 for g in small)
+        head = torch.zeros(numel_small + 2 * n * m, dtype=torch.float64 if wide else torch.float32, device=device)
         if small:
             head[:numel_small] = torch.cat([g.reshape(-1) for g in small])
         codes = []
         for size in sizes:
             codes += [-1, 0] if size == _FAILED else [size // _SIZE_SPLIT, size % _SIZE_SPLIT]
         at = numel_small + 2 * m * dist.get_rank(self.process_group)
-        head[at:at + 2 * m] = torch.tensor(codes, dtype=torch.float32)
+        head[at:at + 2 * m] = torch.tensor(codes, dtype=head.dtype)
         self._allreduce_sum(head)
         if small:
             _scatter(head[:numel_small].div_(n), small)
@@ -394,7 +397,7 @@ class DDPHookState:
         on its own gradient locally (the whole vector becomes its estimate) and every mirror
         starts at the average, which every rank holds."""
         for (key, mean), grad in zip(keyed, local):
-            slot = self._slot(key, mean.numel())
+            slot = self._slot(key, mean)
             if slot.worker.initialized:
                 continue
             slot.worker.step(_vector(grad), step=slot.step)
@@ -407,11 +410,17 @@ def _torch_state(state: dict) -> dict:
     return dict(state, tensors={k: torch.from_numpy(v) for k, v in state["tensors"].items()})
 
 
+def _dtype(t: torch.Tensor) -> str:
+    """What a gradient is compressed in: float64 stays float64, the others (float32, and the
+    16-bit ones, widened) float32."""
+    return "float64" if t.dtype == torch.float64 else "float32"
+
+
 def _vector(t: torch.Tensor):
-    """t as the flat float32 vector a worker steps on (a view where t already is one): a CUDA
-    tensor stays in device memory (the GPU kernels take it as is), a host tensor becomes the
-    numpy array the CPU kernels read."""
-    flat = t.detach().reshape(-1).to(torch.float32)
+    """t as the flat float32 (float64) vector a worker steps on (a view where t already is one):
+    a CUDA tensor stays in device memory (the GPU kernels take it as is), a host tensor becomes
+    the numpy array the CPU kernels read."""
+    flat = t.detach().reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
     return flat if flat.is_cuda else flat.numpy()
 
 

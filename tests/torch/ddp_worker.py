@@ -43,7 +43,8 @@ def train(ddp, opt, batches, steps, accumulate=1):
 
 
 def params(model):
-    return torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    wide = next(model.parameters()).dtype == torch.float64
+    return torch.cat([p.detach().to(torch.float64 if wide else torch.float32).flatten() for p in model.parameters()])
 
 
 def run(rank, n, scenario, out, port):
@@ -65,10 +66,10 @@ def run(rank, n, scenario, out, port):
 def scenario_result(rank, scenario, out):
     result = {}
     if True:  # noqa
-        if scenario in ("plain", "identity"):
-            model, batches = model_and_data(rank)
+        if scenario in ("plain", "identity", "plain_f64", "identity_f64"):
+            model, batches = model_and_data(rank, torch.float64 if scenario.endswith("_f64") else torch.float32)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-            if scenario == "identity":
+            if scenario.startswith("identity"):
                 state, hook = ef.torch.ddp_hook("identity", "none", start_iter=0, min_compress_numel=0)
                 ddp.register_comm_hook(state, hook)
                 result["stats"] = state.stats
