@@ -167,10 +167,12 @@ def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
 def test_bench_ddp_quick(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- bench:allreduce:begin -->\nkeep\n<!-- bench:allreduce:end -->\n")
+    png = tmp_path / "ddp.png"
     p = _efcomm("bench", "ddp", "--quick", "--rates", "unlimited", "--json", "--no-progress",
-                "--write-docs", str(docs), timeout=600)
+                "--write-docs", str(docs), "--plot", str(png), timeout=600)
     assert p.returncode == 0, p.stderr
     result = json.loads(p.stdout)
+    assert result["plot"] == str(png.resolve()) and png.read_bytes().startswith(b"\x89PNG")
     from efcomm.bench import ddp as bench
 
     summary = {s["method"]: s for s in result["summary"]}

@@ -101,6 +101,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, metavar="S",
                    help="seconds a method may take before its ranks are stopped (default: estimated from the rate)")
     add_output_arguments(g, DOCS_SECTION)
+    g.add_argument("--plot", metavar="PNG",
+                   help="write test accuracy against wall time (seed 0), one panel per rate, to this PNG")
 
 
 def resolve(args) -> _ddp_train.TrainConfig:
@@ -477,9 +479,43 @@ def command_line(args) -> str:
     return " ".join(parts)
 
 
+def plot(result: dict, path: str) -> str:
+    """Test accuracy against wall time, one line per method (seed 0's run), one panel per rate,
+    with the time-to-accuracy level dotted: where the bytes saved turn into time. Returns path."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rates = result["config"]["rates"]
+    fig = Figure(figsize=(5.5 * len(rates), 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(rates), squeeze=False)[0]
+    for ax, rate in zip(axes, rates):
+        for m in result["config"]["methods"]:
+            run_ = next((r for r in result["rows"] if r["method"] == m["key"] and r["rate"] == rate and r["seed"] == 0
+                         and r["status"] == "ok"), None)
+            if run_ is not None:
+                ax.plot([p["seconds"] for p in run_["points"]], [p["accuracy"] for p in run_["points"]], marker=".",
+                        label=m["label"])
+        ax.axhline(TIME_TO_ACCURACY, color="gray", linestyle=":", linewidth=1)
+        ax.set_title(_netns.rate_text(rate))
+        ax.set_xlabel("wall time (s)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(True, alpha=0.3)
+    axes[0].legend(loc="lower right", fontsize="small")
+    cfg = result["config"]
+    fig.suptitle(f"efcomm bench ddp: {cfg['ranks']} ranks, {cfg['epochs']} epochs\n"
+                 f"(a point per epoch; dotted: {TIME_TO_ACCURACY:g} %)", fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return os.path.abspath(path)
+
+
 def main(args) -> int:
     t0 = time.perf_counter()
     result = run(args)
     result["seconds"] = time.perf_counter() - t0
+    if args.plot:
+        result["plot"] = plot(result, args.plot)
     emit(result, args, render_text, lambda r: render_markdown(r, args.note), DOCS_SECTION)
+    if args.plot and not args.json:
+        print(f"wrote {result['plot']}")
     return check_status(result, args)
