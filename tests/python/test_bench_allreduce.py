@@ -42,8 +42,9 @@ def test_two_ranks_unlimited(capsys, tmp_path):
     assert main(["bench", "allreduce", "--sizes", "256K", "--ranks", "2", "--rates", "unlimited",
                  "--configs", "identity+none@allgather", "topk:ratio=0.01+ef21@allgather",
                  "--scaling-ranks", "2,3", "--scaling-size", "256K", "--repeats", "2", "--timeout", "120",
-                 "--no-progress", "--json", "--write-docs", str(docs)]) == 0
+                 "--no-progress", "--json", "--write-docs", str(docs), "--plot", str(tmp_path / "s.png")]) == 0
     result = json.loads(capsys.readouterr().out)
+    assert (tmp_path / "s.png").read_bytes().startswith(b"\x89PNG") and result["plot"].endswith("s.png")
     assert [(r["part"], r["ranks"], r["status"]) for r in result["runs"]] == [
         ("main", 2, "ok"), ("scaling", 2, "ok"), ("scaling", 3, "ok")], result["runs"]
     assert result["transport"]["mpi_library"]

@@ -145,6 +145,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds allowed per mpiexec launch (default: estimated from the sizes and rate)")
     g.add_argument("--mpiexec", help="the mpiexec to use (default: the one next to this Python, else PATH)")
     add_output_arguments(g, DOCS_SECTION)
+    g.add_argument("--plot", metavar="PNG", help="write the scaling part (bytes per rank and time per call against "
+                                                 "the number of ranks, per algorithm) to this PNG")
 
 
 def parse_size_arg(text: str) -> int:
@@ -840,9 +842,54 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
     return render_report_markdown(result, _report(result), note)
 
 
+def plot(result: dict, path: str) -> Optional[str]:
+    """The scaling part as a picture: bytes a rank sends per call and milliseconds per call against
+    the number of ranks, one line per algorithm (MPI_Allreduce's time beside them), with the
+    2(n-1)/n growth that bounds any allreduce dotted from reduce_scatter's first point. Returns
+    path, or None without scaling rows."""
+    rows = [r for r in result["rows"] if r["part"] == "scaling" and r.get("status", "ok") == "ok"]
+    mine = [r for r in rows if r["kind"] == "efcomm"]
+    if not mine:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    bytes_ax, time_ax = fig.subplots(1, 2)
+    for algorithm in dict.fromkeys(r["algorithm"] for r in mine):
+        pts = sorted((r["ranks"], per_rank_bytes(r), r["median_s"]) for r in mine if r["algorithm"] == algorithm)
+        n = [p[0] for p in pts]
+        bytes_ax.plot(n, [p[1] / 2**10 for p in pts], marker="o", label=algorithm)
+        time_ax.plot(n, [p[2] * 1e3 for p in pts], marker="o", label=algorithm)
+        if algorithm == "reduce_scatter":
+            bytes_ax.plot(n, [pts[0][1] / 2**10 * ring_factor(k) / ring_factor(n[0]) for k in n], color="gray",
+                          linestyle=":", label="2(n-1)/n from the first point")
+    mpi = sorted((r["ranks"], r["median_s"]) for r in rows if r["kind"] == "mpi")
+    if mpi:
+        time_ax.plot([p[0] for p in mpi], [p[1] * 1e3 for p in mpi], marker="s", color="black",
+                     label="MPI_Allreduce (uncompressed)")
+    bytes_ax.set_ylabel("KiB sent per rank and call")
+    time_ax.set_ylabel("ms per call (median)")
+    for ax in (bytes_ax, time_ax):
+        ax.set_xticks(sorted({r["ranks"] for r in mine}))
+        ax.set_xlabel("ranks")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize="small")
+    size = result["config"]["scaling"]["size"]
+    fig.suptitle(f"efcomm bench allreduce: TopK 1% + EF21 on {size_text(size)} float32, unlimited rate",
+                 fontsize="medium")
+    fig.savefig(path, dpi=110)
+    return os.path.abspath(path)
+
+
 def main(args) -> int:
     result = run(args)
+    if args.plot:
+        result["plot"] = plot(result, args.plot)
     emit(result, args, render_text, lambda r: render_markdown(r, args.note), DOCS_SECTION)
+    if args.plot and not args.json:
+        print(f"wrote {result['plot']}" if result["plot"] else "no plot: the run has no scaling part (--no-scaling)")
     return check_status(result, args)
 
 
