@@ -18,6 +18,7 @@
 #include "common/json.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/plan.hpp"
+#include "plan/plan_internal.hpp"
 #include "test_util.hpp"
 
 namespace efcomm::plan {
@@ -31,17 +32,6 @@ ClosSpec closSpec(int k, int hostsPerLeaf = 0, int nics = 1) {
   s.hostsPerLeaf = hostsPerLeaf;
   s.nicsPerHost = nics;
   return s;
-}
-
-int tier(NodeKind kind) {
-  switch (kind) {
-    case NodeKind::kEndpoint: return 0;
-    case NodeKind::kLeaf: return 1;
-    case NodeKind::kSpine:
-    case NodeKind::kAgg: return 2;
-    case NodeKind::kCore: return 3;
-  }
-  return 0;
 }
 
 int nodeNamed(const Topology& t, const std::string& name) {
@@ -83,7 +73,7 @@ void checkPaths(const Topology& t, bool upDown = true) {
           if (i > 0) {
             EXPECT_EQ(links[p[i - 1]].to, links[p[i]].from);
           }
-          const int a = tier(nodes[links[p[i]].from].kind), b = tier(nodes[links[p[i]].to].kind);
+          const int a = detail::tierOf(nodes[links[p[i]].from].kind), b = detail::tierOf(nodes[links[p[i]].to].kind);
           if (upDown) {
             EXPECT_NE(a, b);
             if (b < a) down = true;
