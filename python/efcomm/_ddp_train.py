@@ -398,17 +398,24 @@ def _follow(methods: list, procs: list, lines: queue.Queue, timeout: float, on_p
         for r, p in enumerate(procs):
             if p.poll() not in (None, 0):
                 gone.setdefault(r, p.returncode)  # in the order seen: the first is the likely cause
+        # Every result is in: a rank failing or lingering while the processes wind down loses
+        # nothing (the caller stops them).
+        done = len(rows) == len(methods)
         # Only once the lines rank 0 printed are all read, so that no result is lost to a rank
         # failing right after it.
         if gone and not line:
+            if done:
+                return rows, None
             where = f"during {methods[len(rows)].label}" if started else "before training started"
             return rows, ("failed", "; ".join(_exit_text(r, rc) for r, rc in gone.items()) + f" {where}", started)
         if eof and all(p.poll() == 0 for p in procs):
-            if len(rows) < len(methods):
+            if not done:
                 return rows, ("failed", f"rank 0 exited before the result of {methods[len(rows)].label}", started)
             return rows, None
         if time.monotonic() > deadline:
-            return rows, ("timeout", f"{methods[len(rows)].label} not done within {timeout:.0f} s", started)
+            if done:
+                return rows, None
+            return rows, ("timeout", f"{methods[len(rows)].label} not done within {timeout:.3g} s", started)
 
 
 def _exit_text(rank: int, returncode: int) -> str:

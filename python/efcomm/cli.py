@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from .errors import InvalidArgument
+from .errors import InvalidArgument, _one_line
 
 
 def _cmd_info(args) -> int:
@@ -133,7 +133,7 @@ def main(argv=None) -> int:
         # Bad input that shows only once the command runs (a compressor spec, a stepsize the
         # compressor cannot give, an output path): one line and status 2, as argparse gives for what
         # it checks itself, not a traceback. plan and doctor report theirs the same way themselves.
-        print(f"{_prog(args)}: error: {e}", file=sys.stderr)
+        print(f"{_prog(args)}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

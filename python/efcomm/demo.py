@@ -21,7 +21,8 @@ import tempfile
 import time
 
 from . import _ddp_train
-from .bench._util import Progress, format_table, machine_info, machine_summary, positive_int, ranks_arg
+from .bench._util import (Progress, format_table, machine_info, machine_summary, nonnegative_int, png_path,
+                          positive_float, positive_int, ranks_arg)
 from .bench.allreduce import _bytes
 
 DEFAULT_RANKS = 4
@@ -32,7 +33,10 @@ TIMEOUT_FACTOR = 3
 
 
 def _ratio(text: str) -> float:
-    v = float(text)
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not 0 < v < 1:
         raise argparse.ArgumentTypeError(f"a fraction of the elements in (0, 1), got {text}")
     return v
@@ -45,11 +49,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs per method (default {d.epochs})")
     p.add_argument("--ratio", type=_ratio, default=DEFAULT_RATIO,
                    help=f"fraction of the gradient TopK keeps (default {DEFAULT_RATIO})")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=nonnegative_int, default=d.seed,
                    help=f"initial weights, data split and batch order (default {d.seed})")
-    p.add_argument("--out", default=DEFAULT_OUT, metavar="PATH",
+    p.add_argument("--out", type=png_path, default=DEFAULT_OUT, metavar="PATH",
                    help=f"where to write the plot, a PNG (default {DEFAULT_OUT} in the current directory)")
-    p.add_argument("--timeout", type=float, metavar="S",
+    p.add_argument("--timeout", type=positive_float, metavar="S",
                    help="seconds a method may take before its ranks are stopped (default: estimated)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

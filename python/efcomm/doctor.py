@@ -27,7 +27,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from .bench._util import Progress, format_table
-from .errors import InvalidArgument
+from .errors import InvalidArgument, _one_line
 
 __all__ = ["DumpError", "Dump", "load_dump", "find_dumps", "diagnose", "render_text", "write_plots",
            "add_arguments", "main"]
@@ -1015,7 +1015,7 @@ def main(args) -> int:
     try:
         res = run(args.paths, args.plots, not args.no_plots, args.progress)
     except DumpError as e:
-        print(f"efcomm doctor: error: {e}", file=sys.stderr)
+        print(f"efcomm doctor: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(_plain(res), indent=2))

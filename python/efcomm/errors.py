@@ -1,5 +1,7 @@
 """The exception hierarchy. The native core raises these with ``.code`` set."""
 
+import re
+
 __all__ = ["Error", "InvalidArgument", "NonFiniteError", "CorruptMessageError", "MismatchError",
            "CollectiveTimeout", "BackendUnavailable"]
 
@@ -48,3 +50,9 @@ class BackendUnavailable(Error):
     """A backend (CUDA, NCCL, MPI) was requested but is not built or not usable here."""
 
     code = 7
+
+
+def _one_line(e: BaseException) -> str:
+    """e's message for a command line's one-line error: without the native source location
+    (``[cpp/src/...:123]``) that ends the core's messages for bug reports."""
+    return re.sub(r" \[[\w./-]+:\d+\]", "", str(e))

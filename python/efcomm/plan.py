@@ -33,7 +33,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from . import _core
-from .errors import Error, InvalidArgument
+from .errors import Error, InvalidArgument, _one_line
 
 __all__ = ["Topology", "Flows", "Plan", "collective_flows", "plan", "bound", "lp_bound", "PATTERNS", "STRATEGIES",
            "LP_MAX_VARIABLES", "parse_bytes"]
@@ -685,6 +685,8 @@ def _stats(values: Sequence[float]) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .bench._util import png_path
+
     topo = p.add_argument_group("fabric")
     src = topo.add_mutually_exclusive_group()
     src.add_argument("--topology", metavar="SPEC", default=None,
@@ -718,7 +720,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                           "grows with the sub-flows and their distinct finishing times (default %(default)s)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
-    out.add_argument("--plot", metavar="FILE.png", help="write a PNG of the link loads per strategy (needs matplotlib)")
+    out.add_argument("--plot", type=png_path, metavar="FILE.png", help="write a PNG of the link loads per strategy (needs matplotlib)")
     out.add_argument("--export", metavar="FILE.json", help="write every connection's path(s) of one strategy as JSON")
     out.add_argument("--export-strategy", choices=STRATEGIES, default=None,
                      help="the strategy --export writes (default: split if planned, else the last one; ecmp: the first seed)")
@@ -970,7 +972,7 @@ def main(args) -> int:
     try:
         res = run(args, progress=args.progress)
     except (InvalidArgument, OSError) as e:
-        print(f"efcomm plan: error: {e}", file=sys.stderr)
+        print(f"efcomm plan: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(res, indent=2))

@@ -36,18 +36,25 @@ def test_json_has_every_compressor_and_target(capsys):
     assert all(t["status"] in ("PASS", "FAIL", "SKIP", "ERROR") for t in result["targets"])
 
 
-def test_only_and_a_failing_spec_is_a_row_not_a_crash(capsys):
-    result = run_json(capsys, "--only", "cast", "--spec", "nosuchcompressor")
+def test_only_and_an_extra_spec(capsys):
+    result = run_json(capsys, "--only", "cast", "--spec", "topk:ratio=0.001")
     rows = {r["key"]: r for r in result["compressors"]}
-    assert list(rows) == ["cast-bf16", "cast-fp16", "nosuchcompressor"]
-    assert "nosuchcompressor" in rows["nosuchcompressor"]["error"]
+    assert list(rows) == ["cast-bf16", "cast-fp16", "topk:ratio=0.001"]
+    assert rows["topk:ratio=0.001"]["error"] is None
     statuses = {t["target"]: t["status"] for t in result["targets"]}
     assert statuses["ScaledSign compress >= 40% memcpy"] == "SKIP"
 
 
-def test_unknown_only_is_rejected():
-    with pytest.raises(SystemExit):
-        main([*SMALL, "--only", "nosuch"])
+@pytest.mark.parametrize("extra, message", [
+    (["--only", "nosuch"], "--only: unknown compressor(s) nosuch"),
+    (["--spec", "nosuchcompressor"], "unknown compressor 'nosuchcompressor'"),
+    (["--spec", "topk:ratio=5"], "ratio must be in (0, 1]"),
+])
+def test_bad_compressors_are_bad_input_before_the_run(extra, message, capsys):
+    assert main([*SMALL, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efcomm bench compressors: error: ") and message in err and err.count("\n") == 1
+    assert "[cpp/" not in err  # the native source location is for bug reports, not the command line
 
 
 def test_text_table_and_docs_section(capsys, tmp_path):

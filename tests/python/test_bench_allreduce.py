@@ -31,6 +31,12 @@ def test_parsers():
     for bad in ("topk:ratio=0.01+ef21", "topk@allgather", "+ef21@auto"):
         with pytest.raises(ValueError, match="COMPRESSOR"):
             bench.Config.parse(bad)
+    # Specs and algorithms are checked at parse time, before any launch.
+    for bad, message in (("topk:ratio=2+ef21@allgather", "ratio"), ("topk:ratio=0.01+ef21@ring", "unknown algorithm"),
+                         ("topk:ratio=0.01+ef99@allgather", "unknown feedback")):
+        with pytest.raises(ValueError, match=message):
+            bench.Config.parse(bad)
+    assert bench.Config.parse("topk:ratio=0.01+ef21w@allgather").feedback == "ef21w"
     with pytest.raises(SystemExit):
         main(["bench", "allreduce", "--ranks", "1"])
 

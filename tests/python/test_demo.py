@@ -164,6 +164,18 @@ def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
     assert good["status"] == "ok"
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--out", "demo.txt"], "--out: must name a .png file"),
+    (["--out", "/nonexistent/demo.png"], "does not exist or is not writable"),
+    (["--seed", "-1"], "--seed: must be >= 0"),
+    (["--ratio", "abc"], "--ratio: must be a number"),
+    (["--timeout", "0"], "--timeout: must be a finite number > 0"),
+])
+def test_demo_bad_input_fails_before_training(argv, message):
+    p = _efcomm("demo", *argv, timeout=60)
+    assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
 def test_bench_ddp_quick(tmp_path):
     docs = tmp_path / "benchmarks.md"
     docs.write_text("# Benchmarks\n\n<!-- bench:allreduce:begin -->\nkeep\n<!-- bench:allreduce:end -->\n")

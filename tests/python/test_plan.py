@@ -438,6 +438,12 @@ def test_cli_bad_input(argv, message, capsys):
     assert err.startswith("efcomm plan: error:") and message in err
 
 
+def test_cli_plot_must_be_a_png_before_planning(capsys):
+    with pytest.raises(SystemExit) as e:  # argparse's own check: status 2
+        main(["plan", "--no-progress", "--plot", "loads.txt"])
+    assert e.value.code == 2 and "--plot: must name a .png file" in capsys.readouterr().err
+
+
 def test_single_path_bound():
     """Two ranks on a fabric of 4 spines: one flow cannot use 4 uplinks, so single-path plans are
     measured against the flow alone on its widest path (4x the splittable bound here)."""

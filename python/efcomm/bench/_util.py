@@ -238,9 +238,19 @@ def result_text(t: dict) -> str:
 
 # ---- command-line pieces shared by the benchmarks and the demo ------------------------------------
 
+def _number(text: str, kind):
+    """text as an int or float, or the argparse error that says so (not "invalid positive_int
+    value", argparse's words for a ValueError)."""
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {'an integer' if kind is int else 'a number'}, got {text!r}") \
+            from None
+
+
 def positive_int(text: str) -> int:
     """argparse type: an int > 0."""
-    v = int(text)
+    v = _number(text, int)
     if v <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
     return v
@@ -248,7 +258,7 @@ def positive_int(text: str) -> int:
 
 def nonnegative_int(text: str) -> int:
     """argparse type: an int >= 0 (a seed, a count that may be zero)."""
-    v = int(text)
+    v = _number(text, int)
     if v < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
     return v
@@ -256,15 +266,26 @@ def nonnegative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     """argparse type: a finite float > 0."""
-    v = float(text)
+    v = _number(text, float)
     if not 0 < v < math.inf:
         raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
     return v
 
 
+def png_path(text: str) -> str:
+    """argparse type: where a PNG goes, checked before any work: a .png name in an existing,
+    writable directory (a plot that fails after minutes of training loses the run's picture)."""
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"must name a .png file, got {text!r}")
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: the directory {folder} does not exist or is not writable")
+    return text
+
+
 def ranks_arg(text: str) -> int:
     """argparse type: a number of ranks, at least 2."""
-    v = int(text)
+    v = _number(text, int)
     if v < 2:
         raise argparse.ArgumentTypeError(f"needs at least 2 ranks, got {v}")
     return v

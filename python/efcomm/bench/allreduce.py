@@ -38,10 +38,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import _netns
+from ..errors import _one_line
 from .compressors import _error_text
 from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
-                    positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text,
-                    ring_factor, target_summary)
+                    png_path, positive_float, positive_int, ranks_arg, render_report_markdown,
+                    render_report_text, ring_factor, target_summary)
 
 DEFAULT_SIZES = "1M,16M,64M"
 DEFAULT_RANKS = "2,4"
@@ -67,6 +68,10 @@ WIRE_TOLERANCE = 0.05
 _ROW, _PROGRESS = "@@efcomm-bench-row ", "@@efcomm-bench-progress "
 
 
+#: The Reducer's algorithms (ef.Reducer's algorithm=).
+ALGORITHMS = ("allgather", "reduce_scatter", "allreduce", "auto")
+
+
 @dataclass(frozen=True)
 class Config:
     """One efcomm setting, written ``COMPRESSOR+FEEDBACK@ALGORITHM``."""
@@ -81,7 +86,16 @@ class Config:
         if not (at and plus and compressor and feedback and algorithm):
             raise ValueError(f"config {text!r}: expected COMPRESSOR+FEEDBACK@ALGORITHM, "
                              "e.g. topk:ratio=0.01+ef21@allgather")
-        return cls(compressor.strip(), feedback.strip(), algorithm.strip())
+        config = cls(compressor.strip(), feedback.strip(), algorithm.strip())
+        # Checked here, before any launch: a bad spec is bad input, not a table of failed rows.
+        from .. import compressors, feedback as fb
+
+        if config.algorithm not in ALGORITHMS:
+            raise ValueError(f"config {text!r}: unknown algorithm {config.algorithm!r}; expected one of "
+                             f"{', '.join(ALGORITHMS)}")
+        compressors.compressor(config.compressor)
+        fb.Aggregate(config.feedback, 1, weights=[1.0], dim=0)  # the method and its parameters
+        return config
 
     @property
     def text(self) -> str:
@@ -145,7 +159,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="seconds allowed per mpiexec launch (default: estimated from the sizes and rate)")
     g.add_argument("--mpiexec", help="the mpiexec to use (default: the one next to this Python, else PATH)")
     add_output_arguments(g, DOCS_SECTION)
-    g.add_argument("--plot", metavar="PNG", help="write the scaling part (bytes per rank and time per call against "
+    g.add_argument("--plot", type=png_path, metavar="PNG", help="write the scaling part (bytes per rank and time per call against "
                                                  "the number of ranks, per algorithm) to this PNG")
 
 
@@ -160,7 +174,7 @@ def _config_arg(text: str) -> Config:
     try:
         return Config.parse(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
+        raise argparse.ArgumentTypeError(_one_line(e)) from None
 
 
 def resolve(args) -> None:

@@ -17,8 +17,11 @@ from typing import Optional
 
 import numpy as np
 
+from ..compressors import compressor
+from ..errors import InvalidArgument
 from ._util import (Progress, Timing, add_output_arguments, busy_warning, check_status, emit, format_table, gbps,
-                    machine_info, machine_summary, markdown_table, nonnegative_int, target_summary, time_calls)
+                    machine_info, machine_summary, markdown_table, nonnegative_int, positive_int, target_summary,
+                    time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -88,9 +91,9 @@ TARGETS = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("compressors benchmark")
-    g.add_argument("--size", type=_positive_int, default=DEFAULT_SIZE,
+    g.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                    help=f"float32 elements in the input (default {DEFAULT_SIZE} = 64 MiB)")
-    g.add_argument("--repeats", type=_positive_int, default=DEFAULT_REPEATS,
+    g.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                    help=f"at least this many timed calls per measurement; the best is reported "
                         f"(default {DEFAULT_REPEATS})")
     g.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
@@ -109,13 +112,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_output_arguments(g, DOCS_SECTION, "no progress bar (it is drawn only when stderr is a terminal anyway)")
 
 
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
-
-
 def select_cases(only, extra_specs) -> list:
     cases = list(CASES)
     if only:
@@ -123,9 +119,11 @@ def select_cases(only, extra_specs) -> list:
         known = {c.key for c in CASES} | {c.name for c in CASES}
         unknown = sorted(wanted - known)
         if unknown:
-            raise SystemExit(f"--only: unknown compressor(s) {', '.join(unknown)}; "
-                             f"choose from {', '.join(sorted(known))}")
+            raise InvalidArgument(f"--only: unknown compressor(s) {', '.join(unknown)}; "
+                                  f"choose from {', '.join(sorted(known))}")
         cases = [c for c in CASES if c.key in wanted or c.name in wanted]
+    for spec in extra_specs:  # a bad spec is bad input now, not a row of errors after the run
+        compressor(spec)
     cases += [Case(s, s) for s in extra_specs]
     return cases
 
