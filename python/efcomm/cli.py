@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         b.set_defaults(fn=_cmd_bench, bench_main=module.main)
 
     sim = sub.add_parser("sim", help="simulate error feedback x compressors on n clients",
-                         epilog="exit status: 0 done, 2 bad input")
+                         epilog="exit status: 0 done, 2 bad input",
+                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     from .sim import cli as sim_cli
     sim_cli.add_arguments(sim)
     sim.set_defaults(fn=_cmd_sim)

@@ -1,4 +1,4 @@
-"""Collectives (SPEC.md, "Collectives"): :class:`Communicator`, a group of ranks that exchange
+"""Collectives (docs/collectives.md): :class:`Communicator`, a group of ranks that exchange
 bytes, and :class:`Reducer`, compressed allreduce with error feedback whose result is
 bit-identical on every rank.
 
@@ -445,6 +445,15 @@ def _like(out, x):
     return out
 
 
+def _float_dtype(x, what: str) -> None:
+    """The Reducer's error feedback keeps float32 or float64 state: InvalidArgument naming x's
+    dtype otherwise (numpy and torch arrays; other objects are left to the native parser)."""
+    dtype = getattr(x, "dtype", None)
+    if dtype is not None and str(dtype).replace("torch.", "") not in ("float32", "float64"):
+        raise InvalidArgument(f"{what}: x must be float32 or float64 (the error feedback's state), got "
+                              f"{str(dtype).replace('torch.', '')}; convert it, e.g. x.astype(np.float32)")
+
+
 class Work:
     """An asynchronous :meth:`Reducer.allreduce_async` call (PyTorch's ``Work``).
 
@@ -565,7 +574,7 @@ class Reducer:
             with _device_ctx(x):
                 self._impl.allreduce_device(x, out, key, stream)
             return out
-        self._checked(key, "allreduce")
+        self._checked(key, "allreduce", lambda: _float_dtype(x, "Reducer.allreduce"))
         return _like(self._impl.allreduce(_host(x), key), x)
 
     def allreduce_async(self, x, *, key: str) -> Work:
@@ -576,7 +585,7 @@ class Reducer:
             with _device_ctx(x):
                 work = Work(self._impl.allreduce_async_device(x, out, key, stream), None)
         else:
-            self._checked(key, "allreduce_async")
+            self._checked(key, "allreduce_async", lambda: _float_dtype(x, "Reducer.allreduce_async"))
             work = Work(self._impl.allreduce_async(_host(x), key), x)
         # The native call reads x and writes its output until it completes: keep both alive even
         # if the caller drops the Work.

@@ -1,4 +1,4 @@
-"""Fault detection for collectives (SPEC.md, "Health"): :class:`Monitor` records every collective
+"""Fault detection for collectives (docs/reliability.md): :class:`Monitor` records every collective
 of a communicator in a flight recorder, watches it over a control plane of its own (an agent
 thread per rank talking TCP to a coordinator on rank 0), names the ranks a stuck collective waits
 for, and localizes stragglers and slow links. ``efcomm doctor DIR`` merges the ranks' dumps.
@@ -27,7 +27,7 @@ from .errors import InvalidArgument
 
 __all__ = ["Anomaly", "Monitor"]
 
-#: Anomaly kinds (SPEC.md)
+#: Anomaly kinds
 KINDS = ("hang", "crash", "straggler", "slow_link", "nonfinite", "mismatch")
 
 

@@ -1,4 +1,4 @@
-"""Collective traffic planning (SPEC.md, "Traffic planning"): which path each connection of a
+"""Collective traffic planning (docs/planning.md): which path each connection of a
 collective takes through a leaf-spine or Clos fabric.
 
 Example::

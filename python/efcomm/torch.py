@@ -1,4 +1,4 @@
-"""PyTorch integration (SPEC.md, "PyTorch"): a DistributedDataParallel communication hook that
+"""PyTorch integration (docs/quickstart.md): a DistributedDataParallel communication hook that
 compresses gradient buckets with error feedback.
 
     state, hook = ef.torch.ddp_hook(compressor="topk:ratio=0.01", feedback="ef21")

@@ -242,3 +242,8 @@ def test_targets():
     result["runs"][1].update(status="skipped", reason="needs root")
     assert [(t["status"], t["reason"]) for t in bench.evaluate(result)][2:] == [("SKIP", "needs root")] * 2
     assert bench.time_to([{"seconds": 1.0, "accuracy": 90.0}, {"seconds": 2.0, "accuracy": 95.0}], 95.0) == 2.0
+    # A short run (--quick: 2 epochs) shows its values, but its verdicts are SKIP, not FAIL.
+    result["config"]["epochs"] = 2
+    short = bench.evaluate(result)
+    assert [t["status"] for t in short] == ["SKIP"] * 4 and "2 epochs" in short[0]["reason"]
+    assert short[0]["value"] == pytest.approx(96.6 - 97.0)

@@ -8,7 +8,7 @@
 ///   ef14                                   classic error feedback: p = v + e, send C(p), e = p - C(p)
 ///   ef21[:init=full|compressed]            g += C(v - g)
 ///   ef21w:weight=w,n=N[,init=...]          EF21-W: g += C(v / (N w) - g)
-///   ef21sgdm[:momentum=0.1,init=...]       u = (1-eta) u + eta v (u = v at the first step); g += C(u - g)
+///   ef21sgdm[:momentum=0.1,init=...]       u = (1-m) u + m v, m = momentum (u = v at the first step); g += C(u - g)
 ///   econtrol[:eta=0.1,init=...]            Delta = C(eta e + v - h); e += v - h - Delta; h += Delta
 /// init=full (default) sends the first vector uncompressed (an identity message) and starts the
 /// estimate there; init=compressed starts from zero and compresses from the first step.

@@ -1,6 +1,6 @@
 #pragma once
 /// @file health.hpp
-/// Fault detection for collectives (SPEC.md, "Health"): a per-rank flight recorder of every
+/// Fault detection for collectives (docs/reliability.md): a per-rank flight recorder of every
 /// collective, a watchdog that names the ranks a stuck collective waits for, and straggler and
 /// slow-link localization (C4D: collective traffic is periodic and homogeneous, so a persistent
 /// deviation is a fault).

@@ -1,6 +1,6 @@
 #pragma once
 /// @file plan.hpp
-/// Collective traffic planning (SPEC.md, "Traffic planning"): which path each connection of a
+/// Collective traffic planning (docs/planning.md): which path each connection of a
 /// collective takes through a leaf-spine or Clos fabric. C4 (C4P) gains ~15% by planning paths
 /// instead of leaving them to ECMP hashing; "Challenging the Need for Packet Spraying" proves that
 /// single-path transport with minimal application-layer flow splitting matches ideal packet

@@ -1,6 +1,6 @@
 #pragma once
 /// @file reducer.hpp
-/// `Reducer`: compressed allreduce with error feedback over a `Backend` (SPEC.md, "Collectives").
+/// `Reducer`: compressed allreduce with error feedback over a `Backend` (docs/collectives.md).
 ///
 /// A call first agrees on a small fixed header (key, call number, dtype, shape, specs), so that
 /// ranks that disagree fail with `MismatchError` on every rank instead of hanging; then the
@@ -15,9 +15,9 @@
 ///   folds the n messages of its chunk, re-compresses the aggregate with its own error feedback
 ///   (EF21-BC's b += C(g - b); plain re-compression for `none`) and every rank gathers the
 ///   re-compressed chunks. Sends about 2 (n-1) m(d/n): constant in n for sparsifiers.
-/// - `allreduce`: for compressors whose payloads add (identity, and RandK, whose indices every
-///   rank draws from the shared seed and step): the weighted payloads are summed with the
-///   backend's `allreduceSum`; sends about 2 (n-1)/n of the payload.
+/// - `allreduce`: for compressors whose payloads add (identity, cast, RandK, whose indices every
+///   rank draws from the shared seed and step, and PowerSGD's factors, host only): the weighted
+///   payloads are summed with the backend's `allreduceSum`; sends about 2 (n-1)/n of the payload.
 /// - `auto`: per key at its first call, the cheapest of the above under an alpha-beta model of
 ///   the links (alpha seconds per message, beta seconds per byte) measured by the first auto
 ///   call. The choice is the same on every rank and shows in `stats()`.

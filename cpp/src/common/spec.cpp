@@ -89,7 +89,7 @@ std::optional<std::string> SpecParams::getString(const std::string& key) {
 
 void SpecParams::finish(const std::string& allowed) const {
   for (const auto& kv : values_) {
-    EFCOMM_CHECK(used_.count(kv.first), "unknown parameter '", kv.first, "' for compressor '", name_,
+    EFCOMM_CHECK(used_.count(kv.first), "unknown parameter '", kv.first, "' in '", name_,
                  "'; allowed: ", allowed.empty() ? std::string("(none)") : allowed);
   }
 }

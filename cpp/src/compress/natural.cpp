@@ -1,7 +1,7 @@
 // Natural compression (Horvath et al. 2019, "Natural Compression for Distributed Deep
 // Learning", Def. 1 and Thm. 1): t = sign(t) 2^a (1 + f) with f in [0, 1) becomes sign(t) 2^(a+1)
 // with probability f and sign(t) 2^a otherwise. Unbiased with omega = 1/8; only the sign and an
-// 8-bit exponent code travel: 9 bits per element for every dtype (SPEC.md).
+// 8-bit exponent code travel: 9 bits per element for every dtype (docs/compressors.md).
 //
 // Working on the IEEE bits, f = mantissa / 2^M (M = 23 for float32, 52 for float64) and the
 // draw u is M uniform bits, so "round up iff mantissa > u" happens with probability exactly f.

@@ -82,7 +82,18 @@ void Feedback::loadStateDict(const StateDict& state) {
 namespace {
 
 // The first message of init=full methods: the vector itself, uncompressed.
-Message identityMessage(const ConstTensorView& x) { return makeCompressor("identity")->compress(x, 0); }
+// init=full's first message: the vector itself. A non-finite vector is reported as the feedback
+// step's (the user configured a compressor and a method, not `identity`).
+Message identityMessage(const ConstTensorView& x, const std::string& spec) {
+  try {
+    return makeCompressor("identity")->compress(x, 0);
+  } catch (const NonFiniteError& e) {
+    const std::string what = e.what();
+    const size_t colon = what.find(": ");
+    throw NonFiniteError(spec + ".step (init=full: the first vector travels whole)" +
+                         (colon == std::string::npos ? ": " + what : what.substr(colon)));
+  }
+}
 
 class NoFeedback final : public Feedback {
  public:
@@ -154,7 +165,7 @@ class EF21 final : public Feedback {
       // g^0 = a v^0 sent uncompressed (the EF21 reference code's initialization).
       const ConstTensorView target = scale_ == 1 ? v : ConstTensorView(ws);
       if (scale_ != 1) formTarget(v, ws, /*minusG=*/false, plainV);
-      Message m = identityMessage(target);
+      Message m = identityMessage(target, spec());
       feedback::copy(target, viewOf(g_));
       if (sgdm_) feedback::copy(v, viewOf(u_));
       return m;
@@ -229,7 +240,7 @@ class EControl final : public Feedback {
  protected:
   Message doStep(const ConstTensorView& v, std::optional<uint64_t> step) override {
     if (!initialized() && cfg_.initFull) {
-      Message m = identityMessage(v);
+      Message m = identityMessage(v, spec());
       feedback::copy(v, viewOf(h_));
       return m;
     }

@@ -239,6 +239,11 @@ def evaluate(result: dict) -> list:
             value = (row["speedup"][t.metric[3:]] if t.metric.startswith("vs:")
                      else row[t.metric]["memcpy_fraction"])
             entry.update(value=value, status="PASS" if value >= t.threshold else "FAIL")
+            if result["config"]["size"] < DEFAULT_SIZE:
+                # Set for 64 MiB: a smaller input sits in cache, where memcpy and the kernels
+                # compare differently. The value shows; the verdict waits for a full-size run.
+                entry.update(status="SKIP", reason=f"--size {result['config']['size']}: the targets are for "
+                                                   f"{DEFAULT_SIZE} float32 (64 MiB)")
         out.append(entry)
     return out
 

@@ -346,6 +346,14 @@ def evaluate(result: dict) -> list:
             ratio = min((t if t is not None else float("inf")) / mine for t in theirs.values())
             out.append(_target(text, ratio, 1.0, "PASS" if ratio > 1 else "FAIL", STRICTER, shown, counted=False))
 
+    # The targets are set for a full run: after fewer epochs (--quick, --epochs) accuracy and
+    # bytes are not yet what they are about, so the values show and the verdicts are SKIP.
+    full = _ddp_train.TrainConfig().epochs
+    if result["config"]["epochs"] < full:
+        for t in out:
+            if t["status"] in ("PASS", "FAIL"):
+                t["status"] = "SKIP"
+                t["reason"] = f"a short run ({result['config']['epochs']} epochs): the targets are for {full}"
     return out
 
 

@@ -389,10 +389,12 @@ def _report(result: dict):
         tables.append(("Trials not detected cleanly", ["fault", "ranks", "rank", "compute", "what happened"], missed,
                        "lrrll"))
     c = result["config"]
+    cores = result.get("machine", {}).get("usable_cores") or os.cpu_count() or 1
     conditions = [
         f"{len(result['trials'])} randomized trials over {', '.join(map(str, c['ranks']))} ranks (MPI processes on this "
         f"machine, mpiexec -disable-auto-cleanup), {c['steps']} steps each: 20 ms of compute (alternately a sleep, and "
-        "CPU work of 20 ms of CPU time, with which 8 ranks oversubscribe the 2 cores 4x) then a Reducer allreduce (TopK 1% + EF21, allgather) of 65,536 float32, watched by ef.health.Monitor with its default "
+        f"CPU work of 20 ms of CPU time, with which {max(c['ranks'])} ranks oversubscribe the {cores} cores "
+        f"{max(c['ranks']) / cores:.3g}x) then a Reducer allreduce (TopK 1% + EF21, allgather) of 65,536 float32, watched by ef.health.Monitor with its default "
         "settings; the fault at a random step in [3, 8]: SIGKILL (crash), SIGSTOP (hang), a 1.3-3x longer compute "
         "(straggler), a 10-50 ms delay on one directed link (slow_link, EFCOMM_FAULT_LINK_DELAY), a NaN in one "
         "gradient (nonfinite), one allreduce under another key (mismatch). Seed " + str(c["seed"]) + ".",

@@ -14,13 +14,14 @@ from . import plots, problems, runner, theory
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--problem", choices=problems.PROBLEMS, default="counterexample")
+    p.add_argument("--problem", choices=problems.PROBLEMS, default="counterexample",
+                   help="the problem the clients share (docs/simulator.md)")
     p.add_argument("--feedback", nargs="+", default=["ef21"], metavar="SPEC",
                    help=f"one or more of {', '.join(runner.FEEDBACKS)}, with parameters as "
                         "name:key=value (e.g. ef21:init=compressed, econtrol:eta=0.1)")
     p.add_argument("--compressor", nargs="+", default=["topk:k=1"], metavar="SPEC",
                    help="one or more compressor specs; every feedback runs with every compressor")
-    p.add_argument("--rounds", type=nonnegative_int, default=1000)
+    p.add_argument("--rounds", type=nonnegative_int, default=1000, help="communication rounds per run")
     p.add_argument("--stepsize", default="theory",
                    help="theory (1/(L + L_QM xi(alpha))), theory-am (1/(L + L_AM xi(alpha))) or a number")
     p.add_argument("--multiplier", type=positive_float, default=1.0, help="factor applied to the stepsize")
