@@ -163,7 +163,7 @@ def _summary(result: dict) -> list:
                    f"{base['loss']:.4f}.")
     if ef and none:
         out.append(f"Without error feedback the same compressor ended at a training loss of {none['loss']:.4f} "
-                   f"({none['loss'] / ef['loss']:.2g}x that with EF21) and {none['accuracy'] - ef['accuracy']:+.1f} "
+                   f"({none['loss'] / ef['loss']:.3g}x that with EF21) and {none['accuracy'] - ef['accuracy']:+.1f} "
                    "points of test accuracy"
                    + (": what TopK drops is lost, where error feedback sends it later." if none["loss"] > ef["loss"]
                       else "."))

@@ -864,7 +864,10 @@ def render_text(res: dict) -> str:
         lines += ["Anomalies reported by the monitor",
                   format_table(["kind", "ranks", "seq", "reported by", "detail"], body, "llrll"), ""]
     st = res["stragglers"]
-    if st["rows"]:
+    if st["rows"] and st["compute_seqs"] == 0:
+        lines += ["No collective carried compute (every gap under the floor: collectives back to back), so no "
+                  "rank can be told a straggler.", ""]
+    elif st["rows"]:
         body = [[str(r["rank"]), _ms(r["gap_median_s"]), _ms(r["gap_mean_s"]), _f(r["gap_ratio"]) + "x",
                  _f(r["gap_z"], "{:.1f}"), _ms(r["late_median_s"]), _ms(r["late_mean_s"]),
                  _f(100 * r["last_share"], "{:.0f}%"), "STRAGGLER" if r["straggler"] else ""] for r in st["rows"]]

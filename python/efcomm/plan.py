@@ -13,7 +13,8 @@ Model (efcomm/plan.hpp): endpoints are NIC ports, one rank each (rank = host x n
 nic); links are directed (a cable is two links), capacities in bytes per second; traffic inside a
 host loads no fabric link. The congestion of a link is the bytes it carries / its capacity
 (seconds at full rate); every strategy minimizes the maximum over links, :func:`bound` bounds it
-from below (the cut bound, exact on uniform leaf-spine fabrics) and :func:`lp_bound` computes the
+from below (the cut bound, exact on uniform leaf-spine fabrics, raised elsewhere by a
+multiplicative-weights dual) and :func:`lp_bound` computes the
 exact splittable optimum of small instances by linear programming (scipy's HiGHS).
 
 The command line ``efcomm plan`` (:func:`main`) compares the strategies on one fabric.
@@ -22,6 +23,7 @@ The command line ``efcomm plan`` (:func:`main`) compares the strategies on one f
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -64,6 +66,23 @@ def _float(v, what: str) -> float:
     return float(v)
 
 
+# The core's messages name its C++ API (leafSpine, hostGbps, failLink); Python callers read
+# this module's names.
+_CPP_NAMES = {"leafSpine": "leaf_spine", "hostsPerLeaf": "hosts_per_leaf", "nicsPerHost": "nics_per_host",
+              "hostGbps": "host_gbps", "uplinkGbps": "uplink_gbps", "fabricGbps": "fabric_gbps",
+              "railOptimized": "rail_optimized", "failLink": "fail_link", "degradeLink": "degrade_link"}
+
+
+@contextlib.contextmanager
+def _python_names():
+    """Re-raises the core's InvalidArgument with this module's names for its C++ identifiers."""
+    try:
+        yield
+    except InvalidArgument as e:
+        text = re.sub(r"\b(" + "|".join(_CPP_NAMES) + r")\b", lambda m: _CPP_NAMES[m.group(1)], str(e))
+        raise InvalidArgument(text.replace("plan.Topology.", "Topology.")) from None
+
+
 class Topology:
     """A fabric: nodes (endpoints and switches) and directed links with capacities. Build one with
     :meth:`leaf_spine`, :meth:`clos` or :meth:`from_json`; :meth:`fail_link` and
@@ -87,22 +106,25 @@ class Topology:
         ``rail_optimized``: leaves in groups of ``nics_per_host`` (rails), NIC i of the group's hosts on
         the group's leaf i. ``planes`` > 1 replicates the switch fabric, every endpoint linked to its
         leaf in every plane. Rates in Gbit/s per direction."""
-        return cls(_core._Topology.leaf_spine(
-            _int(leaves, "Topology.leaf_spine: leaves"), _int(spines, "Topology.leaf_spine: spines"),
-            _int(hosts_per_leaf, "Topology.leaf_spine: hosts_per_leaf"),
-            _int(nics_per_host, "Topology.leaf_spine: nics_per_host"),
-            _float(host_gbps, "Topology.leaf_spine: host_gbps"), _float(uplink_gbps, "Topology.leaf_spine: uplink_gbps"),
-            bool(rail_optimized), _int(planes, "Topology.leaf_spine: planes")))
+        with _python_names():
+            return cls(_core._Topology.leaf_spine(
+                _int(leaves, "Topology.leaf_spine: leaves"), _int(spines, "Topology.leaf_spine: spines"),
+                _int(hosts_per_leaf, "Topology.leaf_spine: hosts_per_leaf"),
+                _int(nics_per_host, "Topology.leaf_spine: nics_per_host"),
+                _float(host_gbps, "Topology.leaf_spine: host_gbps"),
+                _float(uplink_gbps, "Topology.leaf_spine: uplink_gbps"),
+                bool(rail_optimized), _int(planes, "Topology.leaf_spine: planes")))
 
     @classmethod
     def clos(cls, k: int, hosts_per_leaf: int = 0, nics_per_host: int = 1, host_gbps: float = 400,
              fabric_gbps: float = 400) -> "Topology":
         """A 3-tier Clos (k-ary fat-tree): k pods of k/2 leaves and k/2 aggs, (k/2)^2 cores;
         ``hosts_per_leaf`` hosts per leaf (k/2 when 0) of ``nics_per_host`` NICs. Rates in Gbit/s."""
-        return cls(_core._Topology.clos(
-            _int(k, "Topology.clos: k"), _int(hosts_per_leaf, "Topology.clos: hosts_per_leaf"),
-            _int(nics_per_host, "Topology.clos: nics_per_host"), _float(host_gbps, "Topology.clos: host_gbps"),
-            _float(fabric_gbps, "Topology.clos: fabric_gbps")))
+        with _python_names():
+            return cls(_core._Topology.clos(
+                _int(k, "Topology.clos: k"), _int(hosts_per_leaf, "Topology.clos: hosts_per_leaf"),
+                _int(nics_per_host, "Topology.clos: nics_per_host"), _float(host_gbps, "Topology.clos: host_gbps"),
+                _float(fabric_gbps, "Topology.clos: fabric_gbps")))
 
     @classmethod
     def from_json(cls, path_or_text: Union[str, os.PathLike]) -> "Topology":
@@ -177,11 +199,13 @@ class Topology:
         """A node's id from its id or its name ("h3.n1", "p0.leaf2", "pod1.agg0", "core5")."""
         if isinstance(node, str):
             if self._names is None:
-                _, _, _, names = self._t._node_columns()
+                kinds, _, _, names = self._t._node_columns()
                 self._names = {n: i for i, n in enumerate(names)}
+                # One example name per kind (endpoint, leaf, spine, agg, core), for the error below.
+                self._examples = list({k: n for k, n in reversed(list(zip(kinds, names)))}.values())[::-1]
             if node not in self._names:
-                examples = ", ".join(list(self._names)[:3])
-                raise InvalidArgument(f"Topology: no node named {node!r} (names look like {examples}, ...)")
+                raise InvalidArgument(f"Topology: no node named {node!r} (names look like "
+                                      f"{', '.join(self._examples)}, ...)")
             return self._names[node]
         i = _int(node, "Topology: a node (id or name)")
         if not 0 <= i < self._t.num_nodes:
@@ -209,7 +233,8 @@ class Topology:
     def fail_link(self, *link) -> None:
         """Fails a cable, both directions: ``fail_link(link_id)`` or ``fail_link(node_a, node_b)``
         (ids or names). No path uses it any more."""
-        self._t.fail_link(self._link(link, "fail_link"))
+        with _python_names():
+            self._t.fail_link(self._link(link, "fail_link"))
 
     def degrade_link(self, *link, factor: Optional[float] = None) -> None:
         """Scales a cable's capacity (both directions) by ``factor`` in (0, 1]:
@@ -218,7 +243,8 @@ class Topology:
             if len(link) < 2:
                 raise InvalidArgument("Topology.degrade_link: pass the link (an id or two nodes) and the factor")
             link, factor = link[:-1], link[-1]
-        self._t.degrade_link(self._link(link, "degrade_link"), _float(factor, "Topology.degrade_link: factor"))
+        with _python_names():
+            self._t.degrade_link(self._link(link, "degrade_link"), _float(factor, "Topology.degrade_link: factor"))
 
     # ---- paths -----------------------------------------------------------------------------------
 

@@ -150,6 +150,13 @@ def test_bad_topologies():
                 lambda: P.Topology.clos(k=3), lambda: P.Topology.clos(k=4, nics_per_host=0)):
         with pytest.raises(ef.InvalidArgument):
             bad()
+    # Errors speak this module's names, not the C++ API's (hostGbps, failLink).
+    with pytest.raises(ef.InvalidArgument, match="Topology.leaf_spine: host_gbps"):
+        P.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2, host_gbps=0)
+    with pytest.raises(ef.InvalidArgument, match="use fail_link"):
+        P.Topology.clos(k=4).degrade_link(0, 2.0)
+    with pytest.raises(ef.InvalidArgument, match="h0.n0, p0.leaf0, p0.spine0"):  # an example of every kind
+        P.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2).fail_link("leaf0", "spine0")
 
 
 # ---- flows ------------------------------------------------------------------------------------
