@@ -219,7 +219,7 @@ class DDPHookState:
 
     def __setstate__(self, state):
         self.__init__(state["compressor"], state["feedback"], None, state["start_iter"], state["min_compress_numel"],
-                      state.get("weights"))
+                      state.get("weights") or None)  # [] is ef21w's 1/n each: no weights given
         self.load_state_dict(state)
 
     def __repr__(self) -> str:

@@ -79,6 +79,13 @@ def test_ef21w_with_topk_trains_as_ef21(tmp_path):
 
 
 def test_hook_ef21w_arguments():
+    import pickle
+
+    # ef21w without weights is 1/n each; its state (weights []) pickles and comes back as it was.
+    state, _ = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w")
+    assert state.feedback == "ef21w:init=full" and state.weights == []
+    again = pickle.loads(pickle.dumps(state))
+    assert again.weights == [] and again.feedback == state.feedback
     with pytest.raises(ef.InvalidArgument, match="weights="):
         ef.torch.ddp_hook("topk:ratio=0.05", "ef21w:weight=0.5,n=2")
     with pytest.raises(ef.InvalidArgument, match="EF21-W"):
