@@ -4,6 +4,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <mutex>
+
 #include "efcomm/comm.hpp"
 #include "efcomm/nccl.hpp"
 #include "efcomm/reducer.hpp"
@@ -61,6 +63,149 @@ py::array outputLike(const TensorArg& t) {
   }
 }
 
+// A Backend whose collectives are methods of a Python object (efcomm.comm._TorchBackend: the
+// byte collectives over a torch.distributed process group). The native caller (a Reducer, on the
+// caller's thread or its async worker) holds no GIL; each call takes it for the Python method.
+// The methods block until the collective is done, so the Work is complete when returned; an
+// exception is kept in it and thrown by wait(), as an asynchronous backend's would be.
+class PyBackend final : public Backend {
+ public:
+  explicit PyBackend(py::object impl)
+      : impl_(std::move(impl)), rank_(impl_.attr("rank").cast<int>()), size_(impl_.attr("size").cast<int>()) {}
+
+  ~PyBackend() override {
+    if (!Py_IsInitialized()) {  // at interpreter exit: nothing left to release
+      impl_.release();
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    impl_ = py::object();
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  std::shared_ptr<Work> allgatherv(const void* send, size_t bytes, ByteBlocks& recv,
+                                   std::optional<double> timeout) override {
+    return call([&] {
+      py::list blocks = impl_.attr("allgatherv")(readView(send, bytes), timeout);
+      EFCOMM_CHECK(static_cast<int>(blocks.size()) == size_, "allgatherv returned ", blocks.size(), " blocks");
+      fill(recv, blocks);
+    });
+  }
+
+  std::shared_ptr<Work> alltoallv(const void* send, const std::vector<size_t>& sendCounts, ByteBlocks& recv,
+                                  std::optional<double> timeout) override {
+    EFCOMM_CHECK(static_cast<int>(sendCounts.size()) == size_, "alltoallv: ", sendCounts.size(),
+                 " send counts for ", size_, " ranks");
+    size_t total = 0;
+    for (size_t c : sendCounts) total += c;
+    return call([&] {
+      py::list blocks = impl_.attr("alltoallv")(readView(send, total), sendCounts, timeout);
+      EFCOMM_CHECK(static_cast<int>(blocks.size()) == size_, "alltoallv returned ", blocks.size(), " blocks");
+      fill(recv, blocks);
+    });
+  }
+
+  std::shared_ptr<Work> broadcast(void* buf, size_t bytes, int root, std::optional<double> timeout) override {
+    EFCOMM_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of ", size_);
+    return call([&] { impl_.attr("broadcast")(writeView(buf, bytes), root, timeout); });
+  }
+
+  std::shared_ptr<Work> allreduceSum(void* buf, size_t count, DType dtype, std::optional<double> timeout) override {
+    return call([&] {
+      impl_.attr("allreduce_sum")(writeView(buf, count * itemSize(dtype)), dtypeName(dtype), timeout);
+    });
+  }
+
+  std::shared_ptr<Work> barrier(std::optional<double> timeout) override {
+    return call([&] { impl_.attr("barrier")(timeout); });
+  }
+
+  void abort(const CollectiveTimeout& error) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!aborted_) aborted_ = std::make_exception_ptr(error);
+  }
+
+ private:
+  class DoneWork final : public Work {
+   public:
+    explicit DoneWork(std::exception_ptr error) : error_(std::move(error)) {}
+    void wait(std::optional<double>) override {
+      if (error_) std::rethrow_exception(error_);
+    }
+    bool completed() const override { return true; }
+
+   private:
+    std::exception_ptr error_;
+  };
+
+  static py::memoryview readView(const void* p, size_t bytes) {
+    return py::memoryview::from_memory(p, static_cast<py::ssize_t>(bytes));
+  }
+  static py::memoryview writeView(void* p, size_t bytes) {
+    return py::memoryview::from_memory(p, static_cast<py::ssize_t>(bytes));
+  }
+
+  static void fill(ByteBlocks& recv, const py::list& blocks) {
+    recv.data.clear();
+    recv.offsets.assign(1, 0);
+    for (py::handle b : blocks) {
+      const py::buffer_info info = py::reinterpret_borrow<py::buffer>(b).request();
+      const auto* p = static_cast<const uint8_t*>(info.ptr);
+      recv.data.insert(recv.data.end(), p, p + info.size * info.itemsize);
+      recv.offsets.push_back(recv.data.size());
+    }
+  }
+
+  // Runs one collective with the GIL held; its error (a Python exception becomes the efcomm
+  // error it is, or an Error naming the collective) goes into the returned Work.
+  template <typename F>
+  std::shared_ptr<Work> call(F&& collective) {
+    std::exception_ptr error;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      error = aborted_;
+    }
+    if (!error) {
+      py::gil_scoped_acquire gil;
+      try {
+        collective();
+      } catch (py::error_already_set& e) {
+        error = translate(e);
+      } catch (...) {
+        error = std::current_exception();
+      }
+    }
+    return std::make_shared<DoneWork>(std::move(error));
+  }
+
+  static std::exception_ptr translate(py::error_already_set& e) {
+    const std::string what = py::str(e.value());
+    py::module_ errors = py::module_::import("efcomm.errors");
+    if (e.matches(errors.attr("CollectiveTimeout"))) {
+      return std::make_exception_ptr(
+          CollectiveTimeout(what, e.value().attr("culprits").cast<std::vector<int>>()));
+    }
+    if (e.matches(errors.attr("Error"))) {
+      switch (static_cast<ErrorCode>(e.value().attr("code").cast<int>())) {
+        case ErrorCode::kInvalidArgument: return std::make_exception_ptr(InvalidArgument(what));
+        case ErrorCode::kNonFinite: return std::make_exception_ptr(NonFiniteError(what));
+        case ErrorCode::kCorruptMessage: return std::make_exception_ptr(CorruptMessageError(what));
+        case ErrorCode::kMismatch: return std::make_exception_ptr(MismatchError(what));
+        case ErrorCode::kBackendUnavailable: return std::make_exception_ptr(BackendUnavailable(what));
+        default: return std::make_exception_ptr(Error(what));
+      }
+    }
+    return std::make_exception_ptr(Error(std::string(py::str(e.type().attr("__name__"))) + ": " + what));
+  }
+
+  py::object impl_;
+  const int rank_, size_;
+  std::mutex mu_;
+  std::exception_ptr aborted_;
+};
+
 }  // namespace
 
 void initComm(py::module_& m) {
@@ -77,6 +222,8 @@ void initComm(py::module_& m) {
         py::gil_scoped_release nogil;
         b.abort(error);
       }, py::arg("culprits"), py::arg("message"));
+  m.def("_py_backend", [](py::object impl) -> std::shared_ptr<Backend> { return std::make_shared<PyBackend>(impl); },
+        py::arg("impl"), "A backend whose byte collectives are the methods of impl (efcomm.comm._TorchBackend).");
 
   py::class_<InProcessGroup, std::shared_ptr<InProcessGroup>>(m, "_InProcessGroup")
       .def(py::init<int, double>(), py::arg("size"), py::arg("timeout") = kDefaultCollectiveTimeout)

@@ -3,7 +3,8 @@ bytes, and :class:`Reducer`, compressed allreduce with error feedback whose resu
 bit-identical on every rank.
 
 Communicators come from :func:`efcomm.testing.run_ranks` (in-process ranks on threads),
-:meth:`Communicator.mpi` or, for GPUs, :meth:`Communicator.nccl` (a :class:`NcclCommunicator`).
+:meth:`Communicator.mpi`, :meth:`Communicator.torch` (a torch.distributed gloo group) or, for
+GPUs, :meth:`Communicator.nccl` (a :class:`NcclCommunicator`).
 Every blocking native call releases the GIL.
 """
 
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 
 from . import _core
 from .compressors import _cuda_stream, _device_ctx, _host, _is_cuda, _is_torch, _library
-from .errors import BackendUnavailable, InvalidArgument
+from .errors import BackendUnavailable, CollectiveTimeout, InvalidArgument
 
 __all__ = ["Communicator", "NcclCommunicator", "Reducer", "Work"]
 
@@ -147,12 +148,135 @@ class Communicator:
     def size(self) -> int:
         return self._backend.size
 
+    @classmethod
+    def torch(cls, process_group=None, timeout: Optional[float] = None) -> "Communicator":
+        """A communicator over a torch.distributed process group with a gloo backend (default:
+        the default group): :class:`Reducer` on host arrays wherever torch.distributed runs,
+        without MPI.
+
+        Not collective: each rank wraps its own handle. ``timeout``: default timeout of its
+        collectives in seconds (None: the process group's own). The byte collectives are torch's
+        (an ``allgatherv`` is an all_gather of the sizes, then of the blocks padded to the
+        longest; an ``alltoallv`` is two all_to_all_single, counts and bytes), so every
+        collective a Reducer runs here costs one or two of torch's; the sums of the ``allreduce``
+        algorithm are torch's all_reduce, the same bits on every rank (not summed in rank order as
+        the MPI and in-process backends do). A failed or timed-out torch collective raises
+        :class:`CollectiveTimeout` (torch does not say which ranks are missing) and leaves the
+        process group unusable, as torch does. For CUDA tensors over NCCL use :meth:`nccl`.
+        """
+        try:
+            import torch.distributed as dist
+        except ImportError as e:
+            raise BackendUnavailable(f"Communicator.torch needs torch: pip install torch ({e})") from e
+        if not (dist.is_available() and dist.is_initialized()):
+            raise InvalidArgument("Communicator.torch: torch.distributed is not initialized; call "
+                                  "torch.distributed.init_process_group('gloo', ...) first")
+        backend = str(dist.get_backend(process_group)).lower()
+        if "gloo" not in backend:
+            raise BackendUnavailable(f"Communicator.torch: the process group's backend is {backend!r}; efcomm "
+                                     "moves host bytes over gloo: pass a gloo group (torch.distributed.new_group("
+                                     "backend='gloo')), or use Communicator.nccl(process_group=...) for CUDA tensors")
+        return cls(_core._py_backend(_TorchBackend(process_group, _timeout(timeout, "Communicator.torch"))))
+
     def barrier(self, timeout: Optional[float] = None) -> None:
         """Returns once every rank has entered the barrier."""
         self._backend.barrier(_timeout(timeout, "Communicator.barrier"))
 
     def __repr__(self) -> str:
         return f"Communicator(rank={self.rank}, size={self.size})"
+
+
+# ---- torch.distributed (gloo) --------------------------------------------------------------------
+
+class _TorchBackend:
+    """The byte collectives of a native backend (bindings: PyBackend) over a torch.distributed
+    gloo group. Every collective works on tensors of its own, copied in and out: after a timeout
+    torch may still write into its buffers, which must not be the caller's."""
+
+    _DTYPES = {"float32": "float32", "float64": "float64", "bfloat16": "bfloat16", "float16": "float16"}
+
+    def __init__(self, group, timeout: Optional[float]):
+        import torch.distributed as dist
+
+        self._dist = dist
+        self._group = group
+        self._timeout = timeout
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+
+    def _wait(self, work, what: str, timeout: Optional[float]) -> None:
+        import datetime
+
+        seconds = timeout if timeout is not None else self._timeout
+        try:
+            if seconds is None:
+                work.wait()
+            else:
+                work.wait(timeout=datetime.timedelta(seconds=seconds))
+        except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and its subclasses
+            limit = f" (timeout {seconds:g} s)" if seconds is not None else ""
+            raise CollectiveTimeout(f"torch.distributed {what} failed on rank {self.rank} of {self.size}{limit}: "
+                                    f"{type(e).__name__}: {e}; a peer died or did not arrive in time (torch does "
+                                    "not say which), and the process group is unusable now") from e
+
+    @staticmethod
+    def _bytes(view) -> "torch.Tensor":
+        import numpy as np
+        import torch
+
+        return torch.from_numpy(np.frombuffer(view, dtype=np.uint8).copy())
+
+    def allgatherv(self, view, timeout):
+        import torch
+
+        dist = self._dist
+        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
+        self._wait(dist.all_gather(sizes, torch.tensor([len(view)], dtype=torch.int64), group=self._group,
+                                   async_op=True), "all_gather (allgatherv sizes)", timeout)
+        sizes = [int(t.item()) for t in sizes]
+        width = max(sizes)
+        if width == 0:
+            return [b""] * self.size
+        padded = torch.zeros(width, dtype=torch.uint8)
+        padded[:len(view)] = self._bytes(view)
+        blocks = [torch.empty(width, dtype=torch.uint8) for _ in range(self.size)]
+        self._wait(dist.all_gather(blocks, padded, group=self._group, async_op=True), "all_gather (allgatherv)",
+                   timeout)
+        return [b[:s].numpy() for b, s in zip(blocks, sizes)]
+
+    def alltoallv(self, view, counts, timeout):
+        import torch
+
+        dist = self._dist
+        recv_counts = torch.zeros(self.size, dtype=torch.int64)
+        self._wait(dist.all_to_all_single(recv_counts, torch.tensor(counts, dtype=torch.int64), group=self._group,
+                                          async_op=True), "all_to_all_single (alltoallv counts)", timeout)
+        recv_counts = recv_counts.tolist()
+        out = torch.empty(sum(recv_counts), dtype=torch.uint8)
+        self._wait(dist.all_to_all_single(out, self._bytes(view), recv_counts, list(counts), group=self._group,
+                                          async_op=True), "all_to_all_single (alltoallv)", timeout)
+        return [part.numpy() for part in torch.split(out, recv_counts)]
+
+    def broadcast(self, view, root, timeout):
+        import numpy as np
+
+        buf = self._bytes(view)
+        src = root if self._group is None else self._dist.get_global_rank(self._group, root)
+        self._wait(self._dist.broadcast(buf, src=src, group=self._group, async_op=True), "broadcast", timeout)
+        np.frombuffer(view, dtype=np.uint8)[:] = buf.numpy()
+
+    def allreduce_sum(self, view, dtype: str, timeout):
+        import numpy as np
+        import torch
+
+        if len(view) == 0:
+            return
+        buf = self._bytes(view).view(getattr(torch, self._DTYPES[dtype]))
+        self._wait(self._dist.all_reduce(buf, group=self._group, async_op=True), "all_reduce", timeout)
+        np.frombuffer(view, dtype=np.uint8)[:] = buf.view(torch.uint8).numpy()
+
+    def barrier(self, timeout):
+        self._wait(self._dist.barrier(group=self._group, async_op=True), "barrier", timeout)
 
 
 # ---- NCCL ----------------------------------------------------------------------------------------

@@ -50,8 +50,9 @@ import torch.distributed as dist
 
 from . import _core
 from . import feedback as _feedback
+from .comm import _ALGORITHMS
 from .compressors import Message, _cuda_stream, _device_ctx
-from .errors import InvalidArgument, MismatchError, NonFiniteError
+from .errors import InvalidArgument, MismatchError, NonFiniteError, _one_line
 
 __all__ = ["DDPHookState", "ddp_hook"]
 
@@ -141,7 +142,10 @@ class DDPHookState:
     """
 
     def __init__(self, compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
-                 start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None):
+                 start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None,
+                 algorithm: str = "allgather"):
+        if algorithm not in _ALGORITHMS:
+            raise InvalidArgument(f"ddp_hook: unknown algorithm {algorithm!r}; expected one of {_ALGORITHMS}")
         compressor = getattr(compressor, "spec", compressor)
         feedback = getattr(feedback, "spec", feedback)
         if not isinstance(compressor, str) or not isinstance(feedback, str):
@@ -161,19 +165,26 @@ class DDPHookState:
         self.process_group = process_group
         self.start_iter = start_iter
         self.min_compress_numel = min_compress_numel
+        self.algorithm = algorithm
         self.iter = 0
         self.stats = {"bytes_sent": 0, "bytes_received": 0, "calls": 0, "compressed_calls": 0, "nonfinite_rounds": 0}
         self._slots: dict = {}
         self._order: dict = {}  # id(parameter) -> its place in the first iteration seen
         self._agreed = False  # the ranks' configurations compared (at this process's first bucket)
         self._saved_rank = 0  # the rank a loaded state was saved by (this process's, outside a process group)
+        # algorithm != "allgather": an ef.Reducer over the process group (made at the first
+        # compressed bucket) holds the error feedback instead of the slots; a loaded state of its
+        # waits here until then.
+        self._reducer = None
+        self._reducer_state = None
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"compressor": self.compressor, "feedback": self.feedback, "weights": self.weights,
                 "world": self._world(), "rank": self._rank(),
-                "start_iter": self.start_iter,
+                "start_iter": self.start_iter, "algorithm": self.algorithm,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
+                "reducer": self._reducer_state_dict(),
                 "slots": {key: {"numel": s.numel, "dtype": s.dtype, "step": s.step,
                                 "worker": _torch_state(s.worker.state_dict()),
                                 "aggregate": _torch_state(s.aggregate_state())} for key, s in self._slots.items()}}
@@ -187,8 +198,8 @@ class DDPHookState:
         if missing:
             raise InvalidArgument(f"DDPHookState.load_state_dict: not a hook state (no {', '.join(missing)}); "
                                   "pass what DDPHookState.state_dict() returned")
-        for name in ("compressor", "feedback", "weights"):
-            if state.get(name) != getattr(self, name):
+        for name in ("compressor", "feedback", "weights", "algorithm"):
+            if state.get(name, "allgather" if name == "algorithm" else None) != getattr(self, name):
                 raise InvalidArgument(f"DDPHookState.load_state_dict: saved {name} {state.get(name)!r}, "
                                       f"this hook uses {getattr(self, name)!r}")
         n = int(state["world"])
@@ -208,6 +219,7 @@ class DDPHookState:
             slot.step = int(saved["step"])
             slots[key] = slot
         self._slots = slots
+        self._reducer, self._reducer_state = None, state.get("reducer")
         self.start_iter = int(state["start_iter"])
         self.min_compress_numel = int(state["min_compress_numel"])
         self.iter = int(state["iter"])
@@ -219,12 +231,25 @@ class DDPHookState:
 
     def __setstate__(self, state):
         self.__init__(state["compressor"], state["feedback"], None, state["start_iter"], state["min_compress_numel"],
-                      state.get("weights") or None)  # [] is ef21w's 1/n each: no weights given
+                      state.get("weights") or None,  # [] is ef21w's 1/n each: no weights given
+                      state.get("algorithm", "allgather"))
         self.load_state_dict(state)
 
     def __repr__(self) -> str:
-        return (f"DDPHookState(compressor={self.compressor!r}, feedback={self.feedback!r}, iter={self.iter}, "
-                f"compressed parameters={len(self._slots)})")
+        return (f"DDPHookState(compressor={self.compressor!r}, feedback={self.feedback!r}, "
+                f"algorithm={self.algorithm!r}, iter={self.iter}, compressed parameters={self._compressed_count()})")
+
+    def _compressed_count(self) -> int:
+        if self._reducer is not None:
+            return len(self._reducer.stats)
+        if self._reducer_state is not None:
+            return int(self._reducer_state["meta"]["reducer.keys"])
+        return len(self._slots)
+
+    def _reducer_state_dict(self) -> Optional[dict]:
+        if self._reducer is None:
+            return self._reducer_state
+        return _torch_state(self._reducer.state_dict())
 
     # ---- the hook's work -----------------------------------------------------------------------
     def _world(self) -> int:
@@ -323,16 +348,52 @@ class DDPHookState:
             grad.copy_(slot.update(messages).view_as(grad))
         self.stats["compressed_calls"] += 1
         if failed:
-            # Raising here would leave DDP's reducer mid-bucket (every later forward fails), so the
-            # round completes and the bucket's gradients become NaN on every rank, as DDP's own
-            # allreduce leaves them: GradScaler (or an isfinite check) skips the step.
-            for _, grad in keyed:
-                grad.fill_(float("nan"))
-            self.stats["nonfinite_rounds"] = self.stats.get("nonfinite_rounds", 0) + 1
-            warnings.warn(f"efcomm DDP hook: rank(s) {sorted(failed)} had non-finite gradients in a bucket of "
-                          f"{len(keyed)} compressed parameters and sat the round out (their error-feedback "
-                          "estimates stay); its gradients are NaN on every rank: skip this step", RuntimeWarning,
-                          stacklevel=2)
+            self._nonfinite(keyed, f"rank(s) {sorted(failed)} had non-finite gradients and sat the round out "
+                                   "(their error-feedback estimates stay)")
+
+    def _reduced_mean(self, keyed: list, small: list) -> None:
+        """``_compressed_mean`` through an ef.Reducer over the process group (``algorithm``
+        reduce_scatter, allreduce or auto): one Reducer call per parameter, keyed as the slots,
+        after one allreduce of ``small``."""
+        if keyed[0][1].is_cuda:
+            raise InvalidArgument(f"ddp_hook: algorithm={self.algorithm!r} runs on CPU gradients over gloo; on GPUs "
+                                  "use algorithm='allgather'")
+        if small:
+            _scatter(self._allreduce_mean(torch.cat([g.reshape(-1) for g in small])), small)
+        red = self._reducer
+        if red is None:
+            from .comm import Communicator, Reducer
+
+            red = Reducer(Communicator.torch(self.process_group), self.compressor, self.feedback,
+                          algorithm=self.algorithm, weights=self.weights or None)
+            if self._reducer_state is not None:
+                red.load_state_dict({**self._reducer_state, "tensors": {
+                    k: np.asarray(v) for k, v in self._reducer_state["tensors"].items()}})
+            self._reducer, self._reducer_state = red, None
+        before = _reducer_bytes(red)
+        failed = []
+        for key, grad in keyed:
+            try:
+                grad.copy_(torch.from_numpy(red.allreduce(_vector(grad), key=key)).view_as(grad))
+            except NonFiniteError as e:  # raised on every rank, after a round that kept the estimates
+                failed.append(e)
+        after = _reducer_bytes(red)
+        self.stats["bytes_sent"] += after[0] - before[0]
+        self.stats["bytes_received"] += after[1] - before[1]
+        self.stats["compressed_calls"] += 1
+        if failed:
+            more = f" (and {len(failed) - 1} more parameters of the bucket)" if len(failed) > 1 else ""
+            self._nonfinite(keyed, f"on rank {self._rank()}: {_one_line(failed[0])}{more}")
+
+    def _nonfinite(self, keyed: list, why: str) -> None:
+        """Raising from a hook would leave DDP's reducer mid-bucket (every later forward fails), so
+        the round completes and the bucket's gradients become NaN on every rank, as DDP's own
+        allreduce leaves them: GradScaler (or an isfinite check) skips the step."""
+        for _, grad in keyed:
+            grad.fill_(float("nan"))
+        self.stats["nonfinite_rounds"] = self.stats.get("nonfinite_rounds", 0) + 1
+        warnings.warn(f"efcomm DDP hook: {why}; the bucket's {len(keyed)} compressed gradients are NaN on every "
+                      "rank: skip this step", RuntimeWarning, stacklevel=3)
 
     def _places(self, bucket) -> list:
         """Per parameter of the bucket, its place in the first iteration this process saw (DDP's
@@ -347,7 +408,7 @@ class DDPHookState:
         when they differ."""
         n = self._world()
         config = repr((self.compressor, self.feedback, self.weights, self.start_iter, self.min_compress_numel,
-                       self.iter))
+                       self.iter, self.algorithm))
         h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact
         t = torch.tensor([h, -h], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.process_group)
@@ -357,7 +418,8 @@ class DDPHookState:
         self._agreed = True
         if t[0].item() != -t[1].item():
             raise MismatchError(f"efcomm DDP hook: the ranks' hooks differ in compressor, feedback, weights, start_iter, "
-                                f"min_compress_numel or iteration (this rank: {self.compressor}, {self.feedback}, "
+                                f"min_compress_numel, algorithm or iteration (this rank: {self.compressor}, "
+                                f"{self.feedback}, algorithm={self.algorithm}, "
                                 f"start_iter={self.start_iter}, min_compress_numel={self.min_compress_numel}, "
                                 f"iteration {self.iter}); configure every rank alike (and load every rank's "
                                 "checkpoint)")
@@ -379,13 +441,17 @@ class DDPHookState:
         keyed = [(f"p{index}:{'x'.join(map(str, shape))}", g)
                  for (index, shape), g, b in sorted(zip(places, grads, big), key=lambda e: e[0][0]) if b]
         if warm:
-            local = [g.detach().clone() for _, g in keyed] if last_warm and "init=full" in self.feedback else None
+            # The Reducer starts init=full estimates itself, with its first (whole) messages.
+            start = last_warm and "init=full" in self.feedback and self.algorithm == "allgather"
+            local = [g.detach().clone() for _, g in keyed] if start else None
             self._allreduce_mean(buf)
             if local is not None:
                 self._start_from_warmup(keyed, local)
             return buf
         small = [g for g, b in zip(grads, big) if not b]
-        if keyed:
+        if keyed and self.algorithm != "allgather":
+            self._reduced_mean(keyed, small)
+        elif keyed:
             self._compressed_mean(keyed, small)
         elif small:
             _scatter(self._allreduce_mean(torch.cat([g.reshape(-1) for g in small])), small)
@@ -402,6 +468,12 @@ class DDPHookState:
                 continue
             slot.worker.step(_vector(grad), step=slot.step)
             slot.start_mirror(mean)
+
+
+def _reducer_bytes(red) -> tuple:
+    """(bytes sent, bytes received) by a Reducer over all its keys."""
+    stats = red.stats.values()
+    return sum(s["bytes_sent"] for s in stats), sum(s["bytes_received"] for s in stats)
 
 
 def _torch_state(state: dict) -> dict:
@@ -444,7 +516,8 @@ def _hook(state: DDPHookState, bucket: dist.GradBucket) -> torch.futures.Future[
 
 
 def ddp_hook(compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
-             start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None):
+             start_iter: int = 10, min_compress_numel: int = 1024, weights: Optional[Sequence[float]] = None,
+             algorithm: str = "allgather"):
     """Returns ``(state, hook)`` for ``DistributedDataParallel.register_comm_hook(state, hook)``.
 
     ``compressor`` / ``feedback``: efcomm specs. ``process_group``: the DDP model's group (None:
@@ -452,9 +525,14 @@ def ddp_hook(compressor: str = "topk:ratio=0.01", feedback: str = "ef21", proces
     buckets after the first one). ``min_compress_numel``: parameters smaller than this, and 1-d
     ones, are averaged uncompressed. ``weights``: with ``feedback="ef21w"``, EF21-W's w_i, one per
     rank (default 1/n each): rank i's worker gets weight=weights[i] and n=the group's size, and
-    the gradients are still the mean.
+    the gradients are still the mean. ``algorithm``: ``allgather`` (default: the messages of a
+    bucket in two collectives, the fewest calls on a small cluster) or, for CPU gradients over
+    gloo, one of ef.Reducer's (``reduce_scatter``: per-rank traffic that does not grow with the
+    ranks; ``allreduce``: for payloads that add, PowerSGD's distributed rounds among them;
+    ``auto``), run per parameter by a Reducer over the process group (``ef.Communicator.torch``).
     """
-    return DDPHookState(compressor, feedback, process_group, start_iter, min_compress_numel, weights), _hook
+    return (DDPHookState(compressor, feedback, process_group, start_iter, min_compress_numel, weights, algorithm),
+            _hook)
 
 
 def _ef21w_weights(feedback: str, weights) -> Optional[list]:

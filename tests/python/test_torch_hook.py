@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import efcomm as ef
@@ -126,6 +127,115 @@ def test_nonfinite_gradient_is_nan_on_every_rank_and_training_goes_on(tmp_path):
     for r in res:
         assert r["grads_finite"][0] is False and r["grads_finite"][2] is False, r["grads_finite"]
         assert any("rank(s) [1] had non-finite gradients" in w for w in r["warnings"]), r["warnings"]
+        assert r["stats"]["nonfinite_rounds"] == 1
+        assert all(math.isfinite(x) for x in r["losses"]) and bool(r["params"].isfinite().all())
+    assert res[0]["params"].tolist() == res[1]["params"].tolist()
+
+
+# ---- ef.Communicator.torch and the hook's Reducer algorithms ----------------------------------
+
+COMM_WORKER = pathlib.Path(__file__).resolve().parents[1] / "torch" / "comm_worker.py"
+
+
+def _run_comm(scenario, n, tmp_path):
+    import torch
+
+    subprocess.run([sys.executable, str(COMM_WORKER), scenario, str(n), str(tmp_path), str(_free_port())],
+                   check=True, timeout=240)
+    return [torch.load(tmp_path / f"{scenario}-{r}.pt", weights_only=False) for r in range(n)]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_torch_communicator_reduces_as_the_in_process_backend(tmp_path, n):
+    # A Reducer over gloo gives every rank the bits the in-process backend gives, for every
+    # algorithm: allgather and reduce_scatter move bytes only; the allreduce algorithm's sums are
+    # torch's all_reduce, which on 2 ranks is x0 + x1 as the in-process rank-order sum (3 ranks:
+    # the same bits on every rank, compared with the in-process ones within rounding).
+    sys.path.insert(0, str(COMM_WORKER.parent))
+    try:
+        import comm_worker
+    finally:
+        sys.path.pop(0)
+    got = _run_comm("reduce", n, tmp_path)
+    want = ef.testing.run_ranks(n, comm_worker.reduce_all)
+    for case in comm_worker.CASES:
+        ys = [r[case][0] for r in got]
+        for y in ys[1:]:
+            assert y.tobytes() == ys[0].tobytes(), case  # bit-identical on every rank
+        if n == 2 or case[2] != "allreduce":
+            assert ys[0].tobytes() == want[0][case][0].tobytes(), case
+        else:
+            np.testing.assert_allclose(ys[0], want[0][case][0], rtol=1e-5, atol=1e-5, err_msg=str(case))
+        stats = got[0][case][1]
+        assert stats["bytes_sent"] == want[0][case][1]["bytes_sent"] > 0, case
+        assert stats["algorithm"] == want[0][case][1]["algorithm"], case
+
+
+def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):
+    r0 = _run_comm("timeout", 2, tmp_path)[0]
+    assert r0["error"] == "CollectiveTimeout", r0
+    assert "barrier" in r0["message"] and "timeout 2 s" in r0["message"]
+    assert r0["seconds"] < 5
+
+
+def test_torch_communicator_needs_an_initialized_gloo_group():
+    with pytest.raises(ef.InvalidArgument, match="init_process_group"):
+        ef.Communicator.torch()
+
+
+def test_hook_algorithm_argument():
+    import pickle
+
+    with pytest.raises(ef.InvalidArgument, match="unknown algorithm"):
+        ef.torch.ddp_hook("topk:ratio=0.05", "ef21", algorithm="ring")
+    state, _ = ef.torch.ddp_hook("powersgd:rank=2", "ef14", algorithm="allreduce")
+    again = pickle.loads(pickle.dumps(state))
+    assert again.algorithm == "allreduce" and "algorithm='allreduce'" in repr(again)
+    other, _ = ef.torch.ddp_hook("powersgd:rank=2", "ef14")
+    with pytest.raises(ef.InvalidArgument, match="algorithm"):
+        other.load_state_dict(state.state_dict())
+
+
+@pytest.mark.parametrize("algorithm", ["reduce_scatter", "allreduce"])
+def test_reducer_algorithm_identity_hook_equals_plain_ddp(tmp_path, algorithm):
+    import torch
+
+    plain = _run("plain", tmp_path)
+    hooked = _run(f"identity@{algorithm}", tmp_path)
+    torch.testing.assert_close(hooked[0]["params"], plain[0]["params"], rtol=1e-5, atol=1e-6)
+    assert hooked[0]["stats"]["compressed_calls"] > 0 and hooked[0]["stats"]["bytes_sent"] > 0
+    assert torch.equal(hooked[0]["params"], hooked[1]["params"])
+
+
+@pytest.mark.parametrize("scenario", ["topk@reduce_scatter", "powersgd@allreduce", "topk_ef21w@reduce_scatter"])
+def test_reducer_algorithm_hook_trains_identically_on_every_rank(tmp_path, scenario):
+    import torch
+
+    res = _run(scenario, tmp_path)
+    assert torch.equal(res[0]["params"], res[1]["params"])
+    assert all(math.isfinite(x) for r in res for x in r["losses"])
+    assert res[0]["stats"]["compressed_calls"] > 0
+    ident = _run("identity@allreduce", tmp_path)[0]["stats"]
+    assert 0 < res[0]["stats"]["bytes_sent"] < 0.6 * ident["bytes_sent"]
+
+
+def test_reducer_algorithm_checkpoint_resumes_bit_identically(tmp_path):
+    import torch
+
+    _run("resume_a@reduce_scatter", tmp_path)
+    a = [torch.load(tmp_path / f"resume_a@reduce_scatter-{r}.pt", weights_only=False) for r in range(N)]
+    b = _run("resume_b@reduce_scatter", tmp_path)
+    for r in range(N):
+        assert torch.equal(a[r]["params"], b[r]["params"])
+        assert b[r]["keys"] == ["p0:96x64", "p2:10x96"]
+
+
+def test_reducer_algorithm_nonfinite_gradient_is_nan_on_every_rank(tmp_path):
+    res = _run("nonfinite@reduce_scatter", tmp_path)
+    for r in res:
+        assert r["grads_finite"][0] is False and r["grads_finite"][2] is False, r["grads_finite"]
+        # rank 0 learns that rank 1 skipped the round; rank 1 says what its own vector held
+        assert any("rank 1" in w and ("non-finite" in w or "NaN" in w) for w in r["warnings"]), r["warnings"]
         assert r["stats"]["nonfinite_rounds"] == 1
         assert all(math.isfinite(x) for x in r["losses"]) and bool(r["params"].isfinite().all())
     assert res[0]["params"].tolist() == res[1]["params"].tolist()

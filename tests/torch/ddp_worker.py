@@ -1,7 +1,9 @@
 """Runs DDP scenarios with efcomm's comm hook on n gloo ranks (torch.multiprocessing, spawn) and
 writes each rank's results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
 
-    python tests/torch/ddp_worker.py SCENARIO N OUT [PORT]
+    python tests/torch/ddp_worker.py SCENARIO[@ALGORITHM] N OUT [PORT]
+
+ALGORITHM is the hook's (default allgather), for the scenarios that make one hook for all ranks.
 """
 
 import os
@@ -65,12 +67,15 @@ def run(rank, n, scenario, out, port):
 
 def scenario_result(rank, scenario, out):
     result = {}
+    scenario, _, algorithm = scenario.partition("@")
+    algorithm = algorithm or "allgather"
     if True:  # noqa
         if scenario in ("plain", "identity", "plain_f64", "identity_f64"):
             model, batches = model_and_data(rank, torch.float64 if scenario.endswith("_f64") else torch.float32)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             if scenario.startswith("identity"):
-                state, hook = ef.torch.ddp_hook("identity", "none", start_iter=0, min_compress_numel=0)
+                state, hook = ef.torch.ddp_hook("identity", "none", start_iter=0, min_compress_numel=0,
+                                                algorithm=algorithm)
                 ddp.register_comm_hook(state, hook)
                 result["stats"] = state.stats
             train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
@@ -81,9 +86,10 @@ def scenario_result(rank, scenario, out):
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             if scenario == "topk_ef21w":  # EF21-W, rank i weighted 1/4, 3/4 (n = 2)
                 state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", start_iter=2, min_compress_numel=100,
-                                                weights=[0.25, 0.75])
+                                                weights=[0.25, 0.75], algorithm=algorithm)
             else:
-                state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100)
+                state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100,
+                                                algorithm=algorithm)
             ddp.register_comm_hook(state, hook)
             result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS,
                                      accumulate=3 if scenario == "topk_accumulate" else 1)
@@ -94,7 +100,8 @@ def scenario_result(rank, scenario, out):
             # a: 3 steps, checkpoint (model, optimizer, hook), 3 more; b: load the checkpoint, 3 steps.
             model, batches = model_and_data(rank)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=1, min_compress_numel=100)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=1, min_compress_numel=100,
+                                            algorithm=algorithm)
             ddp.register_comm_hook(state, hook)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1, momentum=0.9)
             ckpt = os.path.join(out, f"ckpt-{rank}.pt")
@@ -108,11 +115,14 @@ def scenario_result(rank, scenario, out):
                 state.load_state_dict(saved["hook"])
             train(ddp, opt, batches[3:], 3)
             result["params"] = params(model)
-            result["keys"] = sorted(state.state_dict()["slots"])
+            saved = state.state_dict()
+            result["keys"] = sorted(saved["slots"]) or sorted(v for k, v in saved["reducer"]["meta"].items()
+                                                             if k.endswith("/key"))
         elif scenario == "nonfinite":
             model, batches = model_and_data(rank)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
+                                            algorithm=algorithm)
             ddp.register_comm_hook(state, hook)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
             x, y = batches[0]
@@ -128,6 +138,16 @@ def scenario_result(rank, scenario, out):
             result["grads_finite"] = [bool(torch.isfinite(p.grad).all()) for p in model.parameters()]
             opt.zero_grad()
             result["losses"] = train(ddp, opt, batches[1:], 2)
+            result["params"] = params(model)
+            result["stats"] = state.stats
+        elif scenario == "powersgd":
+            # PowerSGD's distributed rounds (P summed, then Q) through the Reducer's allreduce.
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("powersgd:rank=2", "ef14", start_iter=1, min_compress_numel=100,
+                                            algorithm=algorithm)
+            ddp.register_comm_hook(state, hook)
+            result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
             result["params"] = params(model)
             result["stats"] = state.stats
         elif scenario == "config_mismatch":

@@ -1,0 +1,69 @@
+"""ef.Communicator.torch on n gloo ranks (torch.multiprocessing, spawn): every rank writes its
+results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
+
+    python tests/torch/comm_worker.py SCENARIO N OUT PORT
+
+Scenarios: ``reduce`` (a Reducer per case of CASES, three calls each: the last results and stats),
+``timeout`` (rank 1 never joins rank 0's barrier: rank 0's error).
+"""
+
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import efcomm as ef
+
+#: (compressor, feedback, algorithm): every algorithm, the allreduce one with payloads that add
+CASES = [("identity", "none", "allgather"), ("topk:ratio=0.1", "ef21", "allgather"),
+         ("topk:ratio=0.1", "ef21", "reduce_scatter"), ("sign", "ef14", "reduce_scatter"),
+         ("identity", "none", "allreduce"), ("randk:ratio=0.1,seed=3", "ef21", "allreduce"),
+         ("powersgd:rank=2", "ef14", "allreduce"), ("topk:ratio=0.1", "ef21", "auto")]
+
+
+def vector(rank: int, step: int) -> np.ndarray:
+    return np.random.default_rng([rank, step]).standard_normal((24, 20)).astype(np.float32)
+
+
+def reduce_all(comm) -> dict:
+    """Per case: the third call's aggregate and the reducer's stats."""
+    out = {}
+    for compressor, feedback, algorithm in CASES:
+        red = ef.Reducer(comm, compressor, feedback, algorithm=algorithm)
+        for step in range(3):
+            y = red.allreduce(vector(comm.rank, step), key="w")
+        out[(compressor, feedback, algorithm)] = (y, red.stats["w"])
+    return out
+
+
+def run(rank, n, scenario, out, port):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=n)
+    result = {}
+    if scenario == "reduce":
+        result = reduce_all(ef.Communicator.torch())
+        dist.barrier()
+    elif scenario == "timeout":
+        comm = ef.Communicator.torch(timeout=2.0)
+        if rank == 0:
+            t0 = time.monotonic()
+            try:
+                comm.barrier()
+            except ef.Error as e:
+                result = {"error": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t0}
+        else:
+            time.sleep(6)  # past rank 0's timeout, then gone without joining
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    torch.save(result, os.path.join(out, f"{scenario}-{rank}.pt"))
+    os._exit(0)  # no teardown: the timeout scenario leaves the process group broken
+
+
+if __name__ == "__main__":
+    scenario, n, out, port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    mp.start_processes(run, args=(n, scenario, out, port), nprocs=n, start_method="spawn")
