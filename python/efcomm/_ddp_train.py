@@ -68,13 +68,14 @@ class TrainConfig:
 class Method:
     """One way of communicating the gradients. kind: ``ddp`` (DDP's own allreduce, no hook),
     ``fp16`` (torch's fp16_compress_hook), ``powersgd`` (torch's PowerSGD hook of rank
-    ``rank``), ``efcomm`` (``ef.torch.ddp_hook`` with compressor and feedback)."""
+    ``rank``), ``efcomm`` (``ef.torch.ddp_hook`` with compressor, feedback and algorithm)."""
     key: str
     label: str
     kind: str
     compressor: Optional[str] = None
     feedback: Optional[str] = None
     rank: Optional[int] = None
+    algorithm: str = "allgather"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,7 +147,7 @@ def _attach(ddp, method: Method, cfg: TrainConfig):
 
         state, hook = ef.torch.ddp_hook(compressor=method.compressor, feedback=method.feedback,
                                         process_group=None, start_iter=cfg.start_iter,
-                                        min_compress_numel=cfg.min_compress_numel)
+                                        min_compress_numel=cfg.min_compress_numel, algorithm=method.algorithm)
         ddp.register_comm_hook(state, hook)
         return (lambda: int(state.stats["bytes_sent"])), state
 

@@ -19,7 +19,9 @@ messages in rank order into its mirror of the workers' estimates (``ef.feedback.
 the result is the same on every rank. Every bucket of the first ``start_iter`` iterations is
 averaged uncompressed with one allreduce; with an ``init=full`` method (EF21's default) the last
 warm-up step also starts the estimates, so the first compressed step already sends compressed
-messages. Error-feedback state is per parameter, keyed by the
+messages. With ``algorithm`` reduce_scatter, allreduce or auto (CPU gradients), each compressed
+parameter goes instead through an ``ef.Reducer`` over the process group (``ef.Communicator.torch``),
+whose state the hook's checkpoint holds. Error-feedback state is per parameter, keyed by the
 parameter's place in DDP's initial bucket layout (the same in every process of one model) and
 its shape, so it survives DDP's bucket rebuild and a restart from a checkpoint resumes
 bit-identically whatever the layout at the time.
