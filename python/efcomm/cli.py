@@ -26,6 +26,10 @@ def _cmd_info(args) -> int:
         n = runtime["libnccl"]
         rows.append(("libnccl", f"{n['version']} ({n['path']})" if n["version"] else
                      f"not loadable: {n['error'].split('; ')[0]}"))
+    for name, uses, install in (("mpi4py", "ef.Communicator.mpi", "mpi4py mpich"),
+                                ("torch", "ef.torch.ddp_hook, ef.Communicator.torch", "torch")):
+        v = runtime[name]["version"]
+        rows.append((name, f"{v} ({uses})" if v else f"not installed (pip install {install}: {uses})"))
     rows.append(("compressors", ", ".join(compressors)))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
@@ -34,13 +38,22 @@ def _cmd_info(args) -> int:
 
 
 def _runtime(info: dict) -> dict:
-    """What this machine gives the build: "gpu" (CUDA devices: available, device_count, reason)
-    and "libnccl" (the library that would be loaded: version and path, or the error)."""
+    """What this machine gives the build: "gpu" (CUDA devices: available, device_count, reason),
+    "libnccl" (the library that would be loaded: version and path, or the error), and the
+    installed versions of the packages the MPI and torch integrations need ("mpi4py", "torch":
+    version or None; read from their metadata, not imported)."""
+    from importlib import metadata
+
     from . import _core
     from .comm import _nccl_wheel_library
     from .errors import BackendUnavailable
 
     out = {}
+    for name in ("mpi4py", "torch"):
+        try:
+            out[name] = {"version": metadata.version(name)}
+        except metadata.PackageNotFoundError:
+            out[name] = {"version": None}
     if info["cuda"]:
         cuda = _core._cuda_info()
         out["gpu"] = {"available": bool(cuda["available"]), "device_count": int(cuda["device_count"]),

@@ -1,6 +1,7 @@
 """The installed package: the ``efcomm`` command, and the CMake package export used by
 examples/cpp (found through the wheel's ``cmake.root`` entry point or an install tree)."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -65,6 +66,10 @@ def test_info_prints_build_configuration():
         assert "CUDA device(s)" in rows["gpu"] or "none usable (" in rows["gpu"]
     if ef.build_info()["nccl"]:
         assert rows["libnccl"].split(None, 1)[1].startswith(("not loadable: ", "2."))
+    # The integrations' packages: a version, or how to install them.
+    for name in ("mpi4py", "torch"):
+        installed = importlib.util.find_spec(name) is not None
+        assert ("not installed (pip install " in rows[name]) != installed, rows[name]
 
 
 def test_info_json_has_build_info_keys():
@@ -78,6 +83,8 @@ def test_info_json_has_build_info_keys():
     assert info["compressors"] == sorted(info["compressors"]) and "topk" in info["compressors"]
     if info["cuda"]:
         assert set(info["gpu"]) == {"available", "device_count", "reason"}
+    for name in ("mpi4py", "torch"):
+        assert (info[name]["version"] is None) == (importlib.util.find_spec(name) is None)
     if info["nccl"]:
         n = info["libnccl"]
         assert (n["version"] is None) == (n["error"] is not None) and (n["version"] or "2.").startswith("2.")
