@@ -72,17 +72,17 @@ class _Slot:
     does the mirror's estimate (``device_g``, authoritative once set; ``aggregate`` then keeps
     the spec, weights and checkpoint format, and its own estimate is stale)."""
 
-    def __init__(self, feedback: str, compressor: str, n: int, numel: int, dtype: str = "float32",
+    def __init__(self, feedback: str, compressor: str, n: int, shape: list, dtype: str = "float32",
                  weights: Optional[list] = None, rank: int = 0):
         if weights is None:  # every method but ef21w
             self.worker = _feedback.make(feedback, compressor)
-            self.aggregate = _feedback.Aggregate(feedback, n, dim=numel, dtype=dtype)
+            self.aggregate = _feedback.Aggregate(feedback, n, shape=shape, dtype=dtype)
         else:  # ef21w: this rank's worker scales by 1 / (n w_rank), the mirror weighs by w_i
             init = feedback.split(":", 1)[1]
             self.worker = _feedback.make(f"ef21w:weight={weights[rank]!r},n={n},{init}", compressor)
-            self.aggregate = _feedback.Aggregate(feedback, n, weights=weights, dim=numel, dtype=dtype)
+            self.aggregate = _feedback.Aggregate(feedback, n, weights=weights, shape=shape, dtype=dtype)
         self.dtype = dtype
-        self.numel = numel
+        self.shape = list(shape)
         self.step = 0
         self.device_g = None
         self._spare = None  # device_g's double buffer: an update is written here, then swapped in
@@ -115,10 +115,10 @@ class _Slot:
     def start_mirror(self, mean: torch.Tensor) -> None:
         """Sets the mirror's estimate to ``mean`` (the warm-up's last average)."""
         if mean.is_cuda:
-            self.device_g = _vector(mean).clone()
+            self.device_g = _array(mean).clone()
             return
         state = self.aggregate.state_dict()
-        state["tensors"]["g"] = _vector(mean).copy()
+        state["tensors"]["g"] = _array(mean).copy()
         self.aggregate.load_state_dict(state)
 
     def aggregate_state(self) -> dict:
@@ -187,7 +187,7 @@ class DDPHookState:
                 "start_iter": self.start_iter, "algorithm": self.algorithm,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
                 "reducer": self._reducer_state_dict(),
-                "slots": {key: {"numel": s.numel, "dtype": s.dtype, "step": s.step,
+                "slots": {key: {"shape": s.shape, "dtype": s.dtype, "step": s.step,
                                 "worker": _torch_state(s.worker.state_dict()),
                                 "aggregate": _torch_state(s.aggregate_state())} for key, s in self._slots.items()}}
 
@@ -215,7 +215,8 @@ class DDPHookState:
         self._saved_rank = rank
         slots = {}
         for key, saved in state["slots"].items():
-            slot = self._new_slot(n, int(saved["numel"]), saved.get("dtype", "float32"))
+            shape = saved.get("shape", [saved.get("numel")])  # states saved before 0.1.0's shapes: flat
+            slot = self._new_slot(n, [int(x) for x in shape], saved.get("dtype", "float32"))
             slot.worker.load_state_dict(saved["worker"])
             slot.aggregate.load_state_dict(saved["aggregate"])
             slot.step = int(saved["step"])
@@ -274,16 +275,16 @@ class DDPHookState:
     def _slot(self, key: str, grad: torch.Tensor) -> _Slot:
         slot = self._slots.get(key)
         if slot is None:
-            slot = self._slots[key] = self._new_slot(self._world(), grad.numel(), _dtype(grad))
+            slot = self._slots[key] = self._new_slot(self._world(), list(grad.shape), _dtype(grad))
         return slot
 
-    def _new_slot(self, n: int, numel: int, dtype: str) -> _Slot:
+    def _new_slot(self, n: int, shape: list, dtype: str) -> _Slot:
         if self.weights is None:
-            return _Slot(self.feedback, self.compressor, n, numel, dtype)
+            return _Slot(self.feedback, self.compressor, n, shape, dtype)
         if self.weights and len(self.weights) != n:
             raise InvalidArgument(f"ddp_hook: {len(self.weights)} ef21w weights for a process group of {n} ranks; "
                                   "pass one weight per rank")
-        return _Slot(self.feedback, self.compressor, n, numel, dtype, self.weights or [1.0 / n] * n, self._rank())
+        return _Slot(self.feedback, self.compressor, n, shape, dtype, self.weights or [1.0 / n] * n, self._rank())
 
     def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
@@ -294,7 +295,7 @@ class DDPHookState:
         payloads, sizes = [], []
         for slot, (_, g) in zip(slots, keyed):
             try:
-                msg = slot.worker.step(_vector(g), step=slot.step)
+                msg = slot.worker.step(_array(g), step=slot.step)
                 payloads.append(np.frombuffer(msg, dtype=np.uint8))
                 sizes.append(len(payloads[-1]))
             except NonFiniteError:
@@ -376,7 +377,7 @@ class DDPHookState:
         failed = []
         for key, grad in keyed:
             try:
-                grad.copy_(torch.from_numpy(red.allreduce(_vector(grad), key=key)).view_as(grad))
+                grad.copy_(torch.from_numpy(red.allreduce(_array(grad), key=key)))
             except NonFiniteError as e:  # raised on every rank, after a round that kept the estimates
                 failed.append(e)
         after = _reducer_bytes(red)
@@ -468,7 +469,7 @@ class DDPHookState:
             slot = self._slot(key, mean)
             if slot.worker.initialized:
                 continue
-            slot.worker.step(_vector(grad), step=slot.step)
+            slot.worker.step(_array(grad), step=slot.step)
             slot.start_mirror(mean)
 
 
@@ -490,12 +491,14 @@ def _dtype(t: torch.Tensor) -> str:
     return "float64" if t.dtype == torch.float64 else "float32"
 
 
-def _vector(t: torch.Tensor):
-    """t as the flat float32 (float64) vector a worker steps on (a view where t already is one):
-    a CUDA tensor stays in device memory (the GPU kernels take it as is), a host tensor becomes
-    the numpy array the CPU kernels read."""
-    flat = t.detach().reshape(-1).to(torch.float64 if t.dtype == torch.float64 else torch.float32)
-    return flat if flat.is_cuda else flat.numpy()
+def _array(t: torch.Tensor):
+    """t as the float32 (float64) array a worker steps on, in t's shape (a view where t already is
+    one): the shape matters to PowerSGD, which factors a weight of shape (out, in, ...) as the
+    matrix out x (in ...), and is only a header to the other compressors. A CUDA tensor stays in
+    device memory (the GPU kernels take it as is), a host tensor becomes the numpy array the CPU
+    kernels read."""
+    a = t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32).contiguous()
+    return a if a.is_cuda else a.numpy()
 
 
 def _scatter(flat: torch.Tensor, views: list) -> None:

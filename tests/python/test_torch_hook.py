@@ -66,6 +66,25 @@ def test_topk_ef21_trains_identically_on_every_rank(tmp_path, scenario):
     assert state.state_dict()["slots"] and state.iter == 6
 
 
+@pytest.mark.parametrize("suffix", ["", "@allreduce"])
+def test_powersgd_factors_each_weight_as_its_matrix(tmp_path, suffix):
+    # Each rank's weight gradient is rank-1 (one sample): PowerSGD of rank 1 keeps it exactly
+    # when it factors the 10 x 64 weight as such, so the hook's mean equals DDP's. Gathered
+    # (allgather), each rank's factors are exact; summed (allreduce), the mean of two rank-1
+    # matrices is not rank-1, and the first power iteration keeps part of it.
+    import torch
+
+    plain = _run("rank1_plain", tmp_path)
+    hooked = _run("rank1_powersgd" + suffix, tmp_path)
+    assert hooked[0]["stats"]["compressed_calls"] == 1
+    assert torch.equal(hooked[0]["grad"], hooked[1]["grad"])
+    if not suffix:
+        torch.testing.assert_close(hooked[0]["grad"], plain[0]["grad"], rtol=1e-5, atol=1e-6)
+    else:
+        err = (hooked[0]["grad"] - plain[0]["grad"]).norm() / plain[0]["grad"].norm()
+        assert 0 < err < 1
+
+
 def test_ef21w_with_topk_trains_as_ef21(tmp_path):
     # Each rank's worker gets its own weight (0.25, 0.75) from weights=; TopK is positively
     # homogeneous, so EF21-W's iterates are EF21's (docs/algorithms.md) up to rounding.

@@ -150,6 +150,22 @@ def scenario_result(rank, scenario, out):
             result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
             result["params"] = params(model)
             result["stats"] = state.stats
+        elif scenario in ("rank1_plain", "rank1_powersgd"):
+            # One sample per rank: a Linear layer's weight gradient is the rank-1 matrix d x^T,
+            # which PowerSGD of rank 1 factors exactly when it sees the 10 x 64 matrix (a flat
+            # view reshaped to 26 x 25 is no rank-1 matrix).
+            torch.manual_seed(0)
+            model = torch.nn.Linear(64, 10)
+            g = torch.Generator().manual_seed(100 + rank)
+            x, y = torch.randn(1, 64, generator=g), torch.randint(0, 10, (1,), generator=g)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            if scenario == "rank1_powersgd":
+                state, hook = ef.torch.ddp_hook("powersgd:rank=1", "ef14", start_iter=0, min_compress_numel=0,
+                                                algorithm=algorithm)
+                ddp.register_comm_hook(state, hook)
+                result["stats"] = state.stats
+            torch.nn.functional.cross_entropy(ddp(x), y).backward()
+            result["grad"] = model.weight.grad.detach().clone()
         elif scenario == "config_mismatch":
             # Rank 1's hook uses another feedback method: every rank raises MismatchError at the
             # first bucket, before any gradient travels.

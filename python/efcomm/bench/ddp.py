@@ -48,6 +48,13 @@ METHODS = (
     M("sign-ef14", "efcomm sign + EF14", "efcomm", "sign", "ef14"),
     M("quant8-ef21", "efcomm 8-bit + EF21", "efcomm", "quant:bits=8", "ef21"),
 )
+#: selectable with --methods, not in the default run: the hook through an ef.Reducer over gloo
+EXTRA_METHODS = (
+    M("topk-ef21-rs", "efcomm TopK 1% + EF21, reduce_scatter", "efcomm", "topk:ratio=0.01", "ef21",
+      algorithm="reduce_scatter"),
+    M("powersgd2-ef21-ar", "efcomm PowerSGD rank 2 + EF21, allreduce", "efcomm", "powersgd:rank=2", "ef21",
+      algorithm="allreduce"),
+)
 DEFAULT_RATES = "unlimited,1gbit"
 DEFAULT_SEEDS = 3
 #: --quick: a smoke run of well under a minute per rate
@@ -76,7 +83,7 @@ def _rates(text: str) -> list:
 
 def _methods(text: str) -> list:
     keys = [k.strip() for k in text.split(",") if k.strip()]
-    known = {m.key: m for m in METHODS}
+    known = {m.key: m for m in METHODS + EXTRA_METHODS}
     unknown = [k for k in keys if k not in known]
     if unknown or not keys:
         raise argparse.ArgumentTypeError(f"unknown method {', '.join(unknown) or '(none)'}: choose from "
@@ -88,7 +95,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     d = _ddp_train.TrainConfig()
     g = p.add_argument_group("DDP benchmark")
     g.add_argument("--methods", type=_methods, metavar="LIST",
-                   help="comma-separated, from " + ", ".join(m.key for m in METHODS) + " (default: all)")
+                   help="comma-separated, from " + ", ".join(m.key for m in METHODS + EXTRA_METHODS)
+                        + " (default: all but " + ", ".join(m.key for m in EXTRA_METHODS) + ")")
     g.add_argument("--rates", type=_rates, metavar="LIST",
                    help=f"rate limits of the ranks' shared loopback, tc syntax (default {DEFAULT_RATES}); "
                         "limited rates need root")
