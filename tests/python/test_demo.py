@@ -247,3 +247,25 @@ def test_targets():
     short = bench.evaluate(result)
     assert [t["status"] for t in short] == ["SKIP"] * 4 and "2 epochs" in short[0]["reason"]
     assert short[0]["value"] == pytest.approx(96.6 - 97.0)
+
+
+def test_targets_powersgd_time_to_accuracy_row():
+    # With efcomm's PowerSGD in the run, a row beside the targets compares its time to 95% with
+    # every torch PowerSGD run's (not counted).
+    from efcomm.bench import ddp as bench
+
+    summary = [_summary("ddp", "ddp", 97.0, 2000.0, 20.0), _summary("topk-ef21", "efcomm", 96.6, 95.0, 5.0),
+               _summary("powersgd-2", "powersgd", 97.0, 20.0, 6.0),
+               _summary("powersgd2-ef21", "efcomm", 97.0, 25.0, 4.0)]
+    for s in summary:
+        s["fewer_bytes"] = 2000.0 / s["wire_bytes_per_rank"]
+    result = {"summary": summary, "config": {"seeds": 3, "epochs": 30},
+              "runs": [{"rate": None, "status": "ok"}, {"rate": 10**9, "status": "ok"}]}
+    rows = bench.evaluate(result)
+    assert len(rows) == 5 and "efcomm PowerSGD rank 2 + EF21 reaches 95%" in rows[4]["target"]
+    assert (rows[4]["status"], rows[4]["counted"]) == ("PASS", False)
+    assert rows[4]["value"] == pytest.approx(6.0 / 4.0)
+    summary[3]["by_rate"]["1gbit"]["time_to_accuracy_s"] = None
+    assert bench.evaluate(result)[4]["status"] == "FAIL"
+    del summary[2]  # no torch PowerSGD run: nothing to compare with
+    assert bench.evaluate(result)[4]["status"] == "SKIP"
