@@ -47,6 +47,12 @@ def trace_breakdown(path: str, element_bytes: int = 4) -> dict:
     return out
 
 
+def _us(seconds) -> str:
+    """A traced interval in microseconds; '-' where the call has no such mark (decompress waits
+    for no checksum before its decode: readMessageAsync)."""
+    return "-" if seconds is None else f"{seconds * 1e6:.1f} us"
+
+
 def breakdown_lines(trace: dict, copy_gbps: float) -> list:
     """Rows for the compressors whose codec kernels are marked in the trace (the streaming ones)."""
     rows = []
@@ -62,7 +68,7 @@ def breakdown_lines(trace: dict, copy_gbps: float) -> list:
 
         rows.append(f"| `{spec}` | {codec * 1e6:.1f} us ({pct(codec)}) | {c.get('seal', 0) * 1e6:.1f} us | "
                     f"{c.get('wall', 0) * 1e6:.1f} us | {d.get('verify', 0) * 1e6:.1f} us | "
-                    f"{d.get('verify-sync', 0) * 1e6:.1f} us | {d['decode'] * 1e6:.1f} us ({pct(d['decode'])}) | "
+                    f"{_us(d.get('verify-sync'))} | {d['decode'] * 1e6:.1f} us ({pct(d['decode'])}) | "
                     f"{d.get('wall', 0) * 1e6:.1f} us |")
     if not rows:
         return []

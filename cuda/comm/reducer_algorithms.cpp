@@ -172,6 +172,7 @@ Gathered splitBlocks(const DeviceByteBlocks& blocks, int n, int me, Failure& fir
 class DevicePair : public Algorithm {
  public:
   StateDict stateDict() const override {
+    cuda::DeviceGuard guard(s_.device->device());  // the copies out of the backend's device
     StateDict sd;
     sd.merge(worker_->stateDict(), "worker.");
     sd.merge(aggregate_->stateDict(), "aggregate.");
@@ -234,7 +235,10 @@ class DeviceAllgather final : public DevicePair {
     const Gathered g = splitBlocks(gathered_, s_.n, s_.rank, first, st, s);
     aggregate_->update(g.msgs, g.sizes, s);
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(backend, s_.context, first, mine_.error);
+    if (first) {
+      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));  // no copy into the kept buffers outlives the call
+      raise(backend, s_.context, first, mine_.error);
+    }
     copyOut(aggregate_->estimate(), out, s);
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
@@ -331,12 +335,16 @@ class DeviceReduceScatter final : public Algorithm {
       parts_.mirrors[i]->update({owners.block(i) + kStatusBytes}, {owners.blockBytes(i) - kStatusBytes}, s);
     }
     st.aggregateSeconds += secondsSince(t0);
-    if (first) raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
+    if (first) {
+      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));  // no copy into the kept buffers outlives the call
+      raise(backend, s_.context, first, reduced.error ? reduced.error : firstError(parts));
+    }
     for (int c = 0; c < n; ++c) copyOut(parts_.mirrors[static_cast<size_t>(c)]->estimate(), chunks_.of(out, c), s);
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }
 
   StateDict stateDict() const override {
+    cuda::DeviceGuard guard(s_.device->device());  // the copies out of the backend's device
     StateDict sd;
     for (size_t c = 0; c < parts_.workers.size(); ++c) {
       sd.merge(parts_.workers[c]->stateDict(), "chunk/" + std::to_string(c) + "/worker.");
@@ -466,7 +474,10 @@ class DeviceAllreduce final : public DevicePair {
       st.aggregateSeconds += secondsSince(t0);
     }
     st.commSeconds += comm;
-    if (first) raise(backend, s_.context, first, mine.error);
+    if (first) {
+      EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));  // no copy into the kept buffers outlives the call
+      raise(backend, s_.context, first, mine.error);
+    }
     copyOut(aggregate_->estimate(), out, s);
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));
   }

@@ -65,8 +65,10 @@ __device__ inline T blockReduce(T v, T identity, WarpOp warpOp) {
   __syncthreads();  // part[] may still be read by a previous call
   if (lane == 0) part[warp] = v;
   __syncthreads();
-  v = lane < warps ? part[lane] : identity;
-  if (warp == 0) v = warpOp(v);
+  if (warp == 0) {  // only warp 0 reads part[]: thread 0 then overwrites part[0] without a race
+    v = lane < warps ? part[lane] : identity;
+    v = warpOp(v);
+  }
   if (threadIdx.x == 0) part[0] = v;
   __syncthreads();
   return part[0];

@@ -110,6 +110,7 @@ struct PointerCache {
   int dev[kSize] = {};
   int next = 0;
   bool has(const void* p, int d) const {
+    if (p == nullptr) return false;  // the empty slots hold nullptr
     for (int i = 0; i < kSize; ++i)
       if (ptr[i] == p && dev[i] == d) return true;
     return false;

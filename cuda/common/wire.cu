@@ -568,21 +568,21 @@ PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t strea
   const size_t headCopy = std::min<size_t>(size, HostMailbox::kHeadBytes);
   copyHeadTailKernel<<<1, 256, 0, stream>>>(dmsg, size, static_cast<uint32_t>(headCopy), mail.device);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
-  const cudaEvent_t copied = mailEvent();
-  EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
-  SealArgs a;
-  a.data = dmsg;
-  a.size = size - 4;
-  a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
-  enqueueChecksum(a, nullptr, stream);
-  traceMark(stream, "verify");
-  EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
   PendingMessage p;
-  try {
+  try {  // from here on a kernel of this call may be in flight
+    const cudaEvent_t copied = mailEvent();
+    EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
+    SealArgs a;
+    a.data = dmsg;
+    a.size = size - 4;
+    a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
+    enqueueChecksum(a, nullptr, stream);
+    traceMark(stream, "verify");
+    EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
     p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
                            size, stream);
   } catch (...) {
-    (void)cudaStreamSynchronize(stream);  // no checksum kernel outlives the call (scratch, ticket, mailbox)
+    (void)cudaStreamSynchronize(stream);  // no kernel outlives the call (scratch, ticket, mailbox)
     throw;
   }
   p.stored = loadAs<uint32_t>(mail.host->tail + 1);

@@ -170,9 +170,10 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
   } catch (...) {
     // No checksum kernel outlives the call, and a damaged payload is reported as such (as
-    // Message::fromBytes does) rather than as the content error it caused.
-    (void)cudaStreamSynchronize(st);
-    if (!verified) finishMessageRead(pending);
+    // Message::fromBytes does) rather than as the content error it caused. When the stream
+    // itself failed (a faulting kernel), the checksum word was never written: the CUDA error is
+    // the one to report, not a mismatch against a stale value.
+    if (cudaStreamSynchronize(st) == cudaSuccess && !verified) finishMessageRead(pending);
     throw;
   }
   if (tracing) traceEnd(size);

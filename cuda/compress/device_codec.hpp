@@ -24,9 +24,11 @@ struct DeviceCodec {
   /// c.spec() with SpecParams (or the CPU class where its header is visible).
   size_t (*compress)(Compressor& c, const ConstTensorView& x, uint64_t step, DeviceBuffer& out,
                      cudaStream_t stream);
-  /// Decodes the device message `msg` (16-byte aligned; header already read and checksum verified by
-  /// readMessage) into `out` (same dtype and numel, device memory). Checks the parameters and
-  /// the payload's content rules first (CorruptMessageError) and only then writes `out`.
+  /// Decodes the device message `msg` (16-byte aligned; header already read) into `out` (same
+  /// dtype and numel, device memory). The checksum is verified first, except for codecs with
+  /// `decodesUnverified`, whose decode must check every length against `h.payloadBytes` before
+  /// launching. Checks the parameters and the payload's content rules first (CorruptMessageError)
+  /// and only then writes `out`.
   void (*decode)(const DeviceMessageHeader& h, const void* msg, const TensorView& out, cudaStream_t stream);
   /// out += weight * decode(msg) for float32/float64 `out`, with decode's checks first.
   /// nullptr: decode into scratch slot 6, then add (accumulateDecoded).
@@ -36,8 +38,9 @@ struct DeviceCodec {
   /// adds no synchronization of its own).
   bool compressSynchronizes = false;
   /// True when decode stays inside `out` and the payload whatever the payload bytes (no indices
-  /// read from the payload): decompress then decodes while the checksum is still being computed
-  /// (readMessageAsync) and throws after the decode if it does not match.
+  /// read from the payload): decompress then enqueues the decode right behind the checksum kernel
+  /// on the same stream, without a synchronization in between (readMessageAsync; the host checks
+  /// the header meanwhile), and throws after the decode if the checksum does not match.
   bool decodesUnverified = false;
 };
 

@@ -96,8 +96,9 @@ size_t compress(Compressor& c, const ConstTensorView& x, DeviceBuffer& out,
 /// Decodes the device message `msg` (`size` bytes) into the device array `out` (same dtype and
 /// element count). Validates the message as `Message::fromBytes` does (header, parameters,
 /// checksum, payload rules) and throws `CorruptMessageError` naming the first violation; a
-/// damaged payload may be found only after `out` was written (dense codecs decode while the
-/// checksum is computed), so `out` is undefined after that error. Synchronizes `stream`.
+/// damaged payload may be found only after `out` was written (all codecs but TopK decode right
+/// behind the checksum kernel, without waiting for its result), so `out` is undefined after any
+/// `CorruptMessageError`. Synchronizes `stream`.
 void decompress(const void* msg, size_t size, const TensorView& out, Stream stream = nullptr);
 
 /// out += weight * decode(msg) on the device; sparse messages touch only their k entries.

@@ -290,6 +290,18 @@ TEST(CudaCompress, CorruptAndTruncatedMessagesAreRejected) {
     } catch (const CorruptMessageError& e) {
       EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << spec << ": " << e.what();
     }
+    // A damaged dtype byte (float32 -> float64, a valid code): the output check would refuse the
+    // float32 `out`, but the message is damaged, so the checksum mismatch is what is reported (as
+    // Message::fromBytes does).
+    std::vector<uint8_t> dtype = bytes;
+    dtype[6] = 1;
+    Dev d6(dtype);
+    try {
+      cuda::decompress(d6.p, size, y);
+      ADD_FAILURE() << spec << ": a damaged dtype byte was accepted";
+    } catch (const CorruptMessageError& e) {
+      EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << spec << ": " << e.what();
+    }
     // Truncated: the payload length no longer matches.
     Dev d2(bytes);
     EXPECT_THROW(cuda::decompress(d2.p, size - 1, y), CorruptMessageError) << spec;
