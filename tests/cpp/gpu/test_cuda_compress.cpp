@@ -33,7 +33,9 @@ const std::vector<std::string>& specs() {
       "identity",         "cast:dtype=bf16", "cast:dtype=fp16", "sign",          "qsgd:levels=16,seed=3",
       "qsgd:levels=1,seed=1", "qsgd:levels=300,seed=2", "natural:seed=5", "randk:ratio=0.01,seed=7",
       "randk:k=3,seed=1,scaled=false", "randk:ratio=1,seed=2", "quant:bits=8,block=256", "quant:bits=4,block=64",
-      "quant:bits=2,block=8", "quant:bits=8,block=24"};
+      "quant:bits=2,block=8", "quant:bits=8,block=24",
+      // the encoder's 32-lane (block 256) and 4-lane (block 32) kernels at other widths
+      "quant:bits=2,block=256", "quant:bits=4,block=32"};
   return s;
 }
 
