@@ -122,9 +122,20 @@ class PyBackend final : public Backend {
     return call([&] { impl_.attr("barrier")(timeout); });
   }
 
+  // Later calls fail at once; a call waiting in Python ends at its next poll (the GIL is taken
+  // between its sleeps).
   void abort(const CollectiveTimeout& error) override {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (!aborted_) aborted_ = std::make_exception_ptr(error);
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (aborted_) return;
+      aborted_ = std::make_exception_ptr(error);
+    }
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      impl_.attr("abort")(error.what(), error.culprits());
+    } catch (py::error_already_set&) {  // the abort is recorded here either way
+    }
   }
 
  private:
@@ -172,7 +183,8 @@ class PyBackend final : public Backend {
       try {
         collective();
       } catch (py::error_already_set& e) {
-        error = translate(e);
+        std::lock_guard<std::mutex> lock(mu_);
+        error = aborted_ ? aborted_ : translate(e);  // a Monitor's verdict names the culprits
       } catch (...) {
         error = std::current_exception();
       }

@@ -172,6 +172,8 @@ bool cpuContractsFma() {
 #endif
 }
 
+void setDevice(int device) { EFCOMM_CUDA_CHECK(cudaSetDevice(device)); }
+
 DeviceGuard::DeviceGuard(int device) : device_(device) {
   EFCOMM_CUDA_CHECK(cudaGetDevice(&previous_));
   if (previous_ != device_) EFCOMM_CUDA_CHECK(cudaSetDevice(device_));

@@ -14,6 +14,7 @@ import contextlib
 import numbers
 import os
 import sys
+import time
 import weakref
 from typing import Optional, Sequence
 
@@ -203,21 +204,38 @@ class _TorchBackend:
         self._timeout = timeout
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
+        self._aborted: Optional[CollectiveTimeout] = None
+
+    def abort(self, message: str, culprits: list) -> None:
+        """Backend::abort (a health.Monitor's verdict): the pending collective and every later one
+        raise CollectiveTimeout(message, culprits) at once; torch's own operation is left to end
+        in the background, on buffers of its own."""
+        if self._aborted is None:
+            self._aborted = CollectiveTimeout(message, culprits=culprits)
 
     def _wait(self, work, what: str, timeout: Optional[float]) -> None:
-        import datetime
-
+        # Polled rather than work.wait(timeout): an abort ends the wait at once, and a timeout
+        # leaves torch's operation alone instead of failing it half way.
         seconds = timeout if timeout is not None else self._timeout
+        deadline = None if seconds is None else time.monotonic() + seconds
+        pause = 20e-6
+        while not work.is_completed():
+            if self._aborted is not None:
+                raise self._aborted
+            if deadline is not None and time.monotonic() > deadline:
+                raise CollectiveTimeout(f"torch.distributed {what} did not complete on rank {self.rank} of "
+                                        f"{self.size} within {seconds:g} s (torch does not say which ranks are "
+                                        "missing); the process group is unusable now")
+            time.sleep(pause)
+            pause = min(2 * pause, 1e-3)
         try:
-            if seconds is None:
-                work.wait()
-            else:
-                work.wait(timeout=datetime.timedelta(seconds=seconds))
+            work.wait()
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and its subclasses
-            limit = f" (timeout {seconds:g} s)" if seconds is not None else ""
-            raise CollectiveTimeout(f"torch.distributed {what} failed on rank {self.rank} of {self.size}{limit}: "
-                                    f"{type(e).__name__}: {e}; a peer died or did not arrive in time (torch does "
-                                    "not say which), and the process group is unusable now") from e
+            if self._aborted is not None:
+                raise self._aborted from e
+            raise CollectiveTimeout(f"torch.distributed {what} failed on rank {self.rank} of {self.size}: "
+                                    f"{type(e).__name__}: {e}; a peer died (torch does not say which), and the "
+                                    "process group is unusable now") from e
 
     @staticmethod
     def _bytes(view) -> "torch.Tensor":
@@ -367,6 +385,7 @@ class _TorchExchange:
         self._group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
+        self._aborted: Optional[CollectiveTimeout] = None
         self._src = dist.get_global_rank(group, 0) if group is not None else 0
 
     def allgather(self, obj):

@@ -199,8 +199,16 @@ def test_torch_communicator_reduces_as_the_in_process_backend(tmp_path, n):
 def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):
     r0 = _run_comm("timeout", 2, tmp_path)[0]
     assert r0["error"] == "CollectiveTimeout", r0
-    assert "barrier" in r0["message"] and "timeout 2 s" in r0["message"]
+    assert "barrier" in r0["message"] and "within 2 s" in r0["message"]
     assert r0["seconds"] < 5
+
+
+def test_torch_communicator_under_a_health_monitor(tmp_path):
+    r0, r1 = _run_comm("monitor", 2, tmp_path)
+    for r in (r0, r1):
+        assert r["error"] == "CollectiveTimeout" and r["culprits"] == [1], r
+        assert ("hang", [1]) in r["anomalies"], r
+    assert r0["seconds"] < 8, r0  # the verdict, not rank 1's return after 10 s
 
 
 def test_torch_communicator_needs_an_initialized_gloo_group():

@@ -4,7 +4,8 @@ results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
     python tests/torch/comm_worker.py SCENARIO N OUT PORT
 
 Scenarios: ``reduce`` (a Reducer per case of CASES, three calls each: the last results and stats),
-``timeout`` (rank 1 never joins rank 0's barrier: rank 0's error).
+``timeout`` (rank 1 never joins rank 0's barrier: rank 0's error), ``monitor`` (a health.Monitor
+names rank 1, which hangs: each rank's error and the anomalies).
 """
 
 import os
@@ -58,6 +59,24 @@ def run(rank, n, scenario, out, port):
                 result = {"error": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t0}
         else:
             time.sleep(6)  # past rank 0's timeout, then gone without joining
+    elif scenario == "monitor":
+        # rank 1 hangs before a collective: a health.Monitor names it, and rank 0's pending torch
+        # collective ends with that verdict at once (not when rank 1 comes back or torch times out).
+        comm = ef.Communicator.torch(timeout=30.0)
+        monitor = ef.health.Monitor(comm, timeout_floor=2.0)
+        red = ef.Reducer(comm, "topk:ratio=0.1", "ef21", algorithm="allgather")
+        for step in range(3):
+            red.allreduce(vector(rank, step), key="w")
+        if rank == 1:
+            time.sleep(10)
+        t0 = time.monotonic()
+        try:
+            red.allreduce(vector(rank, 3), key="w")
+            result = {"error": None}
+        except ef.Error as e:
+            result = {"error": type(e).__name__, "culprits": list(getattr(e, "culprits", [])),
+                      "seconds": time.monotonic() - t0}
+        result["anomalies"] = [(a.kind, list(a.ranks)) for a in monitor.anomalies()]
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     torch.save(result, os.path.join(out, f"{scenario}-{rank}.pt"))

@@ -48,6 +48,11 @@ bool isDevicePointer(const void* p, int device);
 /// device: <driver's message>"); empty when available.
 std::string unavailableReason();
 
+/// Makes `device` the calling thread's current CUDA device for good (cudaSetDevice), for a
+/// thread of its own that works on one device: a DeviceGuard there would restore device 0 on
+/// exit, which creates a context on GPU 0.
+void setDevice(int device);
+
 /// Makes `device` the calling thread's current CUDA device (cudaSetDevice) until destroyed, then
 /// restores the previous one: allocations and launches in its scope go to `device`.
 class DeviceGuard {

@@ -315,6 +315,14 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
   std::lock_guard<std::mutex> lock(mutex_);
   if (!thread_.joinable()) {
     thread_ = std::thread([this] {
+      // The device reducer's worker works on the backend's device only (its DeviceGuards would
+      // otherwise restore this new thread's device 0, making a context there).
+      if (onDevice()) {
+        try {
+          cuda::setDevice(device_->device());
+        } catch (...) {  // each call sets its device again and reports a failure itself
+        }
+      }
       std::unique_lock<std::mutex> lock(mutex_);
       for (;;) {
         wake_.wait(lock, [&] { return stopping_ || !queue_.empty(); });

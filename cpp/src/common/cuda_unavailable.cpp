@@ -25,6 +25,7 @@ bool isDevicePointer(const void*) { return false; }
 bool isDevicePointer(const void*, int) { return false; }
 std::string unavailableReason() { return kReason; }
 
+void setDevice(int) { unavailable(); }
 DeviceGuard::DeviceGuard(int device) : device_(device) { unavailable(); }
 DeviceGuard::~DeviceGuard() = default;
 
