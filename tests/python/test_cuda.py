@@ -410,7 +410,7 @@ def test_gpu_ddp_hook_round_on_the_device(fb_spec):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
     # A damaged message in the gathered buffer: CorruptMessageError, the mirror unchanged.
     slot = next(iter(gpu._slots.values()))
-    wire = bytearray(bytes(ef.compressor("topk:ratio=0.1").compress(torch.randn(slot.numel, generator=gen))))
+    wire = bytearray(bytes(ef.compressor("topk:ratio=0.1").compress(torch.randn(*slot.shape, generator=gen))))
     wire[len(wire) // 2] ^= 0x10
     before = slot.device_g.clone()
     with pytest.raises(ef.CorruptMessageError, match="checksum"):
