@@ -151,11 +151,14 @@ class PyBackend final : public Backend {
     std::exception_ptr error_;
   };
 
+  // Empty buffers may come as nullptr, which a memoryview does not take.
   static py::memoryview readView(const void* p, size_t bytes) {
-    return py::memoryview::from_memory(p, static_cast<py::ssize_t>(bytes));
+    static const uint8_t empty = 0;
+    return py::memoryview::from_memory(p ? p : &empty, static_cast<py::ssize_t>(bytes));
   }
   static py::memoryview writeView(void* p, size_t bytes) {
-    return py::memoryview::from_memory(p, static_cast<py::ssize_t>(bytes));
+    static uint8_t empty = 0;
+    return py::memoryview::from_memory(p ? p : &empty, static_cast<py::ssize_t>(bytes));
   }
 
   static void fill(ByteBlocks& recv, const py::list& blocks) {
