@@ -194,8 +194,6 @@ class _TorchBackend:
     gloo group. Every collective works on tensors of its own, copied in and out: after a timeout
     torch may still write into its buffers, which must not be the caller's."""
 
-    _DTYPES = {"float32": "float32", "float64": "float64", "bfloat16": "bfloat16", "float16": "float16"}
-
     def __init__(self, group, timeout: Optional[float]):
         import torch.distributed as dist
 
@@ -289,7 +287,7 @@ class _TorchBackend:
 
         if len(view) == 0:
             return
-        buf = self._bytes(view).view(getattr(torch, self._DTYPES[dtype]))
+        buf = self._bytes(view).view(getattr(torch, dtype))  # the core's names: float32, bfloat16, ...
         self._wait(self._dist.all_reduce(buf, group=self._group, async_op=True), "all_reduce", timeout)
         np.frombuffer(view, dtype=np.uint8)[:] = buf.view(torch.uint8).numpy()
 
@@ -385,7 +383,6 @@ class _TorchExchange:
         self._group = group
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
-        self._aborted: Optional[CollectiveTimeout] = None
         self._src = dist.get_global_rank(group, 0) if group is not None else 0
 
     def allgather(self, obj):

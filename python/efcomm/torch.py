@@ -354,15 +354,13 @@ class DDPHookState:
             self._nonfinite(keyed, f"rank(s) {sorted(failed)} had non-finite gradients and sat the round out "
                                    "(their error-feedback estimates stay)")
 
-    def _reduced_mean(self, keyed: list, small: list) -> None:
-        """``_compressed_mean`` through an ef.Reducer over the process group (``algorithm``
-        reduce_scatter, allreduce or auto): one Reducer call per parameter, keyed as the slots,
-        after one allreduce of ``small``."""
+    def _reduced_mean(self, keyed: list) -> None:
+        """``_compressed_mean``'s compressed part through an ef.Reducer over the process group
+        (``algorithm`` reduce_scatter, allreduce or auto): one Reducer call per parameter, keyed as
+        the slots."""
         if keyed[0][1].is_cuda:
             raise InvalidArgument(f"ddp_hook: algorithm={self.algorithm!r} runs on CPU gradients over gloo; on GPUs "
                                   "use algorithm='allgather'")
-        if small:
-            _scatter(self._allreduce_mean(torch.cat([g.reshape(-1) for g in small])), small)
         red = self._reducer
         if red is None:
             from .comm import Communicator, Reducer
@@ -370,8 +368,7 @@ class DDPHookState:
             red = Reducer(Communicator.torch(self.process_group), self.compressor, self.feedback,
                           algorithm=self.algorithm, weights=self.weights or None)
             if self._reducer_state is not None:
-                red.load_state_dict({**self._reducer_state, "tensors": {
-                    k: np.asarray(v) for k, v in self._reducer_state["tensors"].items()}})
+                red.load_state_dict(self._reducer_state)  # CPU tensors load as numpy arrays do
             self._reducer, self._reducer_state = red, None
         before = _reducer_bytes(red)
         failed = []
@@ -452,12 +449,13 @@ class DDPHookState:
                 self._start_from_warmup(keyed, local)
             return buf
         small = [g for g, b in zip(grads, big) if not b]
-        if keyed and self.algorithm != "allgather":
-            self._reduced_mean(keyed, small)
-        elif keyed:
-            self._compressed_mean(keyed, small)
-        elif small:
+        if keyed and self.algorithm == "allgather":
+            self._compressed_mean(keyed, small)  # the small gradients ride in its first collective
+            return buf
+        if small:
             _scatter(self._allreduce_mean(torch.cat([g.reshape(-1) for g in small])), small)
+        if keyed:
+            self._reduced_mean(keyed)
         return buf
 
     def _start_from_warmup(self, keyed: list, local: list) -> None:

@@ -80,13 +80,16 @@ def scenario_result(rank, scenario, out):
                 result["stats"] = state.stats
             train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
             result["params"] = params(model)
-        elif scenario in ("topk", "topk_bf16", "topk_accumulate", "topk_ef21w"):
+        elif scenario in ("topk", "topk_bf16", "topk_accumulate", "topk_ef21w", "powersgd"):
             dtype = torch.bfloat16 if scenario == "topk_bf16" else torch.float32
             model, batches = model_and_data(rank, dtype)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             if scenario == "topk_ef21w":  # EF21-W, rank i weighted 1/4, 3/4 (n = 2)
                 state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", start_iter=2, min_compress_numel=100,
                                                 weights=[0.25, 0.75], algorithm=algorithm)
+            elif scenario == "powersgd":  # with @allreduce: the distributed rounds (P summed, then Q)
+                state, hook = ef.torch.ddp_hook("powersgd:rank=2", "ef14", start_iter=1, min_compress_numel=100,
+                                                algorithm=algorithm)
             else:
                 state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=2, min_compress_numel=100,
                                                 algorithm=algorithm)
@@ -138,16 +141,6 @@ def scenario_result(rank, scenario, out):
             result["grads_finite"] = [bool(torch.isfinite(p.grad).all()) for p in model.parameters()]
             opt.zero_grad()
             result["losses"] = train(ddp, opt, batches[1:], 2)
-            result["params"] = params(model)
-            result["stats"] = state.stats
-        elif scenario == "powersgd":
-            # PowerSGD's distributed rounds (P summed, then Q) through the Reducer's allreduce.
-            model, batches = model_and_data(rank)
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("powersgd:rank=2", "ef14", start_iter=1, min_compress_numel=100,
-                                            algorithm=algorithm)
-            ddp.register_comm_hook(state, hook)
-            result["losses"] = train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
             result["params"] = params(model)
             result["stats"] = state.stats
         elif scenario in ("rank1_plain", "rank1_powersgd"):
