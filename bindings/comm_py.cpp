@@ -122,6 +122,20 @@ class PyBackend final : public Backend {
     return call([&] { impl_.attr("barrier")(timeout); });
   }
 
+  // The torch backend sizes its blocks by the label (a Reducer call's collectives). Called from
+  // destructors too, so it does not throw: a failure fails this rank's later collectives instead
+  // (the ranks' block sizes may differ from here on).
+  void label(const std::string& key, const std::string& algorithm) noexcept override {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      impl_.attr("label")(key, algorithm);
+    } catch (py::error_already_set& e) {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!aborted_) aborted_ = std::make_exception_ptr(Error("torch backend: label failed: " + std::string(e.what())));
+    }
+  }
+
   // Later calls fail at once; a call waiting in Python ends at its next poll (the GIL is taken
   // between its sleeps).
   void abort(const CollectiveTimeout& error) override {

@@ -156,12 +156,13 @@ class Communicator:
         without MPI.
 
         Not collective: each rank wraps its own handle. ``timeout``: default timeout of its
-        collectives in seconds (None: the process group's own). The byte collectives are torch's
-        (an ``allgatherv`` is an all_gather of the sizes, then of the blocks padded to the
-        longest; an ``alltoallv`` is two all_to_all_single, counts and bytes), so every
-        collective a Reducer runs here costs one or two of torch's; the sums of the ``allreduce``
-        algorithm are torch's all_reduce, the same bits on every rank (not summed in rank order as
-        the MPI and in-process backends do). A failed or timed-out torch collective raises
+        collectives in seconds (None: the process group's own). The byte collectives are torch's:
+        an ``allgatherv`` is an all_gather of blocks, an ``alltoallv`` an all_to_all_single, each
+        block a size and the first bytes up to a capacity that a Reducer call learns from the
+        same call of its key's previous round; only longer ones cost a second collective for the
+        rest (so a Reducer call's collectives cost one of torch's each in the steady state, two
+        the first time). The sums of the ``allreduce`` algorithm are torch's all_reduce, the same
+        bits on every rank (not summed in rank order as the MPI and in-process backends do). A failed or timed-out torch collective raises
         :class:`CollectiveTimeout` (torch does not say which ranks are missing) and leaves the
         process group unusable, as torch does. For CUDA tensors over NCCL use :meth:`nccl`.
         """
@@ -192,7 +193,20 @@ class Communicator:
 class _TorchBackend:
     """The byte collectives of a native backend (bindings: PyBackend) over a torch.distributed
     gloo group. Every collective works on tensors of its own, copied in and out: after a timeout
-    torch may still write into its buffers, which must not be the caller's."""
+    torch may still write into its buffers, which must not be the caller's.
+
+    Variable sizes cost gloo a collective of their own (all_gather and all_to_all_single move
+    equal or announced sizes), and on a small cluster a collective's latency, not its bytes, is
+    most of a Reducer call's time. So a labelled collective (a Reducer call: ``label(key, ...)``)
+    sends its size in a block of a learned capacity together with its first bytes: the k-th
+    allgatherv or alltoallv of a call with key K has the capacity that the same collective of the
+    previous call with K needed (its largest size, plus an eighth and 64 bytes), and only a size
+    beyond it costs a second collective, for the rest. Every rank learns every size from the
+    first collective (an alltoallv block also carries its sender's largest count), so every
+    rank's capacities are the same: they depend only on what all of them saw. Unlabelled
+    collectives (the first of a key included) start from capacity 0: sizes first, then bytes."""
+
+    _HEAD = 8  # a block's int64 size; an alltoallv block adds its sender's largest count
 
     def __init__(self, group, timeout: Optional[float]):
         import torch.distributed as dist
@@ -203,6 +217,26 @@ class _TorchBackend:
         self.rank = dist.get_rank(group)
         self.size = dist.get_world_size(group)
         self._aborted: Optional[CollectiveTimeout] = None
+        self._key = ""  # the label of the collectives being issued ("" none)
+        self._ordinal = 0  # collectives issued under it
+        self._capacity: dict = {}  # (key, ordinal) -> learned capacity in bytes
+
+    def label(self, key: str, algorithm: str) -> None:
+        """Backend::label: a Reducer call's collectives follow (the same key again: the same call,
+        its algorithm's part); "" when it has ended."""
+        if key != self._key:
+            self._key, self._ordinal = key, 0
+
+    def _slot(self):
+        """The capacity slot of the collective being issued (None: unlabelled)."""
+        if not self._key:
+            return None
+        self._ordinal += 1
+        return (self._key, self._ordinal)
+
+    def _learn(self, slot, largest: int) -> None:
+        if slot is not None:
+            self._capacity[slot] = (largest + largest // 8 + 64) // 8 * 8  # int64 heads stay aligned
 
     def abort(self, message: str, culprits: list) -> None:
         """Backend::abort (a health.Monitor's verdict): the pending collective and every later one
@@ -242,36 +276,78 @@ class _TorchBackend:
 
         return torch.from_numpy(np.frombuffer(view, dtype=np.uint8).copy())
 
+    @staticmethod
+    def _block(head: list, data, capacity: int) -> "torch.Tensor":
+        """int64 head words, then data's first `capacity` bytes, zero-padded to `capacity`."""
+        import torch
+
+        block = torch.zeros(8 * len(head) + capacity, dtype=torch.uint8)
+        block[:8 * len(head)] = torch.tensor(head, dtype=torch.int64).view(torch.uint8)
+        first = data[:capacity]
+        block[8 * len(head):8 * len(head) + first.numel()] = first
+        return block
+
+    @staticmethod
+    def _head(block, words: int) -> list:
+        import torch
+
+        return block[:8 * words].view(torch.int64).tolist()
+
     def allgatherv(self, view, timeout):
         import torch
 
         dist = self._dist
-        sizes = [torch.zeros(1, dtype=torch.int64) for _ in range(self.size)]
-        self._wait(dist.all_gather(sizes, torch.tensor([len(view)], dtype=torch.int64), group=self._group,
-                                   async_op=True), "all_gather (allgatherv sizes)", timeout)
-        sizes = [int(t.item()) for t in sizes]
-        width = max(sizes)
-        if width == 0:
-            return [b""] * self.size
-        padded = torch.zeros(width, dtype=torch.uint8)
-        padded[:len(view)] = self._bytes(view)
-        blocks = [torch.empty(width, dtype=torch.uint8) for _ in range(self.size)]
-        self._wait(dist.all_gather(blocks, padded, group=self._group, async_op=True), "all_gather (allgatherv)",
+        slot = self._slot()
+        capacity = self._capacity.get(slot, 0)
+        data = self._bytes(view)
+        mine = self._block([data.numel()], data, capacity)
+        blocks = [torch.empty_like(mine) for _ in range(self.size)]
+        self._wait(dist.all_gather(blocks, mine, group=self._group, async_op=True), "all_gather (allgatherv)",
                    timeout)
-        return [b[:s].numpy() for b, s in zip(blocks, sizes)]
+        sizes = [self._head(b, 1)[0] for b in blocks]
+        parts = [b[self._HEAD:self._HEAD + min(s, capacity)] for b, s in zip(blocks, sizes)]
+        width = max(sizes) - capacity
+        if width > 0:  # the rest of the longer blocks, padded to the longest rest
+            rest = torch.zeros(width, dtype=torch.uint8)
+            rest[:max(data.numel() - capacity, 0)] = data[capacity:]
+            rests = [torch.empty_like(rest) for _ in range(self.size)]
+            self._wait(dist.all_gather(rests, rest, group=self._group, async_op=True),
+                       "all_gather (allgatherv, the rest)", timeout)
+            parts = [torch.cat([p, r[:max(s - capacity, 0)]]) for p, r, s in zip(parts, rests, sizes)]
+        self._learn(slot, max(sizes))
+        return [p.numpy() for p in parts]
 
     def alltoallv(self, view, counts, timeout):
         import torch
 
         dist = self._dist
-        recv_counts = torch.zeros(self.size, dtype=torch.int64)
-        self._wait(dist.all_to_all_single(recv_counts, torch.tensor(counts, dtype=torch.int64), group=self._group,
-                                          async_op=True), "all_to_all_single (alltoallv counts)", timeout)
-        recv_counts = recv_counts.tolist()
-        out = torch.empty(sum(recv_counts), dtype=torch.uint8)
-        self._wait(dist.all_to_all_single(out, self._bytes(view), recv_counts, list(counts), group=self._group,
-                                          async_op=True), "all_to_all_single (alltoallv)", timeout)
-        return [part.numpy() for part in torch.split(out, recv_counts)]
+        slot = self._slot()
+        capacity = self._capacity.get(slot, 0)
+        data = self._bytes(view)
+        counts = [int(c) for c in counts]
+        starts = [sum(counts[:p]) for p in range(self.size)]
+        chunks = [data[a:a + c] for a, c in zip(starts, counts)]
+        largest = max(counts)
+        send = torch.cat([self._block([c, largest], chunk, capacity) for c, chunk in zip(counts, chunks)])
+        recv = torch.empty_like(send)
+        self._wait(dist.all_to_all_single(recv, send, group=self._group, async_op=True),
+                   "all_to_all_single (alltoallv)", timeout)
+        blocks = recv.view(self.size, -1)
+        heads = [self._head(b, 2) for b in blocks]
+        recv_counts = [h[0] for h in heads]
+        parts = [b[2 * self._HEAD:2 * self._HEAD + min(c, capacity)] for b, c in zip(blocks, recv_counts)]
+        # The largest count any rank sent: the same on every rank.
+        largest = max(h[1] for h in heads)
+        if largest > capacity:  # the rest of the longer chunks, exactly
+            rest_in = [max(c - capacity, 0) for c in recv_counts]
+            rest_out = [max(c - capacity, 0) for c in counts]
+            out = torch.empty(sum(rest_in), dtype=torch.uint8)
+            self._wait(dist.all_to_all_single(out, torch.cat([chunk[capacity:] for chunk in chunks]), rest_in,
+                                              rest_out, group=self._group, async_op=True),
+                       "all_to_all_single (alltoallv, the rest)", timeout)
+            parts = [torch.cat([p, r]) for p, r in zip(parts, torch.split(out, rest_in))]
+        self._learn(slot, largest)
+        return [p.numpy() for p in parts]
 
     def broadcast(self, view, root, timeout):
         import numpy as np

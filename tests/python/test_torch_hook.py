@@ -196,6 +196,16 @@ def test_torch_communicator_reduces_as_the_in_process_backend(tmp_path, n):
         assert stats["algorithm"] == want[0][case][1]["algorithm"], case
 
 
+def test_torch_communicator_learns_block_sizes(tmp_path):
+    # A Reducer call's allgatherv / alltoallv (labelled) take one torch collective each when their
+    # sizes fit what the same call of the last round needed (an eighth more), two otherwise;
+    # unlabelled ones always two (sizes, then bytes). Every rank gets the right bytes either way.
+    for r in _run_comm("blocks", 3, tmp_path):
+        assert all(gathered and exchanged for gathered, exchanged, _ in r), r
+        # 100 (new), 100, 90 (fit), 300 (grew), 0 (fits), 5000 (grew), 5000; unlabelled 300
+        assert [c for _, _, c in r] == [4, 2, 2, 4, 2, 4, 2, 4], r
+
+
 def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):
     r0 = _run_comm("timeout", 2, tmp_path)[0]
     assert r0["error"] == "CollectiveTimeout", r0

@@ -4,6 +4,8 @@ results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
     python tests/torch/comm_worker.py SCENARIO N OUT PORT
 
 Scenarios: ``reduce`` (a Reducer per case of CASES, three calls each: the last results and stats),
+``blocks`` (the backend's allgatherv and alltoallv under a label, sizes changing from call to
+call: whether each rank got the right bytes, and how many torch collectives each call took),
 ``timeout`` (rank 1 never joins rank 0's barrier: rank 0's error), ``monitor`` (a health.Monitor
 names rank 1, which hangs: each rank's error and the anomalies).
 """
@@ -41,6 +43,47 @@ def reduce_all(comm) -> dict:
     return out
 
 
+#: per labelled call: every rank's allgatherv and alltoallv bytes are about this long
+BLOCK_SIZES = [100, 100, 90, 300, 0, 5000, 5000]
+
+
+def _bytes(*seed, size: int) -> bytes:
+    return np.random.default_rng(list(seed)).integers(0, 256, size, dtype=np.uint8).tobytes()
+
+
+def blocks(rank: int, n: int) -> list:
+    """Per call of BLOCK_SIZES (then one unlabelled): (allgatherv right, alltoallv right, torch
+    collectives the two took). Rank r's allgatherv sends size + 7 r bytes; its alltoallv chunk
+    for rank p has size + 5 r + 3 p bytes."""
+    from efcomm.comm import _TorchBackend
+
+    backend = _TorchBackend(None, 30.0)
+    issued = []
+
+    class Counting:  # torch.distributed, counting the collectives the backend issues
+        def __getattr__(self, name):
+            issued.append(name)
+            return getattr(dist, name)
+
+    backend._dist = Counting()
+    out = []
+    for step, size in enumerate(BLOCK_SIZES + [300]):
+        labelled = step < len(BLOCK_SIZES)
+        if labelled:
+            backend.label("w", "reduce_scatter")
+        before = len(issued)
+        got = backend.allgatherv(_bytes(0, step, rank, size=size + 7 * rank), None)
+        gathered = [bytes(g) for g in got] == [_bytes(0, step, r, size=size + 7 * r) for r in range(n)]
+        chunks = [_bytes(1, step, rank, p, size=size + 5 * rank + 3 * p) for p in range(n)]
+        got = backend.alltoallv(b"".join(chunks), [len(c) for c in chunks], None)
+        exchanged = [bytes(g) for g in got] == [_bytes(1, step, r, rank, size=size + 5 * r + 3 * rank)
+                                                for r in range(n)]
+        if labelled:
+            backend.label("", "")
+        out.append((gathered, exchanged, len(issued) - before))
+    return out
+
+
 def run(rank, n, scenario, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -49,6 +92,8 @@ def run(rank, n, scenario, out, port):
     if scenario == "reduce":
         result = reduce_all(ef.Communicator.torch())
         dist.barrier()
+    elif scenario == "blocks":
+        result = blocks(rank, n)
     elif scenario == "timeout":
         comm = ef.Communicator.torch(timeout=2.0)
         if rank == 0:

@@ -498,7 +498,12 @@ class WatchedBackend final : public Backend {
     return issue("barrier", 0, [&] { return m_->inner().barrier(timeout); });
   }
   void abort(const CollectiveTimeout& error) override { m_->inner().abort(error); }
-  void label(const std::string& key, const std::string& algorithm) override { m_->label(key, algorithm); }
+  // The inner backend gets the label too: what it does with it (the torch backend sizes its blocks
+  // by it) must not depend on whether this rank is watched.
+  void label(const std::string& key, const std::string& algorithm) override {
+    m_->label(key, algorithm);
+    m_->inner().label(key, algorithm);
+  }
   void report(const std::string& kind, const std::vector<int>& ranks, const std::string& detail) override {
     m_->report(kind, ranks, detail);
   }
