@@ -73,8 +73,13 @@ class Communicator:
             library = next((p for p in paths if p.rsplit("/", 1)[-1].startswith(("libmpi.so", "libmpich.so"))), "")
         except OSError:  # no /proc (macOS): the core looks for an already loaded libmpi.so.12
             pass
-        handle = comm.handle if hasattr(comm, "handle") else MPI._handleof(comm)
-        return cls(_core._mpi_backend(int(handle), library, _timeout(timeout, "Communicator.mpi")))
+        handle = int(comm.handle if hasattr(comm, "handle") else MPI._handleof(comm))
+        # An MPICH MPI_Comm is a 32-bit int; mpi4py gives it as an unsigned 64-bit number (a
+        # derived communicator's, 0x84..., sign-extended): back to the int it is.
+        handle &= 0xFFFFFFFF
+        if handle >= 1 << 31:
+            handle -= 1 << 32
+        return cls(_core._mpi_backend(handle, library, _timeout(timeout, "Communicator.mpi")))
 
     @classmethod
     def nccl(cls, comm=None, *, process_group=None, device=None,

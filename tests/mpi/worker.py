@@ -134,6 +134,20 @@ def state(comm: ef.Communicator, phase: str, directory: str, k: int, m: int) -> 
     return {"digests": [digest(reducer.allreduce(gradient(comm.rank, s), key="g")) for s in range(k, k + m)]}
 
 
+def derived(comm: ef.Communicator) -> dict:
+    """Communicators mpi4py derives (Dup, Split by rank parity): their handles are not
+    COMM_WORLD's small ones. Per communicator: its rank and size, and the mean of the ranks' world
+    ranks over it (identity + none)."""
+    world = MPI.COMM_WORLD
+    out = {}
+    for name, sub in (("dup", world.Dup()), ("split", world.Split(world.rank % 2, world.rank))):
+        c = ef.Communicator.mpi(sub, timeout=TIMEOUT)
+        y = ef.Reducer(c, "identity", "none", algorithm="allgather").allreduce(
+            np.full(4, float(world.rank)), key="rank")
+        out[name] = {"rank": c.rank, "size": c.size, "mean": y.tolist()}
+    return out
+
+
 def main(argv: list) -> None:
     outdir, scenario, argv = argv[0], argv[1], argv[1:]
     comm = ef.Communicator.mpi(timeout=float(argv[1]) if scenario == "timeout" else TIMEOUT)
@@ -145,6 +159,8 @@ def main(argv: list) -> None:
         out = timeout(comm, late_seconds=float(argv[2]))
     elif scenario == "state":
         out = state(comm, argv[1], argv[2], int(argv[3]), int(argv[4]))
+    elif scenario == "derived":
+        out = derived(comm)
     else:
         raise SystemExit(f"unknown scenario {scenario!r}")
     with open(os.path.join(outdir, f"rank{comm.rank}.json"), "w") as f:

@@ -87,6 +87,18 @@ def test_timeout_names_the_late_rank_and_never_hangs(n):
         assert d["after"] == "CollectiveTimeout" and d["after_seconds"] < 1.0, d
 
 
+def test_derived_communicators():
+    # Dup'ed and split communicators have handles with the high bit set (MPICH's 0x84...), which
+    # mpi4py gives as unsigned 64-bit numbers: they wrap as any other.
+    n = 3
+    for d in launch(n, "derived"):
+        r = d["rank"]
+        assert d["dup"] == {"rank": r, "size": n, "mean": [sum(range(n)) / n] * 4}, d
+        peers = [q for q in range(n) if q % 2 == r % 2]
+        assert d["split"] == {"rank": peers.index(r), "size": len(peers),
+                              "mean": [sum(peers) / len(peers)] * 4}, d
+
+
 @pytest.mark.parametrize("n", SIZES)
 def test_state_dict_restart_continues_bit_identically(n, tmp_path):
     k, m = 3, 4
