@@ -139,8 +139,9 @@ class DDPHookState:
     Save it with ``torch.save(state.state_dict(), path)`` and restore with
     ``state.load_state_dict(torch.load(path))``: training resumes bit-identically. The dict holds
     only strings, numbers and CPU tensors, so ``torch.load``'s default ``weights_only=True`` reads
-    it; ``torch.save(state, path)`` pickles the object itself, which needs
-    ``torch.load(path, weights_only=False)``.
+    it; ``torch.save(state, path)`` pickles the object as that dict, and ``torch.load(path)``
+    (importing ``efcomm.torch`` allowlists the class) gives a state without a process group (the
+    default group's) to pass to ``register_comm_hook``.
     """
 
     def __init__(self, compressor: str = "topk:ratio=0.01", feedback: str = "ef21", process_group=None,
@@ -469,6 +470,12 @@ class DDPHookState:
                 continue
             slot.worker.step(_array(grad), step=slot.step)
             slot.start_mirror(mean)
+
+
+# torch.load's default (weights_only=True) unpickles only allowlisted classes: the state's pickle
+# is its state_dict() (strings, numbers and CPU tensors), so torch.load(path) restores a
+# torch.save(state, path) as it does the dict.
+torch.serialization.add_safe_globals([DDPHookState])
 
 
 def _reducer_bytes(red) -> tuple:
