@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from .errors import InvalidArgument, _one_line
@@ -142,7 +143,9 @@ def _prog(args) -> str:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.fn(args)
+        status = args.fn(args)
+        sys.stdout.flush()  # here, not at exit: a reader that left (a closed pipe) shows now
+        return status
     except InvalidArgument as e:
         # Bad input that shows only once the command runs (a compressor spec, a stepsize the
         # compressor cannot give, an output path): one line and status 2, as argparse gives for what
@@ -151,6 +154,12 @@ def main(argv=None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader of the output left (`efcomm ... --json | head`): no traceback, and none at
+        # exit either when Python flushes stdout into the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a command the signal ended
 
 
 if __name__ == "__main__":

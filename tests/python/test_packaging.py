@@ -90,6 +90,17 @@ def test_info_json_has_build_info_keys():
         assert (n["version"] is None) == (n["error"] is not None) and (n["version"] or "2.").startswith("2.")
 
 
+def test_python_m_efcomm_and_a_closed_pipe():
+    # `python -m efcomm` is the efcomm command; output into a pipe whose reader left (`efcomm ...
+    # --json | head`) ends quietly with 128 + SIGPIPE, no traceback.
+    assert json.loads(_run([sys.executable, "-m", "efcomm", "info", "--json"], timeout=120).stdout)["version"]
+    proc = subprocess.Popen([sys.executable, "-m", "efcomm", "info", "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes: it starts in well over the time this takes
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 def test_cmake_root_entry_point_names_the_package():
     roots = {e.name: e.value for e in entry_points(group="cmake.root")}
     assert roots.get("efcomm") == "efcomm"

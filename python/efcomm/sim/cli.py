@@ -39,7 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="directory for CSV, PNG and summary.json")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    # default SUPPRESS: the help shows no "(default: True)" for a flag that turns the bar off
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=argparse.SUPPRESS,
+                   help="no progress bar")
 
 
 def _probability(text: str) -> float:
@@ -104,7 +106,7 @@ def main(args) -> int:
             results.append(runner.run(prob, fb, comp, rounds=args.rounds, stepsize=step,
                                       multiplier=args.multiplier, dtype=args.dtype,
                                       participation=args.participation, participation_seed=args.seed,
-                                      csv_path=csv_path, progress=None if args.progress else False))
+                                      csv_path=csv_path, progress=None if getattr(args, "progress", True) else False))
     pngs = []
     if args.out and not args.no_plots:
         try:
