@@ -8,7 +8,9 @@
 #      prints the table (with the targets) last; $OUT/summary.md has it all for docs/benchmarks.md.
 # Usage: bash bench/gpu_check.sh
 # Environment: OUT (logs and the table; default build/gpu-check), JOBS (default: all cores),
-# CUDA_ARCHS (default native), PYTHON (default python3: the one with torch), SIZE (elements).
+# CUDA_ARCHS (default native), PYTHON (default python3: the one with torch), SIZE (elements),
+# PROFILE=1 (also profile one call of each kernel with nsys and the checksum kernel with ncu,
+# where installed: about 2 minutes more).
 # Fits in 8 minutes on one H100 (most of it the build). Needs cmake, ninja, nvcc, pybind11 and a
 # GoogleTest (installed, or its source in .gpu-deps/googletest or /usr/src/googletest).
 set -uo pipefail
@@ -59,6 +61,29 @@ timeout 180 "$bdir/efcomm_gpu_bench" --size "$size" >"$out/gpu_bench.json" 2>"$o
 PYTHONPATH="$PWD/$bdir/py" timeout 120 "$py" bench/gpu/gpu_report.py "$out/gpu_bench.json" --trace "$out/trace.txt" \
   --out "$out/gpu_table.md" ||
   status=1
+if [[ ${PROFILE:-0} == 1 ]]; then
+  # Where the checksum's fixed ~20 us goes (docs/benchmarks.md bench:gpu): one call of each
+  # compressor under Nsight Systems (kernel times and gaps, with the host's launch times) and the
+  # seal kernel under Nsight Compute (occupancy, stalls), where the tools are installed.
+  stage "profile"
+  if command -v nsys >/dev/null; then
+    timeout 150 nsys profile -t cuda --sample=none --cpuctxsw=none --force-overwrite true -o "$out/profile" \
+      "$bdir/efcomm_gpu_bench" --size "$size" --repeats 1 >/dev/null 2>"$out/nsys.err" &&
+      timeout 90 nsys stats -q --report cuda_gpu_trace,cuda_api_trace --format csv --force-export true \
+        -o "$out/profile" "$out/profile.nsys-rep" >/dev/null 2>>"$out/nsys.err" ||
+      echo "gpu_check: nsys failed (see nsys.err)"
+    rm -f "$out"/profile.sqlite
+  else
+    echo "gpu_check: no nsys here"
+  fi
+  if command -v ncu >/dev/null; then
+    timeout 150 ncu -k regex:sealKernel -c 4 --section SpeedOfLight --section Occupancy --section LaunchStats \
+      --section WarpStateStats --section MemoryWorkloadAnalysis "$bdir/efcomm_gpu_bench" --size "$size" --repeats 1 \
+      >"$out/ncu_seal.txt" 2>&1 || echo "gpu_check: ncu failed (see ncu_seal.txt)"
+  else
+    echo "gpu_check: no ncu here"
+  fi
+fi
 # The summary for docs/benchmarks.md (bench:gpu): the machine, the tests' results, the tables.
 {
   echo "Measured $(date -u '+%Y-%m-%d %H:%M') UTC with \`bash bench/gpu_check.sh\` on $(nvidia-smi \
