@@ -302,14 +302,37 @@ size_t fusedTopK(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, D
   return size;
 }
 
-// The generic step: form the vector into im.work, compress it with the device codec.
+// Raises *flag (a mailbox word) when x[0, n) holds a NaN or Inf.
+template <typename T>
+__global__ void anyNonFiniteKernel(const T* x, int64_t n, uint32_t* flag) {
+  uint32_t bad = 0;
+  for (int64_t i = globalThread(); i < n; i += gridThreads()) bad |= nonFinite(x[i]);
+  raiseMailFlag(flag, bad);
+}
+
+// The generic step: form the vector into im.work, compress it with the device codec. Every
+// element of the formed vector enters the state, so where the codec reads only some (RandK:
+// the ones it sends) the whole vector is checked first, as on the CPU (Feedback::compressFormed).
 template <typename T, int K>
 size_t generic(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, DeviceBuffer& out, uint64_t step,
                cudaStream_t st) {
+  const int64_t n = v.numel();
   im.work.resize(v.nbytes());
-  form(src, v.numel(), im.work.data(), st);
+  form(src, n, im.work.data(), st);
+  const ConstTensorView work{im.work.data(), v.dtype, v.shape};
+  if (!im.comp->readsEveryElement() && n > 0) {
+    uint32_t* flag = clearMailboxFlags(1);
+    anyNonFiniteKernel<T><<<gridFor(n), kThreads, 0, st>>>(static_cast<const T*>(work.data), n, flag);
+    EFCOMM_CUDA_CHECK(cudaGetLastError());
+    EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
+    if (mailbox().host->flags[0]) {
+      throwIfNonFinite(im.specText + ".step", v, st);
+      throwNonFinite(im.specText + ".step", work, st,
+                     "the vector to compress (the input combined with the state) overflowed");
+    }
+  }
   const DeviceCodec& codec = deviceCodec(im.comp->id());
-  return codec.compress(*im.comp, ConstTensorView{im.work.data(), v.dtype, v.shape}, step, out, st);
+  return codec.compress(*im.comp, work, step, out, st);
 }
 
 void addMessage(const DeviceBuffer& out, size_t size, const TensorView& state, double w, cudaStream_t st) {

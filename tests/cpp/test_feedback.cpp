@@ -2,6 +2,7 @@
 // reductions, state dicts and errors.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -113,17 +114,29 @@ TEST(Feedback, StateDictContinuesBitIdentically) {
 }
 
 TEST(Feedback, NonFiniteLeavesStateUnchanged) {
-  for (const char* spec : {"ef14", "ef21", "ef21sgdm:momentum=0.3", "econtrol:eta=0.2", "ef21w:weight=0.5,n=4"}) {
-    auto fb = makeFeedback(spec, comp("topk:ratio=0.1"));
-    fb->step(view(randomDoubles(100, 1)));
-    fb->step(view(randomDoubles(100, 2)));
-    const StateDict before = fb->stateDict();
-    auto bad = randomDoubles(100, 3);
-    bad[17] = std::numeric_limits<double>::infinity();
-    EXPECT_THROW(fb->step(view(bad)), NonFiniteError) << spec;
-    const StateDict after = fb->stateDict();
-    EXPECT_EQ(after.meta, before.meta) << spec;
-    for (const auto& kv : before.tensors) EXPECT_EQ(after.tensors.at(kv.first).bytes, kv.second.bytes) << spec;
+  // RandK reads only the coordinates it sends: the Inf is put where its first three draws send
+  // nothing, and the feedback step must still refuse it (every coordinate enters the state).
+  const std::string randk = "randk:k=2,seed=5";
+  std::vector<float> sent(100, 0.0f);
+  for (uint64_t step = 0; step < 3; ++step) {
+    const std::vector<float> y = test::roundTrip(*comp(randk), std::vector<float>(100, 1.0f), step);
+    for (size_t i = 0; i < y.size(); ++i) sent[i] += y[i];
+  }
+  const size_t unsent = static_cast<size_t>(std::find(sent.begin(), sent.end(), 0.0f) - sent.begin());
+  ASSERT_LT(unsent, sent.size());
+  for (const std::string& compressor : {std::string("topk:ratio=0.1"), randk}) {
+    for (const char* spec : {"ef14", "ef21", "ef21sgdm:momentum=0.3", "econtrol:eta=0.2", "ef21w:weight=0.5,n=4"}) {
+      auto fb = makeFeedback(spec, comp(compressor));
+      fb->step(view(randomDoubles(100, 1)));
+      fb->step(view(randomDoubles(100, 2)));
+      const StateDict before = fb->stateDict();
+      auto bad = randomDoubles(100, 3);
+      bad[compressor == randk ? unsent : 17] = std::numeric_limits<double>::infinity();
+      EXPECT_THROW(fb->step(view(bad)), NonFiniteError) << spec << " " << compressor;
+      const StateDict after = fb->stateDict();
+      EXPECT_EQ(after.meta, before.meta) << spec;
+      for (const auto& kv : before.tensors) EXPECT_EQ(after.tensors.at(kv.first).bytes, kv.second.bytes) << spec;
+    }
   }
 }
 

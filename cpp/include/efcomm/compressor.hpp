@@ -32,6 +32,10 @@ class Compressor {
   virtual bool biased() const = 0;
   /// True when the output depends on a random draw from (seed, step).
   virtual bool randomized() const { return false; }
+  /// False when compress reads only some elements of x (RandK: the k it sends), so that a NaN
+  /// or Inf among the others raises nothing. Error feedback then checks the whole vector itself,
+  /// since every element of it enters its state.
+  virtual bool readsEveryElement() const { return true; }
   /// Contraction constant for dimension d: E||C(x)-x||^2 <= (1-alpha)||x||^2. For unbiased
   /// compressors, the alpha of the 1/(1+omega)-scaled version. 0 means no guarantee.
   virtual double alpha(int64_t d) const = 0;

@@ -64,6 +64,11 @@ class Feedback {
   explicit Feedback(std::shared_ptr<Compressor> compressor);
   /// The method's update for a checked input; must leave the state unchanged if it throws.
   virtual Message doStep(const ConstTensorView& v, std::optional<uint64_t> step) = 0;
+  /// compressor()->compress(p, step) of the vector p the method formed from the input v and its
+  /// state. Every element of p enters the state (e = p - C(p), g + C(p), ...), so p must be
+  /// finite where the compressor does not look (RandK): then NonFiniteError names the element
+  /// of v, or the one of p that overflowed.
+  Message compressFormed(const ConstTensorView& v, const ConstTensorView& p, std::optional<uint64_t> step);
   /// Names of the method's state arrays (saved as tensors; all of the input's shape and dtype).
   virtual std::vector<std::string> stateNames() const = 0;
   /// The storage of a state array named by stateNames(), allocated on the first step.

@@ -57,6 +57,7 @@ class RandK final : public Compressor {
   CompressorId id() const override { return CompressorId::kRandK; }
   bool biased() const override { return !scaled_; }
   bool randomized() const override { return true; }
+  bool readsEveryElement() const override { return false; }
   double alpha(int64_t d) const override {
     return d > 0 ? static_cast<double>(keepCount(d, ratio_, k_)) / static_cast<double>(d) : 1.0;
   }

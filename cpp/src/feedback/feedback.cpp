@@ -6,6 +6,7 @@
 // receiver forms it, not a re-derived g from an in-place r.
 #include "efcomm/feedback.hpp"
 
+#include "compress/common.hpp"
 #include "feedback/common.hpp"
 
 namespace efcomm {
@@ -41,6 +42,14 @@ Message Feedback::step(const ConstTensorView& v, std::optional<uint64_t> step) {
   Message m = doStep(v, step);
   initialized_ = true;
   return m;
+}
+
+Message Feedback::compressFormed(const ConstTensorView& v, const ConstTensorView& p, std::optional<uint64_t> step) {
+  if (!compressor_->readsEveryElement() && feedback::anyNonFinite(p)) {
+    throwIfNonFinite(v, spec() + ".step");
+    throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
+  }
+  return compressor_->compress(p, step);
 }
 
 StateDict Feedback::stateDict() const {
@@ -129,7 +138,7 @@ class EF14 final : public Feedback {
       const T* e = reinterpret_cast<const T*>(e_.data());
       fill(static_cast<T*>(p.data), v.numel(), [&](int64_t i) { return x[i] + e[i]; });
     });
-    Message m = compressor()->compress(p, step);
+    Message m = compressFormed(v, p, step);
     feedback::copy(p, viewOf(e_));
     accumulate(m, viewOf(e_), -1.0);
     return m;
@@ -171,7 +180,7 @@ class EF21 final : public Feedback {
       return m;
     }
     formTarget(v, ws, /*minusG=*/true, plainV);  // r = target - g
-    Message m = compressor()->compress(ws, step);
+    Message m = compressFormed(v, ws, step);
     if (sgdm_) {
       if (plainV) {
         feedback::copy(v, viewOf(u_));
@@ -258,7 +267,7 @@ class EControl final : public Feedback {
         fill(r, v.numel(), [&](int64_t i) { return (eta * e[i] + x[i]) - h[i]; });
       }
     });
-    Message m = compressor()->compress(ws, step);
+    Message m = compressFormed(v, ws, step);
     dispatchFloat(v.dtype, [&](auto tag) {
       using T = typename decltype(tag)::type;
       const T* x = static_cast<const T*>(v.data);

@@ -5,6 +5,7 @@
 // throws NonFiniteError with the state unchanged. Skips without a device.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -206,6 +207,33 @@ TEST(CudaFeedback, NonFiniteInputLeavesTheStateUnchanged) {
       EXPECT_EQ(after.meta, before.meta) << method;
       for (const auto& [name, t] : before.tensors) EXPECT_EQ(after.tensors.at(name).bytes, t.bytes) << method << name;
     }
+  }
+  // RandK reads only the coordinates it sends; the step checks the whole vector, every element of
+  // which enters the state: a NaN where its first draws send nothing still throws (as on the CPU).
+  const std::string randk = "randk:k=16,seed=9";
+  std::vector<float> sent(n, 0.0f);
+  const std::vector<float> ones(n, 1.0f);
+  for (uint64_t step = 0; step < 2; ++step) {
+    auto c = makeCompressor(randk);
+    const Message m = c->compress(ConstTensorView{ones.data(), DType::kFloat32, {n}}, step);
+    const std::vector<float> y = decoded(m);
+    for (int64_t i = 0; i < n; ++i) sent[i] += y[i];
+  }
+  const int64_t unsent = std::find(sent.begin(), sent.end(), 0.0f) - sent.begin();
+  ASSERT_LT(unsent, n);
+  for (const std::string& method : methods()) {
+    if (method == "none") continue;  // no state: RandK alone, which checks what it sends
+    cuda::DeviceFeedback g(method, randk);
+    cuda::DeviceBuffer out;
+    Dev d0(gputest::gaussian<float>(n, 1));
+    g.step(ConstTensorView{d0.p, DType::kFloat32, {n}}, out);
+    const StateDict before = g.stateDict();
+    std::vector<float> v = gputest::gaussian<float>(n, 2);
+    v[unsent] = std::numeric_limits<float>::quiet_NaN();
+    Dev dv(v);
+    EXPECT_THROW(g.step(ConstTensorView{dv.p, DType::kFloat32, {n}}, out), NonFiniteError) << method << " " << randk;
+    const StateDict after = g.stateDict();
+    for (const auto& [name, t] : before.tensors) EXPECT_EQ(after.tensors.at(name).bytes, t.bytes) << method << name;
   }
   // A NaN in the very first step leaves the object uninitialized.
   cuda::DeviceFeedback g("ef21", "topk:ratio=0.01");
