@@ -88,7 +88,7 @@ class PyBackend final : public Backend {
   std::shared_ptr<Work> allgatherv(const void* send, size_t bytes, ByteBlocks& recv,
                                    std::optional<double> timeout) override {
     return call([&] {
-      py::list blocks = impl_.attr("allgatherv")(readView(send, bytes), timeout);
+      py::list blocks = impl_.attr("allgatherv")(view(send, bytes), timeout);
       EFCOMM_CHECK(static_cast<int>(blocks.size()) == size_, "allgatherv returned ", blocks.size(), " blocks");
       fill(recv, blocks);
     });
@@ -101,7 +101,7 @@ class PyBackend final : public Backend {
     size_t total = 0;
     for (size_t c : sendCounts) total += c;
     return call([&] {
-      py::list blocks = impl_.attr("alltoallv")(readView(send, total), sendCounts, timeout);
+      py::list blocks = impl_.attr("alltoallv")(view(send, total), sendCounts, timeout);
       EFCOMM_CHECK(static_cast<int>(blocks.size()) == size_, "alltoallv returned ", blocks.size(), " blocks");
       fill(recv, blocks);
     });
@@ -109,12 +109,12 @@ class PyBackend final : public Backend {
 
   std::shared_ptr<Work> broadcast(void* buf, size_t bytes, int root, std::optional<double> timeout) override {
     EFCOMM_CHECK(root >= 0 && root < size_, "broadcast: root ", root, " is not a rank of ", size_);
-    return call([&] { impl_.attr("broadcast")(writeView(buf, bytes), root, timeout); });
+    return call([&] { impl_.attr("broadcast")(view(buf, bytes), root, timeout); });
   }
 
   std::shared_ptr<Work> allreduceSum(void* buf, size_t count, DType dtype, std::optional<double> timeout) override {
     return call([&] {
-      impl_.attr("allreduce_sum")(writeView(buf, count * itemSize(dtype)), dtypeName(dtype), timeout);
+      impl_.attr("allreduce_sum")(view(buf, count * itemSize(dtype)), dtypeName(dtype), timeout);
     });
   }
 
@@ -165,14 +165,12 @@ class PyBackend final : public Backend {
     std::exception_ptr error_;
   };
 
-  // Empty buffers may come as nullptr, which a memoryview does not take.
-  static py::memoryview readView(const void* p, size_t bytes) {
-    static const uint8_t empty = 0;
-    return py::memoryview::from_memory(p ? p : &empty, static_cast<py::ssize_t>(bytes));
-  }
-  static py::memoryview writeView(void* p, size_t bytes) {
+  // A read-only (P const) or writable view of a buffer. Empty buffers may come as nullptr, which
+  // a memoryview does not take.
+  template <typename P>
+  static py::memoryview view(P* p, size_t bytes) {
     static uint8_t empty = 0;
-    return py::memoryview::from_memory(p ? p : &empty, static_cast<py::ssize_t>(bytes));
+    return py::memoryview::from_memory(p ? p : static_cast<P*>(&empty), static_cast<py::ssize_t>(bytes));
   }
 
   static void fill(ByteBlocks& recv, const py::list& blocks) {
