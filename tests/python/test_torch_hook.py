@@ -205,8 +205,9 @@ def test_torch_communicator_learns_block_sizes(tmp_path):
     # unlabelled ones always two (sizes, then bytes). Every rank gets the right bytes either way.
     for r in _run_comm("blocks", 3, tmp_path):
         assert all(gathered and exchanged for gathered, exchanged, _ in r), r
-        # 100 (new), 100, 90 (fit), 300 (grew), 0 (fits), 5000 (grew), 5000; unlabelled 300
-        assert [c for _, _, c in r] == [4, 2, 2, 4, 2, 4, 2, 4], r
+        # 100 (new), 100, 90 (fit), 170 (some ranks' blocks outgrow the capacity, 176, others
+        # not), 300 (grew), 0 (fits), 5000 (grew), 5000; unlabelled 300
+        assert [c for _, _, c in r] == [4, 2, 2, 4, 4, 2, 4, 2, 4], r
 
 
 def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):

@@ -44,7 +44,7 @@ def reduce_all(comm) -> dict:
 
 
 #: per labelled call: every rank's allgatherv and alltoallv bytes are about this long
-BLOCK_SIZES = [100, 100, 90, 300, 0, 5000, 5000]
+BLOCK_SIZES = [100, 100, 90, 170, 300, 0, 5000, 5000]
 
 
 def _bytes(*seed, size: int) -> bytes:
