@@ -155,7 +155,9 @@ def test_arguments_rejected_before_the_call_still_release_the_others(bad):
     [np.ones(8, np.float32), np.ones(8, np.float32)],   # two buckets against one
     [],                                                  # no call at all, before
     np.float32(1.0),                                     # not a list
-], ids=["more-buckets", "empty", "not-a-list"])
+    [np.ones(4, np.float32), np.ones(4, np.float32)],    # the same bytes, other tensors
+    [np.ones((2, 4), np.float32)],                       # the same elements, another shape
+], ids=["more-buckets", "empty", "not-a-list", "same-bytes", "same-numel"])
 def test_coalesced_lists_that_differ_fail_on_every_rank_at_once(mine):
     # Rank 0 reduces one bucket, rank 1 another list: both fail at the coalesced call (the
     # number of buckets is part of each bucket's agreement), and the next call pairs correctly.

@@ -41,6 +41,7 @@ struct Reducer::Job final : Work {
   cuda::Stream stream;
   std::string rejected;  // a call made by Reducer::reject
   uint64_t buckets = 0;  // a bucket of an allreduceCoalesced call of this many buckets (0: none)
+  std::string layout;    // its tensors' shapes: lists that differ but fuse alike must not agree
   mutable std::mutex mutex;
   std::condition_variable done;
   bool finished = false;
@@ -398,16 +399,20 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
   // Every bucket's agreement carries the number of buckets (Job::buckets): ranks whose lists
   // make different numbers of buckets disagree at the first one, instead of pairing one rank's
   // later buckets with another's next calls.
-  const auto reduceBucket = [&](const ConstTensorView& x, const TensorView& out, const std::string& bucketKey) {
+  const auto reduceBucket = [&](const ConstTensorView& x, const TensorView& out, const std::string& bucketKey,
+                                std::string layout) {
     auto job = std::make_shared<Job>(x, out, bucketKey, stream);
     job->buckets = ends.size();
+    job->layout = std::move(layout);
     runInOrder(job);
   };
   for (size_t bucket = 0, first = 0; bucket < ends.size(); first = ends[bucket++]) {
     const std::string bucketKey = key + "#" + std::to_string(bucket);
     const size_t last = ends[bucket];
     size_t bytes = 0;
+    std::string layout;  // the bucket's tensors' shapes in order, e.g. "[2, 3] [3]"
     for (size_t i = first; i < last; ++i) {
+      layout += shapeString(xs[i].shape) + " ";
       // A bad tensor fails its bucket's call on every rank (reject), not this rank alone.
       if (!(outs[i].dtype == xs[i].dtype && outs[i].numel() == xs[i].numel()))
         reject(bucketKey, detail::concat("Reducer.allreduce_coalesced(key '", key, "'): output ", i,
@@ -425,7 +430,7 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       for (size_t i = first; i < last; ++i)
         if (xs[i].numel() > 0 && !(cuda::isDevicePointer(xs[i].data, device_->device()) &&
                                    cuda::isDevicePointer(outs[i].data, device_->device())))
-          reduceBucket(xs[i], outs[i], bucketKey);
+          reduceBucket(xs[i], outs[i], bucketKey, shapeString(xs[i].shape));
     }
     uint8_t* p;
     if (onDevice()) {
@@ -440,7 +445,7 @@ void Reducer::allreduceCoalesced(const std::vector<ConstTensorView>& xs, const s
       copyBytes(p + at, xs[i].data, xs[i].nbytes());
     }
     const std::vector<int64_t> shape{static_cast<int64_t>(bytes / itemSize(dtype))};
-    reduceBucket(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, bucketKey);
+    reduceBucket(ConstTensorView{p, dtype, shape}, TensorView{p, dtype, shape}, bucketKey, layout);
     for (size_t i = first, at = 0; i < last; at += outs[i].nbytes(), ++i) copyBytes(outs[i].data, p + at, outs[i].nbytes());
     if (onDevice()) cuda::synchronize(stream);  // the fused buffer is reused, then freed
   }
@@ -467,7 +472,8 @@ void Reducer::reduceNow(const Job& job) {
 
   // Header agreement. Every rank sees every header, so every rank reaches the same verdict.
   const uint64_t keyHash =
-      job.buckets ? hashString(key) ^ hashString("allreduce_coalesced buckets " + std::to_string(job.buckets))
+      job.buckets ? hashString(key) ^ hashString("allreduce_coalesced buckets " + std::to_string(job.buckets) + " of " +
+                                                 job.layout)
                   : hashString(key);
   const std::vector<uint8_t> header = encodeHeader(keyHash, calls_, specHash_, argError.empty(), x);
   ByteBlocks headers;
@@ -507,7 +513,8 @@ void Reducer::reduceNow(const Job& job) {
       mismatch(detail::concat("Reducer.allreduce: ranks disagree: rank ", r, " has ", describe(h, key, keyHash),
                               ", rank ", rank(), " has ", describe(mine, key, keyHash),
                               job.buckets ? detail::concat(" in bucket ", key, " of an allreduce_coalesced call of ",
-                                                           job.buckets, " buckets (the ranks' lists must be alike)")
+                                                           job.buckets, " buckets, here of shapes ", job.layout,
+                                                           "(the ranks' lists must be alike)")
                                           : std::string()));
   }
 
