@@ -342,3 +342,37 @@ def test_compressor_state_dict_powersgd():
     other = ef.compressor("powersgd:rank=2,seed=3")
     other.load_state_dict(state)
     assert [bytes(other.compress(x)) for x in xs[2:]] == want
+
+
+def _stepped(kind):
+    """An object of `kind` with state, and the name of one of its state tensors."""
+    rng = np.random.default_rng(13)
+    if kind == "powersgd":
+        c = ef.compressor("powersgd:rank=2,seed=3")
+        c.compress(rng.standard_normal((8, 6)))
+        return c, "q"
+    if kind == "aggregate":
+        a = ef.feedback.Aggregate("ef21", 2, dim=6)
+        w = ef.feedback.make("ef21", "topk:k=2")
+        a.update([w.step(rng.standard_normal(6).astype(np.float32))] * 2)
+        return a, "g"
+    fb = ef.feedback.make(kind, "topk:k=2")
+    fb.step(rng.standard_normal(6))
+    return fb, {"ef14": "e", "ef21sgdm": "u", "econtrol": "h"}[kind]
+
+
+@pytest.mark.parametrize("kind", ["ef14", "ef21sgdm", "econtrol", "aggregate", "powersgd"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_damaged_state_is_refused(kind, bad):
+    # A NaN or Inf in a saved state (efcomm's states are finite) is refused at the load, with the
+    # object unchanged, instead of making this rank's results differ from the others' later.
+    obj, name = _stepped(kind)
+    before = obj.state_dict()
+    damaged = obj.state_dict()
+    damaged["tensors"][name] = damaged["tensors"][name].copy()
+    damaged["tensors"][name].flat[1] = bad
+    with pytest.raises(ef.InvalidArgument, match=f"tensor '{name}' holds (NaN|Inf) at flat index 1"):
+        obj.load_state_dict(damaged)
+    after = obj.state_dict()
+    for k, v in before["tensors"].items():
+        assert after["tensors"][k].tobytes() == v.tobytes()

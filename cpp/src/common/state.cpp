@@ -1,9 +1,11 @@
 #include "efcomm/state.hpp"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 
+#include "common/dispatch.hpp"
 #include "efcomm/error.hpp"
 
 namespace efcomm {
@@ -49,6 +51,19 @@ const StateTensor& StateDict::tensor(const std::string& key, DType dtype, int64_
                  shapeString(t.shape), ", expected ", numel, " elements");
   EFCOMM_CHECK(t.bytes.size() == static_cast<size_t>(numel) * itemSize(dtype), "state dict: tensor '", key,
                "' holds ", t.bytes.size(), " bytes for ", numel, " elements");
+  // Every state efcomm saves is finite (a step that would make it otherwise raises first): a NaN
+  // or Inf here is a damaged state, which would otherwise surface later as this rank's aggregate
+  // differing from the others' or as its inputs being blamed.
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    for (int64_t i = 0; i < numel; ++i) {
+      T v;
+      std::memcpy(&v, t.bytes.data() + static_cast<size_t>(i) * sizeof(T), sizeof(T));
+      const double d = static_cast<double>(Elem<T>::load(v));
+      EFCOMM_CHECK(std::isfinite(d), "state dict: tensor '", key, "' holds ", std::isnan(d) ? "NaN" : "Inf",
+                   " at flat index ", i, " of ", numel, ": the saved state is damaged (efcomm's states are finite)");
+    }
+  });
   return t;
 }
 
