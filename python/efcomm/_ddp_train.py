@@ -25,6 +25,7 @@ import argparse
 import ctypes
 import dataclasses
 import json
+import math
 import os
 import queue
 import signal
@@ -37,11 +38,16 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 from .bench._util import ring_factor
+from .errors import InvalidArgument
 
 #: rank 0's stdout lines for the parent: a method's start, a point per epoch, its result
 _START, _POINT, _RESULT = "@@efcomm-ddp-start ", "@@efcomm-ddp-point ", "@@efcomm-ddp-result "
 #: seconds a rank waits in one collective (or at the start for the others) before gloo raises
 COLLECTIVE_TIMEOUT_S = 60.0
+
+
+#: images in scikit-learn's digits (split into training and test sets by test_fraction)
+DIGITS = 1797
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,14 @@ class TrainConfig:
     # rebuilds its buckets after step 1, and PowerSGD accepts no fewer than 2.
     start_iter: int = 2
     min_compress_numel: int = 1024
+
+    def __post_init__(self):
+        # Every rank needs a batch per step: more ranks than the training set feeds would launch
+        # processes that train nothing.
+        n_train = DIGITS - math.ceil(self.test_fraction * DIGITS)
+        if self.steps_per_epoch(n_train) < 1:
+            raise InvalidArgument(f"{self.ranks} ranks x {self.batch} images per step exceed the {n_train} training "
+                                  f"images: at most {n_train // self.batch} ranks")
 
     def steps_per_epoch(self, n_train: int) -> int:
         return n_train // (self.ranks * self.batch)

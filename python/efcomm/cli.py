@@ -152,6 +152,10 @@ def main(argv=None) -> int:
         # it checks itself, not a traceback. plan and doctor report theirs the same way themselves.
         print(f"{_prog(args)}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except MemoryError as e:
+        print(f"{_prog(args)}: error: out of memory ({_one_line(e) or 'an allocation failed'}): ask for a smaller "
+              "problem (--dim, --samples, --clients, --ranks)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

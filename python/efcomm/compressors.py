@@ -16,6 +16,7 @@ device) copies the message to the device and decodes it there, writing ``out`` i
 from __future__ import annotations
 
 import contextlib
+import math
 import numbers
 import operator
 from typing import Optional
@@ -23,7 +24,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
-from .errors import BackendUnavailable, InvalidArgument
+from .errors import BackendUnavailable, Error, InvalidArgument, _one_line
 
 Message = _core.Message
 
@@ -111,7 +112,20 @@ def _cuda_like(x):
 
 def _empty_like_message(msg: Message, like: Optional[str]):
     """Allocates the output of decompress: torch if the input was torch (or for bfloat16, which
-    numpy lacks), numpy otherwise."""
+    numpy lacks), numpy otherwise. A shape that does not fit in memory (a sparse message may
+    stand for any number of elements) is an ef.Error, not the allocator's exception."""
+    try:
+        return _allocate_like_message(msg, like)
+    except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
+        if isinstance(e, Error):
+            raise
+        numel = math.prod(msg.shape)
+        raise Error(f"decompress: the message's {msg.dtype} {list(msg.shape)} ({numel} elements) does not fit in "
+                    f"memory ({_one_line(e)}); pass out= (a buffer of that shape), or reject messages of "
+                    "unexpected shapes before decoding them") from None
+
+
+def _allocate_like_message(msg: Message, like: Optional[str]):
     if isinstance(like, tuple):  # compressed from a CUDA array: the same library and device
         kind, device = like
         if kind == "torch":

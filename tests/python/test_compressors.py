@@ -12,6 +12,7 @@ import math
 import os
 import pathlib
 import re
+import struct
 import subprocess
 import sys
 
@@ -1035,3 +1036,16 @@ def test_invalid_spec_raises_naming_the_parameter(spec, word):
 def test_non_string_spec(bad):
     with pytest.raises(ef.InvalidArgument):
         ef.compressor(bad)
+
+
+def test_decompress_of_a_shape_beyond_memory_is_an_ef_error():
+    # A sparse message stands for any number of elements: RandK k=1 of 2**40 is a valid message,
+    # whose decoded array (4 TiB) cannot be allocated. That is an ef.Error naming the shape, not
+    # numpy's MemoryError.
+    b = bytearray(bytes(ef.compressor("randk:k=1,seed=1").compress(np.ones(8, np.float32))))
+    struct.pack_into("<Q", b, 16, 2 ** 40)  # numel
+    struct.pack_into("<q", b, 32, 2 ** 40)  # shape[0]
+    msg = ef.Message.from_bytes(H.fix_checksum(b))
+    assert msg.shape == (2 ** 40,)
+    with pytest.raises(ef.Error, match=r"\[1099511627776\] \(1099511627776 elements\) does not fit in memory"):
+        ef.compressors.decompress(msg)

@@ -170,6 +170,7 @@ def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
     (["--seed", "-1"], "--seed: must be >= 0"),
     (["--ratio", "abc"], "--ratio: must be a number"),
     (["--timeout", "0"], "--timeout: must be a finite number > 0"),
+    (["--ranks", "43"], "43 ranks x 32 images per step exceed the 1347 training images: at most 42 ranks"),
 ])
 def test_demo_bad_input_fails_before_training(argv, message):
     p = _efcomm("demo", *argv, timeout=60)

@@ -141,6 +141,20 @@ def test_mismatched_call_is_recorded():
         assert kinds == ["mismatch"]
 
 
+def test_a_dump_that_cannot_be_written_leaves_nothing_behind(tmp_path):
+    # A directory, or a missing one: an ef.Error saying why, and no temporary file left over.
+    (tmp_path / "dir").mkdir()
+
+    def body(comm):
+        with ef.health.Monitor(comm) as mon:
+            for path, why in ((tmp_path / "dir", "Is a directory"), (tmp_path / "no" / "x.json", "No such file")):
+                with pytest.raises(ef.Error, match=f"Monitor.dump: cannot write .*{why}"):
+                    mon.dump(str(path))
+
+    ef.testing.run_ranks(1, body)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dir"] and not list((tmp_path / "dir").iterdir())
+
+
 def test_bad_options_are_rejected():
     def body(comm):
         with pytest.raises(ef.InvalidArgument, match="timeout_floor"):

@@ -232,7 +232,11 @@ def test_cli_rejects_bad_numbers(argv, message, capsys):
     (["--stepsize", "bogus"], "--stepsize must be theory or theory-am or a finite number > 0, got 'bogus'"),
     (["--stepsize", "inf"], "--stepsize must be theory or theory-am or a finite number > 0, got 'inf'"),
     (["--stepsize", "-0.1"], "--stepsize must be theory or theory-am or a finite number > 0, got '-0.1'"),
-    (["--problem", "lsq", "--l-ratio", "0.5"], "l_ratio must be >= 1"),
+    (["--problem", "lsq", "--l-ratio", "0.5"], "l_ratio must be a finite number >= 1"),
+    (["--problem", "lsq", "--l-ratio", "nan"], "l_ratio must be a finite number >= 1, got nan"),
+    (["--problem", "logreg-synth", "--l-ratio", "inf"], "l_ratio must be a finite number >= 1, got inf"),
+    (["--problem", "lsq", "--zeta", "inf"], "zeta and noise must be finite"),
+    (["--problem", "logreg-synth", "--lam", "nan"], "lam must be a finite number >= 0, got nan"),
     # PowerSGD guarantees no contraction (alpha = 0): the theory's stepsize does not exist for it.
     (["--compressor", "powersgd:rank=1", "--problem", "lsq", "--dim", "5", "--samples", "5"],
      "the theory stepsize needs a contractive compressor (alpha > 0), but powersgd:rank=1 has alpha = 0: "
@@ -242,6 +246,19 @@ def test_cli_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert cli_main(["sim", "--rounds", "2", "--no-plots", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("efcomm sim: error: ") and message in err and err.count("\n") == 1
+
+
+def test_cli_out_of_memory_is_one_line_and_status_2(monkeypatch, capsys):
+    # (A real one: --problem lsq --dim 100000 asks numpy for 74.5 GiB.)
+    import efcomm.sim.cli as sim_cli
+
+    def exhausted(args):
+        raise MemoryError("Unable to allocate 74.5 GiB for an array with shape (100000, 100000)")
+
+    monkeypatch.setattr(sim_cli, "main", exhausted)
+    assert cli_main(["sim", "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efcomm sim: error: out of memory (Unable to allocate 74.5 GiB") and "--dim" in err, err
 
 
 def test_cli_numeric_stepsize_runs_a_compressor_without_alpha(capsys):

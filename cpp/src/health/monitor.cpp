@@ -16,6 +16,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -188,15 +190,23 @@ class MonitorImpl {
     const std::string text = dumpJson(reason, coordinator);
     std::lock_guard<std::mutex> lk(dumpMu_);
     const std::string tmp = path + ".tmp" + std::to_string(getpid()) + "-" + std::to_string(++dumps_);
+    bool written = false;
     {
       std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
-      EFCOMM_CHECK_T(Error, static_cast<bool>(f), "Monitor.dump: cannot write ", tmp);
-      f << text;
-      EFCOMM_CHECK_T(Error, static_cast<bool>(f.flush()), "Monitor.dump: cannot write ", tmp);
+      if (f) {
+        f << text;
+        written = static_cast<bool>(f.flush());
+      }
     }
-    // Renamed into place: doctor never reads half a dump, even when a rank dies while writing.
-    EFCOMM_CHECK_T(Error, std::rename(tmp.c_str(), path.c_str()) == 0, "Monitor.dump: cannot rename ", tmp, " to ",
-                   path);
+    // Renamed into place: doctor never reads half a dump, even when a rank dies while writing. A
+    // failure leaves no temporary file behind.
+    const int renamed = written ? std::rename(tmp.c_str(), path.c_str()) : -1;
+    const int why = errno;
+    if (renamed != 0) {
+      std::remove(tmp.c_str());
+      EFCOMM_CHECK_T(Error, false, "Monitor.dump: cannot ", written ? "write " + path : "write " + tmp, ": ",
+                     std::strerror(why), " (a path to a file in an existing, writable directory)");
+    }
   }
 
   // The automatic dump into dumpDir (after a failed collective, on SIGUSR1, at close); errors are

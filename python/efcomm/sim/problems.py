@@ -8,6 +8,7 @@ where they are known in closed form.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import numpy as np
@@ -112,8 +113,10 @@ class LeastSquares(Quadratic):
                  l_ratio: float = 1.0, noise: float = 0.0, seed: int = 0):
         if m < 1 or d < 1 or n < 1:
             raise InvalidArgument("lsq: n, d and m must be positive")
-        if l_ratio < 1:
-            raise InvalidArgument(f"lsq: l_ratio must be >= 1, got {l_ratio}")
+        if not l_ratio >= 1 or not math.isfinite(l_ratio):  # `not >=`: NaN fails too
+            raise InvalidArgument(f"lsq: l_ratio must be a finite number >= 1, got {l_ratio}")
+        if not (math.isfinite(zeta) and math.isfinite(noise)):
+            raise InvalidArgument(f"lsq: zeta and noise must be finite, got zeta={zeta}, noise={noise}")
         rng = np.random.default_rng(seed)
         scales = np.sqrt(np.geomspace(1.0, l_ratio, n))
         x_c = rng.standard_normal(d)
@@ -164,8 +167,8 @@ class LogisticRegression(Problem):
                  x0: Optional[np.ndarray] = None, name: Optional[str] = None):
         if len(A_i) != len(y_i) or not A_i:
             raise InvalidArgument("logreg: one feature matrix and one label vector per client")
-        if lam < 0:
-            raise InvalidArgument(f"logreg: lam must be >= 0, got {lam}")
+        if not lam >= 0 or not math.isfinite(lam):
+            raise InvalidArgument(f"logreg: lam must be a finite number >= 0, got {lam}")
         self.A_i = [np.asarray(a, dtype=np.float64) for a in A_i]
         self.y_i = [np.asarray(y, dtype=np.float64) for y in y_i]
         for a, y in zip(self.A_i, self.y_i):
@@ -232,8 +235,8 @@ def synthetic_logreg(n: int = 10, d: int = 20, m: int = 50, l_ratio: float = 100
     Gaussian features are scaled by s_i, s_i^2 spaced geometrically over [1, l_ratio], so the data
     part of L_i spans about ``l_ratio`` (L_QM / L_AM grows with it). Labels come from a planted
     linear model on the unscaled features with 10% of them flipped."""
-    if l_ratio < 1:
-        raise InvalidArgument(f"logreg-synth: l_ratio must be >= 1, got {l_ratio}")
+    if not l_ratio >= 1 or not math.isfinite(l_ratio):
+        raise InvalidArgument(f"logreg-synth: l_ratio must be a finite number >= 1, got {l_ratio}")
     rng = np.random.default_rng(seed)
     w = rng.standard_normal(d)
     scales = np.sqrt(np.geomspace(1.0, l_ratio, n))
