@@ -1049,3 +1049,23 @@ def test_decompress_of_a_shape_beyond_memory_is_an_ef_error():
     assert msg.shape == (2 ** 40,)
     with pytest.raises(ef.Error, match=r"\[1099511627776\] \(1099511627776 elements\) does not fit in memory"):
         ef.compressors.decompress(msg)
+
+
+@pytest.mark.parametrize("spec", ["topk:k=2", "randk:k=2,seed=1", "randk:k=2,seed=1,scaled=false"])
+def test_sparse_payload_values_that_are_not_finite_are_corrupt(spec):
+    # efcomm never sends a NaN or Inf value (compress refuses them): a message carrying one, its
+    # checksum made to match, is refused at the parse, before any decoder or aggregate stores it.
+    x = np.arange(1, 9, dtype=np.float32)
+    good = bytes(ef.compressor(spec).compress(x))
+    value_at = struct.unpack_from("<I", good, 12)[0]  # the first value: both payloads start with them
+    for bad in (np.nan, np.inf):
+        b = bytearray(good)
+        b[value_at:value_at + 4] = np.float32(bad).tobytes()
+        with pytest.raises(ef.CorruptMessageError, match=r"payload value 0 of 2 is (NaN|Inf)"):
+            ef.Message.from_bytes(H.fix_checksum(b))
+    if "scaled=false" not in spec and spec.startswith("randk"):
+        # A finite value that the receiver's d/k (here 4) takes beyond float32.
+        b = bytearray(good)
+        b[value_at:value_at + 4] = np.float32(3e38).tobytes()
+        with pytest.raises(ef.CorruptMessageError, match="decodes beyond the float32 range"):
+            ef.Message.from_bytes(H.fix_checksum(b))

@@ -1,6 +1,11 @@
 #include "compress/common.hpp"
 
+#include <algorithm>
+#include <cmath>
+
+#include "common/bytes.hpp"
 #include "common/spec.hpp"
+#include "efcomm/message.hpp"
 
 namespace efcomm {
 
@@ -16,6 +21,29 @@ void throwIfNonFinite(const ConstTensorView& x, const std::string& who) {
                              " at flat index " + std::to_string(i) + " of " + std::to_string(n) +
                              " (shape " + shapeString(x.shape) + ")");
       }
+    }
+  });
+}
+
+void checkPayloadValues(const uint8_t* values, int64_t count, DType dtype, const std::string& who, double scale) {
+  dispatchDType(dtype, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const auto at = [&](int64_t i) { return loadAs<T>(values + i * static_cast<int64_t>(sizeof(T))); };
+    const uint32_t bad = blockedReduce<uint32_t>(count, [&](int64_t lo, int64_t hi) {
+      uint32_t b = 0;  // an integer OR: vectorizes
+      for (int64_t i = lo; i < hi; ++i) b |= nonFiniteBit(at(i));
+      return b;
+    });
+    double largest = 0;  // |value| (RandK's scaled values: one range check for all)
+    if (!bad && scale != 1)
+      for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(static_cast<double>(Elem<T>::load(at(i)))));
+    if (!bad && fits(dtype, largest * scale)) return;
+    for (int64_t i = 0; i < count; ++i) {
+      const double v = static_cast<double>(Elem<T>::load(at(i)));
+      EFCOMM_CHECK_MSG(std::isfinite(v) && fits(dtype, v * scale), who, ": payload value ", i, " of ", count,
+                       std::isfinite(v) ? " decodes beyond the " + dtypeName(dtype) + " range"
+                                        : std::string(" is ") + (std::isnan(v) ? "NaN" : "Inf"),
+                       ": efcomm never sends one (a crafted message)");
     }
   });
 }

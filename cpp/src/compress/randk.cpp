@@ -142,7 +142,11 @@ Params paramsOf(const Message& m) {
   return {static_cast<int64_t>(k), seed, step, scaled == 1};
 }
 
-void validate(const Message& m) { paramsOf(m); }
+void validate(const Message& m) {
+  const Params p = paramsOf(m);
+  checkPayloadValues(m.payload(), p.k, m.dtype(), "randk",
+                     p.scaled && p.k ? static_cast<double>(m.numel()) / static_cast<double>(p.k) : 1.0);
+}
 
 // The coordinates a message's values belong to, redrawn from its (seed, step).
 struct Redraw {

@@ -556,6 +556,7 @@ void validate(const Message& m) {
     const uint8_t* end = readVarintIndices(l, n, [](int64_t, int64_t) {});
     EFCOMM_CHECK_MSG(end == l.end, "topk: ", l.end - end, " bytes after the index stream");
   }
+  checkPayloadValues(l.values, l.k, m.dtype(), "topk");
 }
 
 void decode(const Message& m, const TensorView& out) {
