@@ -704,6 +704,11 @@ def test_wire_bytes_rejects_negative_and_grows(spec):
     sizes = [c.wire_bytes(d) for d in (0, 1, 10, 1000, 10 ** 6)]
     assert all(isinstance(v, int) and v > 0 for v in sizes)
     assert sizes == sorted(sizes)
+    # alpha and omega take a dimension too: never truncated (1.5) nor a pybind TypeError
+    for bad in (-1, 2 ** 70, "3", 2.5, None):
+        for constant in (c.alpha, c.omega):
+            with pytest.raises(ef.InvalidArgument, match="d must be an int >= 0"):
+                constant(bad)
 
 
 # ----------------------------------------------------------------------------------------------
