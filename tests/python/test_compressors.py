@@ -1025,6 +1025,7 @@ INVALID = [
     ("quant:bits=3", "bits"), ("quant:bits=1", "bits"), ("quant:bits=16", "bits"), ("quant:bits=0", "bits"),
     ("quant:block=0", "block"), ("quant:block=-8", "block"), ("quant:bits=8,levels=3", "levels"),
     ("powersgd:rank=0", "rank"), ("powersgd:rank=-2", "rank"), ("powersgd:rank=two", "rank"),
+    ("topk:ratio=0.1\x00junk", "ratio"), ("topk:k=3\x00", "k"),  # a number ends at the value's end, not a NUL
 ]
 
 

@@ -57,8 +57,9 @@ std::optional<double> SpecParams::getDouble(const std::string& key) {
   char* end = nullptr;
   errno = 0;
   const double d = std::strtod(v->c_str(), &end);
-  EFCOMM_CHECK(end && *end == '\0' && errno == 0 && std::isfinite(d), name_, ": parameter ", key,
-               "='", *v, "' is not a finite number");
+  // end at the string's end, not at an embedded NUL ("0.1\0junk")
+  EFCOMM_CHECK(end == v->c_str() + v->size() && !v->empty() && errno == 0 && std::isfinite(d), name_,
+               ": parameter ", key, "='", *v, "' is not a finite number");
   return d;
 }
 
@@ -68,7 +69,7 @@ std::optional<int64_t> SpecParams::getInt(const std::string& key) {
   char* end = nullptr;
   errno = 0;
   const long long i = std::strtoll(v->c_str(), &end, 10);
-  EFCOMM_CHECK(end && *end == '\0' && errno == 0, name_, ": parameter ", key, "='", *v,
+  EFCOMM_CHECK(end == v->c_str() + v->size() && !v->empty() && errno == 0, name_, ": parameter ", key, "='", *v,
                "' is not an integer");
   return static_cast<int64_t>(i);
 }
