@@ -287,6 +287,9 @@ def test_errors():
                  "ef21sgdm:momentum=0", "econtrol:eta=2", "ef14:x=1"]:
         with pytest.raises(ef.InvalidArgument):
             ef.feedback.make(spec, "topk:k=1")
+    # A weight whose 1 / (n w) overflows: said so at construction, not a NaN "input" at the step.
+    with pytest.raises(ef.InvalidArgument, match="1 / \\(n weight\\) overflow float32"):
+        ef.feedback.make("ef21w:weight=1e-300,n=2", "topk:k=1")
     with pytest.raises(ef.InvalidArgument):
         ef.feedback.make("ef21", 3)
     state = fb.state_dict()

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "common/spec.hpp"
 #include "compress/common.hpp"
@@ -41,6 +42,10 @@ Config parseConfig(const std::string& spec, bool receiver) {
     EFCOMM_CHECK(w && n, "ef21w: weight and n are required (EF21-W sends v / (n weight)), got '", spec, "'");
     EFCOMM_CHECK(std::isfinite(*w) && *w > 0 && *w <= 1, "ef21w: weight must be in (0, 1], got ", *w);
     EFCOMM_CHECK(*n >= 1, "ef21w: n must be >= 1, got ", *n);
+    // The worker scales by 1 / (n weight), in the state's dtype (float32 at the least).
+    EFCOMM_CHECK(1.0 / (static_cast<double>(*n) * *w) <= std::numeric_limits<float>::max(), "ef21w: weight ", *w,
+                 " with n = ", *n, " makes the worker's scale 1 / (n weight) overflow float32; weights that small "
+                 "mean the rank takes no part: leave it out");
     c.weight = *w;
     c.n = *n;
     c.weighted = true;
