@@ -803,17 +803,18 @@ void Agent::Impl::start(Backend& bootstrap, double connectTimeout) {
   const std::vector<std::string> addresses = split(fields[3], ',');
 
   // Connect, trying the addresses in order, until one answers or time runs out.
-  std::string errors;
+  std::string errors;  // the last round's, kept when time runs out before a round tries anything
   while (!sock_) {
-    errors.clear();
+    std::string round;
     for (const std::string& a : addresses) {
       const double left = deadline - monoNow();
       if (left <= 0) break;
       std::string why;
       sock_ = connectOnce(a, static_cast<uint16_t>(port), std::min(left, kConnectAttemptSeconds), why);
       if (sock_) break;
-      errors += (errors.empty() ? "" : "; ") + a + ":" + fields[2] + ": " + why;
+      round += (round.empty() ? "" : "; ") + a + ":" + fields[2] + ": " + why;
     }
+    if (!round.empty()) errors = round;
     if (sock_) break;
     EFCOMM_CHECK_T(Error, monoNow() < deadline, "health.Monitor: rank ", rank_,
                    " could not reach the coordinator on rank 0 within ", connectTimeout, " s (", errors, ")");
