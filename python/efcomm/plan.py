@@ -51,13 +51,21 @@ _LINK_DTYPE = np.dtype([("from", np.int32), ("to", np.int32), ("capacity", np.fl
                         ("failed", np.bool_)])
 
 
-def _int(v, what: str, minimum: Optional[int] = None) -> int:
+def _int(v, what: str, minimum: Optional[int] = None, bits: int = 32) -> int:
     if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
         raise InvalidArgument(f"{what} must be an integer, got {v!r}")
     v = int(v)
     if minimum is not None and v < minimum:
         raise InvalidArgument(f"{what} must be >= {minimum}, got {v}")
+    if bits == 32 and not -2 ** 31 <= v < 2 ** 31:  # the core's ints
+        raise InvalidArgument(f"{what} must be below 2**31, got {v}")
     return v
+
+
+def _bool(v, what: str) -> bool:
+    if isinstance(v, (bool, np.bool_)) or (isinstance(v, (int, np.integer)) and v in (0, 1)):
+        return bool(v)
+    raise InvalidArgument(f"{what} must be True or False, got {v!r}")
 
 
 def _float(v, what: str) -> float:
@@ -113,7 +121,8 @@ class Topology:
                 _int(nics_per_host, "Topology.leaf_spine: nics_per_host"),
                 _float(host_gbps, "Topology.leaf_spine: host_gbps"),
                 _float(uplink_gbps, "Topology.leaf_spine: uplink_gbps"),
-                bool(rail_optimized), _int(planes, "Topology.leaf_spine: planes")))
+                _bool(rail_optimized, "Topology.leaf_spine: rail_optimized"),
+                _int(planes, "Topology.leaf_spine: planes")))
 
     @classmethod
     def clos(cls, k: int, hosts_per_leaf: int = 0, nics_per_host: int = 1, host_gbps: float = 400,
@@ -445,7 +454,7 @@ def plan(topo: Topology, flows, strategy: str = "split", seed: int = 0) -> Plan:
     topo, flows = _as_topology(topo), _as_flows(flows)
     if not isinstance(strategy, str):
         raise InvalidArgument(f"plan: strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
-    seed = _int(seed, "plan: seed", 0)
+    seed = _int(seed, "plan: seed", 0, bits=64)
     if seed >= 1 << 64:
         raise InvalidArgument(f"plan: seed must be < 2^64, got {seed}")
     snapshot = topo.copy()

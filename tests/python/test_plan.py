@@ -147,7 +147,11 @@ def test_bad_topologies():
                 lambda: P.Topology.leaf_spine(leaves=3, spines=2, hosts_per_leaf=2, nics_per_host=2,
                                               rail_optimized=True),  # leaves not a multiple of the rails
                 lambda: P.Topology.leaf_spine(leaves=2.5, spines=2, hosts_per_leaf=2),
-                lambda: P.Topology.clos(k=3), lambda: P.Topology.clos(k=4, nics_per_host=0)):
+                lambda: P.Topology.clos(k=3), lambda: P.Topology.clos(k=4, nics_per_host=0),
+                # beyond the core's ints, and a string that bool() would take for True
+                lambda: P.Topology.leaf_spine(leaves=2 ** 31, spines=2, hosts_per_leaf=2),
+                lambda: P.Topology.clos(k=2 ** 40),
+                lambda: P.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2, rail_optimized="no")):
         with pytest.raises(ef.InvalidArgument):
             bad()
     # Errors speak this module's names, not the C++ API's (hostGbps, failLink).
