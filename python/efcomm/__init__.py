@@ -4,7 +4,7 @@ Gradient compressors with a versioned wire format, error feedback, compressed co
 traffic planning and fault detection, on a C++17 core.
 """
 
-from . import _core
+from . import _args, _core
 from .errors import (BackendUnavailable, CollectiveTimeout, CorruptMessageError, Error,
                      InvalidArgument, MismatchError, NonFiniteError)
 from . import compressors
@@ -24,7 +24,7 @@ def get_num_threads() -> int:
 def set_num_threads(n: int) -> None:
     """Sets the threads of efcomm's kernels called from this thread (as OpenMP's
     omp_set_num_threads: each thread has its own setting; OMP_NUM_THREADS sets the default)."""
-    _core.set_num_threads(int(n))
+    _core.set_num_threads(_args.integer(n, "set_num_threads: n", 1, 1 << 16))
 
 
 def build_info() -> dict:

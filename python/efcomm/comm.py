@@ -18,7 +18,7 @@ import time
 import weakref
 from typing import Optional, Sequence
 
-from . import _core
+from . import _args, _core
 from .compressors import _cuda_stream, _device_ctx, _host, _is_cuda, _is_torch, _library
 from .errors import BackendUnavailable, CollectiveTimeout, InvalidArgument
 
@@ -725,14 +725,13 @@ class Reducer:
         feedback = getattr(feedback, "spec", feedback)
         if not isinstance(compressor, str) or not isinstance(feedback, str):
             raise InvalidArgument("Reducer: compressor and feedback must be spec strings")
-        if not isinstance(bucket_bytes, int) or bucket_bytes <= 0:
-            raise InvalidArgument(f"Reducer: bucket_bytes must be a positive int, got {bucket_bytes!r}")
+        bucket_bytes = _args.integer(bucket_bytes, "Reducer: bucket_bytes", 1)
         self._comm = comm
         self._pending: list = []
         # Over NCCL the reducer takes device arrays (torch CUDA tensors, CuPy arrays).
         self._device = isinstance(comm, NcclCommunicator)
         self._impl = _core._Reducer(comm._nccl if self._device else comm._backend, compressor, feedback, algorithm,
-                                    [] if weights is None else [float(w) for w in weights], bucket_bytes)
+                                    [] if weights is None else _args.floats(weights, "Reducer: weights"), bucket_bytes)
         if not self._device:
             comm._reducers.add(self)
 

@@ -24,7 +24,7 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from . import _core
+from . import _args, _core
 from .compressors import (Compressor, Message, _check_step, _cuda_like, _cuda_stream, _device_ctx, _fmt, _host,
                           _is_cuda, _require_cuda, compressor as _compressor)
 from .errors import InvalidArgument
@@ -269,7 +269,9 @@ class Aggregate:
         if any(not 0 <= s <= 1 << 56 for s in shape):
             raise InvalidArgument(f"Aggregate: sizes must be in [0, 2^56], got {shape}")
         self._broadcast = None if broadcast is None else _as_compressor(broadcast)
-        self._impl = _core._Aggregate(spec, int(n), [] if weights is None else [float(w) for w in weights],
+        if not isinstance(spec, str):
+            raise InvalidArgument(f"Aggregate: spec must be a feedback spec string, got {spec!r}")
+        self._impl = _core._Aggregate(spec, int(n), [] if weights is None else _args.floats(weights, "Aggregate: weights"),
                                       shape, dtype if isinstance(dtype, str) else np.dtype(dtype).name,
                                       None if self._broadcast is None else self._broadcast._impl)
 

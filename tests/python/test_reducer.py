@@ -304,3 +304,21 @@ def test_ef21w_weights_must_agree_with_the_spec():
         ef.feedback.Aggregate("ef21w", 3, dim=4)
     with pytest.raises(ef.InvalidArgument, match="n=4"):
         ef.feedback.Aggregate("ef21w:weight=0.25,n=4", 3, weights=W3, dim=4)
+
+
+def test_argument_types_are_invalid_argument():
+    # Never pybind's TypeError nor float()'s ValueError: an ef.InvalidArgument naming the argument.
+    def fn(comm):
+        for kw, what in ((dict(bucket_bytes=2 ** 70), "bucket_bytes"), (dict(weights="ab"), "weights"),
+                         (dict(weights=[0.5, "x"]), "weights")):
+            with pytest.raises(ef.InvalidArgument, match=f"Reducer: {what}"):
+                ef.Reducer(comm, **kw)
+
+    ef.testing.run_ranks(1, fn)
+    for bad in (2 ** 40, None, "x", 0):
+        with pytest.raises(ef.InvalidArgument, match="set_num_threads: n"):
+            ef.set_num_threads(bad)
+    with pytest.raises(ef.InvalidArgument, match="Aggregate: spec"):
+        ef.feedback.Aggregate(None, 2, dim=4)
+    with pytest.raises(ef.InvalidArgument, match="Aggregate: weights"):
+        ef.feedback.Aggregate("ef21", 2, weights="ab", dim=4)
