@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "efcomm/error.hpp"
 #include "efcomm/state.hpp"
@@ -46,6 +47,11 @@ inline std::string pyTypeName(pybind11::handle obj) {
 /// unknown source: never pybind11's bare cast error).
 template <typename T>
 T castOrThrow(pybind11::handle obj, const std::string& what, const char* expected) {
+  // A pybind11 object type (dict) converts by calling dict(obj), which raises TypeError for
+  // None or a number: checked first.
+  if constexpr (std::is_base_of_v<pybind11::object, T>) {
+    if (!pybind11::isinstance<T>(obj)) throw InvalidArgument(what + " must be " + expected + ", got " + pyTypeName(obj));
+  }
   try {
     return pybind11::cast<T>(obj);
   } catch (const pybind11::cast_error&) {

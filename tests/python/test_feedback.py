@@ -292,6 +292,10 @@ def test_errors():
         ef.feedback.make("ef21w:weight=1e-300,n=2", "topk:k=1")
     with pytest.raises(ef.InvalidArgument):
         ef.feedback.make("ef21", 3)
+    good = fb.state_dict()
+    for entry, value in (("tensors", None), ("meta", 3), ("tensors", [])):  # not dicts: never a TypeError
+        with pytest.raises(ef.InvalidArgument, match=f"load_state_dict: '{entry}' must be a dict"):
+            fb.load_state_dict({**good, entry: value})
     state = fb.state_dict()
     with pytest.raises(ef.MismatchError):
         ef.feedback.make("ef21:init=compressed", "topk:k=1").load_state_dict(state)
