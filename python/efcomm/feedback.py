@@ -299,6 +299,9 @@ class Aggregate:
 
     def update(self, messages: Sequence[Optional[Message]]) -> np.ndarray:
         """Folds in one round and returns a copy of the estimate (b with broadcast, else g)."""
+        if isinstance(messages, Message) or not hasattr(messages, "__iter__"):
+            raise InvalidArgument(f"Aggregate.update: messages must be a list (one Message or None per worker), "
+                                  f"got {type(messages).__name__}")
         return self._impl.update(list(messages))
 
     @property

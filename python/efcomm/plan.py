@@ -279,7 +279,10 @@ class Flows:
     def __init__(self, src, dst, bytes):
         src = np.asarray(src)
         dst = np.asarray(dst)
-        size = np.asarray(bytes, dtype=np.float64)
+        try:
+            size = np.asarray(bytes, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"Flows: bytes must be a number or an array of numbers, got {bytes!r}") from None
         for name, a in (("src", src), ("dst", dst)):
             if a.ndim != 1:
                 raise InvalidArgument(f"Flows: {name} must be a 1-D array, got shape {a.shape}")
@@ -502,6 +505,7 @@ def lp_bound(topo: Topology, flows, max_variables: int = LP_MAX_VARIABLES) -> fl
     computed here exactly (weak duality), so it never exceeds the true optimum by more than
     rounding; the primal solution found is checked to be within 1e-6 of it."""
     topo, flows = _as_topology(topo), _as_flows(flows)
+    max_variables = _int(max_variables, "lp_bound: max_variables", 1, bits=64)
     counts = _core._path_counts(topo._t, flows._f)
     unreachable = np.flatnonzero(counts == 0)
     if unreachable.size:

@@ -161,6 +161,11 @@ def test_bad_topologies():
         P.Topology.clos(k=4).degrade_link(0, 2.0)
     with pytest.raises(ef.InvalidArgument, match="h0.n0, p0.leaf0, p0.spine0"):  # an example of every kind
         P.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2).fail_link("leaf0", "spine0")
+    with pytest.raises(ef.InvalidArgument, match="Flows: bytes must be a number"):
+        P.Flows([0], [1], "x")
+    with pytest.raises(ef.InvalidArgument, match="lp_bound: max_variables"):
+        P.lp_bound(P.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2), P.Flows([0], [2], 1.0),
+                   max_variables=None)
 
 
 # ---- flows ------------------------------------------------------------------------------------

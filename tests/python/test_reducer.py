@@ -322,3 +322,6 @@ def test_argument_types_are_invalid_argument():
         ef.feedback.Aggregate(None, 2, dim=4)
     with pytest.raises(ef.InvalidArgument, match="Aggregate: weights"):
         ef.feedback.Aggregate("ef21", 2, weights="ab", dim=4)
+    message = ef.feedback.make("ef21", "topk:k=2").step(np.ones(4, np.float32))
+    with pytest.raises(ef.InvalidArgument, match="Aggregate.update: messages must be a list"):
+        ef.feedback.Aggregate("ef21", 1, dim=4).update(message)
