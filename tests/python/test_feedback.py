@@ -349,6 +349,8 @@ def test_compressor_state_dict_powersgd():
     other = ef.compressor("powersgd:rank=2,seed=3")
     other.load_state_dict(state)
     assert [bytes(other.compress(x)) for x in xs[2:]] == want
+    with pytest.raises(ef.InvalidArgument, match="'warm' must be 0 or 1, got 5"):  # not taken for 1
+        other.load_state_dict({**state, "meta": {**state["meta"], "warm": "5"}})
 
 
 def _stepped(kind):

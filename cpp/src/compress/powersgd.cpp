@@ -404,7 +404,9 @@ class PowerSGD final : public Compressor {
   }
 
   void loadExtra(const StateDict& d) override {
-    if (d.integer("warm") == 0) {
+    const uint64_t warm = d.integer("warm");
+    EFCOMM_CHECK(warm <= 1, "powersgd state: 'warm' must be 0 or 1, got ", warm);
+    if (warm == 0) {
       q_.clear();
       init_.clear();
       m_ = n_ = -1;
