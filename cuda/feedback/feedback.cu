@@ -325,7 +325,7 @@ size_t generic(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, Dev
     anyNonFiniteKernel<T><<<gridFor(n), kThreads, 0, st>>>(static_cast<const T*>(work.data), n, flag);
     EFCOMM_CUDA_CHECK(cudaGetLastError());
     EFCOMM_CUDA_CHECK(cudaStreamSynchronize(st));
-    if (mailbox().host->flags[0]) {
+    if (static_cast<const volatile uint32_t*>(mailbox().host->flags)[0]) {
       throwIfNonFinite(im.specText + ".step", v, st);
       throwNonFinite(im.specText + ".step", work, st,
                      "the vector to compress (the input combined with the state) overflowed");

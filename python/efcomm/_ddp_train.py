@@ -70,6 +70,8 @@ class TrainConfig:
         # Every rank needs a batch per step: more ranks than the training set feeds would launch
         # processes that train nothing.
         n_train = DIGITS - math.ceil(self.test_fraction * DIGITS)
+        if self.ranks < 1 or self.batch < 1:
+            raise InvalidArgument(f"ranks and batch must be >= 1, got {self.ranks} and {self.batch}")
         if self.steps_per_epoch(n_train) < 1:
             raise InvalidArgument(f"{self.ranks} ranks x {self.batch} images per step exceed the {n_train} training "
                                   f"images: at most {n_train // self.batch} ranks")

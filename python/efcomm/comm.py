@@ -16,6 +16,7 @@ import os
 import sys
 import time
 import weakref
+import zlib
 from typing import Optional, Sequence
 
 from . import _args, _core
@@ -74,11 +75,15 @@ class Communicator:
         except OSError:  # no /proc (macOS): the core looks for an already loaded libmpi.so.12
             pass
         handle = int(comm.handle if hasattr(comm, "handle") else MPI._handleof(comm))
-        # An MPICH MPI_Comm is a 32-bit int; mpi4py gives it as an unsigned 64-bit number (a
-        # derived communicator's, 0x84..., sign-extended): back to the int it is.
-        handle &= 0xFFFFFFFF
-        if handle >= 1 << 31:
+        # An MPICH MPI_Comm is a 32-bit int; mpi4py gives it as an unsigned number (a derived
+        # communicator's 0x84..., sign-extended to 64 bits): back to the int it is.
+        if handle >= 0xFFFFFFFF80000000:
+            handle -= 1 << 64
+        elif 1 << 31 <= handle < 1 << 32:
             handle -= 1 << 32
+        if not -(1 << 31) <= handle < 1 << 31:
+            raise InvalidArgument(f"Communicator.mpi: {handle:#x} is not an MPICH communicator handle (an int); "
+                                  "efcomm needs an MPICH-ABI MPI (pip install mpich)")
         return cls(_core._mpi_backend(handle, library, _timeout(timeout, "Communicator.mpi")))
 
     @classmethod
@@ -206,14 +211,27 @@ class _TorchBackend:
     sends its size in a block of a learned capacity together with its first bytes: the k-th
     allgatherv or alltoallv of a call with key K has the capacity that the same collective of the
     previous call with K needed (its largest size, plus an eighth and 64 bytes), and only a size
-    beyond it costs a second collective, for the rest. Every rank learns every size from the
-    first collective (an alltoallv block also carries its sender's largest count), so every
-    rank's capacities are the same: they depend only on what all of them saw. Unlabelled
-    collectives (the first of a key included) start from capacity 0: sizes first, then bytes."""
+    beyond it costs a second collective, for the rest. Blocks of different sizes abort gloo (the
+    process, not the call), so every rank must use the same capacities:
+    - the first collective of a call (the Reducer's header agreement, which catches ranks that
+      disagree on the key) has a fixed capacity, whatever the key's history;
+    - its blocks carry a digest of the sender's capacities for the key: where the ranks' digests
+      differ (a rank that restarted its backend, or disagrees on the key), every rank forgets the
+      key's capacities before the call's next collective;
+    - what is learned, every rank saw: every size is in the first collective (an alltoallv block
+      also carries its sender's largest count).
+    Unlabelled collectives have capacity 0: sizes first, then bytes. An alltoallv pads every
+    pair's block to the largest count any rank sends (the Reducer's reduce_scatter chunks are
+    about equal; a skewed exchange sends up to n times its bytes)."""
 
-    _HEAD = 8  # a block's int64 size; an alltoallv block adds its sender's largest count
+    _HEAD = 8  # bytes of each int64 head word of a block: its size, (alltoallv) the sender's
+    # largest count, the digest of the sender's capacities (0 after the first collective of a call)
+    _FIRST_CAPACITY = 256  # the first collective of a call: a Reducer header is 68 to 136 bytes
+    _KEYS = 4096  # keys whose capacities are kept (least recently used go first)
 
     def __init__(self, group, timeout: Optional[float]):
+        import collections
+
         import torch.distributed as dist
 
         self._dist = dist
@@ -224,7 +242,7 @@ class _TorchBackend:
         self._aborted: Optional[CollectiveTimeout] = None
         self._key = ""  # the label of the collectives being issued ("" none)
         self._ordinal = 0  # collectives issued under it
-        self._capacity: dict = {}  # (key, ordinal) -> learned capacity in bytes
+        self._capacity = collections.OrderedDict()  # key -> {ordinal: learned capacity in bytes}
 
     def label(self, key: str, algorithm: str) -> None:
         """Backend::label: a Reducer call's collectives follow (the same key again: the same call,
@@ -233,15 +251,30 @@ class _TorchBackend:
             self._key, self._ordinal = key, 0
 
     def _slot(self):
-        """The capacity slot of the collective being issued (None: unlabelled)."""
+        """(ordinal, capacity, digest) of the collective being issued: ordinal 0 unlabelled, 1
+        the first of a call (fixed capacity; digest of the key's capacities), then learned ones."""
         if not self._key:
-            return None
+            return 0, 0, 0
         self._ordinal += 1
-        return (self._key, self._ordinal)
+        caps = self._capacity.get(self._key, {})
+        if self._ordinal == 1:
+            digest = zlib.crc32(repr(sorted(caps.items())).encode()) + 1  # never 0
+            return 1, self._FIRST_CAPACITY, digest
+        return self._ordinal, caps.get(self._ordinal, 0), 0
 
-    def _learn(self, slot, largest: int) -> None:
-        if slot is not None:
-            self._capacity[slot] = (largest + largest // 8 + 64) // 8 * 8  # int64 heads stay aligned
+    def _settle(self, ordinal: int, largest: int, digests: list) -> None:
+        """After a labelled collective: forget the key's capacities where the ranks' digests
+        differed (first collective), else learn this one's (later ones)."""
+        if ordinal == 1:
+            if len(set(digests)) > 1:
+                self._capacity.pop(self._key, None)
+            return
+        if ordinal > 1:
+            caps = self._capacity.setdefault(self._key, {})
+            self._capacity.move_to_end(self._key)
+            caps[ordinal] = (largest + largest // 8 + 64) // 8 * 8  # int64 heads stay aligned
+            while len(self._capacity) > self._KEYS:
+                self._capacity.popitem(last=False)
 
     def abort(self, message: str, culprits: list) -> None:
         """Backend::abort (a health.Monitor's verdict): the pending collective and every later one
@@ -302,15 +335,15 @@ class _TorchBackend:
         import torch
 
         dist = self._dist
-        slot = self._slot()
-        capacity = self._capacity.get(slot, 0)
+        ordinal, capacity, digest = self._slot()
         data = self._bytes(view)
-        mine = self._block([data.numel()], data, capacity)
+        mine = self._block([data.numel(), digest], data, capacity)
         blocks = [torch.empty_like(mine) for _ in range(self.size)]
         self._wait(dist.all_gather(blocks, mine, group=self._group, async_op=True), "all_gather (allgatherv)",
                    timeout)
-        sizes = [self._head(b, 1)[0] for b in blocks]
-        parts = [b[self._HEAD:self._HEAD + min(s, capacity)] for b, s in zip(blocks, sizes)]
+        heads = [self._head(b, 2) for b in blocks]
+        sizes = [h[0] for h in heads]
+        parts = [b[2 * self._HEAD:2 * self._HEAD + min(s, capacity)] for b, s in zip(blocks, sizes)]
         width = max(sizes) - capacity
         if width > 0:  # the rest of the longer blocks, padded to the longest rest
             rest = torch.zeros(width, dtype=torch.uint8)
@@ -319,28 +352,27 @@ class _TorchBackend:
             self._wait(dist.all_gather(rests, rest, group=self._group, async_op=True),
                        "all_gather (allgatherv, the rest)", timeout)
             parts = [torch.cat([p, r[:max(s - capacity, 0)]]) for p, r, s in zip(parts, rests, sizes)]
-        self._learn(slot, max(sizes))
+        self._settle(ordinal, max(sizes), [h[1] for h in heads])
         return [p.numpy() for p in parts]
 
     def alltoallv(self, view, counts, timeout):
         import torch
 
         dist = self._dist
-        slot = self._slot()
-        capacity = self._capacity.get(slot, 0)
+        ordinal, capacity, digest = self._slot()
         data = self._bytes(view)
         counts = [int(c) for c in counts]
         starts = [sum(counts[:p]) for p in range(self.size)]
         chunks = [data[a:a + c] for a, c in zip(starts, counts)]
         largest = max(counts)
-        send = torch.cat([self._block([c, largest], chunk, capacity) for c, chunk in zip(counts, chunks)])
+        send = torch.cat([self._block([c, largest, digest], chunk, capacity) for c, chunk in zip(counts, chunks)])
         recv = torch.empty_like(send)
         self._wait(dist.all_to_all_single(recv, send, group=self._group, async_op=True),
                    "all_to_all_single (alltoallv)", timeout)
         blocks = recv.view(self.size, -1)
-        heads = [self._head(b, 2) for b in blocks]
+        heads = [self._head(b, 3) for b in blocks]
         recv_counts = [h[0] for h in heads]
-        parts = [b[2 * self._HEAD:2 * self._HEAD + min(c, capacity)] for b, c in zip(blocks, recv_counts)]
+        parts = [b[3 * self._HEAD:3 * self._HEAD + min(c, capacity)] for b, c in zip(blocks, recv_counts)]
         # The largest count any rank sent: the same on every rank.
         largest = max(h[1] for h in heads)
         if largest > capacity:  # the rest of the longer chunks, exactly
@@ -351,7 +383,7 @@ class _TorchBackend:
                                               rest_out, group=self._group, async_op=True),
                        "all_to_all_single (alltoallv, the rest)", timeout)
             parts = [torch.cat([p, r]) for p, r in zip(parts, torch.split(out, rest_in))]
-        self._learn(slot, largest)
+        self._settle(ordinal, largest, [h[2] for h in heads])
         return [p.numpy() for p in parts]
 
     def broadcast(self, view, root, timeout):

@@ -117,7 +117,7 @@ def _empty_like_message(msg: Message, like: Optional[str]):
     try:
         return _allocate_like_message(msg, like)
     except (MemoryError, RuntimeError) as e:  # torch's CPU allocator raises RuntimeError
-        if isinstance(e, Error):
+        if isinstance(e, Error) or (not isinstance(e, MemoryError) and "memory" not in str(e).lower()):
             raise
         numel = math.prod(msg.shape)
         raise Error(f"decompress: the message's {msg.dtype} {list(msg.shape)} ({numel} elements) does not fit in "

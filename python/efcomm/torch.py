@@ -466,7 +466,9 @@ class DDPHookState:
         starts at the average, which every rank holds."""
         for (key, mean), grad in zip(keyed, local):
             slot = self._slot(key, mean)
-            if slot.worker.initialized:
+            # A non-finite average (some rank's gradient was: the same on every rank) starts
+            # nothing: the first compressed step sends the whole vector instead.
+            if slot.worker.initialized or not bool(torch.isfinite(mean).all()):
                 continue
             slot.worker.step(_array(grad), step=slot.step)
             slot.start_mirror(mean)
@@ -475,7 +477,8 @@ class DDPHookState:
 # torch.load's default (weights_only=True) unpickles only allowlisted classes: the state's pickle
 # is its state_dict() (strings, numbers and CPU tensors), so torch.load(path) restores a
 # torch.save(state, path) as it does the dict.
-torch.serialization.add_safe_globals([DDPHookState])
+if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4 (older ones load anything)
+    torch.serialization.add_safe_globals([DDPHookState])
 
 
 def _reducer_bytes(red) -> tuple:

@@ -1069,6 +1069,20 @@ def test_sparse_payload_values_that_are_not_finite_are_corrupt(spec):
         b[value_at:value_at + 4] = np.float32(bad).tobytes()
         with pytest.raises(ef.CorruptMessageError, match=r"payload value 0 of 2 is (NaN|Inf)"):
             ef.Message.from_bytes(H.fix_checksum(b))
+    if spec == "randk:k=2,seed=1":
+        # What the sender accepts the parser accepts: values near the float32 limit whose d/k
+        # product rounds inside it (the check computes as the decoder does, in float32).
+        for d, k in ((11, 7), (199, 191)):
+            limit = float(np.finfo(np.float32).max) + 2.0 ** (127 - 24)  # rounds to inf from here
+            v = np.float32(limit / (d / k))
+            for _ in range(8):
+                try:
+                    sent = ef.compressor(f"randk:k={k},seed=1").compress(np.full(d, v, np.float32))
+                except ef.NonFiniteError:
+                    pass
+                else:
+                    ef.Message.from_bytes(bytes(sent))
+                v = np.nextafter(v, np.float32(0))
     if "scaled=false" not in spec and spec.startswith("randk"):
         # A finite value that the receiver's d/k (here 4) takes beyond float32.
         b = bytearray(good)

@@ -200,14 +200,25 @@ def test_torch_communicator_reduces_as_the_in_process_backend(tmp_path, n):
 
 
 def test_torch_communicator_learns_block_sizes(tmp_path):
-    # A Reducer call's allgatherv / alltoallv (labelled) take one torch collective each when their
-    # sizes fit what the same call of the last round needed (an eighth more), two otherwise;
-    # unlabelled ones always two (sizes, then bytes). Every rank gets the right bytes either way.
+    # A Reducer call's collectives (labelled) take one torch collective each when their sizes fit:
+    # the first (16 bytes here) a fixed capacity, the others what the same collective of the last
+    # round needed (an eighth more); two otherwise. Unlabelled ones always two (sizes, then
+    # bytes). Every rank gets the right bytes either way.
     for r in _run_comm("blocks", 3, tmp_path):
         assert all(gathered and exchanged for gathered, exchanged, _ in r), r
-        # 100 (new), 100, 90 (fit), 170 (some ranks' blocks outgrow the capacity, 176, others
-        # not), 300 (grew), 0 (fits), 5000 (grew), 5000; unlabelled 300
-        assert [c for _, _, c in r] == [4, 2, 2, 4, 4, 2, 4, 2, 4], r
+        # 1 for the first + the others': 100 (new), 100, 90 (fit), 170 (some ranks' blocks outgrow
+        # the capacity, 176, others not), 300 (grew), 0 (fits), 5000 (grew), 5000; unlabelled 300
+        assert [c for _, _, c in r] == [5, 3, 3, 5, 5, 3, 5, 3, 6], r
+
+
+def test_torch_communicator_ranks_whose_learned_sizes_differ(tmp_path):
+    # Blocks of different sizes would abort gloo: keys that disagree still meet the agreement
+    # (MismatchError on both ranks), and a rank on a new communicator (nothing learned) with its
+    # saved state continues with the others, the same bits on both.
+    r0, r1 = _run_comm("relearn", 2, tmp_path)
+    assert r0["error"] == r1["error"] == "MismatchError"
+    for a, b in zip(r0["after"], r1["after"]):
+        assert a.tobytes() == b.tobytes()
 
 
 def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):

@@ -6,6 +6,8 @@ results to OUT/<scenario>-<rank>.pt; used by tests/python/test_torch_hook.py.
 Scenarios: ``reduce`` (a Reducer per case of CASES, three calls each: the last results and stats),
 ``blocks`` (the backend's allgatherv and alltoallv under a label, sizes changing from call to
 call: whether each rank got the right bytes, and how many torch collectives each call took),
+``relearn`` (ranks whose learned block sizes differ: keys that disagree after some rounds, then
+rank 1 on a new communicator with its saved state: the error and the results),
 ``timeout`` (rank 1 never joins rank 0's barrier: rank 0's error), ``monitor`` (a health.Monitor
 names rank 1, which hangs: each rank's error and the anomalies).
 """
@@ -53,8 +55,8 @@ def _bytes(*seed, size: int) -> bytes:
 
 def blocks(rank: int, n: int) -> list:
     """Per call of BLOCK_SIZES (then one unlabelled): (allgatherv right, alltoallv right, torch
-    collectives the two took). Rank r's allgatherv sends size + 7 r bytes; its alltoallv chunk
-    for rank p has size + 5 r + 3 p bytes."""
+    collectives the call took). A call is a 16-byte allgatherv, then rank r's allgatherv of
+    size + 7 r bytes and its alltoallv with a chunk of size + 5 r + 3 p bytes for rank p."""
     from efcomm.comm import _TorchBackend
 
     backend = _TorchBackend(None, 30.0)
@@ -72,6 +74,10 @@ def blocks(rank: int, n: int) -> list:
         if labelled:
             backend.label("w", "reduce_scatter")
         before = len(issued)
+        # A call's first collective has a fixed capacity (a Reducer's header agreement), the
+        # later ones learned capacities.
+        header = backend.allgatherv(_bytes(2, step, rank, size=16), None)
+        assert [bytes(h) for h in header] == [_bytes(2, step, r, size=16) for r in range(n)]
         got = backend.allgatherv(_bytes(0, step, rank, size=size + 7 * rank), None)
         gathered = [bytes(g) for g in got] == [_bytes(0, step, r, size=size + 7 * r) for r in range(n)]
         chunks = [_bytes(1, step, rank, p, size=size + 5 * rank + 3 * p) for p in range(n)]
@@ -84,6 +90,25 @@ def blocks(rank: int, n: int) -> list:
     return out
 
 
+def relearn(rank: int) -> dict:
+    """Three rounds of key "w", then rank 1 calls key "v" (its learned sizes are not rank 0's: the
+    header agreement must still work), then rank 1 continues on a new communicator (no learned
+    sizes) with its reducer's state while rank 0 keeps its own: the next rounds' results."""
+    red = ef.Reducer(ef.Communicator.torch(timeout=30.0), "topk:ratio=0.1", "ef21", algorithm="reduce_scatter")
+    for step in range(3):
+        red.allreduce(vector(rank, step), key="w")
+    try:
+        red.allreduce(vector(rank, 3), key="w" if rank == 0 else "v")
+        error = None
+    except ef.Error as e:
+        error = type(e).__name__
+    if rank == 1:
+        fresh = ef.Reducer(ef.Communicator.torch(timeout=30.0), "topk:ratio=0.1", "ef21", algorithm="reduce_scatter")
+        fresh.load_state_dict(red.state_dict())
+        red = fresh
+    return {"error": error, "after": [red.allreduce(vector(rank, step), key="w") for step in range(4, 7)]}
+
+
 def run(rank, n, scenario, out, port):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -94,6 +119,8 @@ def run(rank, n, scenario, out, port):
         dist.barrier()
     elif scenario == "blocks":
         result = blocks(rank, n)
+    elif scenario == "relearn":
+        result = relearn(rank)
     elif scenario == "timeout":
         comm = ef.Communicator.torch(timeout=2.0)
         if rank == 0:

@@ -142,8 +142,10 @@ class Backend {
   /// `error`). The backend is unusable afterwards, as after a timeout.
   virtual void abort(const CollectiveTimeout& error) = 0;
 
-  /// Names the collectives this rank issues next, for a flight recorder: the Reducer `key` and
-  /// `algorithm` they carry. Backends that record nothing ignore it.
+  /// Names the collectives this rank issues next: the Reducer `key` and `algorithm` they carry
+  /// ("" once the call has ended), for a flight recorder, and for a backend that sizes its
+  /// blocks by the call (the torch backend). Backends that need neither ignore it; a backend
+  /// that wraps another passes it on, so that every rank's inner backend sees the same labels.
   virtual void label(const std::string& key, const std::string& algorithm) {
     (void)key;
     (void)algorithm;

@@ -29,18 +29,20 @@ void checkPayloadValues(const uint8_t* values, int64_t count, DType dtype, const
   dispatchDType(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     const auto at = [&](int64_t i) { return loadAs<T>(values + i * static_cast<int64_t>(sizeof(T))); };
+    using C = typename Elem<T>::Compute;
+    const C s = static_cast<C>(scale);
+    // Each value as the decoder makes it (value times the scale in the compute type, rounded to
+    // T), so that what the sender checked on its side passes here exactly.
+    const auto decoded = [&](int64_t i) { return Elem<T>::store(Elem<T>::load(at(i)) * s); };
     const uint32_t bad = blockedReduce<uint32_t>(count, [&](int64_t lo, int64_t hi) {
       uint32_t b = 0;  // an integer OR: vectorizes
-      for (int64_t i = lo; i < hi; ++i) b |= nonFiniteBit(at(i));
+      for (int64_t i = lo; i < hi; ++i) b |= nonFiniteBit(at(i)) | nonFiniteBit(decoded(i));
       return b;
     });
-    double largest = 0;  // |value| (RandK's scaled values: one range check for all)
-    if (!bad && scale != 1)
-      for (int64_t i = 0; i < count; ++i) largest = std::max(largest, std::fabs(static_cast<double>(Elem<T>::load(at(i)))));
-    if (!bad && fits(dtype, largest * scale)) return;
+    if (!bad) return;
     for (int64_t i = 0; i < count; ++i) {
       const double v = static_cast<double>(Elem<T>::load(at(i)));
-      EFCOMM_CHECK_MSG(std::isfinite(v) && fits(dtype, v * scale), who, ": payload value ", i, " of ", count,
+      EFCOMM_CHECK_MSG(std::isfinite(v) && !nonFiniteBit(decoded(i)), who, ": payload value ", i, " of ", count,
                        std::isfinite(v) ? " decodes beyond the " + dtypeName(dtype) + " range"
                                         : std::string(" is ") + (std::isnan(v) ? "NaN" : "Inf"),
                        ": efcomm never sends one (a crafted message)");

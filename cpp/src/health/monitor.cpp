@@ -191,17 +191,19 @@ class MonitorImpl {
     std::lock_guard<std::mutex> lk(dumpMu_);
     const std::string tmp = path + ".tmp" + std::to_string(getpid()) + "-" + std::to_string(++dumps_);
     bool written = false;
+    int why = 0;  // errno of the step that failed, read before anything else can change it
     {
       std::ofstream f(tmp, std::ios::binary | std::ios::trunc);
       if (f) {
         f << text;
         written = static_cast<bool>(f.flush());
       }
+      if (!written) why = errno;
     }
     // Renamed into place: doctor never reads half a dump, even when a rank dies while writing. A
     // failure leaves no temporary file behind.
     const int renamed = written ? std::rename(tmp.c_str(), path.c_str()) : -1;
-    const int why = errno;
+    if (written && renamed != 0) why = errno;
     if (renamed != 0) {
       std::remove(tmp.c_str());
       EFCOMM_CHECK_T(Error, false, "Monitor.dump: cannot ", written ? "write " + path : "write " + tmp, ": ",
