@@ -172,9 +172,10 @@ class Communicator:
         same call of its key's previous round; only longer ones cost a second collective for the
         rest (so a Reducer call's collectives cost one of torch's each in the steady state, two
         the first time). The sums of the ``allreduce`` algorithm are torch's all_reduce, the same
-        bits on every rank (not summed in rank order as the MPI and in-process backends do). A failed or timed-out torch collective raises
-        :class:`CollectiveTimeout` (torch does not say which ranks are missing) and leaves the
-        process group unusable, as torch does. For CUDA tensors over NCCL use :meth:`nccl`.
+        bits on every rank (not summed in rank order as the MPI and in-process backends do). A
+        failed or timed-out torch collective raises :class:`CollectiveTimeout` (torch does not say
+        which ranks are missing) and leaves the process group unusable, as torch does. For CUDA
+        tensors over NCCL use :meth:`nccl`.
         """
         try:
             import torch.distributed as dist

@@ -7,7 +7,6 @@
 
 #include "common/bytes.hpp"
 #include "common/dispatch.hpp"
-#include "common/parallel.hpp"
 #include "compress/common.hpp"
 #include "efcomm/error.hpp"
 
@@ -57,15 +56,11 @@ const StateTensor& StateDict::tensor(const std::string& key, DType dtype, int64_
   // Every state efcomm saves is finite (a step that would make it otherwise raises first): a NaN
   // or Inf here is a damaged state, which would otherwise surface later as this rank's aggregate
   // differing from the others' or as its inputs being blamed.
-  dispatchDType(dtype, [&](auto tag) {
+  if (!anyNonFinite(ConstTensorView{t.bytes.data(), dtype, t.shape})) return t;
+  dispatchDType(dtype, [&](auto tag) {  // name the first one
     using T = typename decltype(tag)::type;
     const auto at = [&](int64_t i) { return loadAs<T>(t.bytes.data() + static_cast<size_t>(i) * sizeof(T)); };
-    const uint32_t bad = blockedReduce<uint32_t>(numel, [&](int64_t lo, int64_t hi) {
-      uint32_t b = 0;  // an integer OR: vectorizes
-      for (int64_t i = lo; i < hi; ++i) b |= nonFiniteBit(at(i));
-      return b;
-    });
-    for (int64_t i = 0; bad && i < numel; ++i) {
+    for (int64_t i = 0; i < numel; ++i) {
       const double d = static_cast<double>(Elem<T>::load(at(i)));
       EFCOMM_CHECK(std::isfinite(d), "state dict: tensor '", key, "' holds ", std::isnan(d) ? "NaN" : "Inf",
                    " at flat index ", i, " of ", numel, ": the saved state is damaged (efcomm's states are finite)");

@@ -42,6 +42,11 @@ inline bool fits(DType dt, double v) {
 /// reduction overflowed instead).
 void throwIfNonFinite(const ConstTensorView& x, const std::string& who);
 
+/// True when x (any dtype, any alignment) holds a NaN or Inf: a parallel, vectorized scan, for
+/// callers without a pass of their own to fuse the check into (the error-feedback step's RandK
+/// check, state loads).
+bool anyNonFinite(const ConstTensorView& x);
+
 /// Validation of the `count` values of `dtype` at `values` that a sparse message carries as they
 /// are (TopK, RandK: decoders store them, times RandK's d/k when `scale` != 1): CorruptMessageError
 /// for one that is or decodes to NaN or Inf, which efcomm's compressors never send (a crafted

@@ -1,13 +1,11 @@
 #include "feedback/common.hpp"
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 #include "common/spec.hpp"
-#include "compress/common.hpp"
 
 namespace efcomm::feedback {
 
@@ -88,20 +86,6 @@ void copy(const ConstTensorView& src, const TensorView& dst) {
   parallelBlocks(static_cast<int64_t>(src.nbytes()), 1 << 20, [&](int64_t, int64_t lo, int64_t hi) {
     std::memcpy(d + lo, s + lo, static_cast<size_t>(hi - lo));
   }, 1 << 21);
-}
-
-bool anyNonFinite(const ConstTensorView& x) {
-  return dispatchFloat(x.dtype, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    const T* p = static_cast<const T*>(x.data);
-    std::atomic<uint32_t> bad{0};
-    parallelRanges(x.numel(), [&](int64_t lo, int64_t hi) {
-      uint32_t b = 0;  // an integer OR: the loop vectorizes
-      for (int64_t i = lo; i < hi; ++i) b |= nonFiniteBit(p[i]);
-      if (b) bad.store(1, std::memory_order_relaxed);
-    });
-    return bad.load() != 0;
-  });
 }
 
 std::string shapeText(const std::vector<int64_t>& shape) {

@@ -55,9 +55,6 @@ void fill(T* out, int64_t n, F&& f) {
 /// dst = src (same dtype and size), in parallel.
 void copy(const ConstTensorView& src, const TensorView& dst);
 
-/// True when a float32/float64 view holds a NaN or Inf (a parallel, vectorized scan).
-bool anyNonFinite(const ConstTensorView& x);
-
 /// "3,4" (empty for a 0-d shape) and back; parseShape throws InvalidArgument if malformed.
 std::string shapeText(const std::vector<int64_t>& shape);
 std::vector<int64_t> parseShape(const std::string& text);

@@ -45,7 +45,7 @@ Message Feedback::step(const ConstTensorView& v, std::optional<uint64_t> step) {
 }
 
 Message Feedback::compressFormed(const ConstTensorView& v, const ConstTensorView& p, std::optional<uint64_t> step) {
-  if (!compressor_->readsEveryElement() && feedback::anyNonFinite(p)) {
+  if (!compressor_->readsEveryElement() && anyNonFinite(p)) {
     throwIfNonFinite(v, spec() + ".step");
     throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
   }

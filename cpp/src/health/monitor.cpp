@@ -206,8 +206,8 @@ class MonitorImpl {
     if (written && renamed != 0) why = errno;
     if (renamed != 0) {
       std::remove(tmp.c_str());
-      EFCOMM_CHECK_T(Error, false, "Monitor.dump: cannot ", written ? "write " + path : "write " + tmp, ": ",
-                     std::strerror(why), " (a path to a file in an existing, writable directory)");
+      throw Error(detail::concat("Monitor.dump: cannot write ", written ? path : tmp, ": ", std::strerror(why),
+                                 " (a path to a file in an existing, writable directory)"));
     }
   }
 

@@ -192,22 +192,23 @@ TEST(CudaFeedback, StateDictsMoveBetweenCpuAndGpu) {
 TEST(CudaFeedback, NonFiniteInputLeavesTheStateUnchanged) {
   REQUIRE_GPU();
   const int64_t n = 65537;
-  for (const std::string& method : methods()) {
-    for (const char* comp : {"topk:ratio=0.01", "sign"}) {
-      cuda::DeviceFeedback g(method, comp);
-      cuda::DeviceBuffer out;
-      Dev d0(gputest::gaussian<float>(n, 1));
-      g.step(ConstTensorView{d0.p, DType::kFloat32, {n}}, out);
-      const StateDict before = g.stateDict();
-      std::vector<float> v = gputest::gaussian<float>(n, 2);
-      v[777] = std::numeric_limits<float>::quiet_NaN();
-      Dev dv(v);
-      EXPECT_THROW(g.step(ConstTensorView{dv.p, DType::kFloat32, {n}}, out), NonFiniteError) << method << " " << comp;
-      const StateDict after = g.stateDict();
-      EXPECT_EQ(after.meta, before.meta) << method;
-      for (const auto& [name, t] : before.tensors) EXPECT_EQ(after.tensors.at(name).bytes, t.bytes) << method << name;
-    }
-  }
+  // One finite step, then a NaN at index `bad`: NonFiniteError, and the state as it was.
+  const auto expectRefused = [&](const std::string& method, const std::string& comp, int64_t bad) {
+    cuda::DeviceFeedback g(method, comp);
+    cuda::DeviceBuffer out;
+    Dev d0(gputest::gaussian<float>(n, 1));
+    g.step(ConstTensorView{d0.p, DType::kFloat32, {n}}, out);
+    const StateDict before = g.stateDict();
+    std::vector<float> v = gputest::gaussian<float>(n, 2);
+    v[bad] = std::numeric_limits<float>::quiet_NaN();
+    Dev dv(v);
+    EXPECT_THROW(g.step(ConstTensorView{dv.p, DType::kFloat32, {n}}, out), NonFiniteError) << method << " " << comp;
+    const StateDict after = g.stateDict();
+    EXPECT_EQ(after.meta, before.meta) << method;
+    for (const auto& [name, t] : before.tensors) EXPECT_EQ(after.tensors.at(name).bytes, t.bytes) << method << name;
+  };
+  for (const std::string& method : methods())
+    for (const char* comp : {"topk:ratio=0.01", "sign"}) expectRefused(method, comp, 777);
   // RandK reads only the coordinates it sends; the step checks the whole vector, every element of
   // which enters the state: a NaN where its first draws send nothing still throws (as on the CPU).
   const std::string randk = "randk:k=16,seed=9";
@@ -221,20 +222,8 @@ TEST(CudaFeedback, NonFiniteInputLeavesTheStateUnchanged) {
   }
   const int64_t unsent = std::find(sent.begin(), sent.end(), 0.0f) - sent.begin();
   ASSERT_LT(unsent, n);
-  for (const std::string& method : methods()) {
-    if (method == "none") continue;  // no state: RandK alone, which checks what it sends
-    cuda::DeviceFeedback g(method, randk);
-    cuda::DeviceBuffer out;
-    Dev d0(gputest::gaussian<float>(n, 1));
-    g.step(ConstTensorView{d0.p, DType::kFloat32, {n}}, out);
-    const StateDict before = g.stateDict();
-    std::vector<float> v = gputest::gaussian<float>(n, 2);
-    v[unsent] = std::numeric_limits<float>::quiet_NaN();
-    Dev dv(v);
-    EXPECT_THROW(g.step(ConstTensorView{dv.p, DType::kFloat32, {n}}, out), NonFiniteError) << method << " " << randk;
-    const StateDict after = g.stateDict();
-    for (const auto& [name, t] : before.tensors) EXPECT_EQ(after.tensors.at(name).bytes, t.bytes) << method << name;
-  }
+  for (const std::string& method : methods())
+    if (method != "none") expectRefused(method, randk, unsent);  // none: RandK alone, which checks what it sends
   // A NaN in the very first step leaves the object uninitialized.
   cuda::DeviceFeedback g("ef21", "topk:ratio=0.01");
   std::vector<float> v(100, 1.0f);
