@@ -69,14 +69,6 @@ EFCOMM_HD inline C madd(bool fused, C a, C b, C c) {
   return fused ? fmaRn(a, b, c) : addRn(mulRn(a, b), c);
 }
 
-/// 1 when v is NaN or ±Inf (all-ones exponent), as compress/common.hpp nonFiniteBit.
-EFCOMM_HD inline uint32_t nonFinite(float v) { return (floatBits(v) & 0x7f800000u) == 0x7f800000u; }
-EFCOMM_HD inline uint32_t nonFinite(double v) {
-  return (doubleBits(v) & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-}
-EFCOMM_HD inline uint32_t nonFinite(BF16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
-EFCOMM_HD inline uint32_t nonFinite(F16 v) { return (v.bits & 0x7c00u) == 0x7c00u; }
-
 /// Unsigned 64-bit division by a divisor fixed for a whole kernel, as a multiply-high, an add
 /// and two shifts: a GPU has no integer divider, and `n / d` with a run-time d is a subroutine of
 /// some 70 instructions, too slow inside a per-element loop. Granlund & Montgomery, "Division

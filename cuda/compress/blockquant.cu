@@ -89,7 +89,7 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
       const int count = loadGroup8<T, kVec>(blk, len, gi, v);
       for (int k = 0; k < count; ++k) {
         const C x = Elem<T>::load(v[k]);
-        bad |= nonFinite(v[k]);
+        bad |= nonFiniteBit(v[k]);
         const uint64_t r = quantRank(8 * gi + k);
         mergeMinMax(m, x, r, x, r);
       }
@@ -178,7 +178,7 @@ __device__ __forceinline__ void encodeFastStep(const T* in, int64_t d, int64_t r
     for (int k = 0; k < 8; ++k) {
       x[k] = Elem<T>::load(v[u][k]);
       if (kFull || k < count[u]) {
-        bad |= nonFinite(v[u][k]);
+        bad |= nonFiniteBit(v[u][k]);
         lo = fminf(lo, x[k]);
         hi = fmaxf(hi, x[k]);
       }

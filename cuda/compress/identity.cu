@@ -34,14 +34,14 @@ __global__ void __launch_bounds__(kThreads) copyCheckKernel(const T* in, T* out,
         T e[kPer];
         memcpy(e, &v[u], 16);
 #pragma unroll
-        for (int k = 0; k < kPer; ++k) bad |= nonFinite(e[k]);
+        for (int k = 0; k < kPer; ++k) bad |= nonFiniteBit(e[k]);
         dst[base + u * kThreads] = v[u];
       }
     }
     done = units * kPer;
   }
   for (int64_t i = done + globalThread(); i < n; i += gridThreads()) {
-    bad |= nonFinite(in[i]);
+    bad |= nonFiniteBit(in[i]);
     out[i] = in[i];
   }
   raiseMailFlag(flag, bad);

@@ -86,7 +86,7 @@ __global__ void gatherKernel(const T* in, const uint64_t* idx, int64_t k, typena
   for (int64_t r = globalThread(); r < k; r += gridThreads()) {
     const T v = in[idx[r]];
     out[r] = v;
-    bad |= nonFinite(Elem<T>::store(Elem<T>::load(v) * scale));
+    bad |= nonFiniteBit(Elem<T>::store(Elem<T>::load(v) * scale));
   }
   raiseFlag(flag, bad);
 }

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kThreads) signKernel(const T* in, int64_t n, d
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         const auto c = Elem<T>::load(v[u][k]);
-        bad |= nonFinite(v[u][k]);
+        bad |= nonFiniteBit(v[u][k]);
         byte |= static_cast<uint32_t>(c < decltype(c)(0)) << k;
         acc = fma(fabs(static_cast<double>(c)), factor, acc);
       }

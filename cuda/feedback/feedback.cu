@@ -306,7 +306,7 @@ size_t fusedTopK(Impl& im, const fb::Src<T, K>& src, const ConstTensorView& v, D
 template <typename T>
 __global__ void anyNonFiniteKernel(const T* x, int64_t n, uint32_t* flag) {
   uint32_t bad = 0;
-  for (int64_t i = globalThread(); i < n; i += gridThreads()) bad |= nonFinite(x[i]);
+  for (int64_t i = globalThread(); i < n; i += gridThreads()) bad |= nonFiniteBit(x[i]);
   raiseMailFlag(flag, bad);
 }
 

@@ -134,6 +134,15 @@ EFCOMM_HD inline uint16_t floatToF16(float f) {
 #endif
 }
 
+/// 1 when v is NaN or ±Inf (all-ones exponent), else 0. Integer-only, so an OR-reduction of it
+/// vectorizes, unlike a floating-point accumulation that the compiler must keep in order.
+EFCOMM_HD inline uint32_t nonFiniteBit(float v) { return (floatBits(v) & 0x7f800000u) == 0x7f800000u; }
+EFCOMM_HD inline uint32_t nonFiniteBit(double v) {
+  return (doubleBits(v) & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
+}
+EFCOMM_HD inline uint32_t nonFiniteBit(BF16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
+EFCOMM_HD inline uint32_t nonFiniteBit(F16 v) { return (v.bits & 0x7c00u) == 0x7c00u; }
+
 /// Element access for kernels templated on the storage type T: load() widens to the compute
 /// type (double for double, float otherwise), store() narrows with round-to-nearest-even.
 template <typename T>

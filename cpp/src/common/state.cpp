@@ -7,7 +7,7 @@
 
 #include "common/bytes.hpp"
 #include "common/dispatch.hpp"
-#include "compress/common.hpp"
+#include "common/finite.hpp"
 #include "efcomm/error.hpp"
 
 namespace efcomm {

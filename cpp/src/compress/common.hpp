@@ -12,21 +12,6 @@
 
 namespace efcomm {
 
-/// 1 when v is NaN or ±Inf (all-ones exponent), else 0. Integer-only, so an OR-reduction of it
-/// vectorizes, unlike a floating-point accumulation that the compiler must keep in order.
-inline uint32_t nonFiniteBit(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, 4);
-  return (u & 0x7f800000u) == 0x7f800000u;
-}
-inline uint32_t nonFiniteBit(double v) {
-  uint64_t u;
-  std::memcpy(&u, &v, 8);
-  return (u & 0x7ff0000000000000ull) == 0x7ff0000000000000ull;
-}
-inline uint32_t nonFiniteBit(BF16 v) { return (v.bits & 0x7f80u) == 0x7f80u; }
-inline uint32_t nonFiniteBit(F16 v) { return (v.bits & 0x7c00u) == 0x7c00u; }
-
 /// True when v, rounded to dtype dt as a decoder stores it, is finite: the check of a decoded
 /// magnitude that validation makes, so that no valid message decodes to Inf.
 inline bool fits(DType dt, double v) {
@@ -41,11 +26,6 @@ inline bool fits(DType dt, double v) {
 /// NonFiniteError naming it. Returns normally only if every element is finite (the caller's
 /// reduction overflowed instead).
 void throwIfNonFinite(const ConstTensorView& x, const std::string& who);
-
-/// True when x (any dtype, any alignment) holds a NaN or Inf: a parallel, vectorized scan, for
-/// callers without a pass of their own to fuse the check into (the error-feedback step's RandK
-/// check, state loads).
-bool anyNonFinite(const ConstTensorView& x);
 
 /// Validation of the `count` values of `dtype` at `values` that a sparse message carries as they
 /// are (TopK, RandK: decoders store them, times RandK's d/k when `scale` != 1): CorruptMessageError

@@ -6,6 +6,7 @@
 // receiver forms it, not a re-derived g from an in-place r.
 #include "efcomm/feedback.hpp"
 
+#include "common/finite.hpp"
 #include "compress/common.hpp"
 #include "feedback/common.hpp"
 
