@@ -23,7 +23,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
+from . import _args, _core
 from .errors import BackendUnavailable, Error, InvalidArgument, _one_line
 
 Message = _core.Message
@@ -195,21 +195,11 @@ class Compressor:
 
     def alpha(self, d: int) -> float:
         """Contraction constant: E||C(x)-x||^2 <= (1-alpha)||x||^2 (scaled version if unbiased)."""
-        return self._impl.alpha(self._dimension(d, "alpha"))
+        return self._impl.alpha(_args.integer(d, f"{self._impl.name}.alpha: d (the dimension)", 0))
 
     def omega(self, d: int) -> Optional[float]:
         """Variance constant of an unbiased compressor, None if biased."""
-        return self._impl.omega(self._dimension(d, "omega"))
-
-    def _dimension(self, d, what: str) -> int:
-        """d as the dimension the constants are of: an int in [0, 2**63) (1.5 is not one)."""
-        try:
-            v = operator.index(d)
-        except TypeError:
-            v = None
-        if v is None or not 0 <= v < 2 ** 63:
-            raise InvalidArgument(f"{self._impl.name}.{what}: d must be an int >= 0 (the dimension), got {d!r}")
-        return v
+        return self._impl.omega(_args.integer(d, f"{self._impl.name}.omega: d (the dimension)", 0))
 
     def wire_bytes(self, d, dtype: str = "float32") -> int:
         """Bytes on the wire for a 1-d input of d elements, or for an input of shape d (a tuple):
