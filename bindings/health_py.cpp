@@ -16,7 +16,7 @@ void initHealth(py::module_& m) {
   py::class_<Monitor, std::shared_ptr<Monitor>>(m, "_Monitor")
       .def(py::init([](std::shared_ptr<Backend> inner, double timeoutFloor, double timeoutFactor,
                        double heartbeatInterval, double heartbeatTimeout, size_t capacity, int window,
-                       std::string dumpDir, std::string address) {
+                       std::string dumpDir, std::string address, double connectTimeout) {
              MonitorOptions o;
              o.timeoutFloor = timeoutFloor;
              o.timeoutFactor = timeoutFactor;
@@ -26,11 +26,12 @@ void initHealth(py::module_& m) {
              o.window = window;
              o.dumpDir = std::move(dumpDir);
              o.address = std::move(address);
+             o.connectTimeout = connectTimeout;
              return std::make_shared<Monitor>(std::move(inner), std::move(o));
            }),
            py::arg("backend"), py::arg("timeout_floor"), py::arg("timeout_factor"), py::arg("heartbeat_interval"),
            py::arg("heartbeat_timeout"), py::arg("capacity"), py::arg("window"), py::arg("dump_dir"),
-           py::arg("address"), py::call_guard<py::gil_scoped_release>())
+           py::arg("address"), py::arg("connect_timeout"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("backend", &Monitor::backend)
       .def("anomalies",
            [](const Monitor& mon) {

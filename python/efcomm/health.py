@@ -71,13 +71,15 @@ class Monitor:
     there (``efcomm-flight-rank<R>.json``; also on SIGUSR1 and at :meth:`close`).
     ``capacity``: collectives the flight recorder keeps; ``window``: collectives the straggler and
     slow-link statistics look back over; ``address``: the coordinator's addresses to advertise
-    (comma-separated IPv4; default: every address of rank 0's host, loopback last).
+    (comma-separated IPv4; default: every address of rank 0's host, loopback last);
+    ``connect_timeout``: seconds the constructor waits for every rank to reach the coordinator
+    (then :class:`efcomm.Error` naming the ranks that did not).
     """
 
     def __init__(self, comm: Communicator, timeout_floor: float = 5.0, timeout_factor: float = 4.0,
                  dump_dir: Optional[str] = None, *, heartbeat_interval: float = 0.2,
                  heartbeat_timeout: float = 2.0, capacity: int = 4096, window: int = 20,
-                 address: Optional[str] = None):
+                 address: Optional[str] = None, connect_timeout: float = 60.0):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"health.Monitor: expected an ef.Communicator, got {type(comm).__name__}")
         seconds = [_option(v, n, float) for v, n in ((timeout_floor, "timeout_floor"), (timeout_factor, "timeout_factor"),
@@ -96,7 +98,8 @@ class Monitor:
                 raise InvalidArgument(f"health.Monitor: cannot create dump_dir {dump_dir!r} ({e.strerror}); name a "
                                       "writable directory") from None
         self._comm = comm
-        self._impl = _core._Monitor(comm._backend, *seconds, *counts, dump_dir or "", address or "")
+        self._impl = _core._Monitor(comm._backend, *seconds, *counts, dump_dir or "", address or "",
+                                    _option(connect_timeout, "connect_timeout", float))
         self._unwatched = comm._backend
         comm._backend = self._impl.backend
         self._rebind(self._impl.backend)

@@ -111,6 +111,21 @@ def test_a_rank_that_never_arrives_is_named_on_every_live_rank():
             assert 0.9 < seconds < 2.9, results
 
 
+def test_a_rank_without_a_monitor_fails_construction_after_connect_timeout():
+    def body(comm):
+        if comm.rank == 1:
+            time.sleep(2.5)  # never creates its Monitor
+            return None
+        t0 = time.monotonic()
+        with pytest.raises(ef.CollectiveTimeout, match=r"rank\(s\) 1 did not create their Monitor") as info:
+            ef.health.Monitor(comm, connect_timeout=0.5)
+        return info.value.culprits, time.monotonic() - t0
+
+    culprits, seconds = ef.testing.run_ranks(2, body)[0]
+    assert culprits == [1]
+    assert 0.4 < seconds < 2.0
+
+
 def test_nonfinite_gradient_is_attributed_to_its_rank():
     def body(comm):
         with ef.health.Monitor(comm, **FAST) as mon:
@@ -168,7 +183,10 @@ def test_bad_options_are_rejected():
                                (dict(capacity=-1), "capacity"), (dict(timeout_floor="x"), "timeout_floor"),
                                (dict(timeout_floor=None), "timeout_floor"), (dict(capacity="x"), "capacity"),
                                (dict(dump_dir=""), "dump_dir"), (dict(dump_dir=5), "dump_dir"),
-                               (dict(dump_dir=__file__), "cannot create dump_dir")):
+                               (dict(dump_dir=__file__), "cannot create dump_dir"),
+                               (dict(connect_timeout=0), "connect_timeout"),
+                               (dict(connect_timeout=float("nan")), "connect_timeout"),
+                               (dict(connect_timeout="60"), "connect_timeout")):
             with pytest.raises(ef.InvalidArgument, match=match):
                 ef.health.Monitor(comm, **options)
         with ef.health.Monitor(comm) as mon:

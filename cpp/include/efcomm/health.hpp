@@ -49,6 +49,9 @@ struct MonitorOptions {
   /// Addresses rank 0's coordinator advertises (comma-separated IPv4); empty: every address of
   /// the host's interfaces, loopback last.
   std::string address;
+  /// Seconds `Monitor`'s constructor waits for every rank to connect to the coordinator (ranks
+  /// that start far apart, a slow scheduler: raise it; a test of a missing rank: lower it).
+  double connectTimeout = 60.0;
 };
 
 /// A deviation the monitor found. `kind`: "hang", "crash", "straggler", "slow_link", "nonfinite",
@@ -64,9 +67,6 @@ struct Anomaly {
   double time = 0;
 };
 
-/// Seconds `Monitor`'s constructor waits for every rank to connect to the coordinator.
-constexpr double kMonitorConnectTimeout = 60.0;
-
 class MonitorImpl;
 
 /// Records and watches every collective of one rank. Construction and `close` are collective (all
@@ -74,7 +74,7 @@ class MonitorImpl;
 class Monitor {
  public:
   /// Wraps `inner`; blocks until every rank's agent has connected to the coordinator (bounded by
-  /// `kMonitorConnectTimeout`). Throws `InvalidArgument` for bad options, `Error` when the control
+  /// `MonitorOptions::connectTimeout`). Throws `InvalidArgument` for bad options, `Error` when the control
   /// plane cannot be set up.
   Monitor(std::shared_ptr<Backend> inner, MonitorOptions options = {});
   ~Monitor();

@@ -787,10 +787,18 @@ void Agent::Impl::start(Backend& bootstrap, double connectTimeout) {
     }
   }
   uint64_t length = info.size();
-  bootstrap.broadcast(&length, sizeof length, 0)->wait(connectTimeout);
-  EFCOMM_CHECK_T(Error, length > 0 && length < (1u << 20), "health.Monitor: bad rendezvous message length ", length);
-  info.resize(length);
-  bootstrap.broadcast(info.data(), info.size(), 0)->wait(connectTimeout);
+  try {
+    bootstrap.broadcast(&length, sizeof length, 0)->wait(connectTimeout);
+    EFCOMM_CHECK_T(Error, length > 0 && length < (1u << 20), "health.Monitor: bad rendezvous message length ",
+                   length);
+    info.resize(length);
+    bootstrap.broadcast(info.data(), info.size(), 0)->wait(connectTimeout);
+  } catch (const CollectiveTimeout& e) {  // the rendezvous: a rank that never created its Monitor
+    throw CollectiveTimeout(detail::concat("health.Monitor: rank(s) ", joinRanks(e.culprits()),
+                                           " did not create their Monitor within connect_timeout (",
+                                           connectTimeout, " s; every rank creates one): ", e.what()),
+                            e.culprits());
+  }
   if (setupError) std::rethrow_exception(setupError);
   const std::vector<std::string> fields = split(info, '|');
   EFCOMM_CHECK_T(Error, fields.front() != "error", "health.Monitor: rank 0 could not start the coordinator: ",

@@ -311,7 +311,8 @@ std::string MonitorImpl::dumpJson(const std::string& reason, const std::string* 
   s += ",\"options\":{\"timeout_floor\":" + json::number(o.timeoutFloor) +
        ",\"timeout_factor\":" + json::number(o.timeoutFactor) +
        ",\"heartbeat_interval\":" + json::number(o.heartbeatInterval) +
-       ",\"heartbeat_timeout\":" + json::number(o.heartbeatTimeout) + ",\"capacity\":" + std::to_string(o.capacity) +
+       ",\"heartbeat_timeout\":" + json::number(o.heartbeatTimeout) +
+       ",\"connect_timeout\":" + json::number(o.connectTimeout) + ",\"capacity\":" + std::to_string(o.capacity) +
        ",\"window\":" + std::to_string(o.window) + "}";
   s += ",\"dropped\":" + std::to_string(dropped_) + ",\"records\":[";
   const uint64_t first = nextSeq_ > ring_.size() ? nextSeq_ - ring_.size() : 0;
@@ -556,8 +557,10 @@ Monitor::Monitor(std::shared_ptr<Backend> inner, MonitorOptions options) {
                kMaxCapacity, "] collectives, got ", options.capacity);
   EFCOMM_CHECK(options.window >= 3 && options.window <= kMaxWindow, "health.Monitor: window must be in [3, ",
                kMaxWindow, "] collectives, got ", options.window);
+  EFCOMM_CHECK(options.connectTimeout > 0 && std::isfinite(options.connectTimeout),
+               "health.Monitor: connect_timeout must be > 0 seconds, got ", options.connectTimeout);
   impl_ = std::make_shared<MonitorImpl>(std::move(inner), std::move(options));
-  impl_->start(kMonitorConnectTimeout);
+  impl_->start(impl_->options().connectTimeout);
   if (!impl_->options().dumpDir.empty()) SignalDumper::get().add(impl_);
   backend_ = std::make_shared<WatchedBackend>(impl_);
 }
