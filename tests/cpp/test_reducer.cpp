@@ -5,9 +5,11 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <tuple>
 #include <cstring>
+#include <thread>
 #include <vector>
 
 #include "efcomm/comm.hpp"
@@ -471,6 +473,37 @@ TEST(Reducer, NonFiniteInputFailsOnEveryRank) {
       },
       10.0);
   EXPECT_EQ(nonFinite.load(), 2);
+}
+
+TEST(Reducer, ASecondThreadsCallIsRefusedWhileOneRuns) {
+  // Rank 1 never calls: thread A's call waits for it (until the group's 1.5 s timeout) while
+  // thread B calls the same reducer: B is refused at once, A's call and state are untouched.
+  InProcessGroup g(2, 1.5);
+  Reducer red(g.backend(0), "topk:ratio=0.5", "ef21", ReducerOptions{"allgather"});
+  std::vector<float> xa(8, 1.0f), outa(8), xb(8, 2.0f), outb(8);
+  std::atomic<bool> entered{false};
+  std::exception_ptr aError;
+  std::thread a([&] {
+    entered = true;
+    try {
+      red.allreduce(view(xa), mutableView(outa), "a");
+    } catch (...) {
+      aError = std::current_exception();
+    }
+  });
+  while (!entered) std::this_thread::yield();
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // A is inside its call
+  try {
+    red.allreduce(view(xb), mutableView(outb), "b");
+    ADD_FAILURE() << "the second thread's call ran";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("another thread is inside a call"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("key 'b'"), std::string::npos) << e.what();
+  }
+  a.join();
+  ASSERT_TRUE(aError);
+  EXPECT_THROW(std::rethrow_exception(aError), CollectiveTimeout);
+  EXPECT_EQ(red.stats().count("b"), 0u);  // waits for no call now; B left no trace
 }
 
 TEST(Reducer, RejectsBadConfiguration) {

@@ -102,7 +102,8 @@ struct ReducerOptions {
 };
 
 /// Compressed allreduce with per-key error-feedback state. One object per rank. The blocking
-/// calls are driven by one thread at a time; `allreduceAsync` runs calls on a worker thread of
+/// calls are driven by one thread at a time (a call made while another thread's runs throws
+/// `InvalidArgument`; stats, state and rebind wait for it); `allreduceAsync` runs calls on a worker thread of
 /// the reducer, in the order they were made (then the backend is driven from that thread; with an
 /// MPI below MPI_THREAD_SERIALIZED the call runs at once instead). All
 /// ranks must call with the same keys, shapes and dtypes in the same order.
@@ -196,6 +197,9 @@ class Reducer {
   std::shared_ptr<Work> enqueue(const std::shared_ptr<Job>& job);
   void reduceNow(const Job& job);
   void drain() const;  // waits until the worker thread has run every queued call
+  // callMutex_ for a call on the caller's thread; InvalidArgument naming `what` when another
+  // thread is inside a call (two threads driving one reducer would race on its state).
+  std::unique_lock<std::mutex> claim(const std::string& what) const;
   std::string chooseAlgorithm(const ConstTensorView& x);
   // ef21w: this rank's worker spec from options_.weights (filled with 1/n when empty).
   void weighWorker(const std::string& spec, const std::shared_ptr<Compressor>& compressor);
@@ -211,6 +215,8 @@ class Reducer {
   std::map<std::string, std::unique_ptr<Slot>> slots_;
   std::map<std::string, ReducerStats> stats_;
 
+  // Held through every call that reads or changes the state (the worker thread waits for it).
+  mutable std::mutex callMutex_;
   // The worker thread of allreduceAsync, started by its first call.
   mutable std::mutex mutex_;
   std::condition_variable wake_;

@@ -281,8 +281,18 @@ void Reducer::runInOrder(const std::shared_ptr<Job>& job) {
   if (queued) {
     enqueue(job)->wait();
   } else {
+    const auto call = claim("Reducer.allreduce(key '" + job->key + "')");
     reduceNow(*job);
   }
+}
+
+std::unique_lock<std::mutex> Reducer::claim(const std::string& what) const {
+  std::unique_lock<std::mutex> call(callMutex_, std::try_to_lock);
+  EFCOMM_CHECK(call.owns_lock(), what,
+               ": another thread is inside a call of this Reducer; a Reducer's blocking calls are made by one "
+               "thread at a time (serialize them, use one Reducer per thread, or issue allreduce_async calls, "
+               "which run in the order made)");
+  return call;
 }
 
 void Reducer::reject(const std::string& key, const std::string& error) {
@@ -306,6 +316,7 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
   if (level && *level < MpiThreadLevel::kSerialized) {
     std::exception_ptr error;
     try {
+      const auto call = claim("Reducer.allreduce_async(key '" + job->key + "')");
       reduceNow(*job);
     } catch (...) {
       error = std::current_exception();
@@ -334,6 +345,8 @@ std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
         lock.unlock();
         std::exception_ptr error;
         try {
+          // A call on its caller's thread that began before this thread existed finishes first.
+          const std::lock_guard<std::mutex> call(callMutex_);
           reduceNow(*j);
         } catch (...) {
           error = std::current_exception();
@@ -356,6 +369,7 @@ void Reducer::rebind(std::shared_ptr<Backend> backend) {
   EFCOMM_CHECK(backend->rank() == rank() && backend->size() == size(), "Reducer.rebind: the backend is rank ",
                backend->rank(), " of ", backend->size(), ", this reducer rank ", rank(), " of ", size());
   drain();
+  const std::lock_guard<std::mutex> call(callMutex_);  // after a call on another thread
   std::lock_guard<std::mutex> lock(mutex_);  // the worker thread reads backend_ after taking a job
   backend_ = std::move(backend);
 }
@@ -544,16 +558,19 @@ comm::SlotSetup Reducer::setupFor(const std::string& key, const std::vector<int6
 
 std::map<std::string, ReducerStats> Reducer::stats() const {
   drain();
+  const std::lock_guard<std::mutex> call(callMutex_);  // after a call on another thread
   return stats_;
 }
 
 std::optional<LinkModel> Reducer::link() const {
   drain();
+  const std::lock_guard<std::mutex> call(callMutex_);  // after a call on another thread
   return options_.link;
 }
 
 StateDict Reducer::stateDict() const {
   drain();
+  const std::lock_guard<std::mutex> call(callMutex_);  // after a call on another thread
   StateDict sd;
   sd.meta["reducer.compressor"] = compressorSpec_;
   sd.meta["reducer.feedback"] = feedbackSpec_;
@@ -578,6 +595,7 @@ StateDict Reducer::stateDict() const {
 
 void Reducer::loadStateDict(const StateDict& state) {
   drain();
+  const std::lock_guard<std::mutex> call(callMutex_);  // after a call on another thread
   state.expect("reducer.compressor", compressorSpec_, "compressor spec");
   state.expect("reducer.feedback", feedbackSpec_, "feedback spec");
   state.expect("reducer.algorithm", options_.algorithm, "algorithm");
