@@ -4,8 +4,9 @@
 #      kernel benchmark and the Python module;
 #   2. runs the GPU tests: C++ (efcomm_gpu_tests) and Python (tests/python/test_cuda.py);
 #   3. times every kernel on 64M float32 against a device-to-device copy and torch.topk measured
-#      in the same run, with where one traced call's time goes (kernels, checksum, syncs), and
-#      prints the table (with the targets) last; $OUT/summary.md has it all for docs/benchmarks.md.
+#      in the same run, with where one traced call's time goes (kernels, checksum, syncs) and the
+#      streaming calls at four sizes split into a fixed cost and a rate, and prints the table
+#      (with the targets) last; $OUT/summary.md has it all for docs/benchmarks.md.
 # Usage: bash bench/gpu_check.sh
 # Environment: OUT (logs and the table; default build/gpu-check), JOBS (default: all cores),
 # CUDA_ARCHS (default native), PYTHON (default python3: the one with torch), SIZE (elements),

@@ -79,6 +79,47 @@ def breakdown_lines(trace: dict, copy_gbps: float) -> list:
             "decode kernel | decompress call |", "|---|---:|---:|---:|---:|---:|---:|---:|"] + rows
 
 
+def fit_line(points: list) -> tuple:
+    """Least-squares (fixed seconds, seconds per byte) of t = a + b x over (x, t) points."""
+    mx = statistics.fmean(x for x, _ in points)
+    mt = statistics.fmean(t for _, t in points)
+    var = sum((x - mx) ** 2 for x, _ in points)
+    b = sum((x - mx) * (t - mt) for x, t in points) / var if var > 0 else 0.0
+    return mt - b * mx, b
+
+
+def scaling_lines(r: dict, copy_gbps: float) -> list:
+    """Each streaming call at several sizes as a fixed cost plus a rate (a line through its
+    times against the bytes read + written), and the share of the copy bandwidth the largest
+    size reaches with and without that fixed cost."""
+    by = {}
+    for s in r.get("scaling", []):
+        if "error" not in s:
+            by.setdefault(s["spec"], []).append(s)
+    if not by:
+        return []
+    lines = ["", "Calls against the message size (median times at "
+             + ", ".join(f"{m:,}" for m in sorted({s["size"] for v in by.values() for s in v}))
+             + " float32, each fitted as fixed cost + bytes / rate; a synchronization alone, a 4-byte memset "
+             f"and a stream synchronize: {r.get('sync_floor_seconds', 0) * 1e6:.1f} us):", "",
+             "| compressor | call | fixed cost | rate (GB/s) | % of copy, largest | % of copy without the fixed cost |",
+             "|---|---|---:|---:|---:|---:|"]
+    for spec, rows in by.items():
+        if len(rows) < 2:
+            continue
+        big = max(rows, key=lambda s: s["size"])
+        for call in ("compress", "decompress"):
+            pts = [(4 * s["size"] + s["message_bytes"], s[f"{call}_seconds"]) for s in rows]
+            a, b = fit_line(pts)
+            moved = 4 * big["size"] + big["message_bytes"]
+            t = big[f"{call}_seconds"]
+            rate = f"{1 / b / 1e9:.0f}" if b > 0 else "-"
+            lean = f"{100 * moved / max(t - a, 1e-12) / 1e9 / copy_gbps:.0f} %" if t > a else "-"
+            lines.append(f"| `{spec}` | {call} | {a * 1e6:.1f} us | {rate} | "
+                         f"{100 * moved / t / 1e9 / copy_gbps:.0f} % | {lean} |")
+    return lines
+
+
 def torch_topk_seconds(n: int, k: int, repeats: int) -> tuple:
     """Median seconds of torch.topk(|x|, k) on the GPU (|x| computed beforehand: the selection
     alone), and of torch.topk(x.abs(), k) (what a user writes); (None, reason) without torch/CUDA."""
@@ -152,6 +193,7 @@ def main() -> int:
                 continue
             over = f"{a['over_ef21_step']:.2f}x" if "over_ef21_step" in a else "-"
             lines.append(f"| {a['algorithm']} | {what} | {a['allreduce_seconds'] * 1e3:.3f} ms | {over} |")
+    lines += scaling_lines(r, copy)
     if args.trace:
         try:
             lines += breakdown_lines(trace_breakdown(args.trace), copy)

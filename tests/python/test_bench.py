@@ -161,3 +161,50 @@ def test_bad_input_is_one_line_and_status_2(capsys, tmp_path):
     docs.write_text("<!-- bench:compressors:end -->\n<!-- bench:compressors:begin -->\n")
     assert main([*SMALL, "--only", "identity", "--write-docs", str(docs)]) == 2
     assert "unbalanced markers for section 'bench:compressors'" in capsys.readouterr().err
+
+
+def test_gpu_report_renders_a_device_run_and_fits_the_size_sweep(tmp_path, capsys, monkeypatch):
+    """bench/gpu/gpu_report.py on results shaped like efcomm_gpu_bench's (no GPU here): the
+    tables, the targets and the fixed cost + rate split of the size sweep (a known line)."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[2] / "bench" / "gpu" / "gpu_report.py"
+    spec = importlib.util.spec_from_file_location("gpu_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n, copy = 1 << 20, 2000.0  # GB/s
+
+    def call(msg, fixed, gbps, size=n):  # a call of `fixed` s plus the bytes moved at `gbps`
+        return fixed + (4 * size + msg) / (gbps * 1e9)
+
+    specs = {"identity": 4 * n, "cast:dtype=bf16": 2 * n, "sign": n // 8, "quant:bits=8,block=256": n + n // 64,
+             "topk:ratio=0.01": 80000}
+    result = {"device": "Test GPU", "size": n, "repeats": 3, "copy_seconds": 8 * n / copy / 1e9, "copy_gbps": copy,
+              "compressors": [{"spec": s, "message_bytes": m, "compress_seconds": call(m, 20e-6, 1500),
+                               "decompress_seconds": call(m, 30e-6, 1000),
+                               "compress_gbps": (4 * n + m) / call(m, 20e-6, 1500) / 1e9,
+                               "decompress_gbps": (4 * n + m) / call(m, 30e-6, 1000) / 1e9}
+                              for s, m in specs.items()],
+              "sync_floor_seconds": 7e-6,
+              "scaling": [{"spec": "sign", "size": size, "message_bytes": size // 8,
+                           "compress_seconds": call(size // 8, 20e-6, 1500, size),
+                           "decompress_seconds": call(size // 8, 30e-6, 1000, size)}
+                          for size in (n // 64, n // 16, n // 4, n)] + [{"spec": "identity", "size": 4, "error": "x"}],
+              "feedback": [{"feedback": "ef21", "compressor": "topk:ratio=0.01", "message_bytes": 1,
+                            "step_seconds": 1e-3, "step_gbps_in": 1.0, "over_topk": 1.2}],
+              "reducer": [{"algorithm": "allgather", "compressor": "topk:ratio=0.01", "feedback": "ef21",
+                           "error": "no NCCL"}]}
+    (tmp_path / "r.json").write_text(json.dumps(result))
+    monkeypatch.setattr(mod, "torch_topk_seconds", lambda n, k, repeats: (None, None, "no GPU here"))
+    monkeypatch.setattr("sys.argv", ["gpu_report.py", str(tmp_path / "r.json"), "--out", str(tmp_path / "t.md")])
+    assert mod.main() == 1  # the made-up calls miss the 60 % targets
+    text = capsys.readouterr().out
+    assert text == (tmp_path / "t.md").read_text()
+    assert "Device check on **Test GPU**" in text and "a stream synchronize: 7.0 us" in text
+    rows = {ln.split("|")[2].strip(): ln for ln in text.splitlines() if ln.startswith("| `sign` |")}
+    assert "| `sign` | compress | 20.0 us | 1500 |" in rows["compress"]
+    assert "| `sign` | decompress | 30.0 us | 1000 |" in rows["decompress"]
+    assert rows["decompress"].endswith("| 50 % |")  # 1000 of 2000 GB/s once the fixed cost is gone
+    assert "| TopK 1 % at least 2x faster than torch.topk | no GPU here | SKIP |" in text
+    assert "| EF21 step within 1.5x of TopK alone | 1.20x | PASS |" in text
