@@ -5,6 +5,7 @@
 // as 0 (the CPU zero-fills the same bits).
 #include <cstdint>
 
+#include "common/bitpack.hpp"  // packedBytes
 #include "hd.hpp"
 
 namespace efcomm::cuda {
@@ -44,16 +45,6 @@ EFCOMM_HD inline uint32_t unpackCode(const PackedGroup& g, int j, int w) {
     c = g.hi >> (bit - 64);
   }
   return static_cast<uint32_t>(c & ((uint64_t{1} << w) - 1));
-}
-
-/// Bytes of n codes at w bits (bitpack.hpp packedBytes).
-EFCOMM_HD inline uint64_t hdPackedBytes(int64_t n, int w) { return static_cast<uint64_t>((n * w + 7) / 8); }
-
-/// Bit width of the QSGD codes for s levels: the width of 2s (qsgd.cpp codeWidth).
-EFCOMM_HD inline int qsgdCodeWidth(int64_t s) {
-  int w = 0;
-  while ((int64_t{1} << w) <= 2 * s) ++w;
-  return w;
 }
 
 }  // namespace efcomm::cuda

@@ -9,23 +9,17 @@
 #include "common/dispatch.hpp"
 #include "compress/blockquant_hd.hpp"
 #include "compress/codec_util.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm::cuda {
 
 namespace {
 
-constexpr int64_t kMaxBlock = 0xfffffff8;
-
-struct QuantParams {
-  int bits;
-  int64_t block;
-};
-
-size_t scaleBytes(DType dt) { return dt == DType::kFloat64 ? 8 : 4; }
-int64_t numBlocks(int64_t d, int64_t block) { return (d + block - 1) / block; }
-size_t payloadBytes(int64_t d, const QuantParams& p, DType dt) {
-  return static_cast<size_t>(numBlocks(d, p.block)) * 2 * scaleBytes(dt) + hdPackedBytes(d, p.bits);
-}
+using compress::blockquant::numBlocks;
+using compress::blockquant::paramBytes;
+using compress::blockquant::payloadBytes;
+using compress::blockquant::scaleBytes;
+using QuantParams = compress::blockquant::Layout;
 
 // Lanes per block: the largest power of two <= min(32, block / 8).
 int lanesFor(int64_t block) {
@@ -36,8 +30,6 @@ int lanesFor(int64_t block) {
 
 // The fast kernels' layout: one group of 8 per lane (block = 8 lanesFor(block)), float compute.
 bool fastLayout(int64_t block, DType dt) { return block == 8 * lanesFor(block) && dt != DType::kFloat64; }
-
-__device__ __forceinline__ int64_t numBlocksDev(int64_t d, int64_t block) { return (d + block - 1) / block; }
 
 template <typename C>
 struct MinMax {
@@ -69,7 +61,7 @@ __global__ void encodeKernel(const T* in, int64_t d, int64_t block, int bits, in
   using C = typename Elem<T>::Compute;
   const int lane = threadIdx.x & 31, sub = lane & (G - 1);
   const unsigned mask = G == 32 ? 0xffffffffu : ((1u << G) - 1) << (lane & ~(G - 1));
-  const int64_t nb = numBlocksDev(d, block);
+  const int64_t nb = numBlocks(d, block);
   const int64_t perWarp = 32 / G;
   const int64_t warps = gridThreads() / 32;
   uint32_t bad = 0;
@@ -327,7 +319,7 @@ __global__ void decodeKernel(const uint8_t* scales, const uint8_t* codes, int64_
                              bool fused, T* out) {
   using C = typename Elem<T>::Compute;
   const int lane = threadIdx.x & 31, sub = lane & (G - 1);
-  const int64_t nb = numBlocksDev(d, block);
+  const int64_t nb = numBlocks(d, block);
   const int64_t perWarp = 32 / G;
   const int64_t warps = gridThreads() / 32;
   const uint32_t cmask = (1u << bits) - 1;
@@ -373,10 +365,6 @@ QuantParams specParams(const Compressor& c) {
   return {static_cast<int>(sp.getInt("bits").value_or(8)), sp.getInt("block").value_or(256)};
 }
 
-std::vector<uint8_t> paramBytes(const QuantParams& p) {
-  return ByteWriter().put<uint8_t>(static_cast<uint8_t>(p.bits)).put<uint32_t>(static_cast<uint32_t>(p.block)).bytes();
-}
-
 size_t compressQuant(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBuffer& out, cudaStream_t stream) {
   const QuantParams p = specParams(c);
   const int64_t d = x.numel();
@@ -416,18 +404,7 @@ size_t compressQuant(Compressor& c, const ConstTensorView& x, uint64_t, DeviceBu
 }
 
 QuantParams parseLayout(const DeviceMessageHeader& h) {
-  ByteReader r(h.params.data(), h.params.size(), "quant parameters");
-  const int bits = r.get<uint8_t>();
-  const int64_t block = r.get<uint32_t>();
-  r.expectEnd();
-  EFCOMM_CHECK_MSG(bits == 2 || bits == 4 || bits == 8, "quant: bits must be 2, 4 or 8, got ", bits);
-  EFCOMM_CHECK_MSG(block >= 8 && block % 8 == 0 && block <= kMaxBlock,
-                   "quant: block must be a multiple of 8 and >= 8, got ", block);
-  const QuantParams p{bits, block};
-  const size_t want = payloadBytes(h.numel, p, h.dtype);
-  EFCOMM_CHECK_MSG(h.payloadBytes == want, "quant: payload of ", h.payloadBytes, " bytes; ", h.numel,
-                   " elements in blocks of ", block, " at ", bits, " bits need ", want);
-  return p;
+  return compress::blockquant::parseLayout(h.params.data(), h.params.size(), h.numel, h.dtype, h.payloadBytes);
 }
 
 void decodeQuant(const DeviceMessageHeader& h, const void* msg, const TensorView& out, cudaStream_t stream) {

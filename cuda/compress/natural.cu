@@ -25,7 +25,7 @@ __global__ void encodeKernel(const T* in, int64_t n, uint64_t key, uint32_t base
       const int64_t i = 8 * g + k;
       packCode(pg, k, kNaturalWidth, naturalCode(in[i], key, static_cast<uint64_t>(i), base, bad));
     }
-    storeGroup(packed + g * kNaturalWidth, pg, static_cast<int>(hdPackedBytes(count, kNaturalWidth)));
+    storeGroup(packed + g * kNaturalWidth, pg, static_cast<int>(packedBytes(count, kNaturalWidth)));
   }
   raiseFlag(flag, bad);
 }
@@ -45,7 +45,7 @@ __global__ void checkCodesKernel(const uint8_t* packed, int64_t n, uint32_t* fla
   uint32_t bad = 0;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
-    const PackedGroup pg = loadGroup(packed + g * kNaturalWidth, static_cast<int>(hdPackedBytes(count, kNaturalWidth)));
+    const PackedGroup pg = loadGroup(packed + g * kNaturalWidth, static_cast<int>(packedBytes(count, kNaturalWidth)));
     for (int k = 0; k < count; ++k) bad |= naturalCodeInvalid<T>(unpackCode(pg, k, kNaturalWidth));
   }
   raiseFlag(flag, bad);
@@ -56,7 +56,7 @@ __global__ void decodeKernel(const uint8_t* packed, int64_t n, uint32_t base, T*
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
-    const PackedGroup pg = loadGroup(packed + g * kNaturalWidth, static_cast<int>(hdPackedBytes(count, kNaturalWidth)));
+    const PackedGroup pg = loadGroup(packed + g * kNaturalWidth, static_cast<int>(packedBytes(count, kNaturalWidth)));
     T o[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) o[k] = naturalValue<T>(unpackCode(pg, k, kNaturalWidth), base);
@@ -77,7 +77,7 @@ size_t compressNatural(Compressor& c, const ConstTensorView& x, uint64_t step, D
   SpecParams sp = specOf(c);
   const auto seed = static_cast<uint64_t>(sp.getInt("seed").value_or(0));
   const int64_t n = x.numel();
-  const size_t bytes = hdPackedBytes(n, kNaturalWidth);
+  const size_t bytes = compress::natural::payloadBytes(n);
   const uint64_t key = drawKey(seed, step);
   uint32_t base = 0;
   if (x.dtype == DType::kFloat64) {
@@ -122,8 +122,8 @@ void decodeNatural(const DeviceMessageHeader& h, const void* msg, const TensorVi
   const uint32_t base = baseOf(h);
   EFCOMM_CHECK_MSG(h.flags == 0, "natural: unknown flags ", h.flags);
   const int64_t n = h.numel;
-  EFCOMM_CHECK_MSG(h.payloadBytes == hdPackedBytes(n, kNaturalWidth), "natural: payload of ", h.payloadBytes,
-                   " bytes for ", n, " elements (expected ", hdPackedBytes(n, kNaturalWidth), ")");
+  EFCOMM_CHECK_MSG(h.payloadBytes == compress::natural::payloadBytes(n), "natural: payload of ", h.payloadBytes,
+                   " bytes for ", n, " elements (expected ", compress::natural::payloadBytes(n), ")");
   const int64_t bits = n * kNaturalWidth;
   if (bits % 8) EFCOMM_CHECK_MSG((h.payloadLast >> (bits % 8)) == 0, "natural: non-zero padding bits");
   if (n == 0) return;

@@ -6,11 +6,12 @@
 
 #include "../common/hd.hpp"
 #include "common/rng.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm::cuda {
 
-constexpr int kNaturalWidth = 9;
-constexpr uint32_t kNaturalMaxCode = 254;
+constexpr int kNaturalWidth = compress::natural::kWidth;
+constexpr uint32_t kNaturalMaxCode = compress::natural::kMaxCode;
 constexpr uint32_t kNaturalWideTop = 2046;
 constexpr uint32_t kNaturalMaxBase = kNaturalWideTop - kNaturalMaxCode;
 

@@ -10,13 +10,17 @@
 #include "common/dispatch.hpp"
 #include "common/rng.hpp"
 #include "compress/codec_util.hpp"
+#include "compress/layouts.hpp"
 #include "compress/qsgd_hd.hpp"
 
 namespace efcomm::cuda {
 
 namespace {
 
-constexpr int64_t kMaxLevels = 32767;
+using compress::qsgd::codeWidth;
+using compress::qsgd::kMaxLevels;
+using compress::qsgd::kNormBytes;
+using compress::qsgd::payloadBytes;
 constexpr double kOverflowScale = 0x1p-600;
 constexpr double kUnderflowScale = 0x1p600;
 constexpr double kTinySum = 0x1p-900;
@@ -64,7 +68,7 @@ __global__ void sumInOrderKernel(const double* partial, int64_t blocks, double* 
 template <typename T>
 __global__ void quantizeKernel(const T* in, int64_t n, double pre, double r, int s, int w, uint64_t key, bool fused,
                                double norm, uint8_t* payload, uint32_t* flag) {
-  uint8_t* packed = payload + 8;
+  uint8_t* packed = payload + kNormBytes;
   if (globalThread() == 0) *reinterpret_cast<double*>(payload) = norm;
   const int64_t groups = (n + 7) / 8;
   int maxLevel = 0;
@@ -78,7 +82,7 @@ __global__ void quantizeKernel(const T* in, int64_t n, double pre, double r, int
       maxLevel = level > maxLevel ? level : maxLevel;
       packCode(pg, k, w, qsgdCode(v, level, s));
     }
-    storeGroup(packed + g * w, pg, static_cast<int>(hdPackedBytes(count, w)));
+    storeGroup(packed + g * w, pg, static_cast<int>(packedBytes(count, w)));
   }
   if (maxLevel) atomicMax(flag, static_cast<uint32_t>(maxLevel));
 }
@@ -89,7 +93,7 @@ __global__ void scanCodesKernel(const uint8_t* packed, int64_t n, int s, int w, 
   int maxCode = 0, maxLevel = 0;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
-    const PackedGroup pg = loadGroup(packed + g * w, static_cast<int>(hdPackedBytes(count, w)));
+    const PackedGroup pg = loadGroup(packed + g * w, static_cast<int>(packedBytes(count, w)));
     for (int k = 0; k < count; ++k) {
       const int c = static_cast<int>(unpackCode(pg, k, w));
       maxCode = c > maxCode ? c : maxCode;
@@ -107,7 +111,7 @@ __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w,
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
-    const PackedGroup pg = loadGroup(packed + g * w, static_cast<int>(hdPackedBytes(count, w)));
+    const PackedGroup pg = loadGroup(packed + g * w, static_cast<int>(packedBytes(count, w)));
     T o[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k)
@@ -118,16 +122,6 @@ __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w,
       for (int k = 0; k < count; ++k) out[8 * g + k] = o[k];
     }
   }
-}
-
-size_t payloadBytes(int64_t n, int s) { return 8 + hdPackedBytes(n, qsgdCodeWidth(s)); }
-
-bool fits(DType dt, double v) {
-  return dispatchDType(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    return std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(v)))));
-  });
 }
 
 // The CPU's sum of squares of x times factor (synchronizes).
@@ -156,7 +150,7 @@ size_t compressQsgd(Compressor& c, const ConstTensorView& x, uint64_t step, Devi
   SpecParams sp = specOf(c);
   const int s = static_cast<int>(sp.getInt("levels").value_or(16));
   const auto seed = static_cast<uint64_t>(sp.getInt("seed").value_or(0));
-  const int w = qsgdCodeWidth(s);
+  const int w = codeWidth(s);
   const int64_t n = x.numel();
   const size_t bytes = payloadBytes(n, s);
   // Pass 1 and the CPU's decisions (qsgd.cpp doCompress) on the host.
@@ -206,7 +200,7 @@ double checkQsgd(const DeviceMessageHeader& h, const uint8_t* payload, cudaStrea
   const int s = levelsOf(h);
   EFCOMM_CHECK_MSG(h.flags == 0, "qsgd: unknown flags ", h.flags);
   const int64_t n = h.numel;
-  const int w = qsgdCodeWidth(s);
+  const int w = codeWidth(s);
   EFCOMM_CHECK_MSG(h.payloadBytes == payloadBytes(n, s), "qsgd: payload of ", h.payloadBytes, " bytes for ", n,
                    " elements at ", s, " levels (expected ", payloadBytes(n, s), ")");
   const double norm = hostLoad<double>(h.payloadHead);
@@ -214,7 +208,7 @@ double checkQsgd(const DeviceMessageHeader& h, const uint8_t* payload, cudaStrea
   const int64_t bits = n * w;
   if (bits % 8) EFCOMM_CHECK_MSG((h.payloadLast >> (bits % 8)) == 0, "qsgd: non-zero padding bits");
   uint32_t* flags = resetFlags(stream, 2);
-  scanCodesKernel<<<blocksFor((n + 7) / 8), kThreads, 0, stream>>>(payload + 8, n, s, w, flags);
+  scanCodesKernel<<<blocksFor((n + 7) / 8), kThreads, 0, stream>>>(payload + kNormBytes, n, s, w, flags);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
   const std::vector<uint32_t> range = readFlags(stream, 2);
   EFCOMM_CHECK_MSG(static_cast<int>(range[0]) <= 2 * s, "qsgd: code ", range[0], " outside [0, ", 2 * s, "]");
@@ -225,14 +219,14 @@ double checkQsgd(const DeviceMessageHeader& h, const uint8_t* payload, cudaStrea
 void decodeQsgd(const DeviceMessageHeader& h, const void* msg, const TensorView& out, cudaStream_t stream) {
   const uint8_t* payload = payloadOf(h, msg);
   const double scale = checkQsgd(h, payload, stream);
-  const int s = levelsOf(h), w = qsgdCodeWidth(s);
+  const int s = levelsOf(h), w = codeWidth(s);
   const int64_t n = h.numel;
   if (n == 0) return;
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     withAlignment({out.data}, [&](auto vec) {
       dequantizeKernel<T, decltype(vec)::value><<<blocksFor((n + 7) / 8), kThreads, 0, stream>>>(
-          payload + 8, n, s, w, scale, static_cast<T*>(out.data));
+          payload + kNormBytes, n, s, w, scale, static_cast<T*>(out.data));
     });
   });
   EFCOMM_CUDA_CHECK(cudaGetLastError());

@@ -27,6 +27,7 @@
 #include "common/half.hpp"
 #include "common/parallel.hpp"
 #include "common/rng.hpp"
+#include "compress/layouts.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/config.hpp"
 
@@ -140,17 +141,17 @@ TEST(CudaHostCodecs, GroupPackingMatchesBitpack) {
         const int count = static_cast<int>(std::min<int64_t>(8, n - 8 * gi));
         PackedGroup pg;
         for (int k = 0; k < count; ++k) packCode(pg, k, w, codes[8 * gi + k]);
-        for (uint64_t b = 0; b < hdPackedBytes(count, w); ++b) got[gi * w + b] = pg.byte(static_cast<int>(b));
+        for (uint64_t b = 0; b < packedBytes(count, w); ++b) got[gi * w + b] = pg.byte(static_cast<int>(b));
         PackedGroup back;
-        for (uint64_t b = 0; b < hdPackedBytes(count, w); ++b) back.setByte(static_cast<int>(b), ref[gi * w + b]);
+        for (uint64_t b = 0; b < packedBytes(count, w); ++b) back.setByte(static_cast<int>(b), ref[gi * w + b]);
         for (int k = 0; k < count; ++k) EXPECT_EQ(unpackCode(back, k, w), codes[8 * gi + k]);
       }
       EXPECT_EQ(got, ref) << "w " << w << " n " << n;
     }
   }
-  EXPECT_EQ(qsgdCodeWidth(1), 2);
-  EXPECT_EQ(qsgdCodeWidth(16), 6);
-  EXPECT_EQ(qsgdCodeWidth(32767), 16);
+  EXPECT_EQ(compress::qsgd::codeWidth(1), 2);
+  EXPECT_EQ(compress::qsgd::codeWidth(16), 6);
+  EXPECT_EQ(compress::qsgd::codeWidth(32767), 16);
 }
 
 // randk.cpp's drawIndices, written out: Floyd over a set.
@@ -306,7 +307,7 @@ TEST(CudaHostCodecs, QsgdNormAndCodesMatchTheCpu) {
       const double norm = std::sqrt(sum);
       ASSERT_EQ(doubleBits(norm), doubleBits(loadAs<double>(m.payload()))) << "s " << s << " n " << n;
       const double r = sum > 0 ? s / std::sqrt(sum) : 0.0;
-      const int w = qsgdCodeWidth(s);
+      const int w = compress::qsgd::codeWidth(s);
       std::vector<uint16_t> codes(static_cast<size_t>(n));
       unpackBits(m.payload() + 8, n, w, codes.data());
       const uint64_t key = drawKey(4, 2);

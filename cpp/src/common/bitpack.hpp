@@ -2,13 +2,16 @@
 // Fixed-width bit packing: code j of width w (1..16) occupies bits [j*w, (j+1)*w) of a
 // little-endian bit stream. Packing is done in groups of 8 codes (= w bytes), so any range of
 // codes that starts at a multiple of 8 can be packed or unpacked independently by a thread.
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
+
+#include "common/host_device.hpp"
 
 namespace efcomm {
 
 /// Bytes needed for n codes of w bits.
-inline size_t packedBytes(int64_t n, int w) { return static_cast<size_t>((n * w + 7) / 8); }
+EFCOMM_HD inline size_t packedBytes(int64_t n, int w) { return static_cast<size_t>((n * w + 7) / 8); }
 
 /// Packs codes[0..n) (each < 2^w) into out, which starts at bit offset 0 of code `first`
 /// where first % 8 == 0. Writes exactly packedBytes(n, w) bytes.

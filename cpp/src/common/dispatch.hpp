@@ -1,6 +1,9 @@
 #pragma once
 // Runs a generic lambda with the C++ storage type of a DType:
 //   dispatchDType(dt, [&](auto tag) { using T = typename decltype(tag)::type; ... });
+// and asks whether a value fits a dtype.
+#include <cmath>
+
 #include "common/half.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/tensor.hpp"
@@ -21,6 +24,16 @@ decltype(auto) dispatchDType(DType dt, Fn&& fn) {
     case DType::kFloat16: return fn(TypeTag<F16>{});
   }
   throw InvalidArgument("unsupported dtype code " + std::to_string(static_cast<int>(dt)));
+}
+
+/// True when v, rounded to dtype dt as a decoder stores it, is finite: the check of a decoded
+/// magnitude that validation makes, so that no valid message decodes to Inf.
+inline bool fits(DType dt, double v) {
+  return dispatchDType(dt, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    using C = typename Elem<T>::Compute;
+    return std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(v)))));
+  });
 }
 
 }  // namespace efcomm

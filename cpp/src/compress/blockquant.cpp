@@ -25,6 +25,7 @@
 #include "common/bytes.hpp"
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm {
 
@@ -34,21 +35,13 @@ namespace {
 constexpr int64_t kChunk = 256;
 /// Independent min/max/finiteness accumulators: enough to fill a vector register.
 constexpr int kLanes = 16;
-constexpr int64_t kMaxBlock = 0xfffffff8;
-
-struct Params {
-  int bits;
-  int64_t block;
-};
-
-size_t scaleBytes(DType dt) { return dt == DType::kFloat64 ? 8 : 4; }
-int64_t numBlocks(int64_t d, int64_t block) { return (d + block - 1) / block; }
-size_t payloadBytes(int64_t d, const Params& p, DType dt) {
-  return static_cast<size_t>(numBlocks(d, p.block)) * 2 * scaleBytes(dt) + packedBytes(d, p.bits);
-}
-
-bool validBits(int64_t b) { return b == 2 || b == 4 || b == 8; }
-bool validBlock(int64_t b) { return b >= 8 && b % 8 == 0 && b <= kMaxBlock; }
+using compress::blockquant::kMaxBlock;
+using compress::blockquant::numBlocks;
+using compress::blockquant::payloadBytes;
+using compress::blockquant::scaleBytes;
+using compress::blockquant::validBits;
+using compress::blockquant::validBlock;
+using Params = compress::blockquant::Layout;
 
 /// The affine map of one block, arranged so that no intermediate overflows or divides by zero:
 /// values are scaled by s = 2^k first (s = 1 except when hi - lo overflows or L/(hi - lo) would),
@@ -216,26 +209,14 @@ class BlockQuant final : public Compressor {
   }
 
  private:
-  std::vector<uint8_t> paramBytes() const {
-    return ByteWriter().put<uint8_t>(static_cast<uint8_t>(p_.bits)).put<uint32_t>(static_cast<uint32_t>(p_.block)).bytes();
-  }
+  std::vector<uint8_t> paramBytes() const { return compress::blockquant::paramBytes(p_); }
 
   Params p_;
 };
 
 /// Parameters and payload size: the checks decode relies on to stay in bounds.
 Params parseLayout(const Message& m) {
-  ByteReader r(m.params(), m.paramsSize(), "quant parameters");
-  const int bits = r.get<uint8_t>();
-  const int64_t block = r.get<uint32_t>();
-  r.expectEnd();
-  EFCOMM_CHECK_MSG(validBits(bits), "quant: bits must be 2, 4 or 8, got ", bits);
-  EFCOMM_CHECK_MSG(validBlock(block), "quant: block must be a multiple of 8 and >= 8, got ", block);
-  const Params p{bits, block};
-  const size_t want = payloadBytes(m.numel(), p, m.dtype());
-  EFCOMM_CHECK_MSG(m.payloadSize() == want, "quant: payload of ", m.payloadSize(), " bytes; ",
-                   m.numel(), " elements in blocks of ", block, " at ", bits, " bits need ", want);
-  return p;
+  return compress::blockquant::parseLayout(m.params(), m.paramsSize(), m.numel(), m.dtype(), m.payloadSize());
 }
 
 // Decoded values lie in [lo, hi] (quantValue clamps), so finite bounds that fit the output
@@ -281,6 +262,28 @@ void decode(const Message& m, const TensorView& out) {
 }
 
 }  // namespace
+
+namespace compress::blockquant {
+
+std::vector<uint8_t> paramBytes(const Layout& p) {
+  return ByteWriter().put<uint8_t>(static_cast<uint8_t>(p.bits)).put<uint32_t>(static_cast<uint32_t>(p.block)).bytes();
+}
+
+Layout parseLayout(const uint8_t* params, size_t paramsSize, int64_t numel, DType dtype, size_t payloadSize) {
+  ByteReader r(params, paramsSize, "quant parameters");
+  const int bits = r.get<uint8_t>();
+  const int64_t block = r.get<uint32_t>();
+  r.expectEnd();
+  EFCOMM_CHECK_MSG(validBits(bits), "quant: bits must be 2, 4 or 8, got ", bits);
+  EFCOMM_CHECK_MSG(validBlock(block), "quant: block must be a multiple of 8 and >= 8, got ", block);
+  const Layout p{bits, block};
+  const size_t want = payloadBytes(numel, p, dtype);
+  EFCOMM_CHECK_MSG(payloadSize == want, "quant: payload of ", payloadSize, " bytes; ", numel, " elements in blocks of ",
+                   block, " at ", bits, " bits need ", want);
+  return p;
+}
+
+}  // namespace compress::blockquant
 
 Codec blockquantCodec() {
   return {"quant", CompressorId::kBlockQuant,

@@ -12,16 +12,6 @@
 
 namespace efcomm {
 
-/// True when v, rounded to dtype dt as a decoder stores it, is finite: the check of a decoded
-/// magnitude that validation makes, so that no valid message decodes to Inf.
-inline bool fits(DType dt, double v) {
-  return dispatchDType(dt, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    return std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(v)))));
-  });
-}
-
 /// Slow path after a fused check found a non-finite value: finds the first one and throws
 /// NonFiniteError naming it. Returns normally only if every element is finite (the caller's
 /// reduction overflowed instead).

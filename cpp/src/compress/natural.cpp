@@ -37,13 +37,15 @@
 #include "common/spec.hpp"
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm {
 
 namespace {
 
-constexpr int kWidth = 9;           // sign bit + 8-bit exponent code
-constexpr uint32_t kMaxCode = 254;  // 255 never travels
+using compress::natural::kMaxCode;
+using compress::natural::kWidth;
+using compress::natural::payloadBytes;
 // Codes per work item: a multiple of 8 (items pack disjoint bytes) that keeps the buffer in L1.
 constexpr int64_t kChunk = 2048;
 
@@ -157,13 +159,13 @@ class Natural final : public Compressor {
   std::optional<double> omega(int64_t) const override { return 1.0 / 8.0; }
   size_t wireBytes(const std::vector<int64_t>& shape, DType dt) const override {
     const int64_t d = shapeNumel(shape);
-    return messageBytes(static_cast<int>(shape.size()), naturalParams(dt, 0).size(), packedBytes(d, kWidth));
+    return messageBytes(static_cast<int>(shape.size()), naturalParams(dt, 0).size(), payloadBytes(d));
   }
 
  protected:
   Message doCompress(const ConstTensorView& x, uint64_t step) override {
     const int64_t n = x.numel();
-    const size_t bytes = packedBytes(n, kWidth);
+    const size_t bytes = payloadBytes(n);
     const uint64_t key = drawKey(seed_, step);
     uint32_t base = 0;
     if (x.dtype == DType::kFloat64) {
@@ -220,8 +222,8 @@ void validate(const Message& m) {
   baseOf(m);
   EFCOMM_CHECK_MSG(m.flags() == 0, "natural: unknown flags ", m.flags());
   const int64_t n = m.numel();
-  EFCOMM_CHECK_MSG(m.payloadSize() == packedBytes(n, kWidth), "natural: payload of ", m.payloadSize(),
-                   " bytes for ", n, " elements (expected ", packedBytes(n, kWidth), ")");
+  EFCOMM_CHECK_MSG(m.payloadSize() == payloadBytes(n), "natural: payload of ", m.payloadSize(),
+                   " bytes for ", n, " elements (expected ", payloadBytes(n), ")");
   const int64_t bits = n * kWidth;
   if (bits % 8) EFCOMM_CHECK_MSG((m.payload()[bits / 8] >> (bits % 8)) == 0, "natural: non-zero padding bits");
   dispatchDType(m.dtype(), [&](auto tag) {
@@ -246,7 +248,7 @@ void validate(const Message& m) {
 void decode(const Message& m, const TensorView& out) {
   const int64_t n = m.numel();
   const uint32_t base = baseOf(m);
-  EFCOMM_CHECK_MSG(m.payloadSize() == packedBytes(n, kWidth), "natural: payload size does not match the element count");
+  EFCOMM_CHECK_MSG(m.payloadSize() == payloadBytes(n), "natural: payload size does not match the element count");
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     using L = Layout<T>;

@@ -18,13 +18,16 @@
 #include "common/spec.hpp"
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm {
 
 namespace {
 
-constexpr int64_t kMaxLevels = 32767;  // 2s fits the 16-bit codes of bitpack.hpp
-constexpr size_t kNormBytes = 8;
+using compress::qsgd::codeWidth;
+using compress::qsgd::kMaxLevels;
+using compress::qsgd::kNormBytes;
+
 // Codes per work item: a multiple of 8 (so items pack disjoint bytes) small enough for the
 // stack buffer to stay in L1.
 constexpr int64_t kChunk = 2048;
@@ -36,13 +39,6 @@ constexpr double kOverflowScale = 0x1p-600;
 constexpr double kUnderflowScale = 0x1p600;
 constexpr double kTinySum = 0x1p-900;
 
-int codeWidth(int64_t s) {
-  int w = 0;
-  while ((int64_t{1} << w) <= 2 * s) ++w;
-  return w;
-}
-
-size_t qsgdPayloadBytes(int64_t n, int64_t s) { return kNormBytes + packedBytes(n, codeWidth(s)); }
 
 // packBits/unpackBits compiled for each constant width (straight-line shifts instead of
 // per-code branches, 1.6x faster decoding), picked once per message.
@@ -165,13 +161,13 @@ class QSGD final : public Compressor {
   }
   size_t wireBytes(const std::vector<int64_t>& shape, DType) const override {
     const int64_t d = shapeNumel(shape);
-    return messageBytes(static_cast<int>(shape.size()), sizeof(uint32_t), qsgdPayloadBytes(d, s_));
+    return messageBytes(static_cast<int>(shape.size()), sizeof(uint32_t), compress::qsgd::payloadBytes(d, s_));
   }
 
  protected:
   Message doCompress(const ConstTensorView& x, uint64_t step) override {
     const int64_t n = x.numel();
-    const size_t bytes = qsgdPayloadBytes(n, s_);
+    const size_t bytes = compress::qsgd::payloadBytes(n, s_);
     Message m = Message::build(id(), x.dtype, x.shape, 0, ByteWriter().put<uint32_t>(uint32_t(s_)).bytes(), bytes);
     uint8_t* out = m.mutablePayload();
     uint8_t* packed = out + kNormBytes;
@@ -234,8 +230,8 @@ void validate(const Message& m) {
   EFCOMM_CHECK_MSG(m.flags() == 0, "qsgd: unknown flags ", m.flags());
   const int64_t n = m.numel();
   const int w = codeWidth(s);
-  EFCOMM_CHECK_MSG(m.payloadSize() == qsgdPayloadBytes(n, s), "qsgd: payload of ", m.payloadSize(),
-                   " bytes for ", n, " elements at ", s, " levels (expected ", qsgdPayloadBytes(n, s), ")");
+  EFCOMM_CHECK_MSG(m.payloadSize() == compress::qsgd::payloadBytes(n, s), "qsgd: payload of ", m.payloadSize(),
+                   " bytes for ", n, " elements at ", s, " levels (expected ", compress::qsgd::payloadBytes(n, s), ")");
   const double norm = loadAs<double>(m.payload());
   EFCOMM_CHECK_MSG(std::isfinite(norm) && norm >= 0, "qsgd: bad norm ", norm);
   const uint8_t* packed = m.payload() + kNormBytes;
@@ -251,7 +247,7 @@ void decode(const Message& m, const TensorView& out) {
   const int s = levelsOf(m);
   const int64_t n = m.numel();
   const int w = codeWidth(s);
-  EFCOMM_CHECK_MSG(m.payloadSize() == qsgdPayloadBytes(n, s), "qsgd: payload size does not match the element count");
+  EFCOMM_CHECK_MSG(m.payloadSize() == compress::qsgd::payloadBytes(n, s), "qsgd: payload size does not match the element count");
   const double scale = loadAs<double>(m.payload()) / s;
   const uint8_t* packed = m.payload() + kNormBytes;
   dispatchDType(out.dtype, [&](auto tag) {
