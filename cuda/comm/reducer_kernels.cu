@@ -31,7 +31,7 @@ __global__ void scaleKernel(const T* in, T* out, int64_t n, double w) {
 __global__ void scale16Kernel(const uint16_t* in, uint16_t* out, int64_t n, double w, bool bf16) {
   for (int64_t i = globalThread(); i < n; i += gridThreads()) {
     const float v = bf16 ? bf16ToFloat(in[i]) : f16ToFloat(in[i]);
-    const float r = static_cast<float>(static_cast<double>(v) * w);
+    const float r = roundToOddFloat(static_cast<double>(v) * w);  // rounded once, as the CPU's scaleValues
     out[i] = bf16 ? floatToBf16(r) : floatToF16(r);
   }
 }

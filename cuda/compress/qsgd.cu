@@ -107,7 +107,6 @@ __global__ void scanCodesKernel(const uint8_t* packed, int64_t n, int s, int w, 
 
 template <typename T, bool kVec>
 __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w, double scale, T* out) {
-  using C = typename Elem<T>::Compute;
   const int64_t groups = (n + 7) / 8;
   for (int64_t g = globalThread(); g < groups; g += gridThreads()) {
     const int count = n - 8 * g < 8 ? static_cast<int>(n - 8 * g) : 8;
@@ -115,7 +114,7 @@ __global__ void dequantizeKernel(const uint8_t* packed, int64_t n, int s, int w,
     T o[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k)
-      o[k] = Elem<T>::store(static_cast<C>(mulRn(static_cast<double>(static_cast<int>(unpackCode(pg, k, w)) - s), scale)));
+      o[k] = roundFromDouble<T>(mulRn(static_cast<double>(static_cast<int>(unpackCode(pg, k, w)) - s), scale));
     if (count == 8) {
       store8<T, kVec>(out, g, o);
     } else {

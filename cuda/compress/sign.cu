@@ -180,9 +180,8 @@ double checkSign(const DeviceMessageHeader& h) {
   EFCOMM_CHECK_MSG(std::isfinite(scale) && scale >= 0, "sign: bad scale ", scale);
   dispatchDType(h.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    EFCOMM_CHECK_MSG(std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(scale))))),
-                     "sign: scale ", scale, " overflows ", dtypeName(h.dtype));
+    EFCOMM_CHECK_MSG(std::isfinite(static_cast<double>(Elem<T>::load(roundFromDouble<T>(scale)))), "sign: scale ",
+                     scale, " overflows ", dtypeName(h.dtype));
   });
   if (n % 8) EFCOMM_CHECK_MSG((h.payloadLast >> (n % 8)) == 0, "sign: non-zero padding bits");
   return scale;
@@ -198,9 +197,8 @@ void launchSignDecode(const DeviceMessageHeader& h, const void* msg, const Tenso
   const bool fused = cpuContractsFma();
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
     if constexpr (!kAxpy || std::is_floating_point_v<T>) {
-      const T pos = Elem<T>::store(static_cast<C>(scale)), neg = Elem<T>::store(static_cast<C>(-scale));
+      const T pos = roundFromDouble<T>(scale), neg = roundFromDouble<T>(-scale);
       T w{};
       if constexpr (std::is_floating_point_v<T>) w = static_cast<T>(weight);
       withAlignment({out.data}, [&](auto vec) {

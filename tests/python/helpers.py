@@ -136,6 +136,24 @@ def bf16_round(x: np.ndarray) -> np.ndarray:
     return u.astype(np.uint32).view(np.float32).reshape(np.shape(x))
 
 
+def bf16_round_exact(x: np.ndarray) -> np.ndarray:
+    """float64 -> bfloat16 rounded once to nearest even (exact rational arithmetic, no float32
+    step), as float64; beyond bfloat16's largest value: Inf."""
+    from fractions import Fraction
+    import math
+
+    out = np.empty(np.shape(x), np.float64)
+    for i, v in enumerate(np.ravel(np.asarray(x, np.float64))):
+        if v == 0 or not math.isfinite(v):
+            out.flat[i] = v
+            continue
+        e = max(math.frexp(v)[1], -125)  # 8 significant bits; subnormals' quantum 2^-133
+        q = round(Fraction(v) * Fraction(2) ** (8 - e))  # round half to even
+        r = Fraction(q) * Fraction(2) ** (e - 8)
+        out.flat[i] = math.copysign(math.inf, v) if abs(r) > Fraction(0xFF) * Fraction(2) ** 120 else float(r)
+    return out
+
+
 def sq(a) -> float:
     a = np.asarray(a, dtype=np.float64)
     return float(np.dot(a.ravel(), a.ravel()))

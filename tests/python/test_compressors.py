@@ -322,6 +322,43 @@ def test_cast_float32_matches_round_to_nearest_even(target, x):
 
 @pytest.mark.parametrize("target", ["bf16", "fp16"])
 @FAST
+@given(x=arrays(dtypes=(np.float64,), kinds=("normal", "ties", "sparse", "positive")))
+def test_cast_float64_rounds_once_to_nearest_even(target, x):
+    c = ef.compressor(f"cast:dtype={target}")
+    y = c.decompress(c.compress(x))
+    ref = H.bf16_round_exact(x) if target == "bf16" else x.astype(np.float16).astype(np.float64)
+    assert np.array_equal(y, ref), f"differs at {np.flatnonzero(y.ravel() != ref.ravel())[:10]}"
+
+
+@pytest.mark.parametrize("target", ["bf16", "fp16"])
+def test_cast_float64_near_a_tie_is_not_rounded_twice(target):
+    """Values just off a midpoint of the 16-bit grid, which a float32 step would round onto the
+    midpoint (then to even): 1 + 2^-8 + 2^-30 is bfloat16 1 + 2^-7, not 1."""
+    rng = np.random.default_rng(5)
+    bits = 8 if target == "bf16" else 11
+    grid = np.ldexp(rng.integers(2 ** (bits - 1), 2 ** bits, 2000), rng.integers(-20, 10, 2000) - bits)
+    mid = grid + np.ldexp(1.0, np.frexp(grid)[1] - bits - 1)  # halfway to the next grid value
+    x = mid * (1 + rng.choice([-1, 1], 2000) * 2.0 ** -40)
+    c = ef.compressor(f"cast:dtype={target}")
+    y = c.decompress(c.compress(x))
+    ref = H.bf16_round_exact(x) if target == "bf16" else x.astype(np.float16).astype(np.float64)
+    assert np.array_equal(y, ref), f"differs at {np.flatnonzero(y != ref)[:10]}"
+    if target == "bf16":
+        assert c.decompress(c.compress(np.array([1 + 2 ** -8 + 2 ** -30])))[0] == 1 + 2 ** -7
+
+
+def test_cast_bf16_refuses_float16_values_that_decode_beyond_float16():
+    """float16 >= 65408 rounds to bfloat16 65536, which the float16 output cannot hold: refused
+    at compress (it used to decode to Inf); 65376 and below pass."""
+    c = ef.compressor("cast:dtype=bf16")
+    with pytest.raises(ef.NonFiniteError, match="65408"):
+        c.compress(np.array([1, -65408], np.float16))
+    x = np.array([65376, -65376, 65280, 1], np.float16)
+    assert np.all(np.isfinite(c.decompress(c.compress(x))))
+
+
+@pytest.mark.parametrize("target", ["bf16", "fp16"])
+@FAST
 @given(x=arrays(dtypes=(np.float32, np.float64), kinds=("normal", "ties", "wide", "sparse", "positive", "onehot")))
 def test_cast_contraction_bound(target, x):
     """Deterministic: ||C(x)-x||^2 <= (1-alpha)||x||^2 for values in the target's normal range."""

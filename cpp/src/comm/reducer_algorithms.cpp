@@ -53,8 +53,7 @@ void loadValues(DType dtype, const uint8_t* in, double* out, size_t count) {
 void storeValues(DType dtype, const double* in, uint8_t* out, size_t count) {
   dispatchDType(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    for (size_t i = 0; i < count; ++i) storeAs<T>(out + i * sizeof(T), Elem<T>::store(static_cast<C>(in[i])));
+    for (size_t i = 0; i < count; ++i) storeAs<T>(out + i * sizeof(T), roundFromDouble<T>(in[i]));
   });
 }
 
@@ -62,10 +61,9 @@ void storeValues(DType dtype, const double* in, uint8_t* out, size_t count) {
 void scaleValues(DType dtype, const uint8_t* in, uint8_t* out, size_t count, double w) {
   dispatchDType(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
     for (size_t i = 0; i < count; ++i) {
       const double v = Elem<T>::load(loadAs<T>(in + i * sizeof(T)));
-      storeAs<T>(out + i * sizeof(T), Elem<T>::store(static_cast<C>(v * w)));
+      storeAs<T>(out + i * sizeof(T), roundFromDouble<T>(v * w));
     }
   });
 }

@@ -26,13 +26,12 @@ decltype(auto) dispatchDType(DType dt, Fn&& fn) {
   throw InvalidArgument("unsupported dtype code " + std::to_string(static_cast<int>(dt)));
 }
 
-/// True when v, rounded to dtype dt as a decoder stores it, is finite: the check of a decoded
-/// magnitude that validation makes, so that no valid message decodes to Inf.
+/// True when v, rounded to dtype dt as a decoder stores it (roundFromDouble), is finite: the
+/// check of a decoded magnitude that validation makes, so that no valid message decodes to Inf.
 inline bool fits(DType dt, double v) {
   return dispatchDType(dt, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
-    return std::isfinite(static_cast<double>(Elem<T>::load(Elem<T>::store(static_cast<C>(v)))));
+    return std::isfinite(static_cast<double>(Elem<T>::load(roundFromDouble<T>(v))));
   });
 }
 

@@ -4,6 +4,7 @@
 // (EFCOMM_HD): on the device, and on a host without F16C, the portable float16 conversions.
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "common/host_device.hpp"
 
@@ -134,6 +135,24 @@ EFCOMM_HD inline uint16_t floatToF16(float f) {
 #endif
 }
 
+/// d rounded to float by round-to-odd: truncated, then the last significand bit set when inexact.
+/// Rounding that float to nearest even in a format of at most 22 significand bits (bfloat16,
+/// float16) equals rounding d there directly, which rounding d to the nearest float first does
+/// not (the first rounding can make a tie: 1 + 2^-8 + 2^-30 became bfloat16 1, not 1 + 2^-7).
+/// Boldo & Melquiond, "Emulation of FMA and correctly rounded sums: proved algorithms using
+/// rounding to odd", IEEE Trans. Computers 57(4), 2008, Theorem 1 (p >= 2 q + 2: 24 >= 2 * 11 + 2).
+EFCOMM_HD inline float roundToOddFloat(double d) {
+  const float f = static_cast<float>(d);  // nearest even
+  const double back = static_cast<double>(f);
+  if (d != d || back == d) return f;  // NaN, exact, ±Inf
+  uint32_t u = floatBits(f);
+  if (d > 0 ? back > d : back < d) --u;  // rounded away from zero (to Inf too): the float below
+  return bitsFloat(u | 1u);
+}
+/// The float that a 16-bit conversion rounds: v itself, or a float64 rounded to odd.
+EFCOMM_HD inline float floatForNarrowing(float v) { return v; }
+EFCOMM_HD inline float floatForNarrowing(double v) { return roundToOddFloat(v); }
+
 /// 1 when v is NaN or ±Inf (all-ones exponent), else 0. Integer-only, so an OR-reduction of it
 /// vectorizes, unlike a floating-point accumulation that the compiler must keep in order.
 EFCOMM_HD inline uint32_t nonFiniteBit(float v) { return (floatBits(v) & 0x7f800000u) == 0x7f800000u; }
@@ -171,5 +190,13 @@ struct Elem<F16> {
   EFCOMM_HD static float load(F16 v) { return f16ToFloat(v.bits); }
   EFCOMM_HD static F16 store(float v) { return F16{floatToF16(v)}; }
 };
+
+/// v rounded once, to nearest even, to T (a 16-bit T through floatForNarrowing).
+template <typename T>
+EFCOMM_HD inline T roundFromDouble(double v) {
+  if constexpr (std::is_same_v<T, double>) return v;
+  else if constexpr (std::is_same_v<T, float>) return static_cast<float>(v);
+  else return Elem<T>::store(roundToOddFloat(v));
+}
 
 }  // namespace efcomm

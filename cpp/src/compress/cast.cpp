@@ -2,10 +2,13 @@
 // element. Biased; the relative error of a normal number is at most the unit roundoff u
 // (2^-8 for bf16, 2^-11 for fp16), so alpha = 1 - u^2.
 #include <cmath>
+#include <string>
+#include <type_traits>
 
 #include "common/bytes.hpp"
 #include "compress/codec.hpp"
 #include "compress/common.hpp"
+#include "compress/layouts.hpp"
 
 namespace efcomm {
 
@@ -14,16 +17,19 @@ namespace {
 float widen(uint16_t b, DType target) {
   return target == DType::kBFloat16 ? bf16ToFloat(b) : f16ToFloat(b);
 }
-// Converts n elements and returns 1 if any result has an all-ones exponent.
+// Converts n elements (rounded once: float64 through floatForNarrowing) and returns 1 if a
+// result has an all-ones exponent, or, for float16 input to bfloat16, decodes beyond float16's
+// range (|x| >= 65408 rounds to bfloat16 65536, which the decoder's float16 output cannot hold).
 template <typename T, bool kBf16>
 uint32_t convertBlock(const T* __restrict in, uint16_t* __restrict out, int64_t n) {
   constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
   uint32_t flag = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const float v = static_cast<float>(Elem<T>::load(in[i]));
+    const float v = floatForNarrowing(Elem<T>::load(in[i]));
     const uint16_t b = kBf16 ? floatToBf16(v) : floatToF16(v);
     out[i] = b;
     flag |= (b & kMask) == kMask;
+    if constexpr (kBf16 && std::is_same_v<T, F16>) flag |= nonFiniteBit(Elem<F16>::store(bf16ToFloat(b)));
   }
   return flag;
 }
@@ -69,9 +75,7 @@ class Cast final : public Compressor {
     });
     if (bad) {
       throwIfNonFinite(x, "cast.compress");
-      throw NonFiniteError("cast.compress: a finite input value exceeds the " + dtypeName(target_) +
-                           " range and would become Inf" +
-                           (target_ == DType::kFloat16 ? " (|x| > 65504); use cast:dtype=bf16 or scale the input" : ""));
+      throw NonFiniteError("cast.compress: " + compress::cast::overflowReason(x.dtype, target_));
     }
     m.finish(2 * static_cast<size_t>(n));
     return m;
@@ -108,6 +112,14 @@ void decode(const Message& m, const TensorView& out) {
 }
 
 }  // namespace
+
+std::string compress::cast::overflowReason(DType input, DType target) {
+  if (input == DType::kFloat16 && target == DType::kBFloat16)
+    return "a float16 input value of magnitude >= 65408 rounds to bfloat16 65536, beyond the float16 range of the "
+           "decoded output (it would decode to Inf); scale the input or use cast:dtype=fp16";
+  return "a finite input value exceeds the " + dtypeName(target) + " range and would become Inf" +
+         (target == DType::kFloat16 ? " (|x| > 65504); use cast:dtype=bf16 or scale the input" : "");
+}
 
 Codec castCodec() {
   return {"cast", CompressorId::kCast,

@@ -4,6 +4,7 @@
 // checks rely on, so that the two paths cannot disagree on the wire.
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "common/bitpack.hpp"
@@ -57,6 +58,15 @@ EFCOMM_HD inline int codeWidth(int64_t s) {
 EFCOMM_HD inline size_t payloadBytes(int64_t n, int64_t s) { return kNormBytes + packedBytes(n, codeWidth(s)); }
 
 }  // namespace qsgd
+
+/// Cast (cast.cpp): 2 bytes per element.
+namespace cast {
+
+/// Why cast refuses a finite input of dtype `input` for `target` (it would decode to Inf): for
+/// NonFiniteError's message after "cast.compress: ".
+std::string overflowReason(DType input, DType target);
+
+}  // namespace cast
 
 /// Natural compression (natural.cpp): a 9-bit code per element, sign bit and 8-bit exponent code.
 namespace natural {

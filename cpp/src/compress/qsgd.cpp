@@ -108,11 +108,9 @@ void quantizeChunk(const T* in, int64_t lo, int64_t hi, double pre, double r, in
 // Decodes [lo, hi) (lo % 8 == 0, hi - lo <= kChunk): value = (code - s) * scale.
 template <typename T>
 void decodeChunk(const uint8_t* packed, int64_t lo, int64_t hi, int s, int w, double scale, T* o) {
-  using C = typename Elem<T>::Compute;
   uint16_t codes[kChunk];
   unpacker(w)(packed + packedBytes(lo, w), hi - lo, codes);
-  for (int64_t i = lo; i < hi; ++i)
-    o[i] = Elem<T>::store(static_cast<C>(static_cast<double>(int(codes[i - lo]) - s) * scale));
+  for (int64_t i = lo; i < hi; ++i) o[i] = roundFromDouble<T>(static_cast<double>(int(codes[i - lo]) - s) * scale);
 }
 
 struct CodeRange {

@@ -118,10 +118,9 @@ void decode(const Message& m, const TensorView& out) {
   const uint8_t* bits = m.payload() + kScaleBytes;
   dispatchDType(out.dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
-    using C = typename Elem<T>::Compute;
     // Each byte expands to 8 outputs by one copy from a 256-entry table.
     T table[256][8];
-    const T pos = Elem<T>::store(static_cast<C>(scale)), neg = Elem<T>::store(static_cast<C>(-scale));
+    const T pos = roundFromDouble<T>(scale), neg = roundFromDouble<T>(-scale);
     for (int b = 0; b < 256; ++b)
       for (int k = 0; k < 8; ++k) table[b][k] = (b >> k & 1) ? neg : pos;
     T* o = static_cast<T*>(out.data);
