@@ -16,6 +16,7 @@
 #include "common/runtime.hpp"
 #include "common/wire.hpp"
 #include "compress/device_codec.hpp"
+#include "feedback/common.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "feedback/common.hpp"
@@ -252,9 +253,10 @@ class DeviceAllgather final : public DevicePair {
 
 // As the host ReduceScatterAlgorithm: rank c owns chunk c; a worker per chunk, the owner's
 // aggregate of its chunk, and a mirror per chunk of what the owners broadcast. The owner's
-// re-compression is EF21-BC's b += C(g - b) (Gruntkowska et al. 2023), here an EF21 worker
-// started from zero (ef21:init=compressed) stepping on the owner's g, whose estimate is b; with
-// `none` it is plain C(g). Its state dict keeps the device layout ("owner_broadcast.").
+// re-compression is EF21-BC's b += C(g - b) (Gruntkowska et al. 2023) for the EF21 family and
+// EControl, here an EF21 worker started from zero (ef21:init=compressed) stepping on the owner's
+// g, whose estimate is b; for EF14 (the round's sum) EF14 on g, and with `none` plain C(g), both
+// broadcast as the chunk's value. Its state dict keeps the device layout ("owner_broadcast.").
 class DeviceReduceScatter final : public Algorithm {
  public:
   explicit DeviceReduceScatter(const SlotSetup& s) : s_(s) {
@@ -301,8 +303,8 @@ class DeviceReduceScatter final : public Algorithm {
     DeviceAttempt& reduced = reduced_;
     reduced.run(s_.rank, s, [&](cuda::DeviceBuffer& b) {
       parts_.owner->update(g.msgs, g.sizes, s);
-      return parts_.ownerFeedback->step(parts_.owner->estimate(), b, plain() ? std::optional<uint64_t>(step)
-                                                                             : std::nullopt, stream);
+      return parts_.ownerFeedback->step(parts_.owner->estimate(), b, perRound() ? std::optional<uint64_t>(step)
+                                                                                : std::nullopt, stream);
     });
     st.aggregateSeconds += secondsSince(t0);
 
@@ -376,7 +378,8 @@ class DeviceReduceScatter final : public Algorithm {
     std::vector<std::unique_ptr<DeviceAggregate>> mirrors;
   };
 
-  bool plain() const { return s_.feedback == "none"; }  // canonical spec: "none" has no parameters
+  // The aggregate is the round's sum (none, EF14), not a running estimate.
+  bool perRound() const { return !feedback::parseConfig(s_.feedback, /*receiver=*/true).additive(); }
 
   static std::exception_ptr firstError(const std::vector<DeviceAttempt>& parts) {
     for (const DeviceAttempt& a : parts)
@@ -386,16 +389,17 @@ class DeviceReduceScatter final : public Algorithm {
 
   void build(Parts& p) const {
     cuda::DeviceGuard guard(s_.device->device());
-    const std::string mirror = plain() ? "none" : "ef21";
+    const std::string mirror = perRound() ? "none" : "ef21";
     for (int c = 0; c < s_.n; ++c) {
-      p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.worker, s_.compressor));
+      p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.worker, chunks_.compressorFor(s_.compressor, c)));
       p.mirrors.push_back(std::make_unique<DeviceAggregate>(mirror, 1, std::vector<double>{1.0},
                                                             std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }
     const std::vector<int64_t> own{chunks_.length(s_.rank)};
-    p.owner = std::make_unique<DeviceAggregate>(plain() ? "none" : s_.feedback, s_.n, s_.weights, own, s_.dtype);
+    p.owner = std::make_unique<DeviceAggregate>(s_.feedback, s_.n, s_.weights, own, s_.dtype);
     p.ownerFeedback =
-        std::make_unique<cuda::DeviceFeedback>(plain() ? "none" : "ef21:init=compressed", s_.compressor);
+        std::make_unique<cuda::DeviceFeedback>(perRound() ? s_.feedback : "ef21:init=compressed",
+                                               chunks_.compressorFor(s_.compressor, s_.rank));
   }
 
   SlotSetup s_;

@@ -1,6 +1,7 @@
 #include "comm/reducer_algorithms.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <exception>
 #include <optional>
@@ -9,7 +10,9 @@
 #include "comm/backend.hpp"
 #include "common/bytes.hpp"
 #include "common/dispatch.hpp"
+#include "common/spec.hpp"
 #include "compress/powersgd.hpp"
+#include "feedback/common.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
@@ -148,14 +151,14 @@ class AllgatherAlgorithm final : public Algorithm {
 
 // Rank c owns chunk c. Every rank keeps a worker per chunk (its own error feedback on that part
 // of its vector), the owner's aggregate of its own chunk, and a mirror per chunk of what the
-// owners broadcast. The owner's second compression is EF21-BC's b += C(g - b) (Gruntkowska et
-// al. 2023, EF21-BC; docs/algorithms.md), so the re-compression error is fed back too; with `none`
-// it is plain C(g).
+// owners broadcast. The owner's second compression feeds its error back too (build()): EF21-BC's
+// b += C(g - b) (Gruntkowska et al. 2023; docs/algorithms.md) for the EF21 family and EControl,
+// EF14 on the round's sum for EF14, and plain C(g) with `none`.
 class ReduceScatterAlgorithm final : public Algorithm {
  public:
   explicit ReduceScatterAlgorithm(const SlotSetup& s) : s_(s) {
     chunks_ = {ConstTensorView{nullptr, s.dtype, s.shape}.numel(), s.n};
-    build(workers_, owner_, ownerCompressor_, mirrors_);
+    build(workers_, owner_, ownerFeedback_, mirrors_);
   }
 
   void run(Backend& backend, const ConstTensorView& x, const TensorView& out, uint64_t step, ReducerStats& st,
@@ -200,7 +203,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
     Attempt reduced;
     reduced.run(s_.rank, [&] {
       owner_->update(ptrs);
-      return ownerCompressor_ ? ownerCompressor_->compress(owner_->estimate(), step) : owner_->lastBroadcast();
+      return ownerFeedback_ ? ownerFeedback_->step(owner_->estimate(), step) : owner_->lastBroadcast();
     });
     st.aggregateSeconds += secondsSince(t0);
 
@@ -241,25 +244,25 @@ class ReduceScatterAlgorithm final : public Algorithm {
       sd.merge(mirrors_[c]->stateDict(), "chunk/" + std::to_string(c) + "/mirror.");
     }
     sd.merge(owner_->stateDict(), "owner.");
-    if (ownerCompressor_) sd.merge(ownerCompressor_->stateDict(), "owner_compressor.");
+    if (ownerFeedback_) sd.merge(ownerFeedback_->stateDict(), "owner_feedback.");
     return sd;
   }
 
   void loadStateDict(const StateDict& state) override {
     std::vector<std::unique_ptr<Feedback>> workers;
     std::unique_ptr<Aggregate> owner;
-    std::unique_ptr<Compressor> ownerCompressor;
+    std::unique_ptr<Feedback> ownerFeedback;
     std::vector<std::unique_ptr<Aggregate>> mirrors;
-    build(workers, owner, ownerCompressor, mirrors);
+    build(workers, owner, ownerFeedback, mirrors);
     for (size_t c = 0; c < workers.size(); ++c) {
       workers[c]->loadStateDict(state.sub("chunk/" + std::to_string(c) + "/worker."));
       mirrors[c]->loadStateDict(state.sub("chunk/" + std::to_string(c) + "/mirror."));
     }
     owner->loadStateDict(state.sub("owner."));
-    if (ownerCompressor) ownerCompressor->loadStateDict(state.sub("owner_compressor."));
+    if (ownerFeedback) ownerFeedback->loadStateDict(state.sub("owner_feedback."));
     workers_ = std::move(workers);
     owner_ = std::move(owner);
-    ownerCompressor_ = std::move(ownerCompressor);
+    ownerFeedback_ = std::move(ownerFeedback);
     mirrors_ = std::move(mirrors);
   }
 
@@ -271,21 +274,29 @@ class ReduceScatterAlgorithm final : public Algorithm {
     return nullptr;
   }
 
+  // The owner's re-compression follows the workers' kind of feedback. Where the aggregate is
+  // this round's sum (none, EF14), the owner compresses it with the same method: plain C(g), or
+  // EF14 on g (error-compensated at the server as at the workers, Tang et al. 2019,
+  // "DoubleSqueeze", Algorithm 1), and the mirrors take each broadcast as the chunk's value.
+  // Where it is a running estimate (the EF21 family, EControl), EF21-BC tracks it (b += C(g -
+  // b)) and the mirrors add the broadcasts. (EF21-BC on a sum that changes every round lags it:
+  // EF14's residual was lost, worse than no feedback.)
   void build(std::vector<std::unique_ptr<Feedback>>& workers, std::unique_ptr<Aggregate>& owner,
-             std::unique_ptr<Compressor>& ownerCompressor, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
-    const bool plain = s_.feedback == "none";  // canonical spec: "none" has no parameters
+             std::unique_ptr<Feedback>& ownerFeedback, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
+    const bool perRound = !feedback::parseConfig(s_.feedback, /*receiver=*/true).additive();
     for (int c = 0; c < s_.n; ++c) {
-      workers.push_back(makeFeedback(s_.worker, makeCompressor(s_.compressor)));
-      mirrors.push_back(std::make_unique<Aggregate>(plain ? "none" : "ef21", 1, std::vector<double>{1.0},
+      workers.push_back(makeFeedback(s_.worker, makeCompressor(chunks_.compressorFor(s_.compressor, c))));
+      mirrors.push_back(std::make_unique<Aggregate>(perRound ? "none" : "ef21", 1, std::vector<double>{1.0},
                                                     std::vector<int64_t>{chunks_.length(c)}, s_.dtype));
     }
     const std::vector<int64_t> own{chunks_.length(s_.rank)};
-    if (plain) {
-      owner = std::make_unique<Aggregate>("none", s_.n, s_.weights, own, s_.dtype);
-      ownerCompressor = makeCompressor(s_.compressor);
+    const std::string ownCompressor = chunks_.compressorFor(s_.compressor, s_.rank);
+    if (perRound) {
+      owner = std::make_unique<Aggregate>(s_.feedback, s_.n, s_.weights, own, s_.dtype);
+      ownerFeedback = makeFeedback(s_.feedback, makeCompressor(ownCompressor));
     } else {
       owner = std::make_unique<Aggregate>(s_.feedback, s_.n, s_.weights, own, s_.dtype,
-                                          std::shared_ptr<Compressor>(makeCompressor(s_.compressor)));
+                                          std::shared_ptr<Compressor>(makeCompressor(ownCompressor)));
     }
   }
 
@@ -293,7 +304,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
   Chunks chunks_;
   std::vector<std::unique_ptr<Feedback>> workers_;
   std::unique_ptr<Aggregate> owner_;
-  std::unique_ptr<Compressor> ownerCompressor_;  // `none` only: the owner's plain re-compression
+  std::unique_ptr<Feedback> ownerFeedback_;  // none, EF14: the owner's re-compression of its sum
   std::vector<std::unique_ptr<Aggregate>> mirrors_;
 };
 
@@ -530,6 +541,25 @@ DType payloadDType(const Descriptor& d, const SlotSetup& s) {
 }
 
 int64_t Chunks::begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d), n, c)); }
+
+std::string Chunks::compressorFor(const std::string& spec, int c) const {
+  SpecParams sp = SpecParams::parse(spec);
+  if ((sp.name() != "topk" && sp.name() != "randk") || !sp.has("k") || d == 0) return spec;
+  const int64_t k = *sp.getInt("k");
+  const auto share = static_cast<int64_t>(std::llround(static_cast<double>(k) * static_cast<double>(length(c)) /
+                                                       static_cast<double>(d)));
+  // The canonical spec is name:key=value,...: replace the k=... parameter.
+  const size_t colon = spec.find(':');
+  std::string out = spec.substr(0, colon + 1);
+  size_t at = colon + 1;
+  while (at <= spec.size()) {
+    const size_t end = std::min(spec.find(',', at), spec.size());
+    const std::string item = spec.substr(at, end - at);
+    out += (at > colon + 1 ? "," : "") + (item.rfind("k=", 0) == 0 ? "k=" + std::to_string(std::max<int64_t>(1, share)) : item);
+    at = end + 1;
+  }
+  return out;
+}
 
 uint64_t allreduceTraffic(size_t count, size_t item, int n, int rank) {
   const size_t own = partBegin(count, n, rank + 1) - partBegin(count, n, rank);

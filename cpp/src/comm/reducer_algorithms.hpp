@@ -119,6 +119,10 @@ struct Chunks {
   int64_t length(int c) const { return begin(c + 1) - begin(c); }
   ConstTensorView of(const ConstTensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
   TensorView of(const TensorView& x, int c) const { return flatPart(x, begin(c), length(c)); }
+  /// The compressor spec for chunk c: an explicit TopK/RandK `k` counts coordinates of the whole
+  /// vector, so a chunk keeps its share, max(1, round(k length(c) / d)) (the chunks together keep
+  /// about k, as `ratio` does; k on every chunk would send n times the bytes). Others: `spec`.
+  std::string compressorFor(const std::string& spec, int c) const;
 };
 
 /// What a rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes over
