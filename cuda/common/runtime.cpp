@@ -69,6 +69,8 @@ struct DeviceResources {
   HostMailbox::Layout* mailDevice = nullptr;
   uint32_t* tickets = nullptr;
   cudaEvent_t event = nullptr;
+  cudaStream_t side = nullptr;
+  cudaEvent_t sideDone = nullptr;
 };
 
 struct ThreadResources {
@@ -83,6 +85,8 @@ struct ThreadResources {
       if (r.mailHost) cudaFreeHost(r.mailHost);
       if (r.tickets) cudaFree(r.tickets);
       if (r.event) cudaEventDestroy(r.event);
+      if (r.sideDone) cudaEventDestroy(r.sideDone);
+      if (r.side) cudaStreamDestroy(r.side);
     }
     cudaGetLastError();
   }
@@ -238,6 +242,18 @@ cudaEvent_t mailEvent() {
   DeviceResources& r = resources();
   if (!r.event) EFCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&r.event, cudaEventDisableTiming));
   return r.event;
+}
+
+cudaStream_t sideStream() {
+  DeviceResources& r = resources();
+  if (!r.side) EFCOMM_CUDA_CHECK(cudaStreamCreateWithFlags(&r.side, cudaStreamNonBlocking));
+  return r.side;
+}
+
+cudaEvent_t sideEvent() {
+  DeviceResources& r = resources();
+  if (!r.sideDone) EFCOMM_CUDA_CHECK(cudaEventCreateWithFlags(&r.sideDone, cudaEventDisableTiming));
+  return r.sideDone;
 }
 
 HostMailbox mailbox() {

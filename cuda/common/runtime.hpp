@@ -92,6 +92,11 @@ HostMailbox mailbox();
 /// The calling thread's event on the current device for waiting on part of a stream (created
 /// once, without timing).
 cudaEvent_t mailEvent();
+/// The calling thread's second stream on the current device (non-blocking, created once) and
+/// an event for joining it back: work that runs beside a call's main stream (the checksum
+/// beside a decode), always joined before the call returns.
+cudaStream_t sideStream();
+cudaEvent_t sideEvent();
 /// Zeroes the first `count` flag words of the mailbox (host stores; call with no kernel of
 /// this thread in flight that writes them) and returns their device address.
 uint32_t* clearMailboxFlags(int count = HostMailbox::kFlagWords);

@@ -3,6 +3,7 @@
 #include "common/wire.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <mutex>
 #include <vector>
@@ -159,6 +160,7 @@ struct SealArgs {
   HostMailbox::Layout* mail = nullptr;  // the checksum, the first headCopy bytes and `tail`, or nullptr
   uint32_t headCopy = 0;
   const uint8_t* tail = nullptr;  // 5 bytes copied to mail->tail
+  uint32_t maxBlocks = 0;         // the grid's cap (0: one block per multiprocessor)
 };
 
 // Publishes the checksum (and readMessage's header copy) from the finishing block.
@@ -341,7 +343,8 @@ void prepareDevice() {
 
 void launchSeal(const SealArgs& a, const HeaderImage& h, bool aligned, uint64_t chunks, cudaStream_t stream) {
   const uint64_t items = chunks * a.unitsPerChunk;
-  const unsigned grid = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(items, smCount())));
+  const uint64_t blocks = a.maxBlocks ? std::min<uint64_t>(a.maxBlocks, smCount()) : smCount();
+  const unsigned grid = static_cast<unsigned>(std::max<uint64_t>(1, std::min<uint64_t>(items, blocks)));
   if (aligned) sealKernel<true><<<grid, kCrcThreads, kRowTabBytes, stream>>>(a, h);
   else sealKernel<false><<<grid, kCrcThreads, kRowTabBytes, stream>>>(a, h);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
@@ -559,7 +562,7 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
   return h;
 }
 
-PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream) {
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream, double checksumShare) {
   checkMessageArgs(msg, size);
   const auto* dmsg = static_cast<const uint8_t*>(msg);
   // The header prefix and the last 5 bytes into the mailbox, then the checksum kernel; the host
@@ -569,24 +572,43 @@ PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t strea
   copyHeadTailKernel<<<1, 256, 0, stream>>>(dmsg, size, static_cast<uint32_t>(headCopy), mail.device);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
   PendingMessage p;
+  const bool beside = checksumShare > 0;
+  cudaStream_t checksumStream = stream;
   try {  // from here on a kernel of this call may be in flight
+    if (beside) checksumStream = sideStream();
     const cudaEvent_t copied = mailEvent();
     EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
+    // The side stream starts after the copies, and so after whatever wrote the message.
+    if (beside) EFCOMM_CUDA_CHECK(cudaStreamWaitEvent(checksumStream, copied, 0));
     SealArgs a;
     a.data = dmsg;
     a.size = size - 4;
     a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
-    enqueueChecksum(a, nullptr, stream);
+    if (beside) {
+      const double sms = smCount();
+      a.maxBlocks = static_cast<uint32_t>(std::clamp(std::ceil(checksumShare * sms), 1.0, sms));
+    }
+    enqueueChecksum(a, nullptr, checksumStream);
+    if (beside) {
+      p.checked = sideEvent();
+      EFCOMM_CUDA_CHECK(cudaEventRecord(p.checked, checksumStream));
+    }
     traceMark(stream, "verify");
     EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
     p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
                            size, stream);
   } catch (...) {
-    (void)cudaStreamSynchronize(stream);  // no kernel outlives the call (scratch, ticket, mailbox)
+    // No kernel outlives the call (scratch, ticket, mailbox).
+    (void)cudaStreamSynchronize(stream);
+    if (checksumStream != stream) (void)cudaStreamSynchronize(checksumStream);
     throw;
   }
   p.stored = loadAs<uint32_t>(mail.host->tail + 1);
   return p;
+}
+
+void joinMessageRead(const PendingMessage& p, cudaStream_t stream) {
+  if (p.checked) EFCOMM_CUDA_CHECK(cudaStreamWaitEvent(stream, p.checked, 0));
 }
 
 void finishMessageRead(const PendingMessage& p) { checkChecksum(p.stored, mailbox().host->checksum); }

@@ -81,11 +81,18 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
 /// next follows it without a synchronization in between. After the stream's next
 /// synchronization, finishMessageRead compares the checksum (CorruptMessageError). Uses the
 /// calling thread's mailbox: no other message read on this thread in between.
+///
+/// With `checksumShare` in (0, 1] the checksum kernel runs on the thread's side stream instead,
+/// beside what `stream` does next (the decode), on at most that share of the multiprocessors
+/// (the rest are the decode's); joinMessageRead then makes `stream` wait for it, before the
+/// synchronization that precedes finishMessageRead (and before any return, errors included).
 struct PendingMessage {
   DeviceMessageHeader header;
-  uint32_t stored = 0;  // the message's trailer
+  uint32_t stored = 0;            // the message's trailer
+  cudaEvent_t checked = nullptr;  // with the checksum on the side stream: recorded after it
 };
-PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream);
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream, double checksumShare = 0);
+void joinMessageRead(const PendingMessage& pending, cudaStream_t stream);
 void finishMessageRead(const PendingMessage& pending);
 
 }  // namespace efcomm::cuda

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <string>
@@ -262,61 +263,82 @@ TEST(CudaCompress, NonFiniteInputThrowsAndLeavesTheStep) {
   EXPECT_THROW(cuda::compress(*c, viewOf(dx.p, DType::kFloat32, 16), out), NonFiniteError);
 }
 
+const std::vector<std::string>& corruptionSpecs() {
+  static const std::vector<std::string> s = {"identity", "sign", "qsgd:levels=16,seed=3", "natural:seed=5",
+                                             "randk:ratio=0.1,seed=7", "quant:bits=8,block=256", "cast:dtype=bf16"};
+  return s;
+}
+
+// Damaged, truncated and misdirected messages of one compressor are rejected, each as what it is.
+void corruptionChecks(const std::string& spec) {
+  auto c = makeCompressor(spec);
+  const int64_t n = 70001;
+  const std::vector<uint8_t> x = input(DType::kFloat32, n, 3);
+  Dev dx(x);
+  cuda::DeviceBuffer out;
+  const size_t size = cuda::compress(*c, viewOf(dx.p, DType::kFloat32, n), out);
+  std::vector<uint8_t> bytes = gputest::bytesOf(out, size);
+  Dev dy(static_cast<size_t>(n) * 4);
+  const TensorView y{dy.p, DType::kFloat32, {n}};
+  // A flipped payload byte: checksum mismatch.
+  std::vector<uint8_t> flipped = bytes;
+  flipped[size - 10] ^= 0x10;
+  Dev d1(flipped);
+  EXPECT_THROW(cuda::decompress(d1.p, size, y), CorruptMessageError) << spec;
+  EXPECT_THROW(cuda::accumulate(d1.p, size, y, 1.0), CorruptMessageError) << spec;
+  // One damaged byte that must read as the checksum mismatch it is, whatever check it trips.
+  const auto expectMismatch = [&](size_t at, uint8_t value, const char* what) {
+    std::vector<uint8_t> damaged = bytes;
+    damaged[at] = value;
+    Dev d(damaged);
+    try {
+      cuda::decompress(d.p, size, y);
+      ADD_FAILURE() << spec << ": a damaged " << what << " was accepted";
+    } catch (const CorruptMessageError& e) {
+      EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << spec << ": " << e.what();
+    }
+  };
+  // The last payload byte (sign: padding bits, which a content check would reject), also where
+  // the decode runs before the comparison.
+  expectMismatch(size - 5, bytes[size - 5] ^ 0x80, "last payload byte");
+  // The dtype byte (float32 -> float64, a valid code): the output check would refuse the
+  // float32 `out` (Message::fromBytes reports the mismatch too).
+  expectMismatch(6, 1, "dtype byte");
+  // Truncated: the payload length no longer matches.
+  Dev d2(bytes);
+  EXPECT_THROW(cuda::decompress(d2.p, size - 1, y), CorruptMessageError) << spec;
+  EXPECT_THROW(cuda::decompress(d2.p, 20, y), CorruptMessageError) << spec;
+  // Bad magic.
+  std::vector<uint8_t> magic = bytes;
+  magic[0] ^= 1;
+  Dev d3(magic);
+  EXPECT_THROW(cuda::decompress(d3.p, size, y), CorruptMessageError) << spec;
+  // The intact message at an odd address decodes (unaligned checksum and payload paths).
+  Dev d4(size + 1);
+  ASSERT_EQ(cudaMemcpy(static_cast<uint8_t*>(d4.p) + 1, bytes.data(), size, cudaMemcpyHostToDevice), cudaSuccess);
+  EXPECT_NO_THROW(cuda::decompress(static_cast<uint8_t*>(d4.p) + 1, size, y)) << spec;
+  EXPECT_EQ(dy.get<uint8_t>(), cpuDecode(Message::fromBytes(bytes.data(), size))) << spec;
+  // Wrong output: dtype or size.
+  EXPECT_THROW(cuda::decompress(d2.p, size, TensorView{dy.p, DType::kFloat32, {n - 1}}), InvalidArgument);
+  EXPECT_THROW(cuda::decompress(d2.p, size, TensorView{dy.p, DType::kFloat16, {n}}), InvalidArgument);
+}
+
 TEST(CudaCompress, CorruptAndTruncatedMessagesAreRejected) {
   REQUIRE_GPU();
-  for (const std::string& spec : {"identity", "sign", "qsgd:levels=16,seed=3", "natural:seed=5",
-                                  "randk:ratio=0.1,seed=7", "quant:bits=8,block=256", "cast:dtype=bf16"}) {
-    auto c = makeCompressor(spec);
-    const int64_t n = 70001;
-    const std::vector<uint8_t> x = input(DType::kFloat32, n, 3);
-    Dev dx(x);
-    cuda::DeviceBuffer out;
-    const size_t size = cuda::compress(*c, viewOf(dx.p, DType::kFloat32, n), out);
-    std::vector<uint8_t> bytes = gputest::bytesOf(out, size);
-    Dev dy(static_cast<size_t>(n) * 4);
-    const TensorView y{dy.p, DType::kFloat32, {n}};
-    // A flipped payload byte: checksum mismatch.
-    std::vector<uint8_t> flipped = bytes;
-    flipped[size - 10] ^= 0x10;
-    Dev d1(flipped);
-    EXPECT_THROW(cuda::decompress(d1.p, size, y), CorruptMessageError) << spec;
-    EXPECT_THROW(cuda::accumulate(d1.p, size, y, 1.0), CorruptMessageError) << spec;
-    // One damaged byte that must read as the checksum mismatch it is, whatever check it trips.
-    const auto expectMismatch = [&](size_t at, uint8_t value, const char* what) {
-      std::vector<uint8_t> damaged = bytes;
-      damaged[at] = value;
-      Dev d(damaged);
-      try {
-        cuda::decompress(d.p, size, y);
-        ADD_FAILURE() << spec << ": a damaged " << what << " was accepted";
-      } catch (const CorruptMessageError& e) {
-        EXPECT_NE(std::string(e.what()).find("checksum mismatch"), std::string::npos) << spec << ": " << e.what();
-      }
-    };
-    // The last payload byte (sign: padding bits, which a content check would reject), also where
-    // the decode runs before the comparison.
-    expectMismatch(size - 5, bytes[size - 5] ^ 0x80, "last payload byte");
-    // The dtype byte (float32 -> float64, a valid code): the output check would refuse the
-    // float32 `out` (Message::fromBytes reports the mismatch too).
-    expectMismatch(6, 1, "dtype byte");
-    // Truncated: the payload length no longer matches.
-    Dev d2(bytes);
-    EXPECT_THROW(cuda::decompress(d2.p, size - 1, y), CorruptMessageError) << spec;
-    EXPECT_THROW(cuda::decompress(d2.p, 20, y), CorruptMessageError) << spec;
-    // Bad magic.
-    std::vector<uint8_t> magic = bytes;
-    magic[0] ^= 1;
-    Dev d3(magic);
-    EXPECT_THROW(cuda::decompress(d3.p, size, y), CorruptMessageError) << spec;
-    // The intact message at an odd address decodes (unaligned checksum and payload paths).
-    Dev d4(size + 1);
-    ASSERT_EQ(cudaMemcpy(static_cast<uint8_t*>(d4.p) + 1, bytes.data(), size, cudaMemcpyHostToDevice), cudaSuccess);
-    EXPECT_NO_THROW(cuda::decompress(static_cast<uint8_t*>(d4.p) + 1, size, y)) << spec;
-    EXPECT_EQ(dy.get<uint8_t>(), cpuDecode(Message::fromBytes(bytes.data(), size))) << spec;
-    // Wrong output: dtype or size.
-    EXPECT_THROW(cuda::decompress(d2.p, size, TensorView{dy.p, DType::kFloat32, {n - 1}}), InvalidArgument);
-    EXPECT_THROW(cuda::decompress(d2.p, size, TensorView{dy.p, DType::kFloat16, {n}}), InvalidArgument);
-  }
+  for (const std::string& spec : corruptionSpecs()) corruptionChecks(spec);
+}
+
+// The experiment that bench/gpu_check.sh times (EFCOMM_CUDA_OVERLAP_CHECKSUM=1: the checksum on a
+// second stream beside the decode): the same decodings and the same rejections.
+TEST(CudaCompress, ChecksumBesideTheDecodeGivesTheSameResults) {
+  REQUIRE_GPU();
+  ASSERT_EQ(setenv("EFCOMM_CUDA_OVERLAP_CHECKSUM", "1", 1), 0);
+  struct Unset {
+    ~Unset() { unsetenv("EFCOMM_CUDA_OVERLAP_CHECKSUM"); }
+  } unset;
+  for (const std::string& spec : specs())
+    for (int64_t n : {int64_t{1}, int64_t{70001}, (int64_t{1} << 22) + 3}) crossCheck(spec, DType::kFloat32, n);
+  for (const std::string& spec : corruptionSpecs()) corruptionChecks(spec);
 }
 
 TEST(CudaCompress, PayloadContentRulesAreChecked) {
