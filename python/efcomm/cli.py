@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 from .errors import InvalidArgument, _one_line
@@ -70,8 +71,20 @@ def _runtime(info: dict) -> dict:
 
 
 def _summary(module) -> str:
-    """A module's first docstring paragraph, as one line: a subcommand's --help description."""
-    return " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    """A module's first docstring paragraph, as one line of plain text: a subcommand's --help
+    description (``x`` and :mod:`x` read x: argparse shows the reST markup as typed)."""
+    text = " ".join((module.__doc__ or "").strip().split("\n\n")[0].split())
+    return re.sub(r"(?::\w+:)?(`+)(.+?)\1", r"\2", text)
+
+
+#: options that make a command's problem smaller, in the order the out-of-memory message names them
+_SIZE_OPTIONS = ("dim", "samples", "clients", "size", "sizes", "scaling_size", "topology", "ranks", "instances")
+
+
+def _smaller(args) -> str:
+    """What to ask for after running out of memory: the options of the command that ran."""
+    options = [f"--{o.replace('_', '-')}" for o in _SIZE_OPTIONS if hasattr(args, o)]
+    return f"ask for a smaller problem ({', '.join(options)})" if options else "ask for a smaller problem size"
 
 
 def _cmd_bench(args) -> int:
@@ -153,8 +166,8 @@ def main(argv=None) -> int:
         print(f"{_prog(args)}: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except MemoryError as e:
-        print(f"{_prog(args)}: error: out of memory ({_one_line(e) or 'an allocation failed'}): ask for a smaller "
-              "problem (--dim, --samples, --clients, --ranks)", file=sys.stderr)
+        print(f"{_prog(args)}: error: out of memory ({_one_line(e) or 'an allocation failed'}): {_smaller(args)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

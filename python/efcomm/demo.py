@@ -21,8 +21,8 @@ import tempfile
 import time
 
 from . import _ddp_train
-from .bench._util import (Progress, format_table, machine_info, machine_summary, nonnegative_int, png_path,
-                          positive_float, positive_int, ranks_arg)
+from .bench._util import (Progress, format_table, json_safe, machine_info, machine_summary, png_path, positive_float,
+                          positive_int, ranks_arg, seed32)
 from .bench.allreduce import _bytes
 
 DEFAULT_RANKS = 4
@@ -49,7 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=positive_int, default=d.epochs, help=f"epochs per method (default {d.epochs})")
     p.add_argument("--ratio", type=_ratio, default=DEFAULT_RATIO,
                    help=f"fraction of the gradient TopK keeps (default {DEFAULT_RATIO})")
-    p.add_argument("--seed", type=nonnegative_int, default=d.seed,
+    p.add_argument("--seed", type=seed32, default=d.seed,
                    help=f"initial weights, data split and batch order (default {d.seed})")
     p.add_argument("--out", type=png_path, default=DEFAULT_OUT, metavar="PATH",
                    help=f"where to write the plot, a PNG (default {DEFAULT_OUT} in the current directory)")
@@ -173,7 +173,7 @@ def _summary(result: dict) -> list:
 def main(args) -> int:
     result = run(args)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_safe(result), indent=2))
     else:
         print(render_text(result))
     failed = [r for r in result["rows"] if r["status"] != "ok"]

@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .bench._util import Progress, format_table
+from .bench._util import Progress, format_table, json_safe
 from .errors import InvalidArgument, _one_line
 
 __all__ = ["DumpError", "Dump", "load_dump", "find_dumps", "diagnose", "render_text", "write_plots",
@@ -804,21 +804,6 @@ def _verdict(res: dict) -> str:
 
 # ---- output -------------------------------------------------------------------------------------
 
-def _plain(obj):
-    """JSON-safe: NaN and infinities become null, numpy scalars Python numbers, tuples lists."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 def _f(v, fmt="{:.2f}"):
     return "-" if v is None or not math.isfinite(v) else fmt.format(v)
 
@@ -1021,7 +1006,7 @@ def main(args) -> int:
         print(f"efcomm doctor: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(_plain(res), indent=2))
+        print(json.dumps(json_safe(res), indent=2))
     else:
         print(render_text(res))
     return res["exit_code"]

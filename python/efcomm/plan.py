@@ -152,7 +152,15 @@ class Topology:
                                       f"'{{') nor a readable file: {e.strerror or e}") from e
         else:
             raise InvalidArgument(f"Topology.from_json: expected JSON text or a path, got {type(path_or_text).__name__}")
-        return cls(_core._Topology.from_json(text))
+        where = "" if text is path_or_text else f"{os.fspath(path_or_text)}: "
+        try:
+            impl = _core._Topology.from_json(text)
+        except InvalidArgument as e:
+            # The core names its C++ function, and a field of the top-level object by an empty path
+            # ("plan.Topology.fromJson: : missing field"); the reader wants this name and the file.
+            raise InvalidArgument(f"Topology.from_json: {where}"
+                                  + re.sub(r"^plan\.Topology\.fromJson: (: )?", "", str(e))) from None
+        return cls(impl)
 
     def to_json(self) -> str:
         """The JSON description: nodes (kind, plane, group, name), links (from, to, gbps, failed),
@@ -623,6 +631,11 @@ def _parse_value(kind, key: str, text: str, spec: str):
         raise InvalidArgument(f"--topology {spec!r}: {key} must be {what}, got {text!r}") from None
 
 
+def _flag(key: str) -> str:
+    """The ``efcomm plan`` option that sets a topology key: --nics for nics_per_host, else --key."""
+    return "--nics" if key == "nics_per_host" else "--" + key.replace("_", "-")
+
+
 def parse_topology(spec: str, overrides: Optional[dict] = None) -> Tuple[Topology, dict]:
     """A topology from a spec "leaf_spine:leaves=8,spines=4,hosts_per_leaf=4" or "clos:k=8"
     (keys as the constructors' arguments; nics = nics_per_host), ``overrides`` (values not None)
@@ -650,8 +663,7 @@ def parse_topology(spec: str, overrides: Optional[dict] = None) -> Tuple[Topolog
         if value is None:
             continue
         if key not in keys:
-            flag = "--" + key.replace("_", "-")
-            raise InvalidArgument(f"{flag} does not apply to a {kind} topology (its keys: {', '.join(keys)})")
+            raise InvalidArgument(f"{_flag(key)} does not apply to a {kind} topology (its keys: {', '.join(keys)})")
         if key in params and params[key] != value:
             raise InvalidArgument(f"{key} is given both in --topology ({params[key]}) and as a flag ({value})")
         params[key] = value
@@ -772,7 +784,7 @@ def _build(args) -> Tuple[Topology, dict]:
     if args.topology_json:
         given = [k for k, v in overrides.items() if v is not None]
         if given:
-            raise InvalidArgument(f"--topology-json describes the whole fabric: drop --{given[0].replace('_', '-')}")
+            raise InvalidArgument(f"--topology-json describes the whole fabric: drop {_flag(given[0])}")
         topo = Topology.from_json(args.topology_json)
         return topo, {"kind": "json", "file": args.topology_json}
     return parse_topology(args.topology or _DEFAULT_TOPOLOGY, overrides)
@@ -794,6 +806,11 @@ def run(args, progress: bool = False) -> dict:
         raise InvalidArgument(f"--fail-links must be >= 0, got {args.fail_links}")
     if args.seed < 0:
         raise InvalidArgument(f"--seed must be >= 0, got {args.seed}")
+    last = args.seed + (args.ecmp_seeds - 1 if "ecmp" in strategies else 0)
+    if last >= 1 << 64:  # the planner's seeds are uint64s
+        what = (f"--seed {args.seed} with --ecmp-seeds {args.ecmp_seeds}: ecmp plans with seeds --seed to --seed + "
+                f"{args.ecmp_seeds - 1}, which must be" if last > args.seed else f"--seed {args.seed} must be")
+        raise InvalidArgument(f"{what} below 2^64: give --seed at most {(1 << 64) - 1 - (last - args.seed)}")
     nbytes = parse_bytes(args.bytes)
     export_strategy = args.export_strategy or ("split" if "split" in strategies else strategies[-1])
     if args.export and export_strategy not in strategies:
@@ -1008,13 +1025,15 @@ def render_text(res: dict) -> str:
 
 def main(args) -> int:
     """``efcomm plan``: 0 on success, 2 for bad input."""
+    from .bench._util import json_safe
+
     try:
         res = run(args, progress=args.progress)
     except (InvalidArgument, OSError) as e:
         print(f"efcomm plan: error: {_one_line(e)}", file=sys.stderr)
         return 2
     if args.json:
-        print(json.dumps(res, indent=2))
+        print(json.dumps(json_safe(res), indent=2))
     else:
         print(render_text(res))
     return 0

@@ -148,6 +148,23 @@ def test_bad_numbers_are_rejected(argv, message, capsys):
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, message", [
+    # An infinite --min-time timed forever; a negative or NaN one was taken silently.
+    ([*SMALL, "--min-time", "inf"], "argument --min-time: must be a finite number >= 0, got inf"),
+    ([*SMALL, "--min-time", "-1"], "argument --min-time: must be a finite number >= 0, got -1"),
+    (["bench", "feedback", "--min-time", "nan"], "argument --min-time: must be a finite number >= 0, got nan"),
+    (["bench", "feedback", "--min-time", "inf"], "argument --min-time: must be a finite number >= 0, got inf"),
+    (["bench", "faults", "--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+])
+def test_bad_numbers_are_rejected_by_the_parser(argv, message, capsys):
+    """Parsing only: a value the parser let through would run (and an infinite --min-time, forever)."""
+    from efcomm.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_bad_input_is_one_line_and_status_2(capsys, tmp_path):
     assert main(["bench", "feedback", "--size", "64", "--compressor", "bogus"]) == 2
     err = capsys.readouterr().err
@@ -183,6 +200,7 @@ def test_gpu_report_renders_a_device_run_and_fits_the_size_sweep(tmp_path, capsy
     result = {"device": "Test GPU", "size": n, "repeats": 3, "copy_seconds": 8 * n / copy / 1e9, "copy_gbps": copy,
               "compressors": [{"spec": s, "message_bytes": m, "compress_seconds": call(m, 20e-6, 1500),
                                "decompress_seconds": call(m, 30e-6, 1000),
+                               "decompress_beside_seconds": call(m, 0, 1600),
                                "compress_gbps": (4 * n + m) / call(m, 20e-6, 1500) / 1e9,
                                "decompress_gbps": (4 * n + m) / call(m, 30e-6, 1000) / 1e9}
                               for s, m in specs.items()],
@@ -207,4 +225,45 @@ def test_gpu_report_renders_a_device_run_and_fits_the_size_sweep(tmp_path, capsy
     assert "| `sign` | decompress | 30.0 us | 1000 |" in rows["decompress"]
     assert rows["decompress"].endswith("| 50 % |")  # 1000 of 2000 GB/s once the fixed cost is gone
     assert "| TopK 1 % at least 2x faster than torch.topk | no GPU here | SKIP |" in text
+    after = text.split("with the checksum beside the decode")[1]
+    beside = next(ln for ln in after.splitlines() if ln.startswith("| `sign` |"))
+    assert beside.endswith("| 80 % |")  # 1600 of 2000 GB/s
     assert "| EF21 step within 1.5x of TopK alone | 1.20x | PASS |" in text
+
+
+def test_min_time_zero_is_exactly_the_repeats(capsys):
+    assert main([*SMALL, "--only", "identity", "--json"]) == 0
+    rows = {r["key"]: r for r in json.loads(capsys.readouterr().out)["compressors"]}
+    assert rows["identity"]["compress"]["calls"] == 1
+
+
+def test_out_of_memory_names_the_options_of_the_command_that_ran(monkeypatch, capsys):
+    def exhausted(args):
+        raise MemoryError("Unable to allocate 373. GiB for an array with shape (100000000000,)")
+
+    monkeypatch.setattr(bench, "main", exhausted)  # (a real one: --size 100000000000)
+    assert main([*SMALL, "--json"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("efcomm bench compressors: error: out of memory (Unable to allocate 373. GiB") and \
+        err.endswith("ask for a smaller problem (--size)\n") and "--dim" not in err, err
+
+
+@pytest.mark.parametrize("what", ["compressors", "feedback", "allreduce", "ddp", "faults", "plan"])
+def test_help_descriptions_are_plain_text(what, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["bench", what, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and f"efcomm bench {what}" in " ".join(out.split())
+    assert "``" not in out and ":mod:" not in out and "SURVIVE_SIGUSR1" not in out, out
+
+
+def test_json_output_is_strict(capsys):
+    """A throughput of a call too quick for the clock is infinite: --json writes null, not Infinity."""
+    import types
+
+    from efcomm.bench._util import emit
+
+    args = types.SimpleNamespace(json=True, markdown=False, write_docs=None)
+    emit({"gbps": float("inf"), "ratio": float("nan"), "rows": [(1, 2.5)]}, args, str, str, "bench:x")
+    assert json.loads(capsys.readouterr().out, parse_constant=pytest.fail) == \
+        {"gbps": None, "ratio": None, "rows": [[1, 2.5]]}

@@ -41,6 +41,34 @@ def test_parsers():
         main(["bench", "allreduce", "--ranks", "1"])
 
 
+@pytest.mark.parametrize("argv, message", [
+    # Rank 0 failed on default_rng(-1) and the others waited for it.
+    (["--seed", "-1"], "argument --seed: must be >= 0, got -1"),
+    (["--timeout", "nan"], "argument --timeout: must be a finite number > 0, got nan"),
+])
+def test_bad_numbers_are_rejected_by_the_parser(argv, message, capsys):
+    from efcomm.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "allreduce", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_fails_before_the_run(capsys, monkeypatch, tmp_path):
+    """The plot is drawn after minutes of measuring: a missing matplotlib is bad input at once."""
+    import sys
+
+    from efcomm.cli import build_parser
+
+    png = str(tmp_path / "scaling.png")
+    assert build_parser().parse_args(["bench", "allreduce", "--plot", png]).plot == png
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "allreduce", "--plot", png])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "argument --plot: the plot needs matplotlib: pip install matplotlib" in err
+
+
 @pytest.mark.skipif(MPI_MISSING is not None, reason=f"needs MPI: {MPI_MISSING}")
 def test_two_ranks_unlimited(capsys, tmp_path):
     docs = tmp_path / "benchmarks.md"

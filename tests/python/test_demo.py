@@ -168,6 +168,7 @@ def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
     (["--out", "demo.txt"], "--out: must name a .png file"),
     (["--out", "/nonexistent/demo.png"], "does not exist or is not writable"),
     (["--seed", "-1"], "--seed: must be >= 0"),
+    (["--seed", "4294967296"], "--seed: must be < 2^32 = 4294967296, got 4294967296"),  # scikit-learn's bound
     (["--ratio", "abc"], "--ratio: must be a number"),
     (["--timeout", "0"], "--timeout: must be a finite number > 0"),
     (["--ranks", "43"], "43 ranks x 32 images per step exceed the 1347 training images: at most 42 ranks"),
@@ -175,6 +176,29 @@ def test_a_method_that_cannot_start_is_a_row_with_its_reason(tmp_path):
 def test_demo_bad_input_fails_before_training(argv, message):
     p = _efcomm("demo", *argv, timeout=60)
     assert p.returncode == 2 and message in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("argv, message", [
+    # 0 meant "estimate" and a negative or NaN timeout was taken silently; demo --timeout refuses them.
+    (["--timeout", "0"], "argument --timeout: must be a finite number > 0, got 0"),
+    (["--timeout", "-1"], "argument --timeout: must be a finite number > 0, got -1"),
+    (["--timeout", "nan"], "argument --timeout: must be a finite number > 0, got nan"),
+])
+def test_bench_ddp_bad_input_is_rejected_by_the_parser(argv, message, capsys):
+    from efcomm.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "ddp", *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bench_ddp_plot_without_matplotlib_fails_before_training(capsys, monkeypatch, tmp_path):
+    from efcomm.cli import build_parser
+
+    monkeypatch.setitem(sys.modules, "matplotlib.backends.backend_agg", None)  # import fails
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args(["bench", "ddp", "--plot", str(tmp_path / "ddp.png")])
+    assert e.value.code == 2 and "argument --plot: the plot needs matplotlib" in capsys.readouterr().err
 
 
 def test_bench_ddp_quick(tmp_path):

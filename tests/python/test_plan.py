@@ -447,11 +447,29 @@ def test_cli_topology_json(tmp_path, capsys):
     (["--topology-json", "/nonexistent/fabric.json"], "neither JSON text"),
     (["--ranks", "1"], "--ranks"),
     (["--fail-links", "1000"], "--fail-links"),
+    # The ecmp seeds are --seed + i: the message names the options, not a derived seed.
+    (["--seed", "18446744073709551610"], "--seed 18446744073709551610 with --ecmp-seeds 10: ecmp plans with seeds "
+     "--seed to --seed + 9, which must be below 2^64: give --seed at most 18446744073709551606"),
+    (["--seed", str(1 << 64), "--strategies", "split"], f"--seed {1 << 64} must be below 2^64"),
 ])
 def test_cli_bad_input(argv, message, capsys):
     assert main(["plan", "--no-progress"] + argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("efcomm plan: error:") and message in err
+
+
+def test_cli_topology_json_errors_name_the_option_and_the_file(tmp_path, capsys):
+    fabric, empty = tmp_path / "clos.json", tmp_path / "empty.json"
+    fabric.write_text(P.Topology.clos(k=4).to_json())
+    empty.write_text("{}")
+    assert main(["plan", "--no-progress", "--topology-json", str(fabric), "--nics", "2"]) == 2
+    assert "describes the whole fabric: drop --nics\n" in capsys.readouterr().err
+    assert main(["plan", "--no-progress", "--topology-json", str(empty)]) == 2
+    assert capsys.readouterr().err == f'efcomm plan: error: Topology.from_json: {empty}: missing field "kind"\n'
+    with pytest.raises(ef.InvalidArgument, match=r'^Topology\.from_json: missing field "kind"'):
+        P.Topology.from_json("{}")
+    with pytest.raises(ef.InvalidArgument, match=r"^Topology\.from_json: kind: expected a string"):
+        P.Topology.from_json('{"kind": 3}')
 
 
 def test_cli_plot_must_be_a_png_before_planning(capsys):
@@ -482,3 +500,18 @@ def test_bench_plan_quick(capsys):
     assert {x["pattern"] for x in r["speed"]} == {"ring_allreduce", "hierarchical_allreduce", "alltoall"}
     status = {t["target"]: t["status"] for t in r["targets"]}
     assert status and all(s in ("PASS", "SKIP") for s in status.values()), status
+
+
+def test_bench_plan_command_reproduces_the_run(capsys):
+    import types
+
+    from efcomm.bench import plan as bench
+
+    args = types.SimpleNamespace(quick=True, instances=12, ecmp_seeds=5, seed=3)
+    assert bench.command_line(args) == "efcomm bench plan --quick --ecmp-seeds 5 --seed 3"
+    args = types.SimpleNamespace(quick=False, instances=bench.DEFAULT_INSTANCES, ecmp_seeds=bench.DEFAULT_ECMP_SEEDS,
+                                 seed=0)
+    assert bench.command_line(args) == "efcomm bench plan"
+    with pytest.raises(SystemExit) as e:  # was a numpy traceback after parsing
+        main(["bench", "plan", "--quick", "--seed", "-1"])
+    assert e.value.code == 2 and "argument --seed: must be >= 0, got -1" in capsys.readouterr().err

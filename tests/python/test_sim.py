@@ -155,6 +155,27 @@ def test_run_records_history_and_bits(tmp_path):
     assert float(rows[-1]["bits"]) == r.history["bits"][-1]
 
 
+def test_ef21w_weights_are_the_problems():
+    p = sim.Counterexample()
+    for spec in ("ef21w:n=3", "ef21w:weight=0.5,init=full"):
+        with pytest.raises(ef.InvalidArgument, match="EF21-W's weight and n come from the problem"):
+            sim.run(p, spec, "topk:k=1", rounds=2)
+    assert not sim.run(p, "ef21w:init=compressed", "topk:k=1", rounds=2).diverged
+
+
+def test_client_seeds_stay_in_range():
+    from efcomm.sim.runner import client_specs
+
+    # base * 1000 + i passed the core's int64 seeds for a large base: the clients' seeds wrap around.
+    specs = client_specs("randk:ratio=0.5,seed=18446744073709551", 3)
+    seeds = [int(s.rsplit("seed=", 1)[1]) for s in specs]
+    assert len(set(seeds)) == 3 and all(0 <= v < 2 ** 63 for v in seeds)
+    assert [ef.compressor(s).spec for s in specs]
+    assert client_specs("randk:ratio=0.5,seed=2", 2) == ["randk:ratio=0.5,seed=2000", "randk:ratio=0.5,seed=2001"]
+    r = sim.run(sim.Counterexample(), "ef21", "randk:ratio=0.5,seed=9223372036854775807", rounds=3)
+    assert r.rounds_run == 3
+
+
 def test_plots_written(tmp_path):
     pytest.importorskip("matplotlib")
     p = sim.Counterexample()
@@ -202,6 +223,33 @@ def test_cli_json(tmp_path, capsys):
         assert list(tmp_path.glob("*.png"))
 
 
+def test_cli_json_is_strict_when_a_run_diverges(tmp_path, capsys):
+    """A diverged run's infinite |grad f|^2 is null in stdout and summary.json, not Infinity."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # the overflow is the divergence, not a warning
+        assert cli_main(["sim", "--rounds", "50", "--stepsize", "1e200", "--json", "--no-plots", "--no-progress",
+                         "--out", str(tmp_path)]) == 0
+    out = json.loads(capsys.readouterr().out, parse_constant=pytest.fail)
+    assert out == json.loads((tmp_path / "summary.json").read_text(), parse_constant=pytest.fail)
+    run = out["runs"][0]
+    assert run["diverged"] and run["final"]["grad_norm_sq"] is None
+    r = sim.run(sim.Counterexample(), "ef21", "topk:k=1", rounds=50, stepsize=1e200)
+    assert math.isinf(r.final["grad_norm_sq"])  # the API's history keeps the number
+    json.dumps(r.to_dict(history=True), allow_nan=False)
+
+
+def test_cli_without_matplotlib_notes_on_stderr(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails
+    assert cli_main(["sim", "--rounds", "5", "--out", str(tmp_path), "--json", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["plots"] == []
+    assert captured.err.startswith("note: no plots (plots need matplotlib")
+
+
 def test_cli_table(capsys):
     rc = cli_main(["sim", "--problem", "lsq", "--clients", "3", "--dim", "5", "--samples", "8",
                    "--feedback", "ef21", "--compressor", "topk:k=2", "--rounds", "20"])
@@ -241,6 +289,11 @@ def test_cli_rejects_bad_numbers(argv, message, capsys):
     (["--compressor", "powersgd:rank=1", "--problem", "lsq", "--dim", "5", "--samples", "5"],
      "the theory stepsize needs a contractive compressor (alpha > 0), but powersgd:rank=1 has alpha = 0: "
      "give a number instead"),
+    # EF21-W's weights are the problem's: given in the spec as well, make() got them twice (a TypeError).
+    (["--feedback", "ef21w:weight=0.5"], "ef21w:weight=0.5: EF21-W's weight and n come from the problem"),
+    (["--feedback", "ef21w:n=3"], "drop n= from the feedback spec"),
+    # A client's seed derives from the spec's: the error names the seed as given.
+    (["--compressor", "randk:ratio=0.5,seed=1.5"], "randk: parameter seed='1.5' is not an integer"),
 ])
 def test_cli_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert cli_main(["sim", "--rounds", "2", "--no-plots", *argv]) == 2

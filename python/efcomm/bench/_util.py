@@ -204,12 +204,30 @@ def replace_marked_section(path: str, name: str, content: str) -> None:
         f.write(text)
 
 
+def json_safe(obj):
+    """JSON-safe: NaN and infinities become null (strict parsers reject NaN and Infinity), numpy
+    scalars Python numbers, tuples lists."""
+    import numpy as np
+
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    return obj
+
+
 def emit(result: dict, args, render_text: Callable[[dict], str], render_markdown: Callable[[dict], str],
          section: str) -> None:
     """Prints a benchmark result (--json, --markdown or the text tables) and, with --write-docs,
     rewrites its marked section of the markdown file."""
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(json_safe(result), indent=2))
     elif args.markdown:
         print(render_markdown(result))
     else:
@@ -272,6 +290,22 @@ def positive_float(text: str) -> float:
     return v
 
 
+def nonnegative_float(text: str) -> float:
+    """argparse type: a finite float >= 0 (a time that may be zero)."""
+    v = _number(text, float)
+    if not 0 <= v < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def seed32(text: str) -> int:
+    """argparse type: a seed in [0, 2^32), the range numpy's legacy RandomState and scikit-learn take."""
+    v = nonnegative_int(text)
+    if v >= 1 << 32:
+        raise argparse.ArgumentTypeError(f"must be < 2^32 = {1 << 32}, got {v}")
+    return v
+
+
 def png_path(text: str) -> str:
     """argparse type: where a PNG goes, checked before any work: a .png name in an existing,
     writable directory (a plot that fails after minutes of training loses the run's picture)."""
@@ -281,6 +315,18 @@ def png_path(text: str) -> str:
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         raise argparse.ArgumentTypeError(f"{text!r}: the directory {folder} does not exist or is not writable")
     return text
+
+
+def plot_path(text: str) -> str:
+    """argparse type: png_path for a plot drawn after a run of minutes: matplotlib must import now,
+    not once the results are in."""
+    path = png_path(text)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: F401
+    except ImportError:
+        raise argparse.ArgumentTypeError("the plot needs matplotlib: pip install matplotlib, or leave this option "
+                                         "out") from None
+    return path
 
 
 def ranks_arg(text: str) -> int:

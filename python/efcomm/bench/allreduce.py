@@ -41,7 +41,7 @@ from . import _netns
 from ..errors import _one_line
 from .compressors import _error_text
 from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
-                    png_path, positive_float, positive_int, ranks_arg, render_report_markdown,
+                    nonnegative_int, plot_path, positive_float, positive_int, ranks_arg, render_report_markdown,
                     render_report_text, ring_factor, target_summary)
 
 DEFAULT_SIZES = "1M,16M,64M"
@@ -154,12 +154,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quick", action="store_true",
                    help="a smoke run of under a minute: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                                     for k, v in QUICK.items()))
-    g.add_argument("--seed", type=int, default=DEFAULT_SEED, help="rank r's vector uses seed + r (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED,
+                   help="rank r's vector uses seed + r (default 0)")
     g.add_argument("--timeout", type=positive_float, metavar="S",
                    help="seconds allowed per mpiexec launch (default: estimated from the sizes and rate)")
     g.add_argument("--mpiexec", help="the mpiexec to use (default: the one next to this Python, else PATH)")
     add_output_arguments(g, DOCS_SECTION)
-    g.add_argument("--plot", type=png_path, metavar="PNG", help="write the scaling part (bytes per rank and time per call against "
+    g.add_argument("--plot", type=plot_path, metavar="PNG", help="write the scaling part (bytes per rank and time per call against "
                                                  "the number of ranks, per algorithm) to this PNG")
 
 

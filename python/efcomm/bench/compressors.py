@@ -20,8 +20,8 @@ import numpy as np
 from ..compressors import compressor
 from ..errors import InvalidArgument
 from ._util import (Progress, Timing, add_output_arguments, busy_warning, check_status, emit, format_table, gbps,
-                    machine_info, machine_summary, markdown_table, nonnegative_int, positive_int, target_summary,
-                    time_calls)
+                    machine_info, machine_summary, markdown_table, nonnegative_float, nonnegative_int, positive_int,
+                    target_summary, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
@@ -96,7 +96,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
                    help=f"at least this many timed calls per measurement; the best is reported "
                         f"(default {DEFAULT_REPEATS})")
-    g.add_argument("--min-time", type=float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
+    g.add_argument("--min-time", type=nonnegative_float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
                    help="and more calls until each measurement has taken this long in all "
                         f"(default {DEFAULT_MIN_TIME}; 0: exactly --repeats calls)")
     g.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed calls before timing (default 1)")

@@ -33,8 +33,8 @@ from typing import Optional
 from .. import _ddp_train
 from . import _netns
 from ._util import (Progress, Report, add_output_arguments, check_status, emit, load_warnings, machine_info,
-                    png_path, positive_int, ranks_arg, render_report_markdown, render_report_text, result_text,
-                    target_summary)
+                    plot_path, positive_float, positive_int, ranks_arg, render_report_markdown, render_report_text,
+                    result_text, target_summary)
 from .allreduce import _bytes
 
 M = _ddp_train.Method
@@ -107,10 +107,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"runs at the first rate whose accuracies are averaged (default {DEFAULT_SEEDS})")
     g.add_argument("--quick", action="store_true",
                    help="a smoke run: " + ", ".join(f"--{k} {v}" for k, v in QUICK.items()))
-    g.add_argument("--timeout", type=float, metavar="S",
+    g.add_argument("--timeout", type=positive_float, metavar="S",
                    help="seconds a method may take before its ranks are stopped (default: estimated from the rate)")
     add_output_arguments(g, DOCS_SECTION)
-    g.add_argument("--plot", type=png_path, metavar="PNG",
+    g.add_argument("--plot", type=plot_path, metavar="PNG",
                    help="write test accuracy against wall time (seed 0), one panel per rate, to this PNG")
 
 

@@ -1,7 +1,7 @@
 """Fault injection into real MPI jobs watched by ``ef.health.Monitor``: one trial launches N ranks
 of :mod:`efcomm.bench._fault_rank` under ``mpiexec -disable-auto-cleanup`` (so that a killed rank
-does not take the others down with it; see SURVIVE_SIGUSR1), injects one fault, and scores what
-the ranks reported.
+does not take the others down with it: each rank ignores the SIGUSR1 that would end the survivors),
+injects one fault, and scores what the ranks reported.
 
 A trial's verdict for the injected fault (``kind`` on ``rank``; for a slow link the pair):
 - fatal faults (crash, hang): every live rank raised ``CollectiveTimeout`` whose culprits are
@@ -454,7 +454,7 @@ def _ranks_list(text: str) -> tuple:
 
 
 def add_arguments(p) -> None:
-    from ._util import add_output_arguments, positive_int
+    from ._util import add_output_arguments, nonnegative_int, positive_int
 
     g = p.add_argument_group("fault-injection campaign")
     g.add_argument("--trials", type=positive_int, help=f"randomized faulty trials (default {DEFAULT_TRIALS})")
@@ -462,7 +462,7 @@ def add_arguments(p) -> None:
                    help=f"numbers of ranks drawn from (default {','.join(map(str, DEFAULT_RANKS))})")
     g.add_argument("--fault-free-steps", type=positive_int, metavar="N",
                    help=f"fault-free iterations per number of ranks and compute mode (default {DEFAULT_FAULT_FREE_STEPS})")
-    g.add_argument("--seed", type=int, default=0, help="seed of the trial plan (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the trial plan (default 0)")
     g.add_argument("--quick", action="store_true", help="a smoke run: 6 trials on 3 ranks, 20 fault-free steps")
     add_output_arguments(g, DOCS_SECTION)
 

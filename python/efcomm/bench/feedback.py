@@ -15,7 +15,7 @@ import datetime
 import numpy as np
 
 from ._util import (Progress, busy_warning, emit, format_table, gbps, machine_info, machine_summary,
-                    markdown_table, nonnegative_int, positive_int, time_calls)
+                    markdown_table, nonnegative_float, nonnegative_int, positive_int, time_calls)
 
 DEFAULT_SIZE = 1 << 24
 METHODS = ("none", "ef14", "ef21", "ef21sgdm", "econtrol")
@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compressor", default="topk:ratio=0.01", help="compressor spec (default topk:ratio=0.01)")
     p.add_argument("--repeats", type=positive_int, default=5,
                    help="at least this many timed steps per method (default 5)")
-    p.add_argument("--min-time", type=float, default=0.1, metavar="SECONDS",
+    p.add_argument("--min-time", type=nonnegative_float, default=0.1, metavar="SECONDS",
                    help="and more steps until each measurement took this long (default 0.1)")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random gradients (default 0)")
     out = p.add_mutually_exclusive_group()

@@ -222,14 +222,25 @@ def run(args) -> dict:
     completion = _completion(args, progress)
     speed = _speed(args, progress)
     progress.close()
-    cmd = "efcomm bench plan" + (" --quick" if args.quick else "") + (
-        f" --instances {args.instances}" if args.instances != (QUICK if args.quick else {}).get("instances", DEFAULT_INSTANCES) else "")
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": cmd,
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command_line(args),
               "machine": machine, "seconds": time.perf_counter() - t0, "bytes_per_rank": NBYTES,
               "ecmp_seeds": args.ecmp_seeds, "optimality": opt, "completion": completion, "speed": speed,
               "load_average_end": machine_info().get("load_average")}
     result["targets"] = _targets(result, ef)
     return result
+
+
+def command_line(args) -> str:
+    """The command that reproduces the run: the options that differ from their defaults."""
+    base = QUICK if args.quick else {}
+    parts = ["efcomm bench plan"] + (["--quick"] if args.quick else [])
+    if args.instances != base.get("instances", DEFAULT_INSTANCES):
+        parts.append(f"--instances {args.instances}")
+    if args.ecmp_seeds != base.get("ecmp_seeds", DEFAULT_ECMP_SEEDS):
+        parts.append(f"--ecmp-seeds {args.ecmp_seeds}")
+    if args.seed != 0:
+        parts.append(f"--seed {args.seed}")
+    return " ".join(parts)
 
 
 def _target(target: str, ok: Optional[bool], shown: str, reason: str = "") -> dict:
@@ -345,14 +356,14 @@ def render_markdown(result: dict, note: Optional[str] = None) -> str:
 
 
 def add_arguments(p) -> None:
-    from ._util import add_output_arguments, positive_int
+    from ._util import add_output_arguments, nonnegative_int, positive_int
 
     g = p.add_argument_group("traffic-planning benchmark")
     g.add_argument("--instances", type=positive_int,
                    help=f"randomized instances drawn (default {DEFAULT_INSTANCES}; degenerate draws, whose flows all "
                         "stay inside a host, are skipped: the tables count those measured)")
     g.add_argument("--ecmp-seeds", type=positive_int, help=f"ecmp hash seeds per instance (default {DEFAULT_ECMP_SEEDS})")
-    g.add_argument("--seed", type=int, default=0, help="seed of the instances (default 0)")
+    g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the instances (default 0)")
     g.add_argument("--quick", action="store_true",
                    help="a smoke run: 12 instances drawn, small fabrics (the speed targets are not checked)")
     add_output_arguments(g, DOCS_SECTION)

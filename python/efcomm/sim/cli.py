@@ -7,8 +7,9 @@ import argparse
 import json
 import os
 import re
+import sys
 
-from ..bench._util import nonnegative_int, positive_float, positive_int
+from ..bench._util import json_safe, nonnegative_int, positive_float, positive_int
 from ..errors import InvalidArgument
 from . import plots, problems, runner, theory
 
@@ -112,9 +113,10 @@ def main(args) -> int:
         try:
             pngs = plots.plot_all(results, args.out, title=f"{prob.name}: n={prob.n}, d={prob.d}")
         except InvalidArgument as e:
-            print(f"note: no plots ({e})")
-    summary = {"problem": prob.describe(), "constants": consts.to_dict(),
-               "runs": [r.to_dict() for r in results], "plots": pngs}
+            print(f"note: no plots ({e})", file=sys.stderr)  # stdout is the table or the JSON
+    # Strict JSON: a diverged run's infinities (and any other non-finite number) are null.
+    summary = json_safe({"problem": prob.describe(), "constants": consts.to_dict(),
+                         "runs": [r.to_dict() for r in results], "plots": pngs})
     if args.out:
         with open(os.path.join(args.out, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)

@@ -23,6 +23,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from ..bench._util import json_safe
 from ..errors import InvalidArgument, NonFiniteError
 from . import theory
 
@@ -37,6 +38,8 @@ COLUMNS = ("round", "bits", "bits_per_client", "grad_norm_sq", "f", "f_gap", "di
 DIVERGENCE_FACTOR = 1e12
 #: compressors that draw from (seed, step): each client gets its own seed (see :func:`client_specs`)
 RANDOMIZED = ("randk", "qsgd", "natural")
+#: the clients' seeds wrap around here: the core's seeds are int64s >= 0
+SEED_RANGE = 1 << 63
 
 
 def parse_spec(spec: str) -> tuple:
@@ -65,15 +68,18 @@ def _value(s: str):
 
 def client_specs(spec: str, n: int) -> list:
     """One compressor spec per client. A randomized compressor (:data:`RANDOMIZED`) gets seed
-    ``base * 1000 + i`` for client i (base: the spec's seed, default 0), so the clients draw
-    independent coordinates, as the theory of unbiased and random-sparsification compressors
+    ``(base * 1000 + i) mod 2^63`` for client i (base: the spec's seed, default 0), so the clients
+    draw independent coordinates, as the theory of unbiased and random-sparsification compressors
     assumes; other specs are used as given."""
+    import efcomm as ef
+
     name, params = parse_spec(spec)
     if name not in RANDOMIZED:
         return [spec] * n
+    ef.compressor(spec)  # a bad seed (or other parameter) is named as the user wrote it, not as derived
     base = int(params.pop("seed", 0))
     rest = ",".join(f"{k}={v}" for k, v in params.items())
-    return [f"{name}:{rest + ',' if rest else ''}seed={base * 1000 + i}" for i in range(n)]
+    return [f"{name}:{rest + ',' if rest else ''}seed={(base * 1000 + i) % SEED_RANGE}" for i in range(n)]
 
 
 @dataclass
@@ -131,6 +137,8 @@ class RunResult:
                 w.writerow(["" if isinstance(v, float) and math.isnan(v) else _cell(v) for v in row])
 
     def to_dict(self, history: bool = False) -> dict:
+        """The run as JSON-ready values: non-finite numbers (a diverged run's) are None, as strict
+        JSON has no NaN or Infinity."""
         d = {k: getattr(self, k) for k in ("label", "problem", "feedback", "compressor", "stepsize",
                                            "stepsize_rule", "multiplier", "participation", "alpha", "n", "d", "rounds",
                                            "diverged", "diverged_at", "seconds")}
@@ -138,7 +146,7 @@ class RunResult:
                  final=self.final)
         if history:
             d["history"] = {k: [_num(v) for v in self.history[k]] for k in COLUMNS}
-        return d
+        return json_safe(d)
 
 
 def _num(v):
@@ -193,6 +201,11 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     fb_name, fb_params = parse_spec(feedback)
     if fb_name not in FEEDBACKS:
         raise InvalidArgument(f"unknown feedback {fb_name!r}; expected one of {', '.join(FEEDBACKS)}")
+    given = [k for k in ("weight", "n") if k in fb_params]
+    if fb_name == "ef21w" and given:
+        raise InvalidArgument(f"{feedback}: EF21-W's weight and n come from the problem (w_i = L_i / sum_j L_j "
+                              f"over its {problem.n} clients): drop {' and '.join(k + '=' for k in given)} "
+                              "from the feedback spec")
     if rounds < 0:
         raise InvalidArgument(f"rounds must be >= 0, got {rounds}")
     if dtype not in ("float64", "float32"):
@@ -239,8 +252,9 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     t0 = time.perf_counter()
 
     def record(t):
-        gf = G.mean(axis=0)
-        gn = float(gf @ gf)
+        with np.errstate(all="ignore"):  # a diverging run overflows: it is marked diverged, not warned about
+            gf = G.mean(axis=0)
+            gn = float(gf @ gf)
         hist["round"].append(t)
         hist["bits"].append(bits)
         hist["bits_per_client"].append(bits / n)
