@@ -57,8 +57,10 @@ SLOW_LINK_FLOOR_S = 0.002
 SIGNIFICANCE = 5.0
 #: Ranks and links are judged only over at least this many collectives.
 MIN_SAMPLES = 5
-#: Collectives whose median gap over the ranks is below this many seconds were issued back to back
-#: inside one step (no compute before them); ratios of such tiny gaps are noise, so they are left out.
+#: Collectives at which every rank's gap is below this many seconds were issued back to back inside
+#: one step (no compute before them); ratios of such tiny gaps are noise, so they are left out. A
+#: collective carries compute when some rank's gap reaches it, as the live monitor counts
+#: (docs/reliability.md): a straggler whose peers do not compute at all still counts.
 COMPUTE_FLOOR_S = 0.001
 #: A pending collective older than this many seconds when its rank dumped is stuck (the dump's own
 #: ``timeout_floor`` is used when it has one).
@@ -518,8 +520,8 @@ def _stragglers(ranks, recs, complete, one_host: bool) -> dict:
         return empty
     gap = np.array([[recs[r][s].gap for s in complete] for r in ranks])
     enq = np.array([[recs[r][s].enqueue for s in complete] for r in ranks])
-    gref = _column_median(gap)
-    compute = np.isfinite(gref) & (gref >= COMPUTE_FLOOR_S)
+    compute = (np.where(np.isfinite(gap), gap, -np.inf).max(axis=0) >= COMPUTE_FLOOR_S) & (
+        np.isfinite(gap).sum(axis=0) >= 2)
     gtests, _ = _paired(gap[:, compute])
     # Lateness over the compute collectives (a step's first; the later ones inherit the previous end);
     # over all when there are too few.

@@ -190,6 +190,16 @@ def test_straggler_names_the_rank(capsys, tmp_path):
     assert "rank 3" in res["verdict"]
 
 
+def test_straggler_whose_peers_do_not_compute_is_named(capsys, tmp_path):
+    """Only rank 2 computes (50 ms before each step; the others call back to back): those
+    collectives carry compute because one rank's gap reaches the floor, as the live monitor counts
+    (the median gap, 0.2 ms, once hid them: "no collective carried compute")."""
+    code, res = doctor_json(capsys, make_dumps(tmp_path, compute=0.0002, straggler=(2, 250)))
+    assert code == 1
+    assert [(f["kind"], f["ranks"]) for f in res["faults"]] == [("straggler", [2])]
+    assert res["stragglers"]["compute_seqs"] == 24 and res["stragglers"]["rows"][2]["gap_ratio"] > 100
+
+
 def test_slow_link_names_it(capsys, tmp_path):
     code, res = doctor_json(capsys, make_dumps(tmp_path, slow_link=(1, 2, 3.0)))
     assert code == 1
