@@ -103,12 +103,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="efcomm", description="Communication-efficient distributed training.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    info = sub.add_parser("info", help="print the build configuration")
+    info = sub.add_parser("info", help="print the build configuration", epilog="exit status: 0 done")
     info.add_argument("--json", action="store_true", help="machine-readable output")
     info.set_defaults(fn=_cmd_info)
 
     demo = sub.add_parser("demo", help="the main job: DDP training uncompressed, with TopK + EF21 and TopK alone",
-                          description=_summary(demo_module))
+                          description=_summary(demo_module),
+                          epilog="exit status: 0 done, 1 a method failed (its row says why), 2 bad input")
     demo_module.add_arguments(demo)
     demo.set_defaults(fn=demo_module.main)
 

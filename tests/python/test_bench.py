@@ -267,3 +267,13 @@ def test_json_output_is_strict(capsys):
     emit({"gbps": float("inf"), "ratio": float("nan"), "rows": [(1, 2.5)]}, args, str, str, "bench:x")
     assert json.loads(capsys.readouterr().out, parse_constant=pytest.fail) == \
         {"gbps": None, "ratio": None, "rows": [[1, 2.5]]}
+
+
+@pytest.mark.parametrize("argv", [["info"], ["demo"], ["sim"], ["plan"], ["doctor"], ["bench", "compressors"],
+                                  ["bench", "feedback"], ["bench", "allreduce"], ["bench", "ddp"], ["bench", "faults"],
+                                  ["bench", "plan"]])
+def test_every_command_documents_its_exit_status(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--help"])
+    assert e.value.code == 0
+    assert "exit status: 0 " in capsys.readouterr().out
