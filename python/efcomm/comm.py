@@ -284,7 +284,14 @@ class _TorchBackend:
         if self._aborted is None:
             self._aborted = CollectiveTimeout(message, culprits=culprits)
 
-    def _wait(self, work, what: str, timeout: Optional[float]) -> None:
+    def _wait(self, issue, what: str, timeout: Optional[float]) -> None:
+        """Issues a torch collective (issue() returns its work) and waits for it. After a timeout,
+        a failure or an abort, nothing more is issued: the group's next collective would pair
+        with a peer's stale one (gloo then aborts the process), so every later call raises the
+        first error at once, as the MPI and in-process backends do."""
+        if self._aborted is not None:
+            raise self._aborted
+        work = issue()
         # Polled rather than work.wait(timeout): an abort ends the wait at once, and a timeout
         # leaves torch's operation alone instead of failing it half way.
         seconds = timeout if timeout is not None else self._timeout
@@ -294,19 +301,21 @@ class _TorchBackend:
             if self._aborted is not None:
                 raise self._aborted
             if deadline is not None and time.monotonic() > deadline:
-                raise CollectiveTimeout(f"torch.distributed {what} did not complete on rank {self.rank} of "
-                                        f"{self.size} within {seconds:g} s (torch does not say which ranks are "
-                                        "missing); the process group is unusable now")
+                self._aborted = CollectiveTimeout(
+                    f"torch.distributed {what} did not complete on rank {self.rank} of {self.size} within "
+                    f"{seconds:g} s (torch does not say which ranks are missing); the process group is unusable "
+                    "now")
+                raise self._aborted
             time.sleep(pause)
             pause = min(2 * pause, 1e-3)
         try:
             work.wait()
         except Exception as e:  # noqa: BLE001 - torch raises RuntimeError and its subclasses
-            if self._aborted is not None:
-                raise self._aborted from e
-            raise CollectiveTimeout(f"torch.distributed {what} failed on rank {self.rank} of {self.size}: "
-                                    f"{type(e).__name__}: {e}; a peer died (torch does not say which), and the "
-                                    "process group is unusable now") from e
+            if self._aborted is None:
+                self._aborted = CollectiveTimeout(
+                    f"torch.distributed {what} failed on rank {self.rank} of {self.size}: {type(e).__name__}: "
+                    f"{e}; a peer died (torch does not say which), and the process group is unusable now")
+            raise self._aborted from e
 
     @staticmethod
     def _bytes(view) -> "torch.Tensor":
@@ -340,8 +349,8 @@ class _TorchBackend:
         data = self._bytes(view)
         mine = self._block([data.numel(), digest], data, capacity)
         blocks = [torch.empty_like(mine) for _ in range(self.size)]
-        self._wait(dist.all_gather(blocks, mine, group=self._group, async_op=True), "all_gather (allgatherv)",
-                   timeout)
+        self._wait(lambda: dist.all_gather(blocks, mine, group=self._group, async_op=True),
+                   "all_gather (allgatherv)", timeout)
         heads = [self._head(b, 2) for b in blocks]
         sizes = [h[0] for h in heads]
         parts = [b[2 * self._HEAD:2 * self._HEAD + min(s, capacity)] for b, s in zip(blocks, sizes)]
@@ -350,7 +359,7 @@ class _TorchBackend:
             rest = torch.zeros(width, dtype=torch.uint8)
             rest[:max(data.numel() - capacity, 0)] = data[capacity:]
             rests = [torch.empty_like(rest) for _ in range(self.size)]
-            self._wait(dist.all_gather(rests, rest, group=self._group, async_op=True),
+            self._wait(lambda: dist.all_gather(rests, rest, group=self._group, async_op=True),
                        "all_gather (allgatherv, the rest)", timeout)
             parts = [torch.cat([p, r[:max(s - capacity, 0)]]) for p, r, s in zip(parts, rests, sizes)]
         self._settle(ordinal, max(sizes), [h[1] for h in heads])
@@ -368,7 +377,7 @@ class _TorchBackend:
         largest = max(counts)
         send = torch.cat([self._block([c, largest, digest], chunk, capacity) for c, chunk in zip(counts, chunks)])
         recv = torch.empty_like(send)
-        self._wait(dist.all_to_all_single(recv, send, group=self._group, async_op=True),
+        self._wait(lambda: dist.all_to_all_single(recv, send, group=self._group, async_op=True),
                    "all_to_all_single (alltoallv)", timeout)
         blocks = recv.view(self.size, -1)
         heads = [self._head(b, 3) for b in blocks]
@@ -380,8 +389,8 @@ class _TorchBackend:
             rest_in = [max(c - capacity, 0) for c in recv_counts]
             rest_out = [max(c - capacity, 0) for c in counts]
             out = torch.empty(sum(rest_in), dtype=torch.uint8)
-            self._wait(dist.all_to_all_single(out, torch.cat([chunk[capacity:] for chunk in chunks]), rest_in,
-                                              rest_out, group=self._group, async_op=True),
+            rest = torch.cat([chunk[capacity:] for chunk in chunks])
+            self._wait(lambda: dist.all_to_all_single(out, rest, rest_in, rest_out, group=self._group, async_op=True),
                        "all_to_all_single (alltoallv, the rest)", timeout)
             parts = [torch.cat([p, r]) for p, r in zip(parts, torch.split(out, rest_in))]
         self._settle(ordinal, largest, [h[2] for h in heads])
@@ -392,7 +401,8 @@ class _TorchBackend:
 
         buf = self._bytes(view)
         src = root if self._group is None else self._dist.get_global_rank(self._group, root)
-        self._wait(self._dist.broadcast(buf, src=src, group=self._group, async_op=True), "broadcast", timeout)
+        self._wait(lambda: self._dist.broadcast(buf, src=src, group=self._group, async_op=True), "broadcast",
+                   timeout)
         np.frombuffer(view, dtype=np.uint8)[:] = buf.numpy()
 
     def allreduce_sum(self, view, dtype: str, timeout):
@@ -402,11 +412,11 @@ class _TorchBackend:
         if len(view) == 0:
             return
         buf = self._bytes(view).view(getattr(torch, dtype))  # the core's names: float32, bfloat16, ...
-        self._wait(self._dist.all_reduce(buf, group=self._group, async_op=True), "all_reduce", timeout)
+        self._wait(lambda: self._dist.all_reduce(buf, group=self._group, async_op=True), "all_reduce", timeout)
         np.frombuffer(view, dtype=np.uint8)[:] = buf.view(torch.uint8).numpy()
 
     def barrier(self, timeout):
-        self._wait(self._dist.barrier(group=self._group, async_op=True), "barrier", timeout)
+        self._wait(lambda: self._dist.barrier(group=self._group, async_op=True), "barrier", timeout)
 
 
 # ---- NCCL ----------------------------------------------------------------------------------------
@@ -742,8 +752,9 @@ class Reducer:
     the ranks' estimates.
 
     ``algorithm``: ``allgather``, ``reduce_scatter``, ``allreduce`` (compressors whose payloads
-    add: identity, cast, shared-seed RandK, PowerSGD's factors) or ``auto`` (per key at its first call, the cheapest under an alpha-beta model
-    of the links measured by that call; the choice is in ``stats[key]["algorithm"]``).
+    add: identity, cast, shared-seed RandK, PowerSGD's factors) or ``auto`` (per key at its first
+    call, the cheapest under an alpha-beta model of the links measured by that call; the choice is
+    in ``stats[key]["algorithm"]``).
     ``bucket_bytes``: the largest fused bucket of :meth:`allreduce_coalesced`.
     """
 

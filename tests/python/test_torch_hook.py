@@ -226,6 +226,8 @@ def test_torch_communicator_timeout_raises_collective_timeout(tmp_path):
     assert r0["error"] == "CollectiveTimeout", r0
     assert "barrier" in r0["message"] and "within 2 s" in r0["message"]
     assert r0["seconds"] < 5
+    for name, same, seconds in r0["later"]:  # raised at once, the same error
+        assert name == "CollectiveTimeout" and same and seconds < 0.5, r0["later"]
 
 
 def test_torch_communicator_under_a_health_monitor(tmp_path):

@@ -129,6 +129,18 @@ def run(rank, n, scenario, out, port):
                 comm.barrier()
             except ef.Error as e:
                 result = {"error": type(e).__name__, "message": str(e), "seconds": time.monotonic() - t0}
+            # The group is unusable: later calls raise the same at once, issuing nothing (a new
+            # gloo collective would pair with rank 1's late one, and gloo aborts the process).
+            later = []
+            red = ef.Reducer(comm, "identity", "none")
+            for call in (comm.barrier, lambda: red.allreduce(np.ones(5, np.float32), key="x")):
+                t0 = time.monotonic()
+                try:
+                    call()
+                    later.append(None)
+                except ef.Error as e:
+                    later.append((type(e).__name__, str(e) == result["message"], time.monotonic() - t0))
+            result["later"] = later
         else:
             time.sleep(6)  # past rank 0's timeout, then gone without joining
     elif scenario == "monitor":
