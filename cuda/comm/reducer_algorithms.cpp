@@ -197,6 +197,9 @@ class DevicePair : public Algorithm {
     build(worker_, aggregate_);
   }
 
+  // A fresh worker and aggregate (a failed first round of the allreduce algorithm).
+  void restart() { build(worker_, aggregate_); }
+
   SlotSetup s_;
   std::unique_ptr<cuda::DeviceFeedback> worker_;
   std::unique_ptr<DeviceAggregate> aggregate_;
@@ -431,6 +434,7 @@ class DeviceAllreduce final : public DevicePair {
     DeviceAttempt& mine = mine_;
     std::optional<Descriptor> own;
     size_t headerBytes = 0;
+    const bool wasInitialized = worker_->initialized();
     auto t0 = Clock::now();
     mine.run(s_.rank, s, [&](cuda::DeviceBuffer& b) {
       const size_t size = worker_->step(x, b, step, stream);
@@ -480,6 +484,7 @@ class DeviceAllreduce final : public DevicePair {
     st.commSeconds += comm;
     if (first) {
       EFCOMM_CUDA_CHECK(cudaStreamSynchronize(s));  // no copy into the kept buffers outlives the call
+      if (!wasInitialized) restart();  // a failed first round never happened (the host's run says why)
       raise(backend, s_.context, first, mine.error);
     }
     copyOut(aggregate_->estimate(), out, s);

@@ -328,6 +328,7 @@ class AllreduceAlgorithm final : public Algorithm {
     backend_ = &backend;
     stats_ = &st;
     factorSeconds_ = 0;
+    const bool wasInitialized = worker_->initialized();
     Attempt mine;
     auto t0 = Clock::now();
     mine.run(s_.rank, [&] { return worker_->step(x, step); });
@@ -380,7 +381,18 @@ class AllreduceAlgorithm final : public Algorithm {
       st.aggregateSeconds += secondsSince(t0);
     }
     st.commSeconds += comm;
-    if (first) raise(*backend_, s_.context, first, mine.error);
+    if (first) {
+      // A failed first round (init=full: every worker's first message travels whole) never
+      // happened, on every rank: the workers that sent theirs would compress from the next round
+      // on while the failed one still sends its whole vector, and payloads of two layouts do not
+      // add (a PowerSGD worker would also call its P round that the others skip). Every rank
+      // starts over; the workers' initialized state is the same on every rank (it was before).
+      if (!wasInitialized) {
+        worker_ = makeWorker();
+        aggregate_ = Aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
+      }
+      raise(*backend_, s_.context, first, mine.error);
+    }
     copyOut(aggregate_.estimate(), out);
   }
 
