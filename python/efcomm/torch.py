@@ -42,6 +42,7 @@ leaves DDP's reducer unusable.)
 """
 
 import hashlib
+import math
 import re
 import warnings
 from typing import Optional, Sequence
@@ -436,7 +437,7 @@ class DDPHookState:
         last_warm = self.iter == self.start_iter - 1 and n > 1
         if bucket.is_last():
             self.iter += 1
-        grads = bucket.gradients()
+        grads = _gradients(bucket, buf)
         big = [g.dim() >= 2 and g.numel() >= self.min_compress_numel for g in grads]
         # Compressed in a fixed order (by place), whatever the order of the bucket.
         keyed = [(f"p{index}:{'x'.join(map(str, shape))}", g)
@@ -507,6 +508,26 @@ def _array(t: torch.Tensor):
     kernels read."""
     a = t.detach().to(torch.float64 if t.dtype == torch.float64 else torch.float32).contiguous()
     return a if a.is_cuda else a.numpy()
+
+
+def _gradients(bucket, buf: torch.Tensor) -> list:
+    """The bucket's gradients as views of its buffer, in the bucket's order. DDP holds a complex
+    parameter's gradient as its real view (twice the elements: a trailing dimension of 2), which
+    ``bucket.gradients()`` does not show: it gives the complex shape in the real dtype, half the
+    elements, and the other half would stay each rank's own."""
+    params = bucket.parameters()
+    if not any(p.is_complex() for p in params):
+        return bucket.gradients()
+    views, at = [], 0
+    for p in params:
+        shape = tuple(p.shape) + ((2,) if p.is_complex() else ())
+        count = math.prod(shape)
+        views.append(buf[at:at + count].view(shape))
+        at += count
+    if at != buf.numel():
+        raise InvalidArgument(f"efcomm DDP hook: a bucket of {buf.numel()} elements holds parameters of {at}; "
+                              "this DDP layout is not supported")
+    return views
 
 
 def _scatter(flat: torch.Tensor, views: list) -> None:

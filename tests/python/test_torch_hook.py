@@ -42,6 +42,19 @@ def test_identity_hook_equals_plain_ddp(tmp_path):
     assert torch.equal(hooked[0]["params"], hooked[1]["params"])
 
 
+def test_complex_parameters_are_reduced_whole(tmp_path):
+    # DDP holds a complex gradient as its real view (twice the elements); bucket.gradients()
+    # shows half of them, and the other half stayed each rank's own: the ranks drifted apart.
+    import torch
+
+    plain = _run("complex_plain", tmp_path)
+    hooked = _run("complex_identity", tmp_path)
+    torch.testing.assert_close(hooked[0]["params"], plain[0]["params"], rtol=1e-5, atol=1e-6)
+    assert torch.equal(hooked[0]["params"], hooked[1]["params"])
+    topk = _run("complex_topk", tmp_path)
+    assert torch.equal(topk[0]["params"], topk[1]["params"])
+
+
 def test_float64_model_keeps_float64_precision(tmp_path):
     # The hook compresses and averages a float64 model's gradients in float64 (it had rounded
     # them to float32: a relative error of ~1e-7 in every step).

@@ -65,12 +65,40 @@ def run(rank, n, scenario, out, port):
     os._exit(0)
 
 
+class ComplexModel(torch.nn.Module):
+    """A complex weight beside real ones: DDP holds its gradient as the real view (twice the
+    elements), which the hook must reduce whole."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(16, 8, dtype=torch.complex64) / 4)
+        self.out = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        return self.out((self.w @ x.to(torch.complex64).T).abs().T)
+
+
 def scenario_result(rank, scenario, out):
     result = {}
     scenario, _, algorithm = scenario.partition("@")
     algorithm = algorithm or "allgather"
     if True:  # noqa
-        if scenario in ("plain", "identity", "plain_f64", "identity_f64"):
+        if scenario in ("complex_plain", "complex_identity", "complex_topk"):
+            model = ComplexModel()
+            g = torch.Generator().manual_seed(100 + rank)
+            batches = [(torch.randn(16, 8, generator=g), torch.randint(0, 10, (16,), generator=g))
+                       for _ in range(2 * STEPS)]
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            if scenario != "complex_plain":
+                compressor = "identity" if scenario == "complex_identity" else "topk:ratio=0.25"
+                state, hook = ef.torch.ddp_hook(compressor, "none" if compressor == "identity" else "ef21",
+                                                start_iter=0, min_compress_numel=0, algorithm=algorithm)
+                ddp.register_comm_hook(state, hook)
+            train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, STEPS)
+            result["params"] = torch.cat([torch.view_as_real(p.detach()).flatten() if p.is_complex()
+                                          else p.detach().flatten() for p in model.parameters()])
+        elif scenario in ("plain", "identity", "plain_f64", "identity_f64"):
             model, batches = model_and_data(rank, torch.float64 if scenario.endswith("_f64") else torch.float32)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             if scenario.startswith("identity"):
