@@ -6,6 +6,7 @@
 
 #include <mutex>
 
+#include "comm/reducer_algorithms.hpp"
 #include "efcomm/comm.hpp"
 #include "efcomm/nccl.hpp"
 #include "efcomm/reducer.hpp"
@@ -249,6 +250,8 @@ void initComm(py::module_& m) {
         py::gil_scoped_release nogil;
         b.abort(error);
       }, py::arg("culprits"), py::arg("message"));
+  m.def("_allreduce_unsupported", &comm::allreduceUnsupported, py::arg("compressor"), py::arg("device") = false,
+        "Why the Reducer's allreduce algorithm cannot take this compressor ('' when it can).");
   m.def("_py_backend", [](py::object impl) -> std::shared_ptr<Backend> { return std::make_shared<PyBackend>(impl); },
         py::arg("impl"), "A backend whose byte collectives are the methods of impl (efcomm.comm._TorchBackend).");
 

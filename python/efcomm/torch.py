@@ -166,6 +166,12 @@ class DDPHookState:
             raise InvalidArgument(f"ddp_hook: min_compress_numel must be an int >= 0, got {min_compress_numel!r}")
         self.compressor = probe.compressor.spec
         self.feedback = feedback if self.weights is not None else probe.spec
+        why = _core._allreduce_unsupported(self.compressor) if algorithm == "allreduce" else ""
+        if why:  # now, not at the first compressed bucket (DDP does not recover from a hook's error)
+            raise InvalidArgument(f"ddp_hook: {why}")
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise InvalidArgument(f"ddp_hook: process_group must be a torch.distributed ProcessGroup (or None for the "
+                                  f"default group), got {type(process_group).__name__}")
         self.process_group = process_group
         self.start_iter = start_iter
         self.min_compress_numel = min_compress_numel
@@ -407,8 +413,12 @@ class DDPHookState:
         """The ranks' hooks must be configured alike: unlike ones pair different collectives (a
         silent divergence, or gloo aborting the process). One allreduce (max) of a hash of the
         configuration and its negation at a process's first bucket; MismatchError on every rank
-        when they differ."""
+        when they differ. EF21-W's weights must be one per rank (InvalidArgument on every rank,
+        before any collective)."""
         n = self._world()
+        if self.weights and len(self.weights) != n:
+            raise InvalidArgument(f"efcomm DDP hook: {len(self.weights)} EF21-W weights for a process group of {n} "
+                                  "ranks: give one weight per rank")
         config = repr((self.compressor, self.feedback, self.weights, self.start_iter, self.min_compress_numel,
                        self.iter, self.algorithm))
         h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact

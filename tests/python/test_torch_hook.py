@@ -261,6 +261,17 @@ def test_hook_algorithm_argument():
 
     with pytest.raises(ef.InvalidArgument, match="unknown algorithm"):
         ef.torch.ddp_hook("topk:ratio=0.05", "ef21", algorithm="ring")
+    # Checked when the hook is made: DDP does not recover from an error in its first compressed step.
+    for compressor in ("topk:ratio=0.05", "sign", "quant:bits=8", "qsgd:levels=4", "natural"):
+        with pytest.raises(ef.InvalidArgument, match="payloads add"):
+            ef.torch.ddp_hook(compressor, "ef21", algorithm="allreduce")
+    with pytest.raises(ef.InvalidArgument, match="ProcessGroup"):
+        ef.torch.ddp_hook("topk:ratio=0.05", "ef21", process_group="pg")
+    # EF21-W's weights, one per rank: checked at the first bucket, before any collective.
+    weighted, _ = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", weights=[0.2, 0.3, 0.5])
+    weighted._world = lambda: 2
+    with pytest.raises(ef.InvalidArgument, match="3 EF21-W weights for a process group of 2"):
+        weighted._agree("cpu")
     state, _ = ef.torch.ddp_hook("powersgd:rank=2", "ef14", algorithm="allreduce")
     again = pickle.loads(pickle.dumps(state))
     assert again.algorithm == "allreduce" and "algorithm='allreduce'" in repr(again)
