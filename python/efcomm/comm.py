@@ -63,6 +63,13 @@ class Communicator:
             comm = MPI.COMM_WORLD
         if not isinstance(comm, MPI.Comm):
             raise InvalidArgument(f"Communicator.mpi: expected an mpi4py communicator, got {type(comm).__name__}")
+        if comm == MPI.COMM_NULL:
+            raise InvalidArgument("Communicator.mpi: MPI.COMM_NULL (a rank outside the split's groups?) has no ranks")
+        if comm.Is_inter():
+            # Its peers are the remote group's while its size is the local group's: every
+            # collective would pair the wrong ranks.
+            raise InvalidArgument("Communicator.mpi: an intercommunicator joins two groups; give an intracommunicator "
+                                  "(comm.Merge() makes one of both groups)")
         if ".mpiabi." in getattr(MPI, "__file__", ""):
             raise BackendUnavailable("Communicator.mpi: mpi4py runs on the MPI standard ABI (libmpi_abi), efcomm on "
                                      "the MPICH ABI: set MPI4PY_MPIABI=mpich before importing mpi4py")

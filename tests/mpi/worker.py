@@ -145,6 +145,15 @@ def derived(comm: ef.Communicator) -> dict:
         y = ef.Reducer(c, "identity", "none", algorithm="allgather").allreduce(
             np.full(4, float(world.rank)), key="rank")
         out[name] = {"rank": c.rank, "size": c.size, "mean": y.tolist()}
+    # An intercommunicator between the two parities' groups, and COMM_NULL: refused.
+    local = world.Split(world.rank % 2, world.rank)
+    inter = local.Create_intercomm(0, world, 1 - world.rank % 2, tag=7)
+    for name, bad in (("inter", inter), ("null", MPI.COMM_NULL)):
+        try:
+            ef.Communicator.mpi(bad, timeout=TIMEOUT)
+            out[name] = None
+        except ef.InvalidArgument as e:
+            out[name] = str(e)
     return out
 
 

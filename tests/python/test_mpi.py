@@ -97,6 +97,7 @@ def test_derived_communicators():
         peers = [q for q in range(n) if q % 2 == r % 2]
         assert d["split"] == {"rank": peers.index(r), "size": len(peers),
                               "mean": [sum(peers) / len(peers)] * 4}, d
+        assert "intercommunicator" in d["inter"] and "COMM_NULL" in d["null"], d
 
 
 @pytest.mark.parametrize("n", SIZES)
