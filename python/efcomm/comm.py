@@ -191,6 +191,12 @@ class Communicator:
         if not (dist.is_available() and dist.is_initialized()):
             raise InvalidArgument("Communicator.torch: torch.distributed is not initialized; call "
                                   "torch.distributed.init_process_group('gloo', ...) first")
+        if process_group is not None and not isinstance(process_group, dist.ProcessGroup):
+            raise InvalidArgument(f"Communicator.torch: process_group must be a torch.distributed ProcessGroup (None: "
+                                  f"the default group), got {type(process_group).__name__}")
+        if process_group is not None and dist.get_rank(process_group) < 0:
+            raise InvalidArgument(f"Communicator.torch: this process (rank {dist.get_rank()}) is not a member of the "
+                                  "process group; only its members make a communicator of it")
         backend = str(dist.get_backend(process_group)).lower()
         if "gloo" not in backend:
             raise BackendUnavailable(f"Communicator.torch: the process group's backend is {backend!r}; efcomm "

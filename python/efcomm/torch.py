@@ -51,7 +51,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from . import _core
+from . import _args, _core
 from . import feedback as _feedback
 from .comm import _ALGORITHMS
 from .compressors import Message, _cuda_stream, _device_ctx
@@ -212,30 +212,56 @@ class DDPHookState:
             if state.get(name, "allgather" if name == "algorithm" else None) != getattr(self, name):
                 raise InvalidArgument(f"DDPHookState.load_state_dict: saved {name} {state.get(name)!r}, "
                                       f"this hook uses {getattr(self, name)!r}")
-        n = int(state["world"])
+        where = "DDPHookState.load_state_dict"
+
+        def count(value, name, low=0):
+            return _args.integer(value, f"{where}: {name}", low)
+
+        def table(value, name):
+            if not isinstance(value, dict):
+                raise InvalidArgument(f"{where}: {name} must be a dict, got {type(value).__name__}; pass what "
+                                      "DDPHookState.state_dict() returned")
+            return value
+
+        n = count(state["world"], "world", 1)
         if dist.is_initialized() and n != self._world():
-            raise InvalidArgument(f"DDPHookState.load_state_dict: saved by {n} ranks, the process group has "
-                                  f"{self._world()}")
-        rank = int(state.get("rank", 0))
+            raise InvalidArgument(f"{where}: saved by {n} ranks, the process group has {self._world()}")
+        rank = count(state.get("rank", 0), "rank")
         if dist.is_initialized() and rank != self._rank():
-            raise InvalidArgument(f"DDPHookState.load_state_dict: saved by rank {rank}, this is rank {self._rank()}: "
-                                  "each rank loads the state it saved (its error feedback is its own)")
-        self._saved_rank = rank
+            raise InvalidArgument(f"{where}: saved by rank {rank}, this is rank {self._rank()}: each rank loads the "
+                                  "state it saved (its error feedback is its own)")
+        start_iter = count(state["start_iter"], "start_iter")
+        min_compress_numel = count(state["min_compress_numel"], "min_compress_numel")
+        iteration = count(state["iter"], "iter")
+        stats = dict(table(state["stats"], "stats"))
+        reducer = state.get("reducer")
+        if reducer is not None:
+            table(reducer, "reducer")
+            for part in ("meta", "tensors"):
+                table(reducer.get(part), f"reducer[{part!r}]")
         slots = {}
-        for key, saved in state["slots"].items():
+        for key, saved in table(state["slots"], "slots").items():
+            saved = table(saved, f"slots[{key!r}]")
+            missing = [k for k in ("worker", "aggregate", "step") if k not in saved]
+            if missing:
+                raise InvalidArgument(f"{where}: slots[{key!r}] has no {', '.join(missing)}")
             shape = saved.get("shape", [saved.get("numel")])  # states saved before 0.1.0's shapes: flat
-            slot = self._new_slot(n, [int(x) for x in shape], saved.get("dtype", "float32"))
+            if not isinstance(shape, (list, tuple)):
+                raise InvalidArgument(f"{where}: slots[{key!r}]['shape'] must be a list, got {shape!r}")
+            slot = self._new_slot(n, [count(x, f"slots[{key!r}] shape") for x in shape], saved.get("dtype", "float32"))
             slot.worker.load_state_dict(saved["worker"])
             slot.aggregate.load_state_dict(saved["aggregate"])
-            slot.step = int(saved["step"])
+            slot.step = count(saved["step"], f"slots[{key!r}] step")
             slots[key] = slot
+        # Everything read: nothing changed on a throw above.
+        self._saved_rank = rank
         self._slots = slots
-        self._reducer, self._reducer_state = None, state.get("reducer")
-        self.start_iter = int(state["start_iter"])
-        self.min_compress_numel = int(state["min_compress_numel"])
-        self.iter = int(state["iter"])
+        self._reducer, self._reducer_state = None, reducer
+        self.start_iter = start_iter
+        self.min_compress_numel = min_compress_numel
+        self.iter = iteration
         self._agreed = False  # compared again: every rank must have loaded its checkpoint
-        self.stats = dict(state["stats"])
+        self.stats = stats
 
     def __getstate__(self):  # torch.save(state): the process group does not pickle
         return self.state_dict()

@@ -301,3 +301,30 @@ def test_reducer_algorithm_hook_trains_identically_on_every_rank(tmp_path, scena
     assert res[0]["stats"]["compressed_calls"] > 0
     ident = _run("identity@allreduce", tmp_path)[0]["stats"]
     assert 0 < res[0]["stats"]["bytes_sent"] < 0.6 * ident["bytes_sent"]
+
+
+def test_load_state_dict_refuses_malformed_states():
+    # Every malformed field is InvalidArgument naming it (not a ValueError, TypeError or KeyError
+    # of the parsing), and nothing changes: the state loads afterwards as it was.
+    state, _ = ef.torch.ddp_hook("topk:ratio=0.05", "ef21")
+    good = state.state_dict()
+    for name, value, match in (("world", "x", "world"), ("iter", None, "iter"), ("iter", True, "iter"),
+                               ("start_iter", -1, "start_iter"), ("stats", None, "stats"), ("slots", [], "slots"),
+                               ("reducer", 5, "reducer"), ("reducer", {"meta": 1, "tensors": {}}, "reducer"),
+                               ("slots", {"p0:3x3": {"shape": [3, 3]}}, "has no worker")):
+        with pytest.raises(ef.InvalidArgument, match=match):
+            state.load_state_dict(dict(good, **{name: value}))
+    state.load_state_dict(good)
+    assert state.state_dict()["iter"] == good["iter"] and repr(state).startswith("DDPHookState(")
+
+
+def test_torch_communicator_needs_a_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"file://{tmp_path}/store")
+    try:
+        with pytest.raises(ef.InvalidArgument, match="ProcessGroup"):
+            ef.Communicator.torch("pg")
+        assert ef.Communicator.torch().size == 1
+    finally:
+        dist.destroy_process_group()
