@@ -160,10 +160,8 @@ class DDPHookState:
             probe = _feedback.make(f"ef21w:weight=1,n=1,{feedback.split(':', 1)[1]}", compressor)
         else:
             probe = _feedback.make(feedback, compressor)  # validates both specs now, not at the first bucket
-        if not isinstance(start_iter, int) or start_iter < 0:
-            raise InvalidArgument(f"ddp_hook: start_iter must be an int >= 0, got {start_iter!r}")
-        if not isinstance(min_compress_numel, int) or min_compress_numel < 0:
-            raise InvalidArgument(f"ddp_hook: min_compress_numel must be an int >= 0, got {min_compress_numel!r}")
+        start_iter = _args.integer(start_iter, "ddp_hook: start_iter", 0)
+        min_compress_numel = _args.integer(min_compress_numel, "ddp_hook: min_compress_numel", 0)
         self.compressor = probe.compressor.spec
         self.feedback = feedback if self.weights is not None else probe.spec
         why = _core._allreduce_unsupported(self.compressor) if algorithm == "allreduce" else ""

@@ -267,6 +267,9 @@ def test_hook_algorithm_argument():
             ef.torch.ddp_hook(compressor, "ef21", algorithm="allreduce")
     with pytest.raises(ef.InvalidArgument, match="ProcessGroup"):
         ef.torch.ddp_hook("topk:ratio=0.05", "ef21", process_group="pg")
+    for bad in (dict(start_iter=True), dict(start_iter=-1), dict(min_compress_numel=1.5)):
+        with pytest.raises(ef.InvalidArgument, match=next(iter(bad))):
+            ef.torch.ddp_hook("topk:ratio=0.05", "ef21", **bad)
     # EF21-W's weights, one per rank: checked at the first bucket, before any collective.
     weighted, _ = ef.torch.ddp_hook("topk:ratio=0.05", "ef21w", weights=[0.2, 0.3, 0.5])
     weighted._world = lambda: 2
