@@ -489,7 +489,14 @@ void raise(Backend& backend, const std::string& context, const Failure& f, std::
   if (f.code == static_cast<uint32_t>(ErrorCode::kNonFinite))
     backend.report("nonfinite", {f.rank}, context + ": rank " + std::to_string(f.rank) +
                                               " has a non-finite vector to compress; every rank skipped the round");
-  if (own) std::rethrow_exception(own);
+  if (own) {
+    try {
+      std::rethrow_exception(own);
+    } catch (const NonFiniteError& e) {  // the call and key, as the other ranks' errors name them
+      throw NonFiniteError(context + ": this rank's vector to compress is not finite, every rank skipped the round: " +
+                           e.what());
+    }
+  }
   EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,
                  " has a non-finite vector to compress and skipped this round");
   throw Error(context + ": rank " + std::to_string(f.rank) + " failed to compress (error code " +
