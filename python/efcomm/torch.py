@@ -246,7 +246,8 @@ class DDPHookState:
             shape = saved.get("shape", [saved.get("numel")])  # states saved before 0.1.0's shapes: flat
             if not isinstance(shape, (list, tuple)):
                 raise InvalidArgument(f"{where}: slots[{key!r}]['shape'] must be a list, got {shape!r}")
-            slot = self._new_slot(n, [count(x, f"slots[{key!r}] shape") for x in shape], saved.get("dtype", "float32"))
+            slot = self._new_slot(n, [count(x, f"slots[{key!r}] shape") for x in shape], saved.get("dtype", "float32"),
+                                  rank)
             slot.worker.load_state_dict(saved["worker"])
             slot.aggregate.load_state_dict(saved["aggregate"])
             slot.step = count(saved["step"], f"slots[{key!r}] step")
@@ -310,13 +311,15 @@ class DDPHookState:
             slot = self._slots[key] = self._new_slot(self._world(), list(grad.shape), _dtype(grad))
         return slot
 
-    def _new_slot(self, n: int, shape: list, dtype: str) -> _Slot:
+    def _new_slot(self, n: int, shape: list, dtype: str, rank: Optional[int] = None) -> _Slot:
+        """A slot for this rank (``rank``: the one a state being loaded was saved by)."""
         if self.weights is None:
             return _Slot(self.feedback, self.compressor, n, shape, dtype)
         if self.weights and len(self.weights) != n:
             raise InvalidArgument(f"ddp_hook: {len(self.weights)} ef21w weights for a process group of {n} ranks; "
                                   "pass one weight per rank")
-        return _Slot(self.feedback, self.compressor, n, shape, dtype, self.weights or [1.0 / n] * n, self._rank())
+        return _Slot(self.feedback, self.compressor, n, shape, dtype, self.weights or [1.0 / n] * n,
+                     self._rank() if rank is None else rank)
 
     def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
