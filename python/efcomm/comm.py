@@ -65,7 +65,8 @@ class Communicator:
             raise InvalidArgument(f"Communicator.mpi: expected an mpi4py communicator, got {type(comm).__name__}")
         if comm == MPI.COMM_NULL:
             raise InvalidArgument("Communicator.mpi: MPI.COMM_NULL (a rank outside the split's groups?) has no ranks")
-        if comm.Is_inter():
+        # (Without MPI running the core says so: MPICH aborts the process on any call then.)
+        if MPI.Is_initialized() and not MPI.Is_finalized() and comm.Is_inter():
             # Its peers are the remote group's while its size is the local group's: every
             # collective would pair the wrong ranks.
             raise InvalidArgument("Communicator.mpi: an intercommunicator joins two groups; give an intracommunicator "
