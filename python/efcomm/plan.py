@@ -981,7 +981,7 @@ def render_text(res: dict) -> str:
              f"traffic: {res['pattern']}, {_fmt_bytes(res['bytes'])} per rank, {res['ranks']} ranks "
              f"({res['placement']} placement): {res['flows']} flows, {res['fabric_flows']} across hosts, "
              f"{_fmt_bytes(res['total_bytes'])} in all",
-             f"bound (cut): {_g(res['bound_s'])} s" + (f"; LP optimum: {_g(res['lp_bound_s'])} s"
+             f"lower bound: {_g(res['bound_s'])} s" + (f"; LP optimum: {_g(res['lp_bound_s'])} s"
                                                       if res["lp_bound_s"] is not None else ""), ""]
     headers = ["strategy", "max congestion (s)", "ratio to bound", "completion (s)", "sub-flows", "split flows",
                "plan (ms)"]

@@ -701,28 +701,34 @@ TEST(PlanFlows, Hierarchical) {
   for (const auto& [ep, count] : outOfNic) EXPECT_EQ(count, 1) << ep;
 
   // Uneven: host 0 holds NICs 0 and 1, host 1 NIC 0, host 2 NICs 0, 1, 2 (M = 3 shards); host
-  // order is first-rank order (2, 0, 1).
+  // order is first-rank order (2, 0, 1). Shard s rings over all three hosts through each host's
+  // NIC s, or its rank s mod m: host 1's one rank covers all three, host 0's rank 0 shard 2.
   const std::vector<int> place = {8, 0, 9, 4, 1, 10};
   const auto uneven = collectiveFlows(t, "hierarchical_allreduce", b, place);
-  std::vector<Flow> inHostFlows, nic0, nic1, nic2;
+  std::set<std::pair<int, int>> across3;
+  size_t inHostCount = 0;
+  std::map<int, double> sent, received;
   for (const Flow& f : uneven) {
     if (t.hostOf(f.src) == t.hostOf(f.dst)) {
-      inHostFlows.push_back(f);
-    } else {
-      ASSERT_EQ(f.src % 4, f.dst % 4);
-      (f.src % 4 == 0 ? nic0 : f.src % 4 == 1 ? nic1 : nic2).push_back(f);
+      ++inHostCount;
+      continue;
     }
+    across3.insert({f.src, f.dst});
+    EXPECT_DOUBLE_EQ(f.bytes, 2.0 * 2 / 3 * b / 3);
+    sent[t.hostOf(f.src)] += f.bytes;
+    received[t.hostOf(f.dst)] += f.bytes;
   }
-  EXPECT_EQ(inHostFlows.size(), 3u + 2u);  // host 2: ring of 3; host 0: 2 flows
-  EXPECT_TRUE(nic2.empty());               // one host holds NIC 2
-  ASSERT_EQ(nic0.size(), 3u);              // hosts 2 -> 0 -> 1 -> 2
-  EXPECT_EQ(nic0[0].src, 8);
-  EXPECT_EQ(nic0[0].dst, 0);
-  EXPECT_EQ(nic0[1].dst, 4);
-  EXPECT_EQ(nic0[2].dst, 8);
-  EXPECT_DOUBLE_EQ(nic0[0].bytes, 2.0 * 2 / 3 * b / 3);
-  ASSERT_EQ(nic1.size(), 2u);  // hosts 2 <-> 0
-  EXPECT_DOUBLE_EQ(nic1[0].bytes, b / 3);
+  EXPECT_EQ(inHostCount, 3u + 2u);  // host 2: ring of 3; host 0: 2 flows
+  const std::set<std::pair<int, int>> want = {{8, 0}, {0, 4}, {4, 8}, {9, 1}, {1, 4}, {4, 9}, {10, 0}, {0, 4}, {4, 10}};
+  EXPECT_EQ(across3, want);
+  for (int host : {0, 1, 2}) {  // every host sends and receives its whole share: 2 (H - 1) / H x b
+    EXPECT_DOUBLE_EQ(sent[host], 4.0 / 3 * b) << host;
+    EXPECT_DOUBLE_EQ(received[host], 4.0 / 3 * b) << host;
+  }
+  // Two hosts with one rank each, on different NICs: the whole allreduce crosses between them.
+  const auto pair = collectiveFlows(t, "hierarchical_allreduce", b, {0, 5});
+  ASSERT_EQ(pair.size(), 2u);
+  EXPECT_DOUBLE_EQ(pair[0].bytes, b);
 }
 
 // Not a timed assertion: building a 2,048-host x 8-NIC rail-optimized fabric and enumerating

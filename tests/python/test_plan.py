@@ -3,6 +3,7 @@ link, the cut bound and the LP optimum (split reaches it exactly on leaf-spine f
 flows, on randomized instances), and the ``efcomm plan`` command line."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -357,6 +358,51 @@ def test_unequal_flows_and_links_against_the_lp(seed):
 
 
 @needs_scipy
+def _custom(nodes, links, hosts, nics=1):
+    """A custom fabric from (kind, name) nodes and (a, b, gbps) cables, both directions."""
+    return ef.plan.Topology.from_json(json.dumps({
+        "kind": "custom", "hosts": hosts, "nics_per_host": nics, "nodes": [{"kind": k, "name": n} for k, n in nodes],
+        "links": [{"from": a, "to": b, "gbps": g} for a, b, g in links] + [{"from": b, "to": a, "gbps": g}
+                                                                           for a, b, g in links]}))
+
+
+def test_bound_holds_on_custom_fabrics():
+    """The cuts count every cable leaving a set (leaf-leaf, NIC-NIC too), and a leaf-spine with a
+    cable missing is no uniform one: the bound stays below the LP optimum (it was inf on a ring of
+    leaves, 8x the optimum with a NIC-NIC cable), and split, which aims at it, reaches the optimum."""
+    square = _custom([("endpoint", f"e{i}") for i in range(4)] + [("leaf", x) for x in "ABCD"],
+                     [(i, 4 + i, 800) for i in range(4)] + [(4, 5, 400), (4, 6, 400), (5, 7, 400), (6, 7, 400)], 4)
+    nic_cable = _custom([("endpoint", "e0"), ("endpoint", "e1"), ("leaf", "A")], [(0, 1, 800), (0, 2, 100),
+                                                                                  (1, 2, 100)], 2)
+    nodes = [("endpoint", f"e{i}") for i in range(4)] + [("leaf", f"L{i}") for i in range(4)] + [("spine", "S0"),
+                                                                                                ("spine", "S1")]
+    missing = _custom(nodes, [(i, 4 + i, 1600) for i in range(4)] + [(4, 8, 400), (7, 8, 400), (5, 9, 400),
+                                                                      (6, 8, 400), (6, 9, 400)], 4)
+    for topo, flows in ((square, ef.plan.Flows([0], [3], [1e9])), (nic_cable, ef.plan.Flows([0], [1], [1e9])),
+                        (missing, ef.plan.Flows([0, 3], [2, 2], [1e9, 1e9]))):
+        lp = ef.plan.lp_bound(topo, flows)
+        assert 0 < ef.plan.bound(topo, flows) <= lp * (1 + 1e-9)
+        assert ef.plan.plan(topo, flows, "split").max_congestion == pytest.approx(lp, rel=1e-3)
+    assert ef.plan.bound(missing, ef.plan.Flows([0, 3], [2, 2], [1e9, 1e9])) == pytest.approx(0.04, rel=1e-6)
+
+
+def test_hierarchical_allreduce_crosses_hosts_whatever_the_placement():
+    """A host with fewer ranks covers several shards: every host sends its whole share (two
+    hosts with one rank each on different NICs moved nothing across before)."""
+    topo = ef.plan.Topology.leaf_spine(leaves=2, spines=2, hosts_per_leaf=2, nics_per_host=2)
+    b = 1e9
+    for placement, share in (([0, 3], b), ([0, 3, 5], 4 / 3 * b), ([0, 1, 2], b)):
+        flows = ef.plan.collective_flows(topo, "hierarchical_allreduce", b, placement)
+        sent = {}
+        for s, d, nbytes in zip(flows.src, flows.dst, flows.bytes):
+            if s // 2 != d // 2:
+                sent[s // 2] = sent.get(s // 2, 0) + nbytes
+        assert sorted(sent) == sorted({e // 2 for e in placement}) and all(
+            v == pytest.approx(share) for v in sent.values()), (placement, sent)
+    huge = ef.plan.collective_flows(topo, "reduce_scatter", 1.7e308)
+    assert all(math.isfinite(v) for v in huge.bytes)
+
+
 def test_lp_bound_refuses_large_instances():
     t = P.Topology.leaf_spine(leaves=8, spines=8, hosts_per_leaf=8)
     flows = P.collective_flows(t, "alltoall", GIB)  # 64 x 63 flows, 8 paths each across leaves

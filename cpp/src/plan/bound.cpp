@@ -1,9 +1,12 @@
 // The cut bound on maximum congestion (where plan.hpp `bound` starts). Any plan, splitting
-// allowed, must move the bytes leaving a set of endpoints over the links leaving it, so out-bytes / cut capacity
-// bounds the most congested of those links from below. The cuts: every endpoint (its uplinks in
-// all planes), every leaf (its uplinks in all planes) and, in a Clos, every pod (its agg-core
-// links). On a uniform leaf-spine fabric the bound is the splittable optimum: splitting every
-// flow evenly over all planes and spines meets it (the `split` strategy does so with few pieces).
+// allowed, must move the bytes leaving a set of nodes over the links leaving it, so out-bytes /
+// cut capacity bounds the most congested of those links from below. The sets: every endpoint,
+// every leaf class (the leaves an endpoint group links to, with those endpoints) and, in a Clos,
+// every pod (the non-core nodes of its group). A set's cut counts every usable link between it
+// and the rest, whatever tiers the link joins (a custom fabric's leaf-leaf or NIC-NIC cables
+// too), so the bound holds on any fabric and any labelling of groups. On a uniform leaf-spine
+// fabric it is the splittable optimum: splitting every flow evenly over all planes and spines
+// meets it (the `split` strategy does so with few pieces).
 
 #include <algorithm>
 #include <cmath>
@@ -104,21 +107,39 @@ double detail::cutBound(const Topology& topo, const std::vector<Flow>& flows) {
   detail::checkFlows(topo, flows, "plan.bound");
   const std::vector<Node>& nodes = topo.nodes();
   const std::vector<Link>& links = topo.links();
-  // Usable capacity going up out of each node and coming down into it.
-  std::vector<double> upOut(nodes.size(), 0), downIn(nodes.size(), 0);
-  for (const Link& l : links) {
-    if (l.failed) continue;
-    const int from = detail::tierOf(nodes[l.from].kind), to = detail::tierOf(nodes[l.to].kind);
-    if (to > from) upOut[l.from] += l.capacity;
-    if (from > to) downIn[l.to] += l.capacity;
-  }
-
   const int endpoints = topo.endpoints();
   const detail::LeafClasses classes = detail::leafClasses(topo);
   // Pods of a Clos: the groups of its aggs; an endpoint's pod is its node's group.
   int pods = 0;
   for (const Node& n : nodes) {
     if (n.kind == NodeKind::kAgg) pods = std::max(pods, n.group + 1);
+  }
+
+  // The sets each node belongs to (-1: none), then each set's usable capacity out and in.
+  std::vector<int> epOf(nodes.size(), -1), classOf(nodes.size(), -1), podOf(nodes.size(), -1);
+  for (int r = 0; r < endpoints; ++r) {
+    epOf[topo.endpointNode(r)] = r;
+    classOf[topo.endpointNode(r)] = classes.ofEndpoint[r];
+  }
+  for (int c = 0; c < classes.count(); ++c)
+    for (const int leaf : classes.leaves[c]) classOf[leaf] = c;
+  for (size_t n = 0; n < nodes.size(); ++n) {
+    if (nodes[n].kind != NodeKind::kCore && nodes[n].group >= 0 && nodes[n].group < pods) podOf[n] = nodes[n].group;
+  }
+  std::vector<double> epCapOut(endpoints, 0), epCapIn(endpoints, 0);
+  std::vector<double> classCapOut(classes.count(), 0), classCapIn(classes.count(), 0);
+  std::vector<double> podCapOut(pods, 0), podCapIn(pods, 0);
+  const auto cross = [](const std::vector<int>& setOf, const Link& l, std::vector<double>& out, std::vector<double>& in) {
+    const int a = setOf[l.from], b = setOf[l.to];
+    if (a == b) return;
+    if (a >= 0) out[a] += l.capacity;
+    if (b >= 0) in[b] += l.capacity;
+  };
+  for (const Link& l : links) {
+    if (l.failed) continue;
+    cross(epOf, l, epCapOut, epCapIn);
+    cross(classOf, l, classCapOut, classCapIn);
+    cross(podOf, l, podCapOut, podCapIn);
   }
   std::vector<double> epOut(endpoints, 0), epIn(endpoints, 0);
   std::vector<double> leafOut(classes.count(), 0), leafIn(classes.count(), 0);
@@ -142,29 +163,10 @@ double detail::cutBound(const Topology& topo, const std::vector<Flow>& flows) {
   }
 
   double best = 0;
-  for (int r = 0; r < endpoints; ++r) {
-    const int node = topo.endpointNode(r);
-    best = std::max({best, ratio(epOut[r], upOut[node]), ratio(epIn[r], downIn[node])});
-  }
-  if (classes.consistent) {
-    for (int c = 0; c < classes.count(); ++c) {
-      double up = 0, down = 0;
-      for (const int leaf : classes.leaves[c]) {
-        up += upOut[leaf];
-        down += downIn[leaf];
-      }
-      best = std::max({best, ratio(leafOut[c], up), ratio(leafIn[c], down)});
-    }
-  }
-  if (pods > 0) {
-    std::vector<double> podUp(pods, 0), podDown(pods, 0);
-    for (size_t n = 0; n < nodes.size(); ++n) {
-      if (nodes[n].kind != NodeKind::kAgg) continue;
-      podUp[nodes[n].group] += upOut[n];
-      podDown[nodes[n].group] += downIn[n];
-    }
-    for (int p = 0; p < pods; ++p) best = std::max({best, ratio(podOut[p], podUp[p]), ratio(podIn[p], podDown[p])});
-  }
+  for (int r = 0; r < endpoints; ++r) best = std::max({best, ratio(epOut[r], epCapOut[r]), ratio(epIn[r], epCapIn[r])});
+  for (int c = 0; c < classes.count(); ++c)
+    best = std::max({best, ratio(leafOut[c], classCapOut[c]), ratio(leafIn[c], classCapIn[c])});
+  for (int p = 0; p < pods; ++p) best = std::max({best, ratio(podOut[p], podCapOut[p]), ratio(podIn[p], podCapIn[p])});
   return best;
 }
 

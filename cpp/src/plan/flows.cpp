@@ -53,11 +53,10 @@ double ringBytes(size_t n, double bytes) { return 2.0 * static_cast<double>(n - 
 // Hierarchical (2D) allreduce. Hosts are taken in the order of their first rank, the ranks of a
 // host in rank order. Inside a host of m ranks: a ring of 2(m-1)/m x bytes per edge
 // (reduce-scatter, then allgather, over NVLink: no fabric link). Across hosts: the data is in M
-// shards, M = the most ranks any host holds (nicsPerHost when every NIC is placed); the shard of
-// NIC index i is reduced by a ring over the hosts holding a rank on NIC i (h_i of them, in host
-// order), 2(h_i-1)/h_i x bytes / M per edge. Uneven placements: every NIC index in use gets its
-// ring over the hosts that have it; a host lacking NIC i sits out ring i (the extra in-host
-// traffic a real implementation would spend to cover its shard i is not modelled).
+// shards, M = the most ranks any host holds (nicsPerHost when every NIC is placed); shard s is
+// reduced by a ring over all H hosts, 2(H-1)/H x bytes / M per edge, through each host's rank on
+// NIC s, or where the host has none its rank s mod m (m ranks on it): a host with fewer ranks
+// covers several shards, so every host still sends and receives its whole share.
 void hierarchical(const Topology& topo, const std::vector<int>& eps, double bytes, std::vector<Flow>& out) {
   const int nics = topo.nicsPerHost();
   std::vector<int> slotOfHost(topo.hosts(), -1);
@@ -75,15 +74,16 @@ void hierarchical(const Topology& topo, const std::vector<int>& eps, double byte
     ring(members, ringBytes(members.size(), bytes), out);
     shards = std::max(shards, members.size());
   }
+  if (hostRanks.size() < 2) return;
   std::vector<int> members;
-  for (int nic = 0; nic < nics; ++nic) {
+  for (size_t shard = 0; shard < shards; ++shard) {
     members.clear();
     for (const auto& host : hostRanks) {
-      for (const int e : host) {
-        if (e % nics == nic) members.push_back(e);
-      }
+      const auto onNic = std::find_if(host.begin(), host.end(),
+                                      [&](int e) { return static_cast<size_t>(e % nics) == shard; });
+      members.push_back(onNic != host.end() ? *onNic : host[shard % host.size()]);
     }
-    if (members.size() >= 2) ring(members, ringBytes(members.size(), bytes) / static_cast<double>(shards), out);
+    ring(members, ringBytes(members.size(), bytes) / static_cast<double>(shards), out);
   }
 }
 
@@ -131,7 +131,7 @@ std::vector<Flow> collectiveFlows(const Topology& topo, const std::string& patte
   } else if (pattern == "allgather") {
     allPairs(eps, bytes, out);
   } else {
-    allPairs(eps, 2 * bytes / dn, out);
+    allPairs(eps, bytes * (2 / dn), out);  // 2 bytes / n would overflow near the largest double
   }
   return out;
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <limits>
 #include <numeric>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -401,13 +402,27 @@ bool uniformLeafSpine(const Topology& topo, const detail::LeafClasses& classes, 
     for (int s = 0; s < out.spines; ++s) out.slotOf[byPlane[p][s]] = p * out.spines + s;
   }
   double hostCap = -1, upCap = -1;
+  // The full mesh too: only endpoint-leaf and leaf-spine cables (of one plane), and every leaf
+  // cabled to every spine of its plane both ways; a custom fabric that lacks one (or adds a
+  // leaf-leaf or NIC-NIC cable) is no uniform leaf-spine, and its cut bound is no optimum.
+  std::set<std::pair<int, int>> upDown;  // (leaf, spine) cabled up, (spine, leaf) down
   for (const Link& l : topo.links()) {
     if (l.failed) return false;
-    const bool host = nodes[l.from].kind == NodeKind::kEndpoint || nodes[l.to].kind == NodeKind::kEndpoint;
+    const NodeKind a = nodes[l.from].kind, b = nodes[l.to].kind;
+    const bool host = a == NodeKind::kEndpoint || b == NodeKind::kEndpoint;
+    const bool hostLeaf = host && (a == NodeKind::kLeaf || b == NodeKind::kLeaf);
+    const bool leafSpine = ((a == NodeKind::kLeaf && b == NodeKind::kSpine) ||
+                            (a == NodeKind::kSpine && b == NodeKind::kLeaf)) &&
+                           nodes[l.from].plane == nodes[l.to].plane;
+    if (!hostLeaf && !leafSpine) return false;
+    if (leafSpine) upDown.insert({l.from, l.to});
     double& cap = host ? hostCap : upCap;
     if (cap < 0) cap = l.capacity;
     if (cap != l.capacity) return false;
   }
+  size_t leaves = 0;
+  for (const Node& n : nodes) leaves += n.kind == NodeKind::kLeaf;
+  if (upDown.size() != 2 * leaves * static_cast<size_t>(out.spines)) return false;
   out.upCap = upCap;
   return upCap > 0;
 }
