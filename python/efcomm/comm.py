@@ -736,7 +736,8 @@ class Work:
     """An asynchronous :meth:`Reducer.allreduce_async` call (PyTorch's ``Work``).
 
     ``wait(timeout=None)`` blocks until the call has completed and returns its result, or raises
-    its error; with a timeout that runs out first it raises CollectiveTimeout and the call goes on.
+    its error; with a timeout that runs out first the call is aborted (with the reducer's
+    communicator, as after any collective timeout) and has ended when CollectiveTimeout is raised.
     """
 
     def __init__(self, native, x):

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <tuple>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -504,6 +505,24 @@ TEST(Reducer, ASecondThreadsCallIsRefusedWhileOneRuns) {
   ASSERT_TRUE(aError);
   EXPECT_THROW(std::rethrow_exception(aError), CollectiveTimeout);
   EXPECT_EQ(red.stats().count("b"), 0u);  // waits for no call now; B left no trace
+}
+
+TEST(Reducer, AsyncWaitTimeoutAbortsTheCallBeforeReturning) {
+  // Work::wait's promise: when its timeout runs out first, the call is aborted and has ended when
+  // wait throws, so the caller may free its buffers (the call used to go on writing into them).
+  InProcessGroup g(2, 30.0);
+  Reducer red(g.backend(0), "topk:ratio=0.5", "ef21", ReducerOptions{"allgather"});
+  auto x = std::make_unique<std::vector<float>>(64, 1.0f);
+  auto out = std::make_unique<std::vector<float>>(64);
+  auto work = red.allreduceAsync(view(*x), mutableView(*out), "w");
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_THROW(work->wait(0.3), CollectiveTimeout);  // rank 1 never calls
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  EXPECT_TRUE(work->completed());
+  x.reset();
+  out.reset();
+  EXPECT_THROW(work->wait(0.0), CollectiveTimeout);  // 0 is a valid timeout; the error again
+  EXPECT_THROW(work->wait(-1.0), InvalidArgument);
 }
 
 TEST(Reducer, RejectsBadConfiguration) {

@@ -4,12 +4,13 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <mutex>
-#include <thread>
 #include <cstring>
 #include <exception>
+#include <functional>
+#include <mutex>
 #include <optional>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "comm/backend.hpp"
@@ -42,6 +43,8 @@ struct Reducer::Job final : Work {
   std::string rejected;  // a call made by Reducer::reject
   uint64_t buckets = 0;  // a bucket of an allreduceCoalesced call of this many buckets (0: none)
   std::string layout;    // its tensors' shapes: lists that differ but fuse alike must not agree
+  // Aborts the reducer's communicator (set by enqueue: the reducer outlives its unfinished jobs).
+  std::function<void(const CollectiveTimeout&)> abortCall;
   mutable std::mutex mutex;
   std::condition_variable done;
   bool finished = false;
@@ -56,16 +59,26 @@ struct Reducer::Job final : Work {
     finished = true;
     done.notify_all();
   }
-  // A timeout here leaves the call running (its buffers stay in use): the reduction itself is
-  // bounded by the backend's collective timeouts.
+  // A timeout here does what Work promises: the call is aborted (the reducer's communicator
+  // fails its pending and later collectives, as after any collective timeout) and has ended
+  // before wait throws, so the caller may free its buffers.
   void wait(std::optional<double> timeoutSeconds) override {
     std::unique_lock<std::mutex> lock(mutex);
     if (timeoutSeconds) {
-      const auto until = comm::deadlineAfter(comm::resolveTimeout(timeoutSeconds, 1.0));
-      if (!done.wait_until(lock, until, [&] { return finished; }))
-        throw CollectiveTimeout("Reducer.allreduce_async(key '" + key + "'): not completed within " +
-                                    std::to_string(*timeoutSeconds) + " s (it is still running)",
-                                {});
+      EFCOMM_CHECK(std::isfinite(*timeoutSeconds) && *timeoutSeconds >= 0,
+                   "Work.wait: the timeout must be finite and >= 0 seconds, got ", *timeoutSeconds);
+      if (!done.wait_until(lock, comm::deadlineAfter(*timeoutSeconds), [&] { return finished; })) {
+        const CollectiveTimeout timedOut("Reducer.allreduce_async(key '" + key + "'): not completed within " +
+                                             detail::concat(*timeoutSeconds) +
+                                             " s; the call and the reducer's communicator are aborted",
+                                         {});
+        lock.unlock();
+        if (abortCall) abortCall(timedOut);
+        lock.lock();
+        done.wait(lock, [&] { return finished; });  // its collectives now fail at once
+        if (!error) return;  // it completed meanwhile
+        throw timedOut;
+      }
     } else {
       done.wait(lock, [&] { return finished; });
     }
@@ -310,6 +323,14 @@ std::shared_ptr<Work> Reducer::allreduceAsync(const ConstTensorView& x, const Te
 }
 
 std::shared_ptr<Work> Reducer::enqueue(const std::shared_ptr<Job>& job) {
+  job->abortCall = [this](const CollectiveTimeout& e) {
+    std::shared_ptr<Backend> backend;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      backend = backend_;
+    }
+    backend->abort(e);
+  };
   // An MPI initialized below MPI_THREAD_SERIALIZED may only be called from its own thread: the
   // call then runs here and the Work is complete when returned.
   const std::optional<MpiThreadLevel> level = mpiThreadLevel(*backend_);
