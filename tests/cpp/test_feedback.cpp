@@ -50,6 +50,20 @@ TEST(Accumulate, EqualsDecodeThenAdd) {
   EXPECT_THROW(accumulate(m, mutableView(f), 1.0), InvalidArgument);
 }
 
+TEST(Feedback, AnOverflowOfInputAndStateIsNamedSo) {
+  // The input is finite, v - g is not: the error says the combination overflowed, not that the
+  // caller's input holds Inf (the compressor's own message named its input, the formed vector).
+  auto fb = makeFeedback("ef21", makeCompressor("topk:k=1"));
+  std::vector<float> first(4, -3e38f), second(4, 3e38f);
+  fb->step(view(first));
+  try {
+    fb->step(view(second));
+    ADD_FAILURE() << "the overflow was not reported";
+  } catch (const NonFiniteError& e) {
+    EXPECT_NE(std::string(e.what()).find("combined with the state overflowed"), std::string::npos) << e.what();
+  }
+}
+
 TEST(Feedback, EF21MatchesReference) {
   auto fb = makeFeedback("ef21:init=compressed", comp("topk:ratio=0.1"));
   auto ref = makeCompressor("topk:ratio=0.1");

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 
+#include "efcomm/state.hpp"
 #include "test_util.hpp"
 
 namespace efcomm {
@@ -28,6 +29,35 @@ TEST(Message, HeaderFields) {
   EXPECT_EQ(p.numel(), 12);
   EXPECT_EQ(p.dtype(), DType::kFloat32);
   EXPECT_EQ(p.checksum(), m.checksum());
+}
+
+TEST(Message, BuildRefusesWhatNoMessageCanHold) {
+  // build() checks its arguments (a wrapping capacity overflowed the heap, a bad dtype or id made
+  // a message no decoder knows), and a message made with build/finish is validated before it is
+  // decoded as fromBytes validates one (a 16-byte payload for 1000 floats was read past).
+  EXPECT_THROW(Message::build(CompressorId::kIdentity, DType::kFloat32, {4}, 0, {}, SIZE_MAX - 40), InvalidArgument);
+  EXPECT_THROW(Message::build(CompressorId::kIdentity, static_cast<DType>(9), {4}, 0, {}, 16), InvalidArgument);
+  EXPECT_THROW(Message::build(static_cast<CompressorId>(0), DType::kFloat32, {4}, 0, {}, 16), InvalidArgument);
+  EXPECT_THROW(Message::build(CompressorId::kIdentity, DType::kFloat32, {-4}, 0, {}, 16), InvalidArgument);
+  Message m = Message::build(CompressorId::kIdentity, DType::kFloat32, {1000}, 0, {}, 16);
+  std::memset(m.mutablePayload(), 0, 16);
+  m.finish(16);
+  EXPECT_FALSE(m.validated());
+  std::vector<float> out(1000);
+  EXPECT_THROW(decompress(m, test::mutableView(out)), CorruptMessageError);
+  EXPECT_THROW(accumulate(m, test::mutableView(out), 1.0), CorruptMessageError);
+  // A copy of a message under construction shares its bytes: neither may be filled or finished.
+  Message a = Message::build(CompressorId::kIdentity, DType::kFloat32, {4}, 0, {}, 16);
+  Message b = a;
+  EXPECT_THROW(a.finish(16), InvalidArgument);
+  EXPECT_THROW(b.mutablePayload(), InvalidArgument);
+  // efcomm's own messages and parsed ones are validated.
+  auto c = makeCompressor("identity");
+  std::vector<float> x(4, 1.0f);
+  const Message own = c->compress(test::view(x));
+  EXPECT_TRUE(own.validated());
+  EXPECT_TRUE(Message::fromBytes(own.data(), own.size()).validated());
+  EXPECT_THROW(StateTensor::fromView({nullptr, DType::kFloat32, {4}}), InvalidArgument);
 }
 
 TEST(Message, EveryByteFlipIsDetected) {

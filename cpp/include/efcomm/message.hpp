@@ -38,7 +38,9 @@ constexpr size_t kFixedHeaderBytes = 32;
 /// Largest number of dimensions a message may carry.
 constexpr int kMaxDims = 8;
 
-/// An immutable, validated, compressed tensor. Copies share the same bytes (cheap).
+/// An immutable compressed tensor. Copies share the same bytes (cheap). Messages from
+/// `fromBytes` and from efcomm's compressors are validated; one made with `build`/`finish` is
+/// validated by `decompress`/`accumulate` before they decode it (CorruptMessageError).
 /// Thread-safety: const methods may be called concurrently.
 class Message {
  public:
@@ -51,13 +53,18 @@ class Message {
   static Message fromBytes(const void* data, size_t size);
 
   /// Starts a message for a compressor to fill: writes the header, reserves
-  /// `payloadCapacity` bytes of payload. Finish with `finish()`.
+  /// `payloadCapacity` bytes of payload. Finish with `finish()`. Throws `InvalidArgument` for an
+  /// unknown compressor id or dtype, a negative dimension, more than kMaxDims dimensions,
+  /// parameters over 65535 bytes or a capacity beyond 2^62 bytes.
   static Message build(CompressorId id, DType dtype, const std::vector<int64_t>& shape,
                        uint16_t flags, const std::vector<uint8_t>& params, size_t payloadCapacity);
-  /// Writable payload of a message under construction.
+  /// Writable payload of a message under construction (not of a copy of one: InvalidArgument).
   uint8_t* mutablePayload();
   /// Ends construction: sets the payload size (<= capacity) and writes the checksum.
   void finish(size_t payloadSize);
+  /// True for messages that passed the compressor's payload rules (fromBytes) or that
+  /// efcomm's compressors made.
+  bool validated() const { return validated_; }
 
   /// The whole wire image.
   const uint8_t* data() const { return buf_.get(); }
@@ -79,6 +86,7 @@ class Message {
 
  private:
   void parseHeader();  // sets the fields above from buf_; throws CorruptMessageError
+  friend class Compressor;  // marks what its compressors make as validated
 
   std::shared_ptr<uint8_t[]> buf_;
   size_t size_ = 0;
@@ -90,6 +98,7 @@ class Message {
   int64_t numel_ = 0;
   uint16_t flags_ = 0;
   size_t paramsOffset_ = 0, paramsSize_ = 0, payloadOffset_ = 0, payloadSize_ = 0;
+  bool validated_ = false;
 };
 
 /// Total wire size of a message with the given header parts and payload size.

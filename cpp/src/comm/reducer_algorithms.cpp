@@ -493,8 +493,8 @@ void raise(Backend& backend, const std::string& context, const Failure& f, std::
     try {
       std::rethrow_exception(own);
     } catch (const NonFiniteError& e) {  // the call and key, as the other ranks' errors name them
-      throw NonFiniteError(context + ": this rank's vector to compress is not finite, every rank skipped the round: " +
-                           e.what());
+      throw NonFiniteError(context + ": rank " + std::to_string(backend.rank()) +
+                           " (this rank) has a non-finite vector to compress; every rank skipped the round: " + e.what());
     }
   }
   EFCOMM_CHECK_T(NonFiniteError, f.code != static_cast<uint32_t>(ErrorCode::kNonFinite), context, ": rank ", f.rank,

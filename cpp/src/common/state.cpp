@@ -13,6 +13,7 @@
 namespace efcomm {
 
 StateTensor StateTensor::fromView(const ConstTensorView& v) {
+  EFCOMM_CHECK(v.data != nullptr || v.nbytes() == 0, "StateTensor.fromView: null data for ", v.nbytes(), " bytes");
   StateTensor t;
   t.dtype = v.dtype;
   t.shape = v.shape;

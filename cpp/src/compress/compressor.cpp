@@ -12,6 +12,7 @@ Message Compressor::compress(const ConstTensorView& x, std::optional<uint64_t> s
   itemSize(x.dtype);  // validates the dtype
   const uint64_t s = resolveStep(step);
   Message m = doCompress(x, s);
+  m.validated_ = true;  // efcomm's own codec made it
   advanceStep(s);  // only on success: a failed call leaves the compressor's state unchanged
   return m;
 }

@@ -120,6 +120,13 @@ Message Message::build(CompressorId id, DType dtype, const std::vector<int64_t>&
   EFCOMM_CHECK(static_cast<int>(shape.size()) <= kMaxDims, "tensor has ", shape.size(),
                " dimensions; the wire format carries at most ", kMaxDims);
   EFCOMM_CHECK(params.size() <= 0xffff, "compressor parameters too large");
+  EFCOMM_CHECK(codecByIdOrNull(static_cast<uint8_t>(id)) != nullptr, "Message.build: unknown compressor id ",
+               static_cast<int>(id));
+  EFCOMM_CHECK(isValidDType(static_cast<uint8_t>(dtype)), "Message.build: unknown dtype code ",
+               static_cast<int>(dtype));
+  shapeNumel(shape);  // InvalidArgument for a negative dimension or an element count beyond 2^56
+  EFCOMM_CHECK(payloadCapacity <= (size_t{1} << 62), "Message.build: a payload capacity of ", payloadCapacity,
+               " bytes is beyond any message");
   Message m;
   const size_t hdr = headerBytes(static_cast<int>(shape.size()), params.size());
   m.capacity_ = hdr + payloadCapacity + 4;
@@ -155,13 +162,18 @@ Message Message::build(CompressorId id, DType dtype, const std::vector<int64_t>&
 }
 
 uint8_t* Message::mutablePayload() {
-  EFCOMM_CHECK_T(Error, size_ == 0 && buf_, "message is already finished");
+  EFCOMM_CHECK(size_ == 0 && buf_, "Message.mutablePayload: the message is finished (or was never built)");
+  EFCOMM_CHECK(buf_.use_count() == 1, "Message.mutablePayload: a copy of a message under construction shares its "
+               "bytes; fill and finish the one built");
   return buf_.get() + payloadOffset_;
 }
 
 void Message::finish(size_t payloadSize) {
-  EFCOMM_CHECK_T(Error, size_ == 0 && buf_ && payloadOffset_ + payloadSize + 4 <= capacity_,
-                 "payload of ", payloadSize, " bytes exceeds the reserved capacity");
+  EFCOMM_CHECK(size_ == 0 && buf_, "Message.finish: the message is finished (or was never built)");
+  EFCOMM_CHECK(buf_.use_count() == 1, "Message.finish: a copy of a message under construction shares its bytes; "
+               "finish the one built");
+  EFCOMM_CHECK(payloadOffset_ + payloadSize + 4 <= capacity_, "Message.finish: a payload of ", payloadSize,
+               " bytes exceeds the reserved capacity of ", capacity_ - payloadOffset_ - 4);
   payloadSize_ = payloadSize;
   size_ = payloadOffset_ + payloadSize + 4;
   storeAs<uint64_t>(buf_.get() + 24, payloadSize);
@@ -230,6 +242,7 @@ Message Message::fromBytes(const void* data, size_t size) {
   EFCOMM_CHECK_MSG(stored == actual, "checksum mismatch (stored ", stored, ", computed ", actual,
                    "): the payload was damaged in transit");
   codecById(m.id_).validate(m);
+  m.validated_ = true;
   return m;
 }
 

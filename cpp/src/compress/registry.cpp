@@ -84,6 +84,8 @@ namespace {
 
 void checkOutput(const Message& msg, const TensorView& out) {
   EFCOMM_CHECK(!msg.empty(), "cannot decompress an empty (unfinished) message");
+  // A message made with build/finish is checked as fromBytes checks one: decoders rely on it.
+  if (!msg.validated()) codecById(msg.compressorId()).validate(msg);
   EFCOMM_CHECK(out.dtype == msg.dtype(), "output dtype ", dtypeName(out.dtype),
                " does not match the message's ", dtypeName(msg.dtype()));
   EFCOMM_CHECK(out.numel() == msg.numel(), "output has ", out.numel(), " elements ",

@@ -50,7 +50,15 @@ Message Feedback::compressFormed(const ConstTensorView& v, const ConstTensorView
     throwIfNonFinite(v, spec() + ".step");
     throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
   }
-  return compressor_->compress(p, step);
+  try {
+    return compressor_->compress(p, step);
+  } catch (const NonFiniteError&) {
+    // The compressor names its own input, the formed vector: say whether the caller's was at
+    // fault or the combination with the state overflowed (the error path only: one more scan).
+    throwIfNonFinite(v, spec() + ".step");
+    throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
+    throw;
+  }
 }
 
 StateDict Feedback::stateDict() const {
