@@ -197,8 +197,18 @@ class DevicePair : public Algorithm {
     build(worker_, aggregate_);
   }
 
-  // A fresh worker and aggregate (a failed first round of the allreduce algorithm).
-  void restart() { build(worker_, aggregate_); }
+  // A fresh worker and aggregate (a failed first round of the allreduce algorithm): both made
+  // before either is replaced; the round's error is the one to report.
+  void restart() {
+    try {
+      std::unique_ptr<cuda::DeviceFeedback> worker;
+      std::unique_ptr<DeviceAggregate> aggregate;
+      build(worker, aggregate);
+      worker_ = std::move(worker);
+      aggregate_ = std::move(aggregate);
+    } catch (const std::exception&) {
+    }
+  }
 
   SlotSetup s_;
   std::unique_ptr<cuda::DeviceFeedback> worker_;

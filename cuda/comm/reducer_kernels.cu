@@ -1,6 +1,6 @@
 // The device Reducer's one elementwise kernel: an allreduce payload scaled by its rank's weight,
-// rounded to the payload's type as the host's scaleValues does (v * w in double, stored through
-// the type's compute type).
+// rounded to the payload's type as the host's scaleValues does (v * w in double, rounded once to
+// the type: roundFromDouble).
 #include "comm/reducer_kernels.hpp"
 
 #include "common/kernels.cuh"

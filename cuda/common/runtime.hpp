@@ -49,7 +49,8 @@ int smCount();
 /// same thread (which may reallocate: growing synchronizes the device through cudaFree). Calls
 /// that use scratch synchronize their stream before returning, so no work outlives them.
 /// Slots: 0-3 codecs (A), 4-5 feedback and topk (B), 6 accumulate's decode buffer, 7 the wire
-/// checksum.
+/// checksum (which, with the checksum beside the decode, is in use on the side stream until
+/// decompress joins it, as is ticket 0).
 void* scratch(size_t bytes, int slot);
 
 /// Per-thread device flag words (and their pinned host mirror) for kernels to report errors:

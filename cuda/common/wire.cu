@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <vector>
 
@@ -562,41 +563,49 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
   return h;
 }
 
-PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream, double checksumShare) {
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream,
+                                const std::function<double(const DeviceMessageHeader&)>& checksumShare) {
   checkMessageArgs(msg, size);
   const auto* dmsg = static_cast<const uint8_t*>(msg);
   // The header prefix and the last 5 bytes into the mailbox, then the checksum kernel; the host
-  // waits for the copies only and checks the header while the kernel runs.
+  // waits for the copies only and checks the header while the kernel runs. With checksumShare,
+  // the kernel waits for the header instead (its stream and grid depend on the codec).
   const HostMailbox mail = mailbox();
   const size_t headCopy = std::min<size_t>(size, HostMailbox::kHeadBytes);
   copyHeadTailKernel<<<1, 256, 0, stream>>>(dmsg, size, static_cast<uint32_t>(headCopy), mail.device);
   EFCOMM_CUDA_CHECK(cudaGetLastError());
   PendingMessage p;
-  const bool beside = checksumShare > 0;
   cudaStream_t checksumStream = stream;
+  SealArgs a;
+  a.data = dmsg;
+  a.size = size - 4;
+  a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
   try {  // from here on a kernel of this call may be in flight
-    if (beside) checksumStream = sideStream();
     const cudaEvent_t copied = mailEvent();
     EFCOMM_CUDA_CHECK(cudaEventRecord(copied, stream));
-    // The side stream starts after the copies, and so after whatever wrote the message.
-    if (beside) EFCOMM_CUDA_CHECK(cudaStreamWaitEvent(checksumStream, copied, 0));
-    SealArgs a;
-    a.data = dmsg;
-    a.size = size - 4;
-    a.mail = mail.device;  // the checksum only (headCopy 0, no tail)
-    if (beside) {
-      const double sms = smCount();
-      a.maxBlocks = static_cast<uint32_t>(std::clamp(std::ceil(checksumShare * sms), 1.0, sms));
+    if (!checksumShare) {
+      enqueueChecksum(a, nullptr, stream);
+      traceMark(stream, "verify");
     }
-    enqueueChecksum(a, nullptr, checksumStream);
-    if (beside) {
-      p.checked = sideEvent();
-      EFCOMM_CUDA_CHECK(cudaEventRecord(p.checked, checksumStream));
-    }
-    traceMark(stream, "verify");
     EFCOMM_CUDA_CHECK(cudaEventSynchronize(copied));
     p.header = parseHeader(std::vector<uint8_t>(mail.host->head, mail.host->head + headCopy), mail.host->tail, dmsg,
                            size, stream);
+    if (checksumShare) {
+      const double share = checksumShare(p.header);
+      if (share > 0) {
+        // The side stream starts after the copies, and so after whatever wrote the message.
+        checksumStream = sideStream();
+        EFCOMM_CUDA_CHECK(cudaStreamWaitEvent(checksumStream, copied, 0));
+        const double sms = smCount();
+        a.maxBlocks = static_cast<uint32_t>(std::clamp(std::ceil(share * sms), 1.0, sms));
+      }
+      enqueueChecksum(a, nullptr, checksumStream);
+      if (checksumStream != stream) {
+        p.checked = sideEvent();
+        EFCOMM_CUDA_CHECK(cudaEventRecord(p.checked, checksumStream));
+      }
+      traceMark(stream, "verify");
+    }
   } catch (...) {
     // No kernel outlives the call (scratch, ticket, mailbox).
     (void)cudaStreamSynchronize(stream);

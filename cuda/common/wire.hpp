@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "efcomm/cuda.hpp"
@@ -82,16 +83,18 @@ DeviceMessageHeader readMessage(const void* msg, size_t size, cudaStream_t strea
 /// synchronization, finishMessageRead compares the checksum (CorruptMessageError). Uses the
 /// calling thread's mailbox: no other message read on this thread in between.
 ///
-/// With `checksumShare` in (0, 1] the checksum kernel runs on the thread's side stream instead,
-/// beside what `stream` does next (the decode), on at most that share of the multiprocessors
-/// (the rest are the decode's); joinMessageRead then makes `stream` wait for it, before the
-/// synchronization that precedes finishMessageRead (and before any return, errors included).
+/// With `checksumShare` the checksum kernel is enqueued once the header is read, and where
+/// checksumShare(header) is in (0, 1] on the thread's side stream, beside what `stream` does next
+/// (the decode), on at most that share of the multiprocessors (the rest are the decode's);
+/// joinMessageRead then makes `stream` wait for it, before the synchronization that precedes
+/// finishMessageRead (and before any return, errors included).
 struct PendingMessage {
   DeviceMessageHeader header;
   uint32_t stored = 0;            // the message's trailer
   cudaEvent_t checked = nullptr;  // with the checksum on the side stream: recorded after it
 };
-PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream, double checksumShare = 0);
+PendingMessage readMessageAsync(const void* msg, size_t size, cudaStream_t stream,
+                                const std::function<double(const DeviceMessageHeader&)>& checksumShare = {});
 void joinMessageRead(const PendingMessage& pending, cudaStream_t stream);
 void finishMessageRead(const PendingMessage& pending);
 

@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -62,15 +63,20 @@ const void* alignedMessage(const void* msg, size_t size, cudaStream_t stream) {
 }
 
 // The share of the multiprocessors for the checksum when it runs beside the decode (an
-// experiment, EFCOMM_CUDA_OVERLAP_CHECKSUM=1, which bench/gpu_check.sh measures against the
-// default): its part of the bytes the two kernels move, the message it reads against the
-// message and output of the decode. 0 (the checksum before the decode, on the same stream)
-// otherwise.
+// experiment, which bench/gpu_check.sh measures against the default): with
+// EFCOMM_CUDA_OVERLAP_CHECKSUM=1 its part of the bytes the two kernels move (the message it
+// reads against the message and output of the decode), with a number in (0, 1) that share;
+// unset or 0: none (the checksum before the decode, on the same stream, all multiprocessors).
 double checksumShare(size_t messageBytes, size_t outputBytes) {
   const char* v = std::getenv("EFCOMM_CUDA_OVERLAP_CHECKSUM");
-  if (v == nullptr || std::strcmp(v, "1") != 0) return 0;
+  if (v == nullptr || std::strcmp(v, "0") == 0 || *v == '\0') return 0;
   const double m = static_cast<double>(messageBytes);
-  return m / (2 * m + static_cast<double>(outputBytes));
+  if (std::strcmp(v, "1") == 0) return m / (2 * m + static_cast<double>(outputBytes));
+  char* end = nullptr;
+  const double share = std::strtod(v, &end);
+  EFCOMM_CHECK(end != v && *end == '\0' && share > 0 && share < 1, "EFCOMM_CUDA_OVERLAP_CHECKSUM='", v,
+               "': 1 (a share by bytes moved), a share in (0, 1), or 0/unset (off)");
+  return share;
 }
 
 constexpr int kDecodeCheckWord = HostMailbox::kFlagWords - 1;
@@ -168,7 +174,16 @@ void decompress(const void* msg, size_t size, const TensorView& out, Stream stre
   // payload bytes decodes right behind it (no synchronization in between), and the checksum is
   // compared after the decode: a damaged message then leaves `out` overwritten, as a failed
   // content check does. The others wait for the checksum first.
-  const PendingMessage pending = readMessageAsync(msg, size, st, checksumShare(size, out.nbytes()));
+  // Beside the decode only where the decode does not wait for the checksum anyway (TopK's does).
+  const double share = checksumShare(size, out.nbytes());
+  std::function<double(const DeviceMessageHeader&)> beside;
+  if (share > 0) {
+    beside = [share](const DeviceMessageHeader& h) {
+      const DeviceCodec* c = deviceCodecOrNull(h.id);
+      return c != nullptr && c->decodesUnverified ? share : 0.0;
+    };
+  }
+  const PendingMessage pending = readMessageAsync(msg, size, st, beside);
   const DeviceMessageHeader& h = pending.header;
   bool verified = false;
   try {

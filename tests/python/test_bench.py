@@ -201,6 +201,7 @@ def test_gpu_report_renders_a_device_run_and_fits_the_size_sweep(tmp_path, capsy
               "compressors": [{"spec": s, "message_bytes": m, "compress_seconds": call(m, 20e-6, 1500),
                                "decompress_seconds": call(m, 30e-6, 1000),
                                "decompress_beside_seconds": call(m, 0, 1600),
+                               "decompress_beside_quarter_error": "boom",
                                "compress_gbps": (4 * n + m) / call(m, 20e-6, 1500) / 1e9,
                                "decompress_gbps": (4 * n + m) / call(m, 30e-6, 1000) / 1e9}
                               for s, m in specs.items()],
@@ -227,7 +228,7 @@ def test_gpu_report_renders_a_device_run_and_fits_the_size_sweep(tmp_path, capsy
     assert "| TopK 1 % at least 2x faster than torch.topk | no GPU here | SKIP |" in text
     after = text.split("with the checksum beside the decode")[1]
     beside = next(ln for ln in after.splitlines() if ln.startswith("| `sign` |"))
-    assert beside.endswith("| 80 % |")  # 1600 of 2000 GB/s
+    assert "| 80 % | error: boom |" in beside  # 1600 of 2000 GB/s; the quarter's run failed
     assert "| EF21 step within 1.5x of TopK alone | 1.20x | PASS |" in text
 
 

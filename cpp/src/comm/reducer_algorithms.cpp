@@ -388,8 +388,13 @@ class AllreduceAlgorithm final : public Algorithm {
       // add (a PowerSGD worker would also call its P round that the others skip). Every rank
       // starts over; the workers' initialized state is the same on every rank (it was before).
       if (!wasInitialized) {
-        worker_ = makeWorker();
-        aggregate_ = Aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
+        try {  // both made before either is replaced; the round's error is the one to report
+          std::unique_ptr<Feedback> worker = makeWorker();
+          Aggregate aggregate(s_.feedback, 1, {1.0}, s_.shape, s_.dtype);
+          worker_ = std::move(worker);
+          aggregate_ = std::move(aggregate);
+        } catch (const std::exception&) {
+        }
       }
       raise(*backend_, s_.context, first, mine.error);
     }

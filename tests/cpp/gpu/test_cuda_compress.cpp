@@ -339,6 +339,30 @@ TEST(CudaCompress, ChecksumBesideTheDecodeGivesTheSameResults) {
   for (const std::string& spec : specs())
     for (int64_t n : {int64_t{1}, int64_t{70001}, (int64_t{1} << 22) + 3}) crossCheck(spec, DType::kFloat32, n);
   for (const std::string& spec : corruptionSpecs()) corruptionChecks(spec);
+  // TopK's decode waits for the checksum: it stays on the call's stream, results alike.
+  {
+    auto topk = makeCompressor("topk:ratio=0.01");
+    const std::vector<uint8_t> x = input(DType::kFloat32, 70001, 4);
+    Dev dx(x), beside(x.size()), plain(x.size());
+    cuda::DeviceBuffer m;
+    const size_t size = cuda::compress(*topk, viewOf(dx.p, DType::kFloat32, 70001), m);
+    cuda::decompress(m.data(), size, TensorView{beside.p, DType::kFloat32, {70001}});
+    unsetenv("EFCOMM_CUDA_OVERLAP_CHECKSUM");
+    cuda::decompress(m.data(), size, TensorView{plain.p, DType::kFloat32, {70001}});
+    ASSERT_EQ(setenv("EFCOMM_CUDA_OVERLAP_CHECKSUM", "1", 1), 0);
+    EXPECT_EQ(beside.get<uint8_t>(), plain.get<uint8_t>());
+  }
+  corruptionChecks("topk:ratio=0.01");
+  // A fixed share, and a bad value refused.
+  ASSERT_EQ(setenv("EFCOMM_CUDA_OVERLAP_CHECKSUM", "0.25", 1), 0);
+  crossCheck("sign", DType::kFloat32, 70001);
+  ASSERT_EQ(setenv("EFCOMM_CUDA_OVERLAP_CHECKSUM", "2", 1), 0);
+  auto c = makeCompressor("identity");
+  const std::vector<uint8_t> x = input(DType::kFloat32, 64, 1);
+  Dev dx(x), dy(x.size());
+  cuda::DeviceBuffer m;
+  const size_t size = cuda::compress(*c, viewOf(dx.p, DType::kFloat32, 64), m);
+  EXPECT_THROW(cuda::decompress(m.data(), size, TensorView{dy.p, DType::kFloat32, {64}}), InvalidArgument);
 }
 
 TEST(CudaCompress, PayloadContentRulesAreChecked) {

@@ -123,6 +123,10 @@ TEST(CudaReducer, MatchesTheHostReducerAndIsIdenticalOnEveryRank) {
       {"cast:dtype=bf16", "none", "allreduce", 1e-2},
       {"sign", "ef14", "allgather", 1e-2},
       {"quant:bits=8,block=256", "ef21", "reduce_scatter", 2e-2},
+      // The owners' EF14 on their round's sum, and explicit k shared out over the chunks.
+      {"sign", "ef14", "reduce_scatter", 1e-2},
+      {"topk:k=250", "ef21", "reduce_scatter"},
+      {"randk:k=200,seed=3", "none", "reduce_scatter"},
   };
   const int64_t d = 5003;
   for (const Case& c : cases) {
@@ -219,6 +223,45 @@ TEST(CudaReducer, NonFiniteRankIsNamedOnEveryRank) {
       EXPECT_FALSE(errors[static_cast<size_t>(r)].empty()) << "rank " << r << " did not raise";
       if (r != 1) EXPECT_NE(errors[static_cast<size_t>(r)].find("rank 1"), std::string::npos) << errors[r];
     }
+  }
+}
+
+TEST(CudaReducer, AllreduceStartsAfreshAfterAFailedFirstRound) {
+  // Rank 1's first vector is NaN (init=full): every rank raises and the round never happened; the
+  // later rounds match the host reducer doing the same, on every rank.
+  SKIP_WITHOUT_DEVICE();
+  const int64_t d = 1000;
+  ReducerOptions o;
+  o.algorithm = "allreduce";
+  std::vector<std::vector<std::vector<float>>> dev(2), host(2);
+  std::vector<int> raised(2, 0);
+  forRanks(2, [&](int r, std::shared_ptr<Backend> b) {
+    Reducer red(efcomm::stagedDeviceBackend(b, 0), "randk:ratio=0.1,seed=3", "ef21", o);
+    Reducer ref(b, "randk:ratio=0.1,seed=3", "ef21", o);
+    for (int t = 0; t < 3; ++t) {
+      std::vector<float> v = input(r, t, d);
+      if (t == 0 && r == 1) v[5] = std::numeric_limits<float>::quiet_NaN();
+      Dev x(v), out(v.size() * sizeof(float));
+      std::vector<float> y(v.size());
+      try {
+        red.allreduce(ConstTensorView{x.p, DType::kFloat32, {d}}, TensorView{out.p, DType::kFloat32, {d}}, "k");
+        dev[static_cast<size_t>(r)].push_back(out.get<float>());
+      } catch (const efcomm::NonFiniteError&) {
+        ++raised[static_cast<size_t>(r)];
+      }
+      try {
+        ref.allreduce(ConstTensorView{v.data(), DType::kFloat32, {d}}, TensorView{y.data(), DType::kFloat32, {d}},
+                      "k");
+        host[static_cast<size_t>(r)].push_back(y);
+      } catch (const efcomm::NonFiniteError&) {
+      }
+    }
+  });
+  EXPECT_EQ(raised, (std::vector<int>{1, 1}));
+  ASSERT_EQ(dev[0].size(), 2u);
+  for (size_t t = 0; t < 2; ++t) {
+    EXPECT_EQ(dev[0][t], dev[1][t]) << t;
+    EXPECT_EQ(dev[0][t], host[0][t]) << t;
   }
 }
 
