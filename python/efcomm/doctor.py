@@ -755,8 +755,12 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
                                       f"links at the same collective (+{_ms(c['excess_s'])}, {c['z']:.0f} standard "
                                       "errors)."})
     flagged_links = {tuple(f) for f in ln["flagged"]}
+    slow_sides = set(ln["slow_send"]) | set(ln["slow_recv"])
     for a in (a for a in anomalies if a["kind"] == "slow_link"):
-        if len(a["ranks"]) != 2 or tuple(a["ranks"]) not in flagged_links:
+        # Confirmed: the link the monitor named, or (one rank) a side the dumps find slow.
+        confirmed = (tuple(a["ranks"]) in flagged_links if len(a["ranks"]) == 2
+                     else len(a["ranks"]) == 1 and a["ranks"][0] in slow_sides)
+        if not confirmed:
             faults.append({"kind": "slow_link", "ranks": a["ranks"], "seq": a["seq"],
                            "summary": f"The monitor reported a slow link ({' -> '.join(map(str, a['ranks']))}) at "
                                       f"seq {a['seq']} ({a['detail']}); the dumps' medians do not confirm it."})

@@ -216,10 +216,14 @@ def test_slow_send_side_is_a_row(capsys, tmp_path):
         for rec in d["records"]:
             if rec["peer_seconds"] and rec["peer_seconds"][4] is not None:
                 rec["peer_seconds"][4] *= 3
+        # The live monitor named the same side: confirmed, one fault (not "not confirmed" twice).
+        d["anomalies"] = [{"kind": "slow_link", "ranks": [4], "seq": 20, "detail": "rank 4's send side is slow",
+                           "time": T0 + 1}]
         f.write_text(json.dumps(d))
     code, res = doctor_json(capsys, tmp_path)
     assert code == 1 and res["links"]["slow_send"] == [4] and res["links"]["slow_recv"] == []
     assert [(f["kind"], f["ranks"]) for f in res["faults"]] == [("slow_link", [4])]
+    assert "do not confirm" not in res["verdict"]
     assert "rank 4's send side" in res["verdict"]
 
 
