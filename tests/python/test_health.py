@@ -216,7 +216,12 @@ def body(comm):
             time.sleep(0.01)
         dump = json.loads(path.read_text())
         comm.barrier()
-        return dump["reason"], len(dump["records"])
+    # Closed: a signal no longer overwrites the close dump.
+    if comm.rank == 0:
+        os.kill(os.getpid(), signal.SIGUSR1)
+        time.sleep(0.5)
+    comm.barrier()
+    return dump["reason"], len(dump["records"]), json.loads(path.read_text())["reason"]
 
 print(json.dumps(ef.testing.run_ranks(2, body)))
 """
@@ -230,4 +235,4 @@ def test_sigusr1_dumps_every_rank(tmp_path):
     proc = subprocess.run([sys.executable, "-c", SIGNAL_SCRIPT, str(tmp_path)], capture_output=True, text=True,
                           timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [["signal", 2], ["signal", 2]]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == [["signal", 2, "close"], ["signal", 2, "close"]]

@@ -222,6 +222,11 @@ class MonitorImpl {
     }
   }
 
+  bool closed() const {
+    std::lock_guard<std::mutex> lk(mu_);
+    return closed_;
+  }
+
   // The first call closes and dumps; later ones (the destructor after close()) do nothing.
   void close() {
     std::shared_ptr<Agent> agent;
@@ -412,7 +417,8 @@ struct SignalDumper {
         for (const auto& w : monitors)
           if (auto m = w.lock()) live.push_back(std::move(m));
       }
-      for (const auto& m : live) m->autoDump("signal");
+      for (const auto& m : live)
+        if (!m->closed()) m->autoDump("signal");  // a closed one's last dump is its close dump
     }
   }
 };
