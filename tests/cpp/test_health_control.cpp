@@ -727,6 +727,38 @@ TEST(HealthControl, SilentRankIsNamed) {
                    [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(1500)); });
 }
 
+TEST(HealthControl, TwoSilentRanksAreNamedTogether) {
+  // Ranks 2 and 3 connect, then fall silent together (a frozen host with two ranks): one finding
+  // names both (it named the first past the timeout only).
+  runRanks(
+      4,
+      [&](Backend& b) {
+        if (b.rank() >= 2) {
+          const Rendezvous r = learnCoordinator(b);
+          const int fd = connectLoopback(r.port);
+          sendAll(fd, wire::encode(wire::Hello{r.token, static_cast<uint32_t>(b.rank()), 4, 1}));
+          std::string buf;
+          EXPECT_TRUE(readUntil(fd, wire::Type::kReady, 10.0, &buf));
+          b.barrier()->wait();
+          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+          b.barrier()->wait();
+          ::close(fd);
+          return;
+        }
+        Inbox inbox;
+        Agent agent(b, fastOptions(), inbox.callback(), 10.0);
+        b.barrier()->wait();
+        bool fatal = false;
+        const Anomaly a = inbox.waitFor("hang", 3.0, &fatal);
+        EXPECT_EQ(a.ranks, (std::vector<int>{2, 3})) << "rank " << b.rank() << ":\n" << inbox.list();
+        EXPECT_TRUE(fatal);
+        b.barrier()->wait();
+        agent.close();
+        EXPECT_EQ(inbox.count(), 1u) << inbox.list();
+      },
+      kCollectiveTimeout);
+}
+
 TEST(HealthControl, MalformedFramesFromARankAreALostConnection) {
   expectRank2Named("crash", "protocol error", [](int fd) {
     sendAll(fd, std::string("\x45\x46\x48\x4d\x04\x00\xff\xff\xff\xff garbage", 16));

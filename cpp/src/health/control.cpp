@@ -606,18 +606,31 @@ void Coordinator::lost(Conn& c, const std::string& reason, double now) {
 
 void Coordinator::checkFaults(double now) {
   if (!ready_ || fatal_ || stopping_) return;
-  for (int r = 0; r < size_; ++r) {
-    const RankInfo& info = ranks_[static_cast<size_t>(r)];
-    if (info.state != State::kLive || now - info.lastHeard <= options_.heartbeatTimeout) continue;
-    const uint64_t seq = tracker_.lastSeq(r) < 0 ? 0 : static_cast<uint64_t>(tracker_.lastSeq(r));
-    report({"hang", {r},
-            "rank " + std::to_string(r) + " stopped responding: no heartbeat for " +
-                detect::formatSeconds(now - info.lastHeard) + "; it " + tracker_.lastReached(r, now),
-            seq},
-           true);
+  // Every silent rank in one finding (a frozen host stops all of its ranks at once): once one
+  // rank is past the heartbeat timeout, those silent for all but the last two heartbeats too
+  // (their last heartbeats may have left a moment later).
+  bool any = false;
+  for (const RankInfo& info : ranks_)
+    any = any || (info.state == State::kLive && now - info.lastHeard > options_.heartbeatTimeout);
+  if (!any) {
+    if (auto f = tracker_.overdue(now)) report(*f, true);
     return;
   }
-  if (auto f = tracker_.overdue(now)) report(*f, true);
+  const double nearly = std::max(options_.heartbeatTimeout - 2 * options_.heartbeatInterval,
+                                 options_.heartbeatTimeout / 2);
+  std::vector<int> silent;
+  std::string detail;
+  uint64_t seq = 0;
+  for (int r = 0; r < size_; ++r) {
+    const RankInfo& info = ranks_[static_cast<size_t>(r)];
+    if (info.state != State::kLive || now - info.lastHeard <= nearly) continue;
+    if (silent.empty()) seq = tracker_.lastSeq(r) < 0 ? 0 : static_cast<uint64_t>(tracker_.lastSeq(r));
+    silent.push_back(r);
+    detail += (detail.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) +
+              " stopped responding: no heartbeat for " + detect::formatSeconds(now - info.lastHeard) + "; it " +
+              tracker_.lastReached(r, now);
+  }
+  report({"hang", silent, detail, seq}, true);
 }
 
 void Coordinator::report(const detect::Finding& f, bool fatal) {
