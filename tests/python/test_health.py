@@ -126,6 +126,24 @@ def test_a_rank_without_a_monitor_fails_construction_after_connect_timeout():
     assert 0.4 < seconds < 2.0
 
 
+def test_a_closed_monitor_records_no_more_whatever_the_close_order():
+    # Closed in the order they were made, the first still sits inside the second's chain: it
+    # passes the collectives through unrecorded (it went on recording after its close).
+    def body(comm):
+        m1 = ef.health.Monitor(comm, **FAST)
+        m2 = ef.health.Monitor(comm, **FAST)
+        comm.barrier()
+        m1.close()
+        before = len(m1.records())
+        comm.barrier()
+        m2.close()
+        comm.barrier()
+        return before, len(m1.records()), len(m2.records())
+
+    for before, after, second in ef.testing.run_ranks(2, body):
+        assert after == before and second == 2  # m2: the barriers before its close
+
+
 def test_nonfinite_gradient_is_attributed_to_its_rank():
     def body(comm):
         with ef.health.Monitor(comm, **FAST) as mon:

@@ -530,6 +530,9 @@ class WatchedBackend final : public Backend {
  private:
   template <typename F>
   std::shared_ptr<Work> issue(const char* op, uint64_t bytes, F&& start) {
+    // A closed monitor records nothing more, also where it still sits inside another's chain
+    // (two monitors closed in the order they were made).
+    if (m_->closed()) return start();
     const uint64_t seq = m_->arrive(op, bytes);
     std::shared_ptr<Work> w;
     try {
