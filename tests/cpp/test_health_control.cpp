@@ -677,15 +677,16 @@ bool readUntil(int fd, wire::Type want, double seconds, std::string* buf) {
   }
 }
 
-// A well-behaved rank's view of a misbehaving one: its agent reports exactly one fatal finding of
-// `kind` naming `culprit`, whose detail holds `detailPart`.
-void expectOneFatalFinding(Backend& b, const std::string& kind, const std::string& detailPart, int culprit) {
+// A well-behaved rank's view of misbehaving ones: its agent reports exactly one fatal finding of
+// `kind` naming `culprits`, whose detail holds `detailPart`.
+void expectOneFatalFinding(Backend& b, const std::string& kind, const std::string& detailPart,
+                           const std::vector<int>& culprits) {
   Inbox inbox;
   Agent agent(b, fastOptions(), inbox.callback(), 10.0);
   b.barrier()->wait();
   bool fatal = false;
   const Anomaly a = inbox.waitFor(kind, 3.0, &fatal);
-  EXPECT_EQ(a.ranks, std::vector<int>{culprit}) << "rank " << b.rank() << ":\n" << inbox.list();
+  EXPECT_EQ(a.ranks, culprits) << "rank " << b.rank() << ":\n" << inbox.list();
   EXPECT_TRUE(fatal);
   EXPECT_NE(a.detail.find(detailPart), std::string::npos) << a.detail;
   b.barrier()->wait();
@@ -693,17 +694,19 @@ void expectOneFatalFinding(Backend& b, const std::string& kind, const std::strin
   EXPECT_EQ(inbox.count(), 1u) << inbox.list();
 }
 
-// Rank 2 is a hand-made agent that connects and is READY, then does `misbehave(fd)`; ranks 0 and
-// 1 are real agents that must name rank 2 with `kind`, fatally, in ~the heartbeat timeout.
-void expectRank2Named(const std::string& kind, const std::string& detailPart,
-                      const std::function<void(int)>& misbehave) {
+// Ranks `culprits` (the last of `size`) are hand-made agents that connect and are READY, then do
+// `misbehave(fd)`, all at once; the others are real agents that must name them with `kind`,
+// fatally, in one finding, in ~the heartbeat timeout.
+void expectRanksNamed(int size, const std::vector<int>& culprits, const std::string& kind,
+                      const std::string& detailPart, const std::function<void(int)>& misbehave) {
   runRanks(
-      3,
+      size,
       [&](Backend& b) {
-        if (b.rank() == 2) {
+        if (b.rank() >= culprits.front()) {
           const Rendezvous r = learnCoordinator(b);
           const int fd = connectLoopback(r.port);
-          sendAll(fd, wire::encode(wire::Hello{r.token, 2, 3, 1}));
+          sendAll(fd, wire::encode(wire::Hello{r.token, static_cast<uint32_t>(b.rank()),
+                                               static_cast<uint32_t>(size), 1}));
           std::string buf;
           EXPECT_TRUE(readUntil(fd, wire::Type::kReady, 10.0, &buf));
           b.barrier()->wait();
@@ -712,9 +715,15 @@ void expectRank2Named(const std::string& kind, const std::string& detailPart,
           ::close(fd);
           return;
         }
-        expectOneFatalFinding(b, kind, detailPart, 2);
+        expectOneFatalFinding(b, kind, detailPart, culprits);
       },
       kCollectiveTimeout);
+}
+
+// Rank 2 of 3 misbehaves.
+void expectRank2Named(const std::string& kind, const std::string& detailPart,
+                      const std::function<void(int)>& misbehave) {
+  expectRanksNamed(3, {2}, kind, detailPart, misbehave);
 }
 
 TEST(HealthControl, CrashedRankIsNamed) {
@@ -730,33 +739,8 @@ TEST(HealthControl, SilentRankIsNamed) {
 TEST(HealthControl, TwoSilentRanksAreNamedTogether) {
   // Ranks 2 and 3 connect, then fall silent together (a frozen host with two ranks): one finding
   // names both (it named the first past the timeout only).
-  runRanks(
-      4,
-      [&](Backend& b) {
-        if (b.rank() >= 2) {
-          const Rendezvous r = learnCoordinator(b);
-          const int fd = connectLoopback(r.port);
-          sendAll(fd, wire::encode(wire::Hello{r.token, static_cast<uint32_t>(b.rank()), 4, 1}));
-          std::string buf;
-          EXPECT_TRUE(readUntil(fd, wire::Type::kReady, 10.0, &buf));
-          b.barrier()->wait();
-          std::this_thread::sleep_for(std::chrono::milliseconds(1500));
-          b.barrier()->wait();
-          ::close(fd);
-          return;
-        }
-        Inbox inbox;
-        Agent agent(b, fastOptions(), inbox.callback(), 10.0);
-        b.barrier()->wait();
-        bool fatal = false;
-        const Anomaly a = inbox.waitFor("hang", 3.0, &fatal);
-        EXPECT_EQ(a.ranks, (std::vector<int>{2, 3})) << "rank " << b.rank() << ":\n" << inbox.list();
-        EXPECT_TRUE(fatal);
-        b.barrier()->wait();
-        agent.close();
-        EXPECT_EQ(inbox.count(), 1u) << inbox.list();
-      },
-      kCollectiveTimeout);
+  expectRanksNamed(4, {2, 3}, "hang", "rank 3 stopped responding: no heartbeat",
+                   [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(1500)); });
 }
 
 TEST(HealthControl, MalformedFramesFromARankAreALostConnection) {
@@ -846,7 +830,7 @@ void expectCoordinatorNamed(const std::string& kind, const std::string& detailPa
           ::close(lfd);
           return;
         }
-        expectOneFatalFinding(b, kind, detailPart, 0);
+        expectOneFatalFinding(b, kind, detailPart, {0});
       },
       kCollectiveTimeout);
 }
