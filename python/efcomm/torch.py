@@ -315,11 +315,15 @@ class DDPHookState:
         """A slot for this rank (``rank``: the one a state being loaded was saved by)."""
         if self.weights is None:
             return _Slot(self.feedback, self.compressor, n, shape, dtype)
-        if self.weights and len(self.weights) != n:
-            raise InvalidArgument(f"ddp_hook: {len(self.weights)} ef21w weights for a process group of {n} ranks; "
-                                  "pass one weight per rank")
+        self._check_weights(n)
         return _Slot(self.feedback, self.compressor, n, shape, dtype, self.weights or [1.0 / n] * n,
                      self._rank() if rank is None else rank)
+
+    def _check_weights(self, n: int) -> None:
+        """EF21-W's weights (when given) are one per rank of the ``n``-rank group."""
+        if self.weights and len(self.weights) != n:
+            raise InvalidArgument(f"efcomm DDP hook: {len(self.weights)} EF21-W weights for a process group of {n} "
+                                  "ranks: give one weight per rank")
 
     def _compressed_mean(self, keyed: list, small: list) -> None:
         """Replaces each gradient of ``keyed`` ((key, gradient) pairs) by the aggregate of every
@@ -443,9 +447,7 @@ class DDPHookState:
         when they differ. EF21-W's weights must be one per rank (InvalidArgument on every rank,
         before any collective)."""
         n = self._world()
-        if self.weights and len(self.weights) != n:
-            raise InvalidArgument(f"efcomm DDP hook: {len(self.weights)} EF21-W weights for a process group of {n} "
-                                  "ranks: give one weight per rank")
+        self._check_weights(n)
         config = repr((self.compressor, self.feedback, self.weights, self.start_iter, self.min_compress_numel,
                        self.iter, self.algorithm))
         h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact
