@@ -18,16 +18,6 @@ __device__ __forceinline__ uint16_t narrow(float v) {
 }
 __device__ __forceinline__ float widen(uint16_t b, bool bf16) { return bf16 ? bf16ToFloat(b) : f16ToFloat(b); }
 
-// 1 when the 16-bit result b would decode to NaN/Inf (cast.cpp convertBlock): an all-ones
-// exponent, or for float16 input to bfloat16 a value beyond float16's range.
-template <typename T, bool kBf16>
-__device__ __forceinline__ uint32_t flagged(uint16_t b) {
-  constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
-  uint32_t bad = (b & kMask) == kMask;
-  if constexpr (kBf16 && std::is_same_v<T, F16>) bad |= nonFiniteBit(Elem<F16>::store(bf16ToFloat(b)));
-  return bad;
-}
-
 // One streaming pass: kStreamUnroll groups of 8 per thread per step, loads first (16-byte
 // vector loads when kVec, 16-byte stores: the payload is 16-byte aligned); flag (a mailbox word)
 // when a result has an all-ones exponent.
@@ -49,14 +39,14 @@ __global__ void __launch_bounds__(kThreads) castKernel(const T* in, uint16_t* ou
 #pragma unroll
       for (int k = 0; k < 8; ++k) {
         o[k] = narrow<kBf16>(floatForNarrowing(Elem<T>::load(v[u][k])));
-        bad |= flagged<T, kBf16>(o[k]);
+        bad |= compress::cast::decodesNonFinite<T, kBf16>(o[k]);
       }
       store8<uint16_t, true>(out, base + u * kThreads, o);
     }
   }
   for (int64_t i = 8 * groups + globalThread(); i < n; i += gridThreads()) {
     const uint16_t b = narrow<kBf16>(floatForNarrowing(Elem<T>::load(in[i])));
-    bad |= flagged<T, kBf16>(b);
+    bad |= compress::cast::decodesNonFinite<T, kBf16>(b);
     out[i] = b;
   }
   raiseMailFlag(flag, bad);

@@ -3,7 +3,6 @@
 // (2^-8 for bf16, 2^-11 for fp16), so alpha = 1 - u^2.
 #include <cmath>
 #include <string>
-#include <type_traits>
 
 #include "common/bytes.hpp"
 #include "compress/codec.hpp"
@@ -22,14 +21,12 @@ float widen(uint16_t b, DType target) {
 // range (|x| >= 65408 rounds to bfloat16 65536, which the decoder's float16 output cannot hold).
 template <typename T, bool kBf16>
 uint32_t convertBlock(const T* __restrict in, uint16_t* __restrict out, int64_t n) {
-  constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
   uint32_t flag = 0;
   for (int64_t i = 0; i < n; ++i) {
     const float v = floatForNarrowing(Elem<T>::load(in[i]));
     const uint16_t b = kBf16 ? floatToBf16(v) : floatToF16(v);
     out[i] = b;
-    flag |= (b & kMask) == kMask;
-    if constexpr (kBf16 && std::is_same_v<T, F16>) flag |= nonFiniteBit(Elem<F16>::store(bf16ToFloat(b)));
+    flag |= compress::cast::decodesNonFinite<T, kBf16>(b);
   }
   return flag;
 }

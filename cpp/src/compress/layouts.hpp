@@ -5,9 +5,11 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "common/bitpack.hpp"
+#include "common/half.hpp"
 #include "common/host_device.hpp"
 #include "efcomm/tensor.hpp"
 
@@ -61,6 +63,18 @@ EFCOMM_HD inline size_t payloadBytes(int64_t n, int64_t s) { return kNormBytes +
 
 /// Cast (cast.cpp): 2 bytes per element.
 namespace cast {
+
+/// 1 when the 16-bit result b of a T input would decode to NaN/Inf: an all-ones exponent (a
+/// NaN/Inf input, or an overflow of the 16-bit range), or for float16 input to bfloat16 a value
+/// beyond float16's range (|x| >= 65408 rounds to bfloat16 65536). The CPU and the kernels flag
+/// alike.
+template <typename T, bool kBf16>
+EFCOMM_HD inline uint32_t decodesNonFinite(uint16_t b) {
+  constexpr uint16_t kMask = kBf16 ? 0x7f80 : 0x7c00;
+  uint32_t bad = (b & kMask) == kMask;
+  if constexpr (kBf16 && std::is_same_v<T, F16>) bad |= nonFiniteBit(Elem<F16>::store(bf16ToFloat(b)));
+  return bad;
+}
 
 /// Why cast refuses a finite input of dtype `input` for `target` (it would decode to Inf): for
 /// NonFiniteError's message after "cast.compress: ".
