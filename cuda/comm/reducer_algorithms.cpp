@@ -16,7 +16,6 @@
 #include "common/runtime.hpp"
 #include "common/wire.hpp"
 #include "compress/device_codec.hpp"
-#include "feedback/common.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "feedback/common.hpp"
@@ -272,7 +271,7 @@ class DeviceAllgather final : public DevicePair {
 // broadcast as the chunk's value. Its state dict keeps the device layout ("owner_broadcast.").
 class DeviceReduceScatter final : public Algorithm {
  public:
-  explicit DeviceReduceScatter(const SlotSetup& s) : s_(s) {
+  explicit DeviceReduceScatter(const SlotSetup& s) : s_(s), perRound_(aggregatesPerRound(s.feedback)) {
     chunks_ = {ConstTensorView{nullptr, s.dtype, s.shape}.numel(), s.n};
     build(parts_);
   }
@@ -316,7 +315,7 @@ class DeviceReduceScatter final : public Algorithm {
     DeviceAttempt& reduced = reduced_;
     reduced.run(s_.rank, s, [&](cuda::DeviceBuffer& b) {
       parts_.owner->update(g.msgs, g.sizes, s);
-      return parts_.ownerFeedback->step(parts_.owner->estimate(), b, perRound() ? std::optional<uint64_t>(step)
+      return parts_.ownerFeedback->step(parts_.owner->estimate(), b, perRound_ ? std::optional<uint64_t>(step)
                                                                                 : std::nullopt, stream);
     });
     st.aggregateSeconds += secondsSince(t0);
@@ -391,9 +390,6 @@ class DeviceReduceScatter final : public Algorithm {
     std::vector<std::unique_ptr<DeviceAggregate>> mirrors;
   };
 
-  // The aggregate is the round's sum (none, EF14), not a running estimate.
-  bool perRound() const { return !feedback::parseConfig(s_.feedback, /*receiver=*/true).additive(); }
-
   static std::exception_ptr firstError(const std::vector<DeviceAttempt>& parts) {
     for (const DeviceAttempt& a : parts)
       if (a.error) return a.error;
@@ -402,7 +398,7 @@ class DeviceReduceScatter final : public Algorithm {
 
   void build(Parts& p) const {
     cuda::DeviceGuard guard(s_.device->device());
-    const std::string mirror = perRound() ? "none" : "ef21";
+    const std::string mirror = perRound_ ? "none" : "ef21";
     for (int c = 0; c < s_.n; ++c) {
       p.workers.push_back(std::make_unique<cuda::DeviceFeedback>(s_.worker, chunks_.compressorFor(s_.compressor, c)));
       p.mirrors.push_back(std::make_unique<DeviceAggregate>(mirror, 1, std::vector<double>{1.0},
@@ -411,11 +407,12 @@ class DeviceReduceScatter final : public Algorithm {
     const std::vector<int64_t> own{chunks_.length(s_.rank)};
     p.owner = std::make_unique<DeviceAggregate>(s_.feedback, s_.n, s_.weights, own, s_.dtype);
     p.ownerFeedback =
-        std::make_unique<cuda::DeviceFeedback>(perRound() ? s_.feedback : "ef21:init=compressed",
+        std::make_unique<cuda::DeviceFeedback>(perRound_ ? s_.feedback : "ef21:init=compressed",
                                                chunks_.compressorFor(s_.compressor, s_.rank));
   }
 
   SlotSetup s_;
+  bool perRound_;  // the aggregate is the round's sum (none, EF14), not a running estimate
   Chunks chunks_;
   Parts parts_;
   // Kept between calls (allocated once): the chunks' attempts, the owner's, the exchanges.

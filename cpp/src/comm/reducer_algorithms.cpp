@@ -12,11 +12,11 @@
 #include "common/dispatch.hpp"
 #include "common/spec.hpp"
 #include "compress/powersgd.hpp"
-#include "feedback/common.hpp"
 #include "efcomm/compressor.hpp"
 #include "efcomm/error.hpp"
 #include "efcomm/feedback.hpp"
 #include "efcomm/message.hpp"
+#include "feedback/common.hpp"
 
 namespace efcomm::comm {
 
@@ -283,7 +283,7 @@ class ReduceScatterAlgorithm final : public Algorithm {
   // EF14's residual was lost, worse than no feedback.)
   void build(std::vector<std::unique_ptr<Feedback>>& workers, std::unique_ptr<Aggregate>& owner,
              std::unique_ptr<Feedback>& ownerFeedback, std::vector<std::unique_ptr<Aggregate>>& mirrors) const {
-    const bool perRound = !feedback::parseConfig(s_.feedback, /*receiver=*/true).additive();
+    const bool perRound = aggregatesPerRound(s_.feedback);
     for (int c = 0; c < s_.n; ++c) {
       workers.push_back(makeFeedback(s_.worker, makeCompressor(chunks_.compressorFor(s_.compressor, c))));
       mirrors.push_back(std::make_unique<Aggregate>(perRound ? "none" : "ef21", 1, std::vector<double>{1.0},
@@ -565,6 +565,10 @@ DType payloadDType(const Descriptor& d, const SlotSetup& s) {
 }
 
 int64_t Chunks::begin(int c) const { return static_cast<int64_t>(partBegin(static_cast<size_t>(d), n, c)); }
+
+bool aggregatesPerRound(const std::string& feedbackSpec) {
+  return !feedback::parseConfig(feedbackSpec, /*receiver=*/true).additive();
+}
 
 std::string Chunks::compressorFor(const std::string& spec, int c) const {
   SpecParams sp = SpecParams::parse(spec);

@@ -125,6 +125,11 @@ struct Chunks {
   std::string compressorFor(const std::string& spec, int c) const;
 };
 
+/// True when the receivers' aggregate of `feedbackSpec` is each round's sum (none, EF14), not a
+/// running estimate (the EF21 family, EControl): reduce_scatter's owners then re-compress it
+/// with that method, else with EF21-BC.
+bool aggregatesPerRound(const std::string& feedbackSpec);
+
 /// What a rank sends in a bandwidth-optimal allreduceSum of `count` values of `item` bytes over
 /// n ranks (a reduce-scatter into n parts and an allgather of the parts): the parts it does not
 /// own, then its own part to n - 1 peers.
