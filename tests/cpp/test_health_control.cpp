@@ -267,6 +267,30 @@ TEST(HealthDetect, TrackerOverdueNamesTheAbsentAndTheUnfinished) {
   EXPECT_NE(f->detail.find("not finished"), std::string::npos) << f->detail;
 }
 
+TEST(HealthDetect, TrackerNamesARankThatLeftAtOnceAndOnlyIt) {
+  detect::Tracker t(4, 0.5, 4.0, 20);
+  for (int r = 0; r < 4; ++r) t.arrive(r, 0, "barrier", -1, 10.0);
+  for (int r = 0; r < 4; ++r) t.complete(r, 0, true, {}, 10.01);
+  t.left(3);  // rank 3 closed its monitor after #0
+  t.arrive(0, 1, "allgatherv", 0.01, 11.0);
+  // Rank 1 and 2 may still come; rank 3 never will: named at once, alone.
+  auto f = t.overdue(11.0);
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->kind, "hang");
+  EXPECT_EQ(f->ranks, std::vector<int>{3});
+  EXPECT_EQ(f->seq, 1u);
+  EXPECT_NE(f->detail.find("collective #1 (allgatherv) cannot complete: rank 3 closed its monitor (left the job) and "
+                           "was last heard arriving at collective #0 (barrier)"),
+            std::string::npos)
+      << f->detail;
+  // A rank that leaves after arriving holds nothing up by leaving.
+  detect::Tracker u(2, 0.5, 4.0, 20);
+  u.arrive(0, 0, "barrier", -1, 1.0);
+  u.arrive(1, 0, "barrier", -1, 1.0);
+  u.left(1);
+  EXPECT_FALSE(u.overdue(1.1));
+}
+
 TEST(HealthDetect, TrackerDeadlineAdaptsToRecentSpans) {
   detect::Tracker t(2, 0.5, 4.0, 20);
   for (uint64_t s = 0; s < 100; ++s) {
@@ -554,6 +578,52 @@ TEST(HealthControl, RankThatNeverArrivesIsNamedOnEveryRank) {
       kCollectiveTimeout);
 }
 
+// A rank that leaves early (an exception takes it out of its `with Monitor` block) while the others
+// go on to the next collective: named at once, where it waited for the overdue deadline (or, rank 0,
+// for the backend's timeout: its coordinator had gone).
+void expectLeaverNamed(int leaver, double othersLateBy) {
+  runRanks(
+      3,
+      [&](Backend& b) {
+        Inbox inbox;
+        Agent agent(b, fastOptions(), inbox.callback(), 10.0);
+        for (uint64_t s = 0; s < 5; ++s) step(agent, b, s, 0.001);
+        b.barrier()->wait();
+        if (b.rank() == leaver) {
+          agent.close();
+          b.barrier()->wait();
+          EXPECT_EQ(inbox.count(), 0u) << inbox.list();
+          return;
+        }
+        std::this_thread::sleep_for(std::chrono::duration<double>(othersLateBy));
+        const double t0 = now();
+        agent.arrive({5, "allgatherv", 64, 0.001});
+        bool fatal = false;
+        double at = 0;
+        const Anomaly a = inbox.waitFor("hang", 4.0, &fatal, &at);
+        EXPECT_EQ(a.ranks, std::vector<int>{leaver}) << "rank " << b.rank() << ":\n" << inbox.list();
+        EXPECT_TRUE(fatal);
+        EXPECT_EQ(a.seq, 5u);
+        EXPECT_NE(a.detail.find("collective #5 (allgatherv) cannot complete: rank " + std::to_string(leaver) +
+                                " closed its monitor (left the job)"),
+                  std::string::npos)
+            << a.detail;
+        if (!a.kind.empty()) EXPECT_LT(at - t0, 1.5);  // arrivals go out in batches; polling
+        b.barrier()->wait();
+        agent.close();
+        EXPECT_EQ(inbox.count(), 1u) << inbox.list();
+      },
+      kCollectiveTimeout);
+}
+
+TEST(HealthControl, RankThatLeftEarlyIsNamedAtOnce) { expectLeaverNamed(2, 0.0); }
+
+TEST(HealthControl, CoordinatorThatLeftEarlyIsNamedByTheRanksWaitingForIt) { expectLeaverNamed(0, 0.0); }
+
+TEST(HealthControl, CoordinatorThatLeftEarlyIsNamedAtTheNextCollective) {
+  expectLeaverNamed(0, 2.5);  // after the coordinator's goodbye: the agents know how far rank 0 got
+}
+
 TEST(HealthControl, StragglerIsNamedOnEveryRank) {
   runRanks(
       3,
@@ -741,6 +811,12 @@ TEST(HealthControl, TwoSilentRanksAreNamedTogether) {
   // names both (it named the first past the timeout only).
   expectRanksNamed(4, {2, 3}, "hang", "rank 3 stopped responding: no heartbeat",
                    [](int) { std::this_thread::sleep_for(std::chrono::milliseconds(1500)); });
+}
+
+TEST(HealthControl, TwoCrashedRanksAreNamedTogether) {
+  // Ranks 2 and 3 drop their connections at once (a job's processes killed together): one finding
+  // names both (it named whichever dropped first).
+  expectRanksNamed(4, {2, 3}, "crash", "rank 3 crashed", [](int fd) { ::shutdown(fd, SHUT_RDWR); });
 }
 
 TEST(HealthControl, MalformedFramesFromARankAreALostConnection) {

@@ -1,6 +1,6 @@
 """ef.health.Monitor across real MPI processes (efcomm.bench.faults, the fault-injection
-campaign's own trials, small): a killed or stopped rank is named on every live rank within
-seconds, the coordinator's own rank included; a NaN, a mismatched call, a straggler and a slow
+campaign's own trials, small): a killed or stopped rank, or one that left early, is named on every
+live rank within seconds, the coordinator's own rank included; a NaN, a mismatched call, a straggler and a slow
 link are attributed; a fault-free run raises no alarm. Skipped where mpiexec, mpi4py or the MPI
 backend is missing."""
 
@@ -29,8 +29,9 @@ def check(job: dict) -> dict:
     return s
 
 
-@pytest.mark.parametrize("kind,rank", [("crash", 1), ("hang", 2), ("crash", 0), ("hang", 0)])
-def test_dead_or_stopped_rank_is_named_within_5_s(kind, rank):
+@pytest.mark.parametrize("kind,rank", [("crash", 1), ("hang", 2), ("crash", 0), ("hang", 0), ("leave", 0),
+                                       ("leave", 2)])
+def test_dead_stopped_or_departed_rank_is_named_within_5_s(kind, rank):
     s = check(faults.trial(kind, 3, rank=rank, step=3, steps=12))
     assert s["detected"], s
     assert s["latency"] < 5.0, s

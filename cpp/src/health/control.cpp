@@ -34,6 +34,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <system_error>
 #include <thread>
@@ -430,6 +431,12 @@ class Coordinator {
   size_t findings_ = 0;
   bool stopping_ = false;
   double stopAt_ = 0;
+  struct LostRank {
+    int rank;
+    std::string why;  // the connection's end and the rank's last collective
+  };
+  std::vector<LostRank> crashes_;  // lost without a goodbye, not reported yet (checkFaults)
+  double firstCrash_ = 0;
 
   const double connectDeadline_;
   std::vector<std::unique_ptr<Conn>> conns_;  // the coordinator thread's own
@@ -595,17 +602,34 @@ void Coordinator::lost(Conn& c, const std::string& reason, double now) {
   if (info.state != State::kLive) return;
   info.state = State::kDead;
   if (!ready_ || fatal_ || stopping_) return;
-  const uint64_t seq = tracker_.lastSeq(c.rank) < 0 ? 0 : static_cast<uint64_t>(tracker_.lastSeq(c.rank));
-  report({"crash", {c.rank},
-          "rank " + std::to_string(c.rank) + " crashed: its control connection was lost without a goodbye (" + reason +
-              "); it " + tracker_.lastReached(c.rank, now) +
-              " (arrivals are reported in batches each heartbeat interval: it may have gone further)",
-          seq},
-         true);
+  // Reported by checkFaults a heartbeat interval later, with the ranks lost meanwhile.
+  if (crashes_.empty()) firstCrash_ = now;
+  crashes_.push_back({c.rank, reason + "); it " + tracker_.lastReached(c.rank, now)});
 }
 
 void Coordinator::checkFaults(double now) {
-  if (!ready_ || fatal_ || stopping_) return;
+  // Also while stopping: rank 0 has left, and a rank already waiting for it learns so at once.
+  if (!ready_ || fatal_) return;
+  // Ranks whose connections drop together (a process group killed, a host's network gone) in one
+  // finding: the first drop waits a heartbeat interval for the others.
+  if (!crashes_.empty()) {
+    if (now - firstCrash_ < options_.heartbeatInterval) return;
+    const int64_t last = tracker_.lastSeq(crashes_.front().rank);
+    std::sort(crashes_.begin(), crashes_.end(), [](const LostRank& a, const LostRank& b) { return a.rank < b.rank; });
+    std::vector<int> ranks;
+    std::string detail;
+    for (const LostRank& l : crashes_) {
+      ranks.push_back(l.rank);
+      detail += (detail.empty() ? "" : "; ") + std::string("rank ") + std::to_string(l.rank) +
+                " crashed: its control connection was lost without a goodbye (" + l.why;
+    }
+    crashes_.clear();
+    report({"crash", ranks,
+            detail + " (arrivals are reported in batches each heartbeat interval: it may have gone further)",
+            last < 0 ? 0 : static_cast<uint64_t>(last)},
+           true);
+    return;
+  }
   // Every silent rank in one finding (a frozen host stops all of its ranks at once): once one
   // rank is past the heartbeat timeout, those silent for all but the last two heartbeats too
   // (their last heartbeats may have left a moment later).
@@ -650,7 +674,11 @@ void Coordinator::report(const detect::Finding& f, bool fatal) {
 // Sends BYE on every connection, shuts our side, and waits (bounded) for each agent to close
 // theirs, so that nothing we sent is lost to a reset.
 void Coordinator::goodbye() {
-  const std::string bye = wire::frame(wire::Type::kBye);
+  std::string bye;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    bye = wire::encodeCoordinatorBye(static_cast<uint64_t>(tracker_.lastSeq(0) + 1));
+  }
   for (auto& c : conns_)
     if (!c->done) c->out += bye;
   const double until = monoNow() + kGoodbyeSeconds;
@@ -750,6 +778,9 @@ struct Agent::Impl {
   }
   void onFrame(wire::Type type, const std::string& payload);
   void connectionLost(const std::string& reason);
+  // After the coordinator's goodbye: a collective this rank arrived at that rank 0 never reached
+  // cannot complete; reports it (once).
+  void checkRank0Left();
   void deliver(const Anomaly& a, bool fatal, bool own);
 
   const int rank_, size_;
@@ -773,6 +804,9 @@ struct Agent::Impl {
   bool fatalSeen_ = false;
   bool closing_ = false;
   bool closed_ = false;
+  std::optional<Arrival> lastArrival_;  // this rank's latest
+  int64_t rank0Reached_ = -1;  // from the coordinator's goodbye: collectives rank 0 arrived at
+  bool rank0LeftReported_ = false;
 
   // The agent thread's own.
   std::string in_;
@@ -902,6 +936,7 @@ void Agent::Impl::run() {
                                       : std::min({options_.heartbeatInterval, nextBeat - now, kFlushSeconds})));
     if (k < 0 && errno != EINTR) return;
     if (k > 0 && fds[0].revents) waker_.drain();
+    if (gone_) checkRank0Left();  // arrive() wakes us
     if (k > 0 && !gone_ && fds[1].revents) {
       if (fds[1].revents & POLLOUT) {
         std::lock_guard<std::mutex> lk(sendMu_);
@@ -980,8 +1015,14 @@ void Agent::Impl::onFrame(wire::Type type, const std::string& payload) {
       return;
     }
     case wire::Type::kBye: {
-      // The coordinator is leaving on purpose (rank 0 closed its monitor): nothing to report.
-      wire::decodeEmpty(payload);
+      // The coordinator is leaving on purpose (rank 0 closed its monitor): nothing to report,
+      // unless this rank is at, or comes to, a collective rank 0 never reached.
+      const int64_t reached = wire::decodeCoordinatorBye(payload);
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        rank0Reached_ = reached;
+      }
+      checkRank0Left();
       gone_ = true;
       {
         std::lock_guard<std::mutex> lk(sendMu_);
@@ -1017,6 +1058,27 @@ void Agent::Impl::connectionLost(const std::string& reason) {
   }
   deliver({"crash", {0}, "rank 0 (the coordinator) crashed: the control connection to it was lost (" + reason + ")", 0,
            epochNow()},
+          true, true);
+}
+
+void Agent::Impl::checkRank0Left() {
+  Arrival a;
+  int64_t reached;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    reached = rank0Reached_;
+    if (rank0LeftReported_ || reached < 0 || !ready_ || !lastArrival_ ||
+        lastArrival_->seq < static_cast<uint64_t>(reached))
+      return;
+    rank0LeftReported_ = true;
+    a = *lastArrival_;
+  }
+  deliver({"hang", {0},
+           "collective #" + std::to_string(a.seq) + " (" + a.op +
+               ") cannot complete: rank 0 closed its monitor (left the job) " +
+               (reached == 0 ? std::string("before arriving at any collective")
+                             : "after arriving at collective #" + std::to_string(reached - 1)),
+           a.seq, epochNow()},
           true, true);
 }
 
@@ -1101,6 +1163,13 @@ void Agent::arrive(const Arrival& arrival) {
   m.op = arrival.op.substr(0, wire::kMaxOpName);
   m.bytes = arrival.bytes;
   m.gap = arrival.gapSeconds;
+  bool coordinatorGone;
+  {
+    std::lock_guard<std::mutex> lk(impl_->mu_);
+    impl_->lastArrival_ = arrival;
+    coordinatorGone = impl_->rank0Reached_ >= 0;
+  }
+  if (coordinatorGone) impl_->waker_.wake();  // its thread checks whether rank 0 ever came here
   impl_->post(wire::encode(m), true);
 }
 

@@ -386,11 +386,20 @@ std::optional<Finding> Tracker::overdue(double now) const {
   for (const auto& [seq, p] : pending_) {
     const bool arriving = p.nArrived < n_;
     const double since = arriving ? p.firstArrive : p.lastArrive;
-    if (now - since <= limit) continue;
-    std::vector<int> culprits;
-    for (int r = 0; r < n_; ++r)
-      if (!(arriving ? p.arrived : p.completed)[static_cast<size_t>(r)]) culprits.push_back(r);
-    if (culprits.empty()) continue;
+    std::vector<int> culprits, gone;  // gone: those that closed their monitor, which never arrive
+    for (int r = 0; r < n_; ++r) {
+      if ((arriving ? p.arrived : p.completed)[static_cast<size_t>(r)]) continue;
+      culprits.push_back(r);
+      if (arriving && left_[static_cast<size_t>(r)]) gone.push_back(r);
+    }
+    if (!gone.empty()) {  // at once, naming those only: the others may still come
+      std::string detail = "collective #" + std::to_string(seq) + " (" + p.op + ") cannot complete: ";
+      for (const int r : gone)
+        detail += std::string(r == gone.front() ? "" : "; ") + "rank " + std::to_string(r) +
+                  " closed its monitor (left the job) and " + lastReached(r, now);
+      return Finding{"hang", gone, detail, seq};
+    }
+    if (culprits.empty() || now - since <= limit) continue;
     std::string detail = "collective #" + std::to_string(seq) + " (" + p.op + ") is overdue: ";
     if (arriving) {
       detail += formatRanks(culprits) + (culprits.size() == 1 ? " has" : " have") + " not arrived " +
@@ -404,10 +413,7 @@ std::optional<Finding> Tracker::overdue(double now) const {
               format("%g", factor_) + " x recent p99 " + (std::isnan(p99) ? std::string("n/a") : formatSeconds(p99)) +
               "))";
     if (arriving) {
-      for (const int r : culprits) {
-        detail += "; rank " + std::to_string(r) + " " +
-                  (left_[static_cast<size_t>(r)] ? "closed its monitor and " : "") + lastReached(r, now);
-      }
+      for (const int r : culprits) detail += "; rank " + std::to_string(r) + " " + lastReached(r, now);
     }
     return Finding{"hang", culprits, detail, seq};
   }

@@ -223,9 +223,9 @@ class Tracker {
   void left(int rank);
 
   /// The oldest collective that is overdue at `now`, as a fatal "hang" naming the ranks it waits
-  /// for: those that never arrived, once `deadline()` has passed since the first arrival; or, when
-  /// all arrived, those that have not finished it, once `deadline()` has passed since the last
-  /// arrival.
+  /// for: those that never arrived, once `deadline()` has passed since the first arrival (at once
+  /// when one of them has closed its monitor: it will not come); or, when all arrived, those that
+  /// have not finished it, once `deadline()` has passed since the last arrival.
   std::optional<Finding> overdue(double now) const;
   /// max(timeoutFloor, timeoutFactor x spansP99()).
   double deadline() const;

@@ -26,7 +26,7 @@ enum class Type : uint16_t {
   kHeartbeat = 3,  // both ways; from the coordinator before READY: the ranks still missing
   kArrive = 4,     // agent -> coordinator
   kComplete = 5,   // agent -> coordinator
-  kBye = 6,        // both ways: leaving on purpose
+  kBye = 6,        // both ways: leaving on purpose; the coordinator's says how far rank 0 got
   kFinding = 7,    // coordinator -> agent
 };
 
@@ -271,7 +271,22 @@ inline std::vector<int> decodeHeartbeat(const std::string& payload, int size) {
   return missing;
 }
 
-/// A frame without payload (READY, BYE, an agent's HEARTBEAT) must have none.
+/// The coordinator's BYE: the collectives rank 0 arrived at before it closed its monitor (its last
+/// sequence number + 1; 0: none). Agents fail a later collective at once: rank 0 will not come.
+inline std::string encodeCoordinatorBye(uint64_t rank0Reached) {
+  return frame(Type::kBye, Writer().u64(rank0Reached).bytes());
+}
+/// -1 for an empty BYE (a coordinator that does not know), else rank0Reached.
+inline int64_t decodeCoordinatorBye(const std::string& payload) {
+  if (payload.empty()) return -1;
+  Reader r(payload);
+  const uint64_t reached = r.u64();
+  r.end();
+  if (reached > static_cast<uint64_t>(INT64_MAX)) throw ProtocolError("collective count out of range");
+  return static_cast<int64_t>(reached);
+}
+
+/// A frame without payload (READY, an agent's BYE and HEARTBEAT) must have none.
 inline void decodeEmpty(const std::string& payload) {
   if (!payload.empty()) throw ProtocolError("unexpected payload");
 }

@@ -10,6 +10,8 @@ thread has used ``compute_s`` of CPU time, so that 8 ranks on 2 cores contend fo
 real oversubscribed job does. The faulty rank injects its fault at ``fault.step``:
 
 - ``crash``: SIGKILL to itself; ``hang``: SIGSTOP to itself (the harness kills it afterwards);
+- ``leave``: leaves the loop, closes its monitor and exits, as an exception out of a ``with
+  Monitor`` block would;
 - ``straggler``: from then on computes ``fault.factor`` times as long;
 - ``nonfinite``: a NaN in that step's gradient; ``mismatch``: that step's allreduce under another
   key (a mismatched call order);
@@ -79,6 +81,8 @@ def run(spec: dict) -> dict:
                     os.kill(os.getpid(), signal.SIGKILL)
                 elif kind == "hang":
                     os.kill(os.getpid(), signal.SIGSTOP)
+                elif kind == "leave":
+                    break
                 elif kind == "nonfinite":
                     g[len(g) // 2] = np.nan
                 elif kind == "mismatch":

@@ -4,8 +4,8 @@ does not take the others down with it: each rank ignores the SIGUSR1 that would 
 injects one fault, and scores what the ranks reported.
 
 A trial's verdict for the injected fault (``kind`` on ``rank``; for a slow link the pair):
-- fatal faults (crash, hang): every live rank raised ``CollectiveTimeout`` whose culprits are
-  exactly the faulty rank; latency: from the injection to the last live rank's raise;
+- fatal faults (crash, hang, leave): every live rank raised ``CollectiveTimeout`` whose culprits
+  are exactly the faulty rank; latency: from the injection to the last live rank's raise;
 - the others (straggler, slow_link, nonfinite, mismatch): an anomaly of that kind naming exactly
   the faulty rank(s) on rank 0 (every rank hears the coordinator's findings);
 - false alarms: every anomaly (and every CollectiveTimeout) that names another kind or other ranks.
@@ -30,9 +30,12 @@ from typing import Optional
 #: child, does not.
 SURVIVE_SIGUSR1 = ("sh", "-c", 'trap "" USR1; "$@"', "efcomm-rank")
 
-#: fault kinds a trial can inject
+#: fault kinds the campaign injects
 KINDS = ("crash", "hang", "straggler", "slow_link", "nonfinite", "mismatch")
-FATAL = ("crash", "hang")
+#: and a trial: also ``leave``, a rank whose loop ends early (an exception out of its ``with
+#: Monitor`` block): it closes its monitor while the others go on
+TRIAL_KINDS = KINDS + ("leave",)
+FATAL = ("crash", "hang", "leave")
 
 
 def mpiexec() -> Optional[str]:
@@ -102,8 +105,8 @@ def trial(kind: Optional[str], ranks: int, *, rank: int = 0, step: int = 5, step
     fault = None
     env = {}
     if kind is not None:
-        if kind not in KINDS:
-            raise ValueError(f"unknown fault {kind!r}: choose from {', '.join(KINDS)}")
+        if kind not in TRIAL_KINDS:
+            raise ValueError(f"unknown fault {kind!r}: choose from {', '.join(TRIAL_KINDS)}")
         fault = {"kind": kind, "rank": rank, "step": step, "factor": factor}
         if kind == "slow_link":
             peer = (rank + 1) % ranks if peer is None else peer
