@@ -341,6 +341,16 @@ TEST(HealthWire, RoundTrips) {
   ASSERT_TRUE(wire::nextFrame(cb, pos, type, payload));
   EXPECT_EQ(wire::decodeComplete(payload, 3).peerSeconds, c.peerSeconds);
   EXPECT_THROW(wire::decodeComplete(payload, 4), wire::ProtocolError);  // one per rank or none
+  // The coordinator's goodbye says how far rank 0 got; an empty one (a coordinator that does not
+  // know) is -1; anything else is a protocol error.
+  const std::string bye = wire::encodeCoordinatorBye(42);
+  pos = 0;
+  ASSERT_TRUE(wire::nextFrame(bye, pos, type, payload));
+  EXPECT_EQ(type, wire::Type::kBye);
+  EXPECT_EQ(wire::decodeCoordinatorBye(payload), 42);
+  EXPECT_EQ(wire::decodeCoordinatorBye(""), -1);
+  EXPECT_THROW(wire::decodeCoordinatorBye(payload.substr(0, 4)), wire::ProtocolError);
+  EXPECT_THROW(wire::decodeCoordinatorBye(payload + "x"), wire::ProtocolError);
   // A partial frame waits for more bytes.
   pos = 0;
   EXPECT_FALSE(wire::nextFrame(cb.substr(0, cb.size() - 1), pos, type, payload));
