@@ -220,7 +220,8 @@ class PyBackend final : public Backend {
         case ErrorCode::kInvalidArgument: return std::make_exception_ptr(InvalidArgument(what));
         case ErrorCode::kNonFinite: return std::make_exception_ptr(NonFiniteError(what));
         case ErrorCode::kCorruptMessage: return std::make_exception_ptr(CorruptMessageError(what));
-        case ErrorCode::kMismatch: return std::make_exception_ptr(MismatchError(what));
+        case ErrorCode::kMismatch:
+          return std::make_exception_ptr(MismatchError(what, e.value().attr("ranks").cast<std::vector<int>>()));
         case ErrorCode::kBackendUnavailable: return std::make_exception_ptr(BackendUnavailable(what));
         default: return std::make_exception_ptr(Error(what));
       }

@@ -1,5 +1,5 @@
 // Errors and build information. C++ exceptions become the Python classes of efcomm.errors, with
-// `.code` set (and `.culprits` for CollectiveTimeout).
+// `.code` set (and `.culprits` for CollectiveTimeout, `.ranks` for MismatchError).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -30,6 +30,7 @@ void raise(const Error& e) {
   py::object exc = errors.attr(className(e.code()))(e.what());
   exc.attr("code") = static_cast<int>(e.code());
   if (auto* t = dynamic_cast<const CollectiveTimeout*>(&e)) exc.attr("culprits") = py::cast(t->culprits());
+  if (auto* m = dynamic_cast<const MismatchError*>(&e)) exc.attr("ranks") = py::cast(m->ranks());
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
 }
 

@@ -31,9 +31,15 @@ class CorruptMessageError(Error):
 
 
 class MismatchError(Error):
-    """Ranks disagree on a collective's shape, dtype, key or order."""
+    """Ranks disagree on a collective's shape, dtype, key or order; ``ranks`` lists those whose call
+    differs from most ranks' (ties: from rank 0's), empty where not known (a state dict's
+    mismatch)."""
 
     code = 5
+
+    def __init__(self, *args, ranks=None):
+        super().__init__(*args)
+        self.ranks = list(ranks or [])
 
 
 class CollectiveTimeout(Error):

@@ -212,16 +212,25 @@ TEST(Comm, MismatchedCollectivesFailOnEveryRank) {
       } else {
         b.broadcast(buf.data(), buf.size(), 0)->wait();
       }
-    } catch (const MismatchError&) {
+    } catch (const MismatchError& e) {
+      EXPECT_EQ(e.ranks(), std::vector<int>{1}) << e.what();  // the odd one, not rank 0's partner
       ++mismatches;
     }
     try {
       b.broadcast(buf.data(), b.rank() == 2 ? 3 : 4, 0)->wait();
-    } catch (const MismatchError&) {
+    } catch (const MismatchError& e) {
+      EXPECT_EQ(e.ranks(), std::vector<int>{2}) << e.what();
+      ++mismatches;
+    }
+    // Rank 0 the odd one: it is named, though the message compares with it.
+    try {
+      b.broadcast(buf.data(), 4, b.rank() == 0 ? 0 : 1)->wait();
+    } catch (const MismatchError& e) {
+      EXPECT_EQ(e.ranks(), std::vector<int>{0}) << e.what();
       ++mismatches;
     }
   });
-  EXPECT_EQ(mismatches.load(), 6);
+  EXPECT_EQ(mismatches.load(), 9);
 }
 
 TEST(Comm, SixteenBitSumsRoundAfterEveryAddition) {

@@ -162,16 +162,21 @@ def test_nonfinite_gradient_is_attributed_to_its_rank():
         assert anomalies == [("nonfinite", [1])]
 
 
-def test_mismatched_call_is_recorded():
+def test_mismatched_call_is_recorded_with_the_odd_rank():
     def body(comm):
         with ef.health.Monitor(comm, **FAST) as mon:
             red = ef.Reducer(comm, "topk:ratio=0.05", "ef21")
-            with pytest.raises(ef.MismatchError):
-                red.allreduce(grad(comm.rank, 0, n=4096 if comm.rank else 2048), key="w")
-            return [a.kind for a in mon.anomalies()]
+            with pytest.raises(ef.MismatchError) as reducer_error:
+                red.allreduce(grad(comm.rank, 0, n=4096 if comm.rank == 2 else 2048), key="w")
+            # Another collective on rank 1: the backend finds the mismatch, recorded with its ranks too.
+            with pytest.raises(ef.MismatchError) as backend_error:
+                comm.barrier() if comm.rank == 1 else red.allreduce(grad(comm.rank, 1), key="w")
+            return (reducer_error.value.ranks, backend_error.value.ranks,
+                    [(a.kind, a.ranks) for a in mon.anomalies()])
 
-    for kinds in ef.testing.run_ranks(2, body):
-        assert kinds == ["mismatch"]
+    for reducer_ranks, backend_ranks, anomalies in ef.testing.run_ranks(3, body):
+        assert (reducer_ranks, backend_ranks) == ([2], [1])
+        assert anomalies == [("mismatch", [2]), ("mismatch", [1])]
 
 
 def test_a_dump_that_cannot_be_written_leaves_nothing_behind(tmp_path):

@@ -51,10 +51,17 @@ class CorruptMessageError : public Error {
   explicit CorruptMessageError(const std::string& w) : Error(ErrorCode::kCorruptMessage, w) {}
 };
 
-/// Ranks disagree on a collective's shape, dtype, key or order.
+/// Ranks disagree on a collective's shape, dtype, key or order; `ranks()` are those whose call
+/// differs from most ranks' (ties: from rank 0's), empty where not known (a state dict's
+/// mismatch).
 class MismatchError : public Error {
  public:
-  explicit MismatchError(const std::string& w) : Error(ErrorCode::kMismatch, w) {}
+  explicit MismatchError(const std::string& w, std::vector<int> ranks = {})
+      : Error(ErrorCode::kMismatch, w), ranks_(std::move(ranks)) {}
+  const std::vector<int>& ranks() const noexcept { return ranks_; }
+
+ private:
+  std::vector<int> ranks_;
 };
 
 /// A collective did not complete in time; `culprits()` are the ranks it waits for.

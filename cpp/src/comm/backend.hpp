@@ -47,6 +47,23 @@ class Backoff {
 /// "0, 2, 3": ranks for error messages.
 std::string rankList(const std::vector<int>& ranks);
 
+/// The ranks of `n` whose call differs from the most common one (ties: the one rank 0 makes), a
+/// MismatchError's ranks; `same(a, b)`: ranks a and b made the same call. O(n^2) calls of `same`,
+/// made only once a disagreement is known.
+template <typename Same>
+std::vector<int> oddRanks(size_t n, Same&& same) {
+  size_t best = 0, bestCount = 0;
+  for (size_t r = 0; r < n; ++r) {
+    size_t count = 0;
+    for (size_t q = 0; q < n; ++q) count += same(q, r) ? 1 : 0;
+    if (count > bestCount) best = r, bestCount = count;
+  }
+  std::vector<int> odd;
+  for (size_t r = 0; r < n; ++r)
+    if (!same(r, best)) odd.push_back(static_cast<int>(r));
+  return odd;
+}
+
 /// The collective timeout in seconds: `requested`, or `fallback` when none; must be finite and > 0.
 double resolveTimeout(std::optional<double> requested, double fallback);
 

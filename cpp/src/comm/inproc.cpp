@@ -66,26 +66,34 @@ struct Slot {
   Clock::time_point readyTime;  // when the last rank arrived
 };
 
-// Null when all agree, else the MismatchError all ranks get.
+// Whether two ranks made the same call, as far as the ranks must agree.
+bool sameCall(const Entry& a, const Entry& b) {
+  if (a.op != b.op) return false;
+  if (a.op == Op::kBroadcast) return a.bytes == b.bytes && a.root == b.root;
+  if (a.op == Op::kAllreduceSum) return a.bytes == b.bytes && a.dtype == b.dtype;
+  return true;
+}
+
+// Null when all agree, else the MismatchError all ranks get: the first rank that differs from
+// rank 0 in the message, and every rank that differs from the most common call in its ranks().
 std::exception_ptr checkAgreement(const Slot& slot) {
-  const Entry& e0 = slot.entries[0];
-  const std::string where = detail::concat("efcomm: collective #", slot.seq, ": ");
-  for (size_t r = 1; r < slot.entries.size(); ++r) {
-    const Entry& e = slot.entries[r];
+  const std::vector<Entry>& es = slot.entries;
+  const Entry& e0 = es[0];
+  for (size_t r = 1; r < es.size(); ++r) {
+    const Entry& e = es[r];
+    if (sameCall(e, e0)) continue;
+    std::string what = detail::concat("efcomm: collective #", slot.seq, ": ");
     if (e.op != e0.op) {
-      return std::make_exception_ptr(MismatchError(detail::concat(
-          where, "rank 0 called ", opName(e0.op), " but rank ", r, " called ", opName(e.op))));
+      what += detail::concat("rank 0 called ", opName(e0.op), " but rank ", r, " called ", opName(e.op));
+    } else if (e.op == Op::kBroadcast) {
+      what += detail::concat("broadcast of ", e0.bytes, " bytes from root ", e0.root, " on rank 0 but of ", e.bytes,
+                             " bytes from root ", e.root, " on rank ", r);
+    } else {
+      what += detail::concat("allreduceSum of ", e0.bytes, " ", dtypeName(e0.dtype), " on rank 0 but of ", e.bytes, " ",
+                             dtypeName(e.dtype), " on rank ", r);
     }
-    if (e.op == Op::kBroadcast && (e.bytes != e0.bytes || e.root != e0.root)) {
-      return std::make_exception_ptr(MismatchError(detail::concat(
-          where, "broadcast of ", e0.bytes, " bytes from root ", e0.root, " on rank 0 but of ", e.bytes,
-          " bytes from root ", e.root, " on rank ", r)));
-    }
-    if (e.op == Op::kAllreduceSum && (e.bytes != e0.bytes || e.dtype != e0.dtype)) {
-      return std::make_exception_ptr(MismatchError(detail::concat(
-          where, "allreduceSum of ", e0.bytes, " ", dtypeName(e0.dtype), " on rank 0 but of ", e.bytes, " ",
-          dtypeName(e.dtype), " on rank ", r)));
-    }
+    return std::make_exception_ptr(
+        MismatchError(what, comm::oddRanks(es.size(), [&](size_t a, size_t b) { return sameCall(es[a], es[b]); })));
   }
   return nullptr;
 }

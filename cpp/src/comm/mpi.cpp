@@ -782,32 +782,40 @@ class Engine {
     op.isReady = true;
   }
 
-  // Every rank holds all n headers, so every rank computes the same verdict and message.
+  // Whether two ranks' headers make the same call, as far as the ranks must agree.
+  static bool sameCall(const Header& a, const Header& b) {
+    if (a.seq != b.seq || a.kind != b.kind) return false;
+    const auto k = static_cast<Kind>(a.kind);
+    if (k == Kind::kBroadcast) return a.param == b.param && a.root == b.root;
+    if (k == Kind::kAllreduceSum) return a.param == b.param && a.dtype == b.dtype;
+    return true;
+  }
+
+  // Every rank holds all n headers, so every rank computes the same verdict, message and ranks:
+  // the first rank that differs from rank 0 in the message, every rank that differs from the
+  // most common call in its ranks().
   std::exception_ptr checkAgreement(const Op& op) const {
-    const Header& h0 = op.inHeaders[0];
-    const std::string where = detail::concat("efcomm: collective #", op.seq, ": ");
+    const std::vector<Header>& hs = op.inHeaders;
+    const Header& h0 = hs[0];
     for (int r = 1; r < size_; ++r) {
-      const Header& h = op.inHeaders[static_cast<size_t>(r)];
+      const Header& h = hs[static_cast<size_t>(r)];
+      if (sameCall(h, h0)) continue;
       const auto k0 = static_cast<Kind>(h0.kind), k = static_cast<Kind>(h.kind);
+      std::string what = detail::concat("efcomm: collective #", op.seq, ": ");
       if (h.seq != h0.seq) {
-        return std::make_exception_ptr(MismatchError(detail::concat(
-            where, "rank 0 is at collective #", h0.seq, " but rank ", r, " at #", h.seq,
-            ": the ranks issued different numbers of collectives")));
+        what += detail::concat("rank 0 is at collective #", h0.seq, " but rank ", r, " at #", h.seq,
+                               ": the ranks issued different numbers of collectives");
+      } else if (k != k0) {
+        what += detail::concat("rank 0 called ", kindName(k0), " but rank ", r, " called ", kindName(k));
+      } else if (k == Kind::kBroadcast) {
+        what += detail::concat("broadcast of ", h0.param, " bytes from root ", h0.root, " on rank 0 but of ", h.param,
+                               " bytes from root ", h.root, " on rank ", r);
+      } else {
+        what += detail::concat("allreduceSum of ", h0.param, " ", dtypeName(static_cast<DType>(h0.dtype)),
+                               " on rank 0 but of ", h.param, " ", dtypeName(static_cast<DType>(h.dtype)), " on rank ", r);
       }
-      if (k != k0) {
-        return std::make_exception_ptr(MismatchError(
-            detail::concat(where, "rank 0 called ", kindName(k0), " but rank ", r, " called ", kindName(k))));
-      }
-      if (k == Kind::kBroadcast && (h.param != h0.param || h.root != h0.root)) {
-        return std::make_exception_ptr(MismatchError(
-            detail::concat(where, "broadcast of ", h0.param, " bytes from root ", h0.root, " on rank 0 but of ",
-                           h.param, " bytes from root ", h.root, " on rank ", r)));
-      }
-      if (k == Kind::kAllreduceSum && (h.param != h0.param || h.dtype != h0.dtype)) {
-        return std::make_exception_ptr(MismatchError(detail::concat(
-            where, "allreduceSum of ", h0.param, " ", dtypeName(static_cast<DType>(h0.dtype)), " on rank 0 but of ",
-            h.param, " ", dtypeName(static_cast<DType>(h.dtype)), " on rank ", r)));
-      }
+      return std::make_exception_ptr(
+          MismatchError(what, comm::oddRanks(hs.size(), [&](size_t a, size_t b) { return sameCall(hs[a], hs[b]); })));
     }
     return nullptr;
   }

@@ -524,17 +524,10 @@ void Reducer::reduceNow(const Job& job) {
   // A disagreement is also reported to the backend (a health monitor records it), naming the
   // ranks whose header differs from the most common one (ties: the one rank 0 belongs to).
   const auto mismatch = [&](const std::string& what) {
-    std::vector<int> odd;
-    size_t best = 0, bestCount = 0;
-    for (size_t r = 0; r < n; ++r) {
-      size_t count = 0;
-      for (size_t q = 0; q < n; ++q) count += readHeader(headers, q) == readHeader(headers, r);
-      if (count > bestCount) best = r, bestCount = count;
-    }
-    for (size_t r = 0; r < n; ++r)
-      if (!(readHeader(headers, r) == readHeader(headers, best))) odd.push_back(static_cast<int>(r));
+    const std::vector<int> odd =
+        comm::oddRanks(n, [&](size_t a, size_t b) { return readHeader(headers, a) == readHeader(headers, b); });
     backend_->report("mismatch", odd, what);
-    throw MismatchError(what);
+    throw MismatchError(what, odd);
   };
   for (size_t r = 0; r < n; ++r) {
     const Header h = readHeader(headers, r);

@@ -441,7 +441,7 @@ class WatchedWork final : public Work {
     try {
       inner_->wait(timeoutSeconds);
     } catch (const MismatchError& e) {
-      finish(e.what(), "mismatch");
+      finish(e.what(), "mismatch", false, e.ranks());
       throw;
     } catch (const CollectiveTimeout& e) {
       // Another rank's abort (the MPI backend's notice, the in-process group's shared abort) can
@@ -475,10 +475,10 @@ class WatchedWork final : public Work {
 
  private:
   // Records the end once, however many times wait is called.
-  void finish(const std::string& error, const char* anomaly, bool timedOut = false) {
+  void finish(const std::string& error, const char* anomaly, bool timedOut = false, const std::vector<int>& ranks = {}) {
     if (done_.exchange(true)) return;
     monitor_->complete(seq_, error, inner_->timing());
-    if (anomaly) monitor_->report(anomaly, {}, error);
+    if (anomaly) monitor_->report(anomaly, ranks, error);
     if (timedOut) monitor_->autoDump("timeout");
   }
 
