@@ -390,16 +390,23 @@ size_t doStep(Impl& im, const ConstTensorView& v, DeviceBuffer& out, uint64_t st
   if (name == "econtrol") {
     const T eta = static_cast<T>(im.cfg.eta);
     const auto upd = fb::makeSrc<fb::kEUpdate>(x, s1, s0);  // e = (e + v) - h
+    // The first round (init=compressed) leaves e at 0: h^0 = C(v^0), e^0 = 0 (as the CPU).
     const auto run = [&](const auto& src) -> size_t {
       if (topk) {
         return fusedTopK(im, src, v, out, st, [&](const int64_t* idx, const auto* bits, int64_t k) {
+          if (first) {
+            scatterAdd<T>(idx, bits, k, 1.0, s1, st);
+            return;
+          }
           form(upd, n, s0, st);
           scatterAdd2<T>(idx, bits, k, -1.0, s0, 1.0, s1, st);
         });
       }
       const size_t size = generic(im, src, v, out, step, st);
-      form(upd, n, s0, st);
-      addMessage(out, size, im.view(im.s0), -1.0, st);
+      if (!first) {
+        form(upd, n, s0, st);
+        addMessage(out, size, im.view(im.s0), -1.0, st);
+      }
       addMessage(out, size, im.view(im.s1), 1.0, st);
       return size;
     };

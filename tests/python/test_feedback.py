@@ -55,7 +55,8 @@ class Reference:
                     self.h = v.copy()
                     return v.copy(), self.h
             d = self.C(self.eta * self.e + v - self.h)
-            self.e = self.e + v - self.h - d
+            if not first:  # e^0 = 0: the compressed first message's error is not fed back
+                self.e = self.e + v - self.h - d
             self.h = self.h + d
             return d, self.h
         if self.name == "ef21sgdm":
@@ -120,6 +121,20 @@ def test_econtrol_eta0_is_ef21_compressed():
         a = run(ef.feedback.make("econtrol:eta=0,init=compressed", comp), vs)
         b = run(ef.feedback.make("ef21:init=compressed", comp), vs)
         assert a[0] == b[0] and a[1].tobytes() == b[1].tobytes()
+
+
+@pytest.mark.parametrize("comp", ["topk:k=1", "sign"])
+def test_econtrol_compressed_init_starts_with_zero_error(comp):
+    # ALGORITHMS.md: e^0 = 0, h^0 = C(g^0): the first message's compression error is not fed
+    # into the next (it was: e = g^0 - C(g^0), and the second message carried eta times it).
+    fb = ef.feedback.make("econtrol:eta=0.5,init=compressed", comp)
+    g0 = np.array([3.0, 1.0, 0.5])
+    m0 = ef.compressors.decompress(fb.step(g0))
+    assert not fb.state_dict()["tensors"]["e"].any()
+    np.testing.assert_array_equal(fb.state_dict()["tensors"]["h"], m0)
+    g1 = np.array([3.0, 1.0, 0.9])
+    want = ef.compressor(comp).decompress(ef.compressor(comp).compress(g1 - m0, step=1))  # eta * 0 + g1 - h
+    np.testing.assert_array_equal(ef.compressors.decompress(fb.step(g1)), want)
 
 
 def test_sgdm_momentum1_is_ef21():

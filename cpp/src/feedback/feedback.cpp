@@ -244,8 +244,9 @@ class EF21 final : public Feedback {
 };
 
 // EControl (Gao, Islamov, Stich): Delta = C(eta e + v - h); e = e + v - h - Delta; h = h + Delta.
-// e^0 = 0 and h^0 = v^0 (init=full, sent uncompressed) or h^0 = 0 (init=compressed, so that
-// eta = 0 is EF21 with compressed init, operation for operation).
+// e^0 = 0 and h^0 = v^0 (init=full, sent uncompressed) or h^0 = C(v^0) (init=compressed: eta = 0
+// is EF21 with compressed init, operation for operation); the first round leaves e at 0 either
+// way (ALGORITHMS.md: e^0 = 0; the initial message's error is not fed back).
 class EControl final : public Feedback {
  public:
   EControl(std::shared_ptr<Compressor> c, Config cfg) : Feedback(std::move(c)), cfg_(std::move(cfg)) {}
@@ -276,15 +277,18 @@ class EControl final : public Feedback {
         fill(r, v.numel(), [&](int64_t i) { return (eta * e[i] + x[i]) - h[i]; });
       }
     });
+    const bool first = !initialized();  // h^0 = C(v^0), e^0 = 0
     Message m = compressFormed(v, ws, step);
-    dispatchFloat(v.dtype, [&](auto tag) {
-      using T = typename decltype(tag)::type;
-      const T* x = static_cast<const T*>(v.data);
-      const T* h = reinterpret_cast<const T*>(h_.data());
-      T* e = reinterpret_cast<T*>(e_.data());
-      fill(e, v.numel(), [&](int64_t i) { return (e[i] + x[i]) - h[i]; });
-    });
-    accumulate(m, viewOf(e_), -1.0);
+    if (!first) {
+      dispatchFloat(v.dtype, [&](auto tag) {
+        using T = typename decltype(tag)::type;
+        const T* x = static_cast<const T*>(v.data);
+        const T* h = reinterpret_cast<const T*>(h_.data());
+        T* e = reinterpret_cast<T*>(e_.data());
+        fill(e, v.numel(), [&](int64_t i) { return (e[i] + x[i]) - h[i]; });
+      });
+      accumulate(m, viewOf(e_), -1.0);
+    }
     accumulate(m, viewOf(h_), 1.0);
     return m;
   }
