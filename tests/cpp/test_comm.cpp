@@ -39,7 +39,10 @@ TEST_P(CommSizes, AllgathervVariableSizes) {
       total += contribution(j).size();
     }
     EXPECT_EQ(recv.data.size(), total);  // no padding
+    EXPECT_THROW(recv.block(static_cast<size_t>(n)), InvalidArgument);
+    EXPECT_THROW(recv.blockBytes(static_cast<size_t>(n)), InvalidArgument);
   });
+  EXPECT_THROW(ByteBlocks{}.blockBytes(0), InvalidArgument);  // empty: no block 0
 }
 
 TEST_P(CommSizes, AlltoallvVariableSizes) {

@@ -85,12 +85,18 @@ struct ByteBlocks {
 
   /// Number of blocks.
   size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
-  /// Pointer to block `i` (valid while `data` is not modified).
-  const uint8_t* block(size_t i) const { return data.data() + offsets.at(i); }
-  /// Length of block `i` in bytes.
-  size_t blockBytes(size_t i) const { return offsets.at(i + 1) - offsets.at(i); }
+  /// Pointer to block `i` (valid while `data` is not modified); InvalidArgument when i >= size().
+  const uint8_t* block(size_t i) const { return data.data() + offsets[checked(i)]; }
+  /// Length of block `i` in bytes; InvalidArgument when i >= size().
+  size_t blockBytes(size_t i) const { return offsets[checked(i) + 1] - offsets[i]; }
   /// Copy of block `i`.
   std::vector<uint8_t> copyBlock(size_t i) const { return {block(i), block(i) + blockBytes(i)}; }
+
+ private:
+  size_t checked(size_t i) const {
+    EFCOMM_CHECK(i < size(), "ByteBlocks: block ", i, " of ", size(), " (blocks are numbered 0 to size() - 1)");
+    return i;
+  }
 };
 
 /// A group of `size()` ranks that exchange raw bytes. Abstract; see the file comment for the
