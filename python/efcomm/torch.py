@@ -55,7 +55,7 @@ from . import _args, _core
 from . import feedback as _feedback
 from .comm import _ALGORITHMS
 from .compressors import Message, _cuda_stream, _device_ctx
-from .errors import InvalidArgument, MismatchError, NonFiniteError, _one_line
+from .errors import Error, InvalidArgument, MismatchError, NonFiniteError, _one_line
 
 __all__ = ["DDPHookState", "ddp_hook"]
 
@@ -180,6 +180,7 @@ class DDPHookState:
         self._order: dict = {}  # id(parameter) -> its place in the first iteration seen
         self._agreed = False  # the ranks' configurations compared (at this process's first bucket)
         self._saved_rank = 0  # the rank a loaded state was saved by (this process's, outside a process group)
+        self._saved_world = 1  # and the ranks it was saved by
         # algorithm != "allgather": an ef.Reducer over the process group (made at the first
         # compressed bucket) holds the error feedback instead of the slots; a loaded state of its
         # waits here until then.
@@ -188,12 +189,13 @@ class DDPHookState:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"compressor": self.compressor, "feedback": self.feedback, "weights": self.weights,
-                "world": self._world(), "rank": self._rank(),
+        return {"compressor": self.compressor, "feedback": self.feedback,
+                "weights": None if self.weights is None else list(self.weights),
+                "world": self._world() if dist.is_initialized() else self._saved_world, "rank": self._rank(),
                 "start_iter": self.start_iter, "algorithm": self.algorithm,
                 "min_compress_numel": self.min_compress_numel, "iter": self.iter, "stats": dict(self.stats),
                 "reducer": self._reducer_state_dict(),
-                "slots": {key: {"shape": s.shape, "dtype": s.dtype, "step": s.step,
+                "slots": {key: {"shape": list(s.shape), "dtype": s.dtype, "step": s.step,
                                 "worker": _torch_state(s.worker.state_dict()),
                                 "aggregate": _torch_state(s.aggregate_state())} for key, s in self._slots.items()}}
 
@@ -232,11 +234,15 @@ class DDPHookState:
         min_compress_numel = count(state["min_compress_numel"], "min_compress_numel")
         iteration = count(state["iter"], "iter")
         stats = dict(table(state["stats"], "stats"))
-        reducer = state.get("reducer")
+        reducer, made = state.get("reducer"), None
         if reducer is not None:
             table(reducer, "reducer")
             for part in ("meta", "tensors"):
                 table(reducer.get(part), f"reducer[{part!r}]")
+            reducer = _copied_state(reducer)  # the caller's dict may change; the hook's state does not
+            if dist.is_initialized() and n > 1:
+                made = self._make_reducer(reducer)  # checked now: a typed error here, not in backward
+                reducer = None
         slots = {}
         for key, saved in table(state["slots"], "slots").items():
             saved = table(saved, f"slots[{key!r}]")
@@ -253,9 +259,9 @@ class DDPHookState:
             slot.step = count(saved["step"], f"slots[{key!r}] step")
             slots[key] = slot
         # Everything read: nothing changed on a throw above.
-        self._saved_rank = rank
+        self._saved_rank, self._saved_world = rank, n
         self._slots = slots
-        self._reducer, self._reducer_state = None, reducer
+        self._reducer, self._reducer_state = made, reducer
         self.start_iter = start_iter
         self.min_compress_numel = min_compress_numel
         self.iter = iteration
@@ -279,13 +285,25 @@ class DDPHookState:
         if self._reducer is not None:
             return len(self._reducer.stats)
         if self._reducer_state is not None:
-            return int(self._reducer_state["meta"]["reducer.keys"])
+            keys = str(self._reducer_state["meta"].get("reducer.keys", ""))
+            return int(keys) if keys.isdigit() else 0  # checked when it loads
         return len(self._slots)
 
     def _reducer_state_dict(self) -> Optional[dict]:
         if self._reducer is None:
-            return self._reducer_state
+            return None if self._reducer_state is None else _copied_state(self._reducer_state)
         return _torch_state(self._reducer.state_dict())
+
+    def _make_reducer(self, state: Optional[dict]):
+        """The ef.Reducer of algorithm reduce_scatter, allreduce or auto over the process group,
+        with ``state`` (a loaded checkpoint's) restored."""
+        from .comm import Communicator, Reducer
+
+        red = Reducer(Communicator.torch(self.process_group), self.compressor, self.feedback,
+                      algorithm=self.algorithm, weights=self.weights or None)
+        if state is not None:
+            red.load_state_dict(state)  # CPU tensors load as numpy arrays do
+        return red
 
     # ---- the hook's work -----------------------------------------------------------------------
     def _world(self) -> int:
@@ -402,13 +420,8 @@ class DDPHookState:
                                   "use algorithm='allgather'")
         red = self._reducer
         if red is None:
-            from .comm import Communicator, Reducer
-
-            red = Reducer(Communicator.torch(self.process_group), self.compressor, self.feedback,
-                          algorithm=self.algorithm, weights=self.weights or None)
-            if self._reducer_state is not None:
-                red.load_state_dict(self._reducer_state)  # CPU tensors load as numpy arrays do
-            self._reducer, self._reducer_state = red, None
+            red = self._reducer = self._make_reducer(self._reducer_state)
+            self._reducer_state = None
         before = _reducer_bytes(red)
         failed = []
         for key, grad in keyed:
@@ -445,11 +458,18 @@ class DDPHookState:
         silent divergence, or gloo aborting the process). One allreduce (max) of a hash of the
         configuration and its negation at a process's first bucket; MismatchError on every rank
         when they differ. EF21-W's weights must be one per rank (InvalidArgument on every rank,
-        before any collective)."""
+        before any collective). A reducer state loaded outside a process group loads here: a rank
+        where it fails raises its error, the others MismatchError, instead of waiting for it."""
         n = self._world()
         self._check_weights(n)
+        failed = None
+        if self._reducer_state is not None and self._reducer is None:
+            try:
+                self._reducer, self._reducer_state = self._make_reducer(self._reducer_state), None
+            except Error as e:
+                failed = e
         config = repr((self.compressor, self.feedback, self.weights, self.start_iter, self.min_compress_numel,
-                       self.iter, self.algorithm))
+                       self.iter, self.algorithm, failed is None))
         h = float(int.from_bytes(hashlib.blake2b(config.encode(), digest_size=6).digest(), "little"))  # exact
         t = torch.tensor([h, -h], dtype=torch.float64, device=device)
         dist.all_reduce(t, op=dist.ReduceOp.MAX, group=self.process_group)
@@ -457,13 +477,15 @@ class DDPHookState:
         self.stats["bytes_sent"] += ring
         self.stats["bytes_received"] += ring
         self._agreed = True
+        if failed is not None:
+            raise failed
         if t[0].item() != -t[1].item():
             raise MismatchError(f"efcomm DDP hook: the ranks' hooks differ in compressor, feedback, weights, start_iter, "
                                 f"min_compress_numel, algorithm or iteration (this rank: {self.compressor}, "
                                 f"{self.feedback}, algorithm={self.algorithm}, "
                                 f"start_iter={self.start_iter}, min_compress_numel={self.min_compress_numel}, "
                                 f"iteration {self.iter}); configure every rank alike (and load every rank's "
-                                "checkpoint)")
+                                "checkpoint; a rank whose checkpoint did not load says why)")
 
     def _bucket(self, bucket) -> torch.Tensor:
         buf = bucket.buffer()
@@ -531,6 +553,14 @@ def _torch_state(state: dict) -> dict:
     """An ef.feedback state dict with its numpy arrays as CPU tensors (torch.load's default
     weights_only=True refuses numpy arrays; load_state_dict takes either)."""
     return dict(state, tensors={k: torch.from_numpy(v) for k, v in state["tensors"].items()})
+
+
+def _copied_state(state: dict) -> dict:
+    """A copy of a state dict's meta and tensors (numpy arrays or CPU tensors) sharing no memory
+    with it."""
+    return dict(state, meta=dict(state["meta"]),
+                tensors={k: v.detach().clone() if isinstance(v, torch.Tensor) else np.array(v, copy=True)
+                         for k, v in state["tensors"].items()})
 
 
 def _dtype(t: torch.Tensor) -> str:

@@ -119,6 +119,30 @@ def test_state_dict_round_trip_continues_bit_identically(n):
             assert x.tobytes() == y.tobytes()
 
 
+@pytest.mark.parametrize("algorithm", ["allgather", "allreduce", "reduce_scatter"])
+def test_state_dict_of_other_weights_or_damaged_is_refused_naming_the_entry(algorithm):
+    def save(comm):
+        red = ef.Reducer(comm, "identity", "ef21", algorithm=algorithm, weights=[0.9, 0.1])
+        red.allreduce(_grad(comm.rank, 0), key="w")
+        return red.state_dict()
+
+    saved = ef.testing.run_ranks(2, save)
+
+    def load(comm):
+        red = ef.Reducer(comm, "identity", "ef21", algorithm=algorithm, weights=[0.1, 0.9])
+        with pytest.raises(ef.MismatchError, match=r"weights \(entry 'reducer.weights'\) is '0.9000"):
+            red.load_state_dict(saved[comm.rank])
+        same = ef.Reducer(comm, "identity", "ef21", algorithm=algorithm, weights=[0.9, 0.1])
+        damaged = dict(saved[comm.rank], tensors=dict(saved[comm.rank]["tensors"]))
+        entry = sorted(damaged["tensors"])[0]
+        del damaged["tensors"][entry]
+        with pytest.raises(ef.InvalidArgument, match=f"missing tensor '{entry}'"):  # the whole name
+            same.load_state_dict(damaged)
+        same.load_state_dict(saved[comm.rank])
+
+    ef.testing.run_ranks(2, load)
+
+
 @pytest.mark.parametrize("bad", [
     lambda red: red.allreduce(np.arange(10), key="a"),                       # an integer array
     lambda red: red.allreduce(np.ones(10, np.float32), key=5),               # a key that is no string

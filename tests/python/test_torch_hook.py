@@ -156,6 +156,40 @@ def test_hooks_configured_differently_fail_every_rank(tmp_path):
         assert r["error"] is not None and "MismatchError" in r["error"] and "hooks differ" in r["error"], r
 
 
+def test_damaged_reducer_checkpoint_fails_at_load_or_on_every_rank_at_once(tmp_path):
+    r0, r1 = _run("damaged_checkpoint@reduce_scatter", tmp_path)
+    entry = f"'{r1['deleted']}'"  # the whole name, as the saved dict spells it
+    assert r0["load_error"] is None
+    assert "InvalidArgument" in r1["load_error"] and entry in r1["load_error"], r1
+    # Loaded outside the group: at the first bucket, rank 1 says why, rank 0 that they differ.
+    assert "InvalidArgument" in r1["error"] and entry in r1["error"], r1
+    assert "MismatchError" in r0["error"] and "did not load" in r0["error"], r0
+
+
+def test_hook_state_dict_is_a_copy_and_keeps_the_saved_world():
+    import torch
+
+    state, _ = ef.torch.ddp_hook("topk:ratio=0.1", "ef21w", weights=[0.3, 0.7])
+    state.state_dict()["weights"][0] = 0.9
+    assert state.weights == [0.3, 0.7]
+    # A reducer state is copied in and out: changing the caller's dict changes nothing here.
+    red, _ = ef.torch.ddp_hook("topk:ratio=0.1", "ef21", algorithm="reduce_scatter")
+    saved = dict(red.state_dict(), world=2, reducer={"meta": {"reducer.keys": "0"}, "tensors": {"t": torch.ones(2)}})
+    red.load_state_dict(saved)
+    saved["reducer"]["tensors"]["t"].mul_(0.5)
+    saved["reducer"]["meta"]["reducer.keys"] = "7"
+    again = red.state_dict()
+    assert torch.equal(again["reducer"]["tensors"]["t"], torch.ones(2)) and again["reducer"]["meta"]["reducer.keys"] == "0"
+    again["reducer"]["tensors"]["t"].mul_(0.5)
+    assert torch.equal(red.state_dict()["reducer"]["tensors"]["t"], torch.ones(2))
+    # Outside a process group a loaded state keeps the world it was saved by (it re-saved as 1).
+    assert again["world"] == 2
+    red.load_state_dict(again)
+    assert "compressed parameters=0" in repr(red)
+    red.load_state_dict(dict(again, reducer={"meta": {"reducer.keys": "x"}, "tensors": {}}))
+    assert "compressed parameters=0" in repr(red)  # checked when it loads; repr does not raise
+
+
 @pytest.mark.parametrize("suffix", ["", "@reduce_scatter"])
 def test_nonfinite_gradient_is_nan_on_every_rank_and_training_goes_on(tmp_path, suffix):
     # Rank 1's NaN: the compressed (2-d) gradients are NaN on every rank, as DDP's allreduce

@@ -187,6 +187,41 @@ def scenario_result(rank, scenario, out):
                 result["stats"] = state.stats
             torch.nn.functional.cross_entropy(ddp(x), y).backward()
             result["grad"] = model.weight.grad.detach().clone()
+        elif scenario == "damaged_checkpoint":
+            # Rank 1's checkpoint lost a tensor of its reducer state. Loaded under the process
+            # group: the error is load_state_dict's, naming the entry. Loaded before the group
+            # existed (dist.is_initialized() False then): at the first bucket rank 1 raises its
+            # error and rank 0 MismatchError, neither waits for the other.
+            from unittest import mock
+
+            model, batches = model_and_data(rank)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
+                                            algorithm=algorithm)
+            ddp.register_comm_hook(state, hook)
+            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
+            train(ddp, opt, batches, 2)
+            saved = state.state_dict()
+            result["deleted"] = sorted(saved["reducer"]["tensors"])[0]
+            if rank == 1:
+                del saved["reducer"]["tensors"][result["deleted"]]
+            fresh, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
+                                            algorithm=algorithm)
+            try:
+                fresh.load_state_dict(saved)
+                result["load_error"] = None
+            except Exception as e:  # noqa: BLE001
+                result["load_error"] = f"{type(e).__name__}: {e}"
+            with mock.patch.object(ef.torch.dist, "is_initialized", return_value=False):
+                fresh.load_state_dict(saved)
+            ddp = torch.nn.parallel.DistributedDataParallel(model)
+            ddp.register_comm_hook(fresh, hook)
+            x, y = batches[2]
+            try:
+                torch.nn.functional.cross_entropy(ddp(x), y).backward()
+                result["error"] = None
+            except Exception as e:  # noqa: BLE001 - DDP re-raises the hook's error
+                result["error"] = f"{type(e).__name__}: {e}"
         elif scenario == "config_mismatch":
             # Rank 1's hook uses another feedback method: every rank raises MismatchError at the
             # first bucket, before any gradient travels.

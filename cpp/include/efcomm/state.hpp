@@ -33,6 +33,9 @@ struct StateTensor {
 struct StateDict {
   std::map<std::string, std::string> meta;
   std::map<std::string, StateTensor> tensors;
+  /// Where these entries sit in the state they were taken from (set by sub()): the errors below
+  /// name `prefix + key`, the entry as the caller's dict spells it.
+  std::string prefix;
 
   /// The entry `key` of meta; throws InvalidArgument if absent.
   const std::string& text(const std::string& key) const;

@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -102,6 +103,17 @@ enum HeaderField : size_t {
   kFieldCount = kDims + kHeaderDims
 };
 constexpr size_t kHeaderBytes = kFieldCount * sizeof(uint64_t);
+
+// The weights as saved in a state dict: each to 17 significant digits (exact), comma-separated.
+std::string weightsText(const std::vector<double>& weights) {
+  std::string s;
+  char buf[32];
+  for (const double w : weights) {
+    std::snprintf(buf, sizeof buf, "%.17g", w);
+    s += (s.empty() ? "" : ",") + std::string(buf);
+  }
+  return s;
+}
 
 uint64_t fnv1a(const void* data, size_t n, uint64_t h = 0xcbf29ce484222325ull) {
   const auto* p = static_cast<const uint8_t*>(data);
@@ -589,6 +601,7 @@ StateDict Reducer::stateDict() const {
   sd.meta["reducer.compressor"] = compressorSpec_;
   sd.meta["reducer.feedback"] = feedbackSpec_;
   sd.meta["reducer.algorithm"] = options_.algorithm;
+  sd.meta["reducer.weights"] = weightsText(options_.weights);
   sd.meta["reducer.rank"] = std::to_string(rank());
   sd.meta["reducer.size"] = std::to_string(size());
   sd.meta["reducer.calls"] = std::to_string(calls_);
@@ -613,6 +626,9 @@ void Reducer::loadStateDict(const StateDict& state) {
   state.expect("reducer.compressor", compressorSpec_, "compressor spec");
   state.expect("reducer.feedback", feedbackSpec_, "feedback spec");
   state.expect("reducer.algorithm", options_.algorithm, "algorithm");
+  // Every algorithm's estimate is weighted (the allreduce algorithm's sum too, which keeps no
+  // weights of its own to compare): another reducer's weights would silently go on from it.
+  state.expect("reducer.weights", weightsText(options_.weights), "weights");
   state.expect("reducer.rank", std::to_string(rank()), "rank");
   state.expect("reducer.size", std::to_string(size()), "group size");
   const uint64_t calls = state.integer("reducer.calls");
