@@ -74,7 +74,14 @@ inline StateDict stateFromPython(pybind11::handle obj) {
   const auto tensors = castOrThrow<pybind11::dict>(d["tensors"], "load_state_dict: 'tensors'", "a dict of str to array");
   for (auto kv : tensors) {
     const std::string name = castOrThrow<std::string>(kv.first, "load_state_dict: a 'tensors' key", "a str");
-    pybind11::object arr = pybind11::module_::import("numpy").attr("ascontiguousarray")(kv.second);
+    pybind11::object arr;
+    try {  // numpy refuses some objects outright (a bfloat16 torch tensor: TypeError)
+      arr = pybind11::module_::import("numpy").attr("ascontiguousarray")(kv.second);
+    } catch (const pybind11::error_already_set& e) {
+      throw InvalidArgument("load_state_dict: tensor '" + name + "' (a " + pyTypeName(kv.second) +
+                            ") is not an array numpy reads (" + e.what() +
+                            "); pass what state_dict() returned (numpy arrays or float32/float64 CPU tensors)");
+    }
     TensorArg t = tensorArg(arr, false, ("state tensor '" + name + "'").c_str());
     s.tensors[name] = StateTensor::fromView(t.view());
   }

@@ -400,3 +400,14 @@ def test_damaged_state_is_refused(kind, bad):
     after = obj.state_dict()
     for k, v in before["tensors"].items():
         assert after["tensors"][k].tobytes() == v.tobytes()
+
+
+def test_state_tensor_numpy_cannot_read_is_invalid_argument():
+    # A bfloat16 torch tensor (numpy has no such dtype) is InvalidArgument naming the entry, not
+    # numpy's TypeError.
+    torch = pytest.importorskip("torch")
+    obj, name = _stepped("ef14")
+    damaged = obj.state_dict()
+    damaged["tensors"][name] = torch.from_numpy(damaged["tensors"][name]).to(torch.bfloat16)
+    with pytest.raises(ef.InvalidArgument, match=f"tensor '{name}' \\(a Tensor\\) is not an array numpy reads"):
+        obj.load_state_dict(damaged)
