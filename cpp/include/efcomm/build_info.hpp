@@ -6,6 +6,7 @@
 
 namespace efcomm {
 
+/// The build's version and what it was compiled with (`efcomm info`, Python `ef.build_info()`).
 struct BuildInfo {
   std::string version;   ///< "0.1.0"
   bool cuda = false;     ///< CUDA kernels compiled in
@@ -17,6 +18,7 @@ struct BuildInfo {
   std::string compiler;  ///< compiler id and version
 };
 
+/// This library's BuildInfo (`threads`: as the calling thread would use now).
 BuildInfo buildInfo();
 
 }  // namespace efcomm

@@ -79,9 +79,14 @@ class DeviceBuffer {
   DeviceBuffer(const DeviceBuffer&) = delete;
   DeviceBuffer& operator=(const DeviceBuffer&) = delete;
 
+  /// Makes size() `bytes`: keeps the allocation when capacity() suffices, else frees it and
+  /// allocates `bytes` (contents lost). BackendUnavailable without a usable device; Error with
+  /// CUDA's message when the allocation fails.
   void resize(size_t bytes);
+  /// The device pointer (null while capacity() is 0).
   void* data() { return ptr_; }
   const void* data() const { return ptr_; }
+  /// Bytes in use (the last resize), and bytes allocated.
   size_t size() const { return size_; }
   size_t capacity() const { return capacity_; }
 

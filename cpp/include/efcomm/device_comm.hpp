@@ -30,10 +30,19 @@ struct DeviceByteBlocks {
   cuda::DeviceBuffer data;
   std::vector<size_t> offsets;
 
+  /// Number of blocks.
   size_t size() const { return offsets.empty() ? 0 : offsets.size() - 1; }
-  const uint8_t* block(size_t i) const { return static_cast<const uint8_t*>(data.data()) + offsets.at(i); }
-  uint8_t* block(size_t i) { return static_cast<uint8_t*>(data.data()) + offsets.at(i); }
-  size_t blockBytes(size_t i) const { return offsets.at(i + 1) - offsets.at(i); }
+  /// Device pointer to block `i`; InvalidArgument when i >= size().
+  const uint8_t* block(size_t i) const { return static_cast<const uint8_t*>(data.data()) + offsets[checked(i)]; }
+  uint8_t* block(size_t i) { return static_cast<uint8_t*>(data.data()) + offsets[checked(i)]; }
+  /// Length of block `i` in bytes; InvalidArgument when i >= size().
+  size_t blockBytes(size_t i) const { return offsets[checked(i) + 1] - offsets[i]; }
+
+ private:
+  size_t checked(size_t i) const {
+    EFCOMM_CHECK(i < size(), "DeviceByteBlocks: block ", i, " of ", size(), " (blocks are numbered 0 to size() - 1)");
+    return i;
+  }
 };
 
 /// A group of ranks exchanging device memory. Abstract; see the file comment.

@@ -29,6 +29,7 @@ enum class NodeKind { kEndpoint, kLeaf, kSpine, kAgg, kCore };
 /// "endpoint", "leaf", "spine", "agg", "core".
 const char* nodeKindName(NodeKind kind);
 
+/// A node of the fabric: an endpoint (one NIC of a host, one rank) or a switch.
 struct Node {
   NodeKind kind = NodeKind::kEndpoint;
   int plane = 0;       ///< the network plane (dual-plane fabrics: 0 or 1)
@@ -72,8 +73,12 @@ struct ClosSpec {
   double fabricGbps = 400;    ///< every switch-switch link
 };
 
+/// A fabric: nodes (endpoints first, in rank order, then switches) and directed links, with the
+/// candidate paths between endpoints. Immutable but for failLink/degradeLink; copies share the
+/// paths' tables.
 class Topology {
  public:
+  /// The fabrics of LeafSpineSpec / ClosSpec; InvalidArgument (naming the field) for a bad spec.
   static Topology leafSpine(const LeafSpineSpec& spec);
   static Topology clos(const ClosSpec& spec);
   /// The JSON `toJson` writes: {"nodes": [{"kind", "plane", "group", "name"}], "links": [{"from",
@@ -82,14 +87,17 @@ class Topology {
   static Topology fromJson(const std::string& text);
   std::string toJson() const;
 
+  /// Hosts, and NICs (endpoints, ranks) per host.
   int hosts() const;
   int nicsPerHost() const;
   /// Endpoints (ranks): hosts() x nicsPerHost().
   int endpoints() const;
   /// The node id of endpoint `rank`.
   int endpointNode(int rank) const;
+  /// The host of endpoint `rank`.
   int hostOf(int rank) const { return rank / nicsPerHost(); }
 
+  /// Every node (ids are indices) and every directed link (ids are indices; a cable is two).
   const std::vector<Node>& nodes() const;
   const std::vector<Link>& links() const;
   /// The id of the link from node `from` to node `to`, or -1.
