@@ -14,12 +14,13 @@ void initHealth(py::module_& m) {
   using health::Monitor;
   using health::MonitorOptions;
   py::class_<Monitor, std::shared_ptr<Monitor>>(m, "_Monitor")
-      .def(py::init([](std::shared_ptr<Backend> inner, double timeoutFloor, double timeoutFactor,
+      .def(py::init([](std::shared_ptr<Backend> inner, double timeoutFloor, double timeoutFactor, double minGbps,
                        double heartbeatInterval, double heartbeatTimeout, size_t capacity, int window,
                        std::string dumpDir, std::string address, double connectTimeout) {
              MonitorOptions o;
              o.timeoutFloor = timeoutFloor;
              o.timeoutFactor = timeoutFactor;
+             o.minGbps = minGbps;
              o.heartbeatInterval = heartbeatInterval;
              o.heartbeatTimeout = heartbeatTimeout;
              o.capacity = capacity;
@@ -29,7 +30,8 @@ void initHealth(py::module_& m) {
              o.connectTimeout = connectTimeout;
              return std::make_shared<Monitor>(std::move(inner), std::move(o));
            }),
-           py::arg("backend"), py::arg("timeout_floor"), py::arg("timeout_factor"), py::arg("heartbeat_interval"),
+           py::arg("backend"), py::arg("timeout_floor"), py::arg("timeout_factor"), py::arg("min_gbps"),
+           py::arg("heartbeat_interval"),
            py::arg("heartbeat_timeout"), py::arg("capacity"), py::arg("window"), py::arg("dump_dir"),
            py::arg("address"), py::arg("connect_timeout"), py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("backend", &Monitor::backend)

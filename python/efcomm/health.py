@@ -64,8 +64,10 @@ class Monitor:
     ``comm`` creates it, and it returns once all ranks' agents have reached the coordinator.
 
     A collective some ranks have reached is overdue after ``max(timeout_floor, timeout_factor x
-    the p99 of recent collective durations)``; a rank whose heartbeats stop for
-    ``heartbeat_timeout`` seconds is stopped; one whose connection drops has crashed. Then every
+    the p99 of recent collective durations)`` (once every rank is in it, plus its bytes at
+    ``min_gbps`` Gbit/s: a large transfer over a slow network is not a hang); a rank whose
+    heartbeats stop for ``heartbeat_timeout`` seconds is stopped; one whose connection drops has
+    crashed; one that closed its monitor while the others wait for it has left. Then every
     live rank's pending and later collectives raise :class:`efcomm.CollectiveTimeout` whose
     ``culprits`` are the ranks at fault, and, with ``dump_dir``, each rank writes its flight record
     there (``efcomm-flight-rank<R>.json``; also on SIGUSR1 and at :meth:`close`).
@@ -79,11 +81,11 @@ class Monitor:
     def __init__(self, comm: Communicator, timeout_floor: float = 5.0, timeout_factor: float = 4.0,
                  dump_dir: Optional[str] = None, *, heartbeat_interval: float = 0.2,
                  heartbeat_timeout: float = 2.0, capacity: int = 4096, window: int = 20,
-                 address: Optional[str] = None, connect_timeout: float = 60.0):
+                 address: Optional[str] = None, connect_timeout: float = 60.0, min_gbps: float = 0.1):
         if not isinstance(comm, Communicator):
             raise InvalidArgument(f"health.Monitor: expected an ef.Communicator, got {type(comm).__name__}")
         seconds = [_option(v, n, float) for v, n in ((timeout_floor, "timeout_floor"), (timeout_factor, "timeout_factor"),
-                                                     (heartbeat_interval, "heartbeat_interval"),
+                                                     (min_gbps, "min_gbps"), (heartbeat_interval, "heartbeat_interval"),
                                                      (heartbeat_timeout, "heartbeat_timeout"))]
         counts = [_option(v, n, int) for v, n in ((capacity, "capacity"), (window, "window"))]
         if counts[0] < 1:  # the native side takes an unsigned count

@@ -291,6 +291,26 @@ TEST(HealthDetect, TrackerNamesARankThatLeftAtOnceAndOnlyIt) {
   EXPECT_FALSE(u.overdue(1.1));
 }
 
+TEST(HealthDetect, TrackerAllowsALargeTransferItsBytesAtMinGbps) {
+  // The job's first collective, 3 ranks of 100 MB each: at 0.1 Gbit/s the busiest rank may take
+  // 3 x 100 MB x 8 / 1e8 = 24 s beyond the 0.5 s floor before the unfinished are named.
+  detect::Tracker t(3, 0.5, 4.0, 20, 0.1);
+  for (int r = 0; r < 3; ++r) t.arrive(r, 0, "allgatherv", -1, 10.0, 100000000);
+  t.complete(0, 0, true, {}, 12.0);
+  EXPECT_FALSE(t.overdue(10.0 + 24.4));
+  auto f = t.overdue(10.0 + 24.6);
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->ranks, (std::vector<int>{1, 2}));
+  EXPECT_NE(f->detail.find("(deadline 24.50 s = max(floor 500.0 ms, 4 x recent p99 n/a) + 24.00 s for its bytes at "
+                           "0.1 Gbit/s)"),
+            std::string::npos)
+      << f->detail;
+  // Ranks that never arrive get no allowance: nothing is moving for them.
+  detect::Tracker u(3, 0.5, 4.0, 20, 0.1);
+  u.arrive(0, 0, "allgatherv", -1, 10.0, 100000000);
+  EXPECT_TRUE(u.overdue(10.6));
+}
+
 TEST(HealthDetect, TrackerDeadlineAdaptsToRecentSpans) {
   detect::Tracker t(2, 0.5, 4.0, 20);
   for (uint64_t s = 0; s < 100; ++s) {

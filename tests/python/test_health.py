@@ -199,6 +199,9 @@ def test_bad_options_are_rejected():
             ef.health.Monitor(comm, timeout_floor=0)
         with pytest.raises(ef.InvalidArgument, match="heartbeat"):
             ef.health.Monitor(comm, heartbeat_interval=1.0, heartbeat_timeout=1.0)
+        for gbps in (0, -1, float("inf"), "1"):
+            with pytest.raises(ef.InvalidArgument, match="min_gbps"):
+                ef.health.Monitor(comm, min_gbps=gbps)
         with pytest.raises(ef.InvalidArgument, match="Communicator"):
             ef.health.Monitor("not a communicator")
         # Types and bounds: typed errors, never a pybind TypeError or an allocation of a huge window.

@@ -34,6 +34,10 @@ struct MonitorOptions {
   /// p99 of its recent durations); then the ranks that have not reached it are the culprits.
   double timeoutFloor = 5.0;
   double timeoutFactor = 4.0;
+  /// ...plus the collective's bytes at this rate in Gbit/s (size x its largest contribution:
+  /// what the busiest rank may have to receive): a large transfer over a slow network is not a
+  /// hang, though no recent collective was as large (the first of the job included).
+  double minGbps = 0.1;
   /// Every agent and the coordinator send a heartbeat this often...
   double heartbeatInterval = 0.2;
   /// ...and a rank (or the coordinator) silent this long is declared stopped (a hang).

@@ -316,7 +316,7 @@ class Coordinator {
         token_(token),
         options_(options),
         addresses_(advertisedAddresses(options.address)),
-        tracker_(size, options.timeoutFloor, options.timeoutFactor, options.window),
+        tracker_(size, options.timeoutFloor, options.timeoutFactor, options.window, options.minGbps),
         ranks_(static_cast<size_t>(size)),
         connectDeadline_(monoNow() + connectTimeout) {
     listener_ = Fd(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
@@ -573,7 +573,7 @@ void Coordinator::handle(Conn& c, wire::Type type, const std::string& payload, d
     case wire::Type::kHeartbeat: wire::decodeHeartbeat(payload, size_); break;
     case wire::Type::kArrive: {
       const wire::Arrive a = wire::decodeArrive(payload);
-      found = tracker_.arrive(c.rank, a.seq, a.op, a.gap, now);
+      found = tracker_.arrive(c.rank, a.seq, a.op, a.gap, now, a.bytes);
       break;
     }
     case wire::Type::kComplete: {

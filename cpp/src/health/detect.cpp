@@ -306,11 +306,13 @@ std::vector<Finding> LinkDetector::evaluate(uint64_t seq, const std::vector<bool
 
 // ---- Tracker --------------------------------------------------------------------------------------
 
-Tracker::Tracker(int ranks, double timeoutFloor, double timeoutFactor, int window, StragglerParams straggler,
+Tracker::Tracker(int ranks, double timeoutFloor, double timeoutFactor, int window, double minGbps,
+                 StragglerParams straggler,
                  LinkParams link)
     : n_(ranks),
       floor_(timeoutFloor),
       factor_(timeoutFactor),
+      minBytesPerSecond_(minGbps * 1e9 / 8),
       spans_(kSpans),
       stragglers_(ranks, window, straggler),
       links_(ranks, window, link),
@@ -319,7 +321,8 @@ Tracker::Tracker(int ranks, double timeoutFloor, double timeoutFactor, int windo
       lastArrive_(static_cast<size_t>(ranks), kNaN),
       left_(static_cast<size_t>(ranks), 0) {}
 
-std::vector<Finding> Tracker::arrive(int rank, uint64_t seq, const std::string& op, double gap, double now) {
+std::vector<Finding> Tracker::arrive(int rank, uint64_t seq, const std::string& op, double gap, double now,
+                                     uint64_t bytes) {
   const size_t r = static_cast<size_t>(rank);
   if (lastSeq_[r] < 0 || seq > static_cast<uint64_t>(lastSeq_[r])) {
     lastSeq_[r] = static_cast<int64_t>(seq);
@@ -338,6 +341,7 @@ std::vector<Finding> Tracker::arrive(int rank, uint64_t seq, const std::string& 
   }
   if (p.arrived[r]) return {};
   p.arrived[r] = 1;
+  p.maxBytes = std::max(p.maxBytes, bytes);
   p.gaps[r] = gap;
   p.lastArrive = now;
   if (++p.nArrived < n_) return {};
@@ -369,6 +373,10 @@ void Tracker::left(int rank) { left_.at(static_cast<size_t>(rank)) = 1; }
 
 double Tracker::spansP99() const { return quantile(spans_.values(), 0.99); }
 
+double Tracker::allowance(const PendingCollective& p) const {
+  return static_cast<double>(p.maxBytes) * n_ / minBytesPerSecond_;
+}
+
 double Tracker::deadline() const {
   const double p99 = spansP99();
   return std::isnan(p99) ? floor_ : std::max(floor_, factor_ * p99);
@@ -399,7 +407,9 @@ std::optional<Finding> Tracker::overdue(double now) const {
                   " closed its monitor (left the job) and " + lastReached(r, now);
       return Finding{"hang", gone, detail, seq};
     }
-    if (culprits.empty() || now - since <= limit) continue;
+    // Ranks that never arrive are waited for the deadline; a transfer also for its bytes.
+    const double extra = arriving ? 0.0 : allowance(p);
+    if (culprits.empty() || now - since <= limit + extra) continue;
     std::string detail = "collective #" + std::to_string(seq) + " (" + p.op + ") is overdue: ";
     if (arriving) {
       detail += formatRanks(culprits) + (culprits.size() == 1 ? " has" : " have") + " not arrived " +
@@ -409,9 +419,13 @@ std::optional<Finding> Tracker::overdue(double now) const {
                 " not finished it " + formatSeconds(now - since) + " after the last arrival";
     }
     const double p99 = spansP99();
-    detail += " (deadline " + formatSeconds(limit) + " = max(floor " + formatSeconds(floor_) + ", " +
+    detail += " (deadline " + formatSeconds(limit + extra) + " = max(floor " + formatSeconds(floor_) + ", " +
               format("%g", factor_) + " x recent p99 " + (std::isnan(p99) ? std::string("n/a") : formatSeconds(p99)) +
-              "))";
+              ")" +
+              (extra > 0 ? " + " + formatSeconds(extra) + " for its bytes at " +
+                               format("%g", minBytesPerSecond_ * 8 / 1e9) + " Gbit/s"
+                         : std::string()) +
+              ")";
     if (arriving) {
       for (const int r : culprits) detail += "; rank " + std::to_string(r) + " " + lastReached(r, now);
     }

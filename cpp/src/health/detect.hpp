@@ -198,6 +198,7 @@ class LinkDetector {
 /// A collective seen through the ranks' reports, until every rank has completed it.
 struct PendingCollective {
   std::string op;
+  uint64_t maxBytes = 0;  // the largest contribution of a rank arrived
   double firstArrive = 0, lastArrive = 0;  // coordinator clock
   std::vector<char> arrived, completed;
   std::vector<double> gaps;
@@ -210,12 +211,14 @@ struct PendingCollective {
 /// set the overdue deadline, and the straggler and link detectors. Not thread-safe.
 class Tracker {
  public:
-  /// `timeoutFloor`, `timeoutFactor`, `window` as in MonitorOptions.
-  Tracker(int ranks, double timeoutFloor, double timeoutFactor, int window, StragglerParams straggler = {},
-          LinkParams link = {});
+  /// `timeoutFloor`, `timeoutFactor`, `window`, `minGbps` as in MonitorOptions.
+  Tracker(int ranks, double timeoutFloor, double timeoutFactor, int window, double minGbps = 0.1,
+          StragglerParams straggler = {}, LinkParams link = {});
 
-  /// Rank `rank` issued collective `seq` at `now`. Returns straggler findings raised by it.
-  std::vector<Finding> arrive(int rank, uint64_t seq, const std::string& op, double gap, double now);
+  /// Rank `rank` issued collective `seq` at `now`, contributing `bytes`. Returns straggler
+  /// findings raised by it.
+  std::vector<Finding> arrive(int rank, uint64_t seq, const std::string& op, double gap, double now,
+                              uint64_t bytes = 0);
   /// Rank `rank` finished collective `seq` at `now` (`ok` false: it failed there). Returns the
   /// slow-link findings raised by it.
   std::vector<Finding> complete(int rank, uint64_t seq, bool ok, const std::vector<double>& peerSeconds, double now);
@@ -225,10 +228,13 @@ class Tracker {
   /// The oldest collective that is overdue at `now`, as a fatal "hang" naming the ranks it waits
   /// for: those that never arrived, once `deadline()` has passed since the first arrival (at once
   /// when one of them has closed its monitor: it will not come); or, when all arrived, those that
-  /// have not finished it, once `deadline()` has passed since the last arrival.
+  /// have not finished it, once `deadline()` plus `allowance()` has passed since the last arrival.
   std::optional<Finding> overdue(double now) const;
   /// max(timeoutFloor, timeoutFactor x spansP99()).
   double deadline() const;
+  /// Seconds a collective's transfer is allowed on top of deadline(): size x its largest
+  /// contribution at minGbps.
+  double allowance(const PendingCollective& p) const;
   /// p99 of the recent spans (first arrival to last completion of successful collectives; NaN
   /// before any).
   double spansP99() const;
@@ -245,7 +251,7 @@ class Tracker {
 
  private:
   int n_;
-  double floor_, factor_;
+  double floor_, factor_, minBytesPerSecond_;
   std::map<uint64_t, PendingCollective> pending_;
   Ring spans_;
   StragglerDetector stragglers_;

@@ -314,7 +314,7 @@ std::string MonitorImpl::dumpJson(const std::string& reason, const std::string* 
   s += ",\"efcomm\":" + json::quote(buildInfo().version) + ",\"reason\":" + json::quote(reason);
   s += ",\"written\":" + json::number(epochNow());
   s += ",\"options\":{\"timeout_floor\":" + json::number(o.timeoutFloor) +
-       ",\"timeout_factor\":" + json::number(o.timeoutFactor) +
+       ",\"timeout_factor\":" + json::number(o.timeoutFactor) + ",\"min_gbps\":" + json::number(o.minGbps) +
        ",\"heartbeat_interval\":" + json::number(o.heartbeatInterval) +
        ",\"heartbeat_timeout\":" + json::number(o.heartbeatTimeout) +
        ",\"connect_timeout\":" + json::number(o.connectTimeout) + ",\"capacity\":" + std::to_string(o.capacity) +
@@ -557,6 +557,8 @@ Monitor::Monitor(std::shared_ptr<Backend> inner, MonitorOptions options) {
                "health.Monitor: timeout_floor must be > 0 seconds, got ", options.timeoutFloor);
   EFCOMM_CHECK(options.timeoutFactor >= 1 && std::isfinite(options.timeoutFactor),
                "health.Monitor: timeout_factor must be >= 1, got ", options.timeoutFactor);
+  EFCOMM_CHECK(options.minGbps > 0 && std::isfinite(options.minGbps),
+               "health.Monitor: min_gbps must be > 0 Gbit/s, got ", options.minGbps);
   EFCOMM_CHECK(options.heartbeatInterval > 0 && options.heartbeatTimeout > 2 * options.heartbeatInterval &&
                    std::isfinite(options.heartbeatTimeout),
                "health.Monitor: need heartbeat_interval > 0 and heartbeat_timeout > 2 x heartbeat_interval, got ",
