@@ -18,6 +18,7 @@
 #include <cstring>
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -779,16 +780,20 @@ bool readUntil(int fd, wire::Type want, double seconds, std::string* buf) {
 
 // A well-behaved rank's view of misbehaving ones: its agent reports exactly one fatal finding of
 // `kind` naming `culprits`, whose detail holds `detailPart`.
+// `arriveAt`: the agent first reports arriving at that collective (the finding's seq for an
+// agent's own finding).
 void expectOneFatalFinding(Backend& b, const std::string& kind, const std::string& detailPart,
-                           const std::vector<int>& culprits) {
+                           const std::vector<int>& culprits, std::optional<uint64_t> arriveAt = std::nullopt) {
   Inbox inbox;
   Agent agent(b, fastOptions(), inbox.callback(), 10.0);
+  if (arriveAt) agent.arrive({*arriveAt, "allgatherv", 64, 0.001});
   b.barrier()->wait();
   bool fatal = false;
   const Anomaly a = inbox.waitFor(kind, 3.0, &fatal);
   EXPECT_EQ(a.ranks, culprits) << "rank " << b.rank() << ":\n" << inbox.list();
   EXPECT_TRUE(fatal);
   EXPECT_NE(a.detail.find(detailPart), std::string::npos) << a.detail;
+  if (arriveAt) EXPECT_EQ(a.seq, *arriveAt);
   b.barrier()->wait();
   agent.close();
   EXPECT_EQ(inbox.count(), 1u) << inbox.list();
@@ -936,7 +941,7 @@ void expectCoordinatorNamed(const std::string& kind, const std::string& detailPa
           ::close(lfd);
           return;
         }
-        expectOneFatalFinding(b, kind, detailPart, {0});
+        expectOneFatalFinding(b, kind, detailPart, {0}, 7);  // found at the collective they were in
       },
       kCollectiveTimeout);
 }

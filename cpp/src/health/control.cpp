@@ -781,6 +781,8 @@ struct Agent::Impl {
   // After the coordinator's goodbye: a collective this rank arrived at that rank 0 never reached
   // cannot complete; reports it (once).
   void checkRank0Left();
+  // The collective this rank last arrived at (0: none), the seq of its own findings.
+  uint64_t lastSeq();
   void deliver(const Anomaly& a, bool fatal, bool own);
 
   const int rank_, size_;
@@ -987,7 +989,7 @@ void Agent::Impl::run() {
         deliver({"hang", {0},
                  "rank 0 (the coordinator) stopped responding: no heartbeat for " +
                      detect::formatSeconds(now - lastHeard_),
-                 0, epochNow()},
+                 lastSeq(), epochNow()},
                 true, true);
       }
     }
@@ -1056,9 +1058,14 @@ void Agent::Impl::connectionLost(const std::string& reason) {
       return;
     }
   }
-  deliver({"crash", {0}, "rank 0 (the coordinator) crashed: the control connection to it was lost (" + reason + ")", 0,
-           epochNow()},
+  deliver({"crash", {0}, "rank 0 (the coordinator) crashed: the control connection to it was lost (" + reason + ")",
+           lastSeq(), epochNow()},
           true, true);
+}
+
+uint64_t Agent::Impl::lastSeq() {
+  std::lock_guard<std::mutex> lk(mu_);
+  return lastArrival_ ? lastArrival_->seq : 0;
 }
 
 void Agent::Impl::checkRank0Left() {
