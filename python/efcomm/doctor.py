@@ -3,8 +3,10 @@ written by :class:`efcomm.health.Monitor`) into one verdict: missing ranks, the 
 where the ranks diverge (a rank that never arrived, or mismatched call order), ranks stuck inside a
 collective, failed collectives, the monitor's anomalies, the slowest rank and the slowest link.
 
-Exit status: 0 when no fault was found, 1 when one was, 2 for bad input (no dump, not a flight
-record, an unknown version, malformed JSON).
+Exit status: 0 when no fault was found, 1 when one was, 2 for bad input (no readable dump, dumps
+that disagree on the number of ranks or hold one rank twice). A dump that cannot be read (not a
+flight record, an unknown version, malformed JSON) is left out with a warning and its rank counts
+as missing; so are dumps of another run (the dumps' ``job``) found beside this run's.
 
 Statistics are robust (medians and MADs) and paired by sequence number: at each collective a rank's
 compute time (``gap``) or a link's transfer time (``peer_seconds``) is compared with the median over
@@ -22,7 +24,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -82,7 +84,7 @@ LINKS_MAX_VALUES = 1 << 22
 
 MAD_TO_SIGMA = 1.4826      # MAD -> standard deviation, normal data
 MEDIAN_SE = 1.2533         # standard error of a median / of a mean, normal data: sqrt(pi / 2)
-SEVERITY = ("hang", "crash", "missing", "mismatch", "nonfinite", "failed", "straggler", "slow_link")
+SEVERITY = ("hang", "crash", "left", "missing", "mismatch", "nonfinite", "failed", "straggler", "slow_link")
 CLOCK_NOTE = ("enqueue times are epoch clocks: exact between ranks of one host, across hosts only as "
               "good as their NTP synchronization (typically a millisecond or worse)")
 
@@ -119,6 +121,7 @@ class Dump:
     path: str
     rank: int
     size: int
+    job: Optional[str]  # the Monitor's job token (None in dumps of builds before it)
     host: str
     pid: Optional[int]
     reason: str
@@ -180,7 +183,7 @@ def load_dump(path: str) -> Dump:
     size = _int(g("size"), "size", path, 1)
     if size > MAX_SIZE:
         raise DumpError(f"{path}: size {size} is not a number of ranks a job has (at most {MAX_SIZE}): a corrupt "
-                        "dump; leave it out by naming the other dump files")
+                        "dump")
     rank = _int(g("rank"), "rank", path)
     if rank >= size:
         raise DumpError(f"{path}: rank {rank} is not below size {size}")
@@ -188,7 +191,8 @@ def load_dump(path: str) -> Dump:
     if not isinstance(options, dict):
         raise DumpError(f"{path}: options should be an object, got {options!r}")
     pid = top.get("pid")
-    dump = Dump(path=path, rank=rank, size=size, host=_str(top.get("host", ""), "host", path) or "",
+    dump = Dump(path=path, rank=rank, size=size, job=_str(top.get("job"), "job", path, True) or None,
+                host=_str(top.get("host", ""), "host", path) or "",
                 pid=pid if isinstance(pid, int) and not isinstance(pid, bool) else None,
                 reason=_str(top.get("reason", "?"), "reason", path) or "?",
                 written=_num(top.get("written"), "written", path), options=options,
@@ -365,23 +369,45 @@ def _stuck_after(d: Dump) -> float:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 else STUCK_AFTER_S
 
 
-def diagnose(dumps: Sequence[Dump]) -> dict:
-    """Merges the dumps (at most one per rank) into the doctor's findings; see :func:`main`."""
+def _one_job(dumps: Sequence[Dump], warnings: List[str]) -> List[Dump]:
+    """The dumps of one run: where a directory holds dumps of several (a rank that crashed left its
+    dump of an earlier run in place), the run most dumps belong to (ties: the latest written);
+    the others' are left out, with a warning, so that their ranks count as missing."""
+    jobs = sorted({d.job for d in dumps if d.job})
+    if len(jobs) <= 1:
+        return list(dumps)
+    latest = {j: max((d.written for d in dumps if d.job == j and math.isfinite(d.written)), default=-math.inf)
+              for j in jobs}
+    main = max(jobs, key=lambda j: (sum(d.job == j for d in dumps), latest[j]))
+    foreign = [d for d in dumps if d.job not in (main, None)]
+    warnings.append(f"{len(foreign)} dump(s) of another run left out ({', '.join(d.path for d in foreign)}: job "
+                    f"{'/'.join(sorted({d.job for d in foreign}))}, this run is job {main}); a rank without a "
+                    "dump of this run counts as missing")
+    return [d for d in dumps if d.job in (main, None)]
+
+
+def diagnose(dumps: Sequence[Dump], unreadable: Sequence[Tuple[str, str]] = ()) -> dict:
+    """Merges the dumps (at most one per rank) into the doctor's findings; see :func:`main`.
+    ``unreadable``: (path, why) of dump files that could not be read (warned about; their ranks
+    count as missing)."""
     if not dumps:
         raise DumpError("no dump to read")
+    warnings = [f"{path} was left out: {why}" for path, why in unreadable]
+    dumps = _one_job(dumps, warnings)
     by_rank: Dict[int, Dump] = {}
     for d in dumps:
         if d.rank in by_rank:
-            raise DumpError(f"two dumps of rank {d.rank}: {by_rank[d.rank].path} and {d.path} (from two runs?)")
+            raise DumpError(f"two dumps of rank {d.rank}: {by_rank[d.rank].path} and {d.path} (from two runs?): "
+                            "name the files of one run")
         by_rank[d.rank] = d
     ranks = sorted(by_rank)
     sizes = sorted({d.size for d in dumps})
-    size = sizes[-1]
-    warnings = []
     if len(sizes) > 1:
-        warnings.append("the dumps disagree on the number of ranks: " + "; ".join(
-            f"{_ranks_text([r for r in ranks if by_rank[r].size == s])} say {s}" for s in sizes)
-            + f" (dumps of different jobs?); assuming {size}")
+        raise DumpError("the dumps disagree on the number of ranks: " + "; ".join(
+            f"{_ranks_text(of)} {'says' if len(of) == 1 else 'say'} {s}"
+            for s, of in ((s, [r for r in ranks if by_rank[r].size == s]) for s in sizes))
+            + " (dumps of different jobs?): name the files of one run")
+    size = sizes[0]
     missing = [r for r in range(size) if r not in by_rank]
     recs = {r: by_rank[r].records for r in ranks}
     for r in ranks:
@@ -411,13 +437,20 @@ def diagnose(dumps: Sequence[Dump]) -> dict:
     # collective is merely older (stale), and one written less than a timeout floor after it was
     # issued elsewhere (a dump taken while running: SIGUSR1, on demand) merely behind; neither is
     # evidence of a rank that never arrived.
-    stale, behind, early = [], [], {}
+    stale, behind, early, left = [], [], {}, []
     for r in ranks:
         last = last_of[r]
         if last_all is None or (last is not None and last >= last_all):
             continue
         nxt = [s for s in seqs if s > (last if last is not None else -1) and s >= first]
         if not nxt:
+            continue
+        # A rank that closed its monitor (dumped at close) while the others' next collective
+        # failed or hangs without it left the job early (an exception out of its loop).
+        if by_rank[r].reason == "close" and any(nxt[0] in recs[o] and recs[o][nxt[0]].status != "ok"
+                                                 for o in ranks if o != r):
+            early[r] = nxt[0]
+            left.append(r)
             continue
         issued = min(recs[o][nxt[0]].enqueue for o in ranks if nxt[0] in recs[o])
         lag = by_rank[r].written - issued
@@ -482,6 +515,7 @@ def diagnose(dumps: Sequence[Dump]) -> dict:
         "seq_range": [first, last_all] if last_all is not None else None,
         "complete_seqs": len(complete),
         "divergence": divergence, "ends_early": [{"rank": r, "seq": s} for r, s in sorted(early.items())],
+        "left": left,
         "stale_dumps": stale, "behind": behind, "mismatches": mismatches[:20], "mismatch_count": len(mismatches),
         "window": _window(divergence, seqs, ranks, recs),
         "pending": pending, "failed": failed, "anomalies": anomaly_list,
@@ -645,7 +679,11 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
             last = res["inputs"][res["ranks"].index(r)]["last_call"]
             was = (f"its last collective was seq {last['seq']}, {_call_text(last, False)}, {last['status']}"
                    if last else "it recorded no collective")
-            parts.append(f"rank {r} never reached seq {s} ({was}; dump reason {by_rank[r].reason!r})")
+            if r in res["left"]:
+                parts.append(f"rank {r} left the job: it closed its monitor ({was}) and the other ranks' seq {s} "
+                             "could not complete without it")
+            else:
+                parts.append(f"rank {r} never reached seq {s} ({was}; dump reason {by_rank[r].reason!r})")
         first_failed = min((g["seq"] for g in res["failed"]), default=None)
         if res["missing_ranks"]:
             where = (f" and never reached seq {stuck_seqs[0]}" if stuck_seqs else
@@ -669,7 +707,11 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
         from_records = list(early.values()) + stuck_seqs or ([first_failed] if first_failed is not None else [])
         seq = min(from_records) if from_records else min((a["seq"] for a in monitor), default=None)
         kind = "crash" if any(a["kind"] == "crash" for a in monitor) else "hang"
-        if culprits:
+        if culprits and set(culprits) <= set(res["left"]):
+            kind = "left"
+            head = f"{_ranks_text(culprits)[0].upper()}{_ranks_text(culprits)[1:]} left the job early"
+            head += f" at seq {seq}: " if seq is not None else ": "
+        elif culprits:
             head = f"{'Crash' if kind == 'crash' else 'Hang or crash'} of {_ranks_text(culprits)}"
             head += f" at seq {seq}: " if seq is not None else ": "
         else:
@@ -707,7 +749,7 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
                                   f"at seq {a['seq']}: {a['detail']}."})
 
     # -- failures nothing above explains
-    if res["failed"] and not any(f["kind"] in ("hang", "crash", "mismatch") for f in faults):
+    if res["failed"] and not any(f["kind"] in ("hang", "crash", "left", "mismatch") for f in faults):
         g = res["failed"][0]
         more = f" ({len(res['failed']) - 1} more failures)" if len(res["failed"]) > 1 else ""
         faults.append({"kind": "failed", "ranks": g["ranks"], "seq": g["seq"],
@@ -985,14 +1027,19 @@ def run(paths: Sequence[str], plots_dir: Optional[str] = None, plots: bool = Tru
     directory); raises :class:`DumpError` on bad input."""
     files = find_dumps(paths)
     bar = Progress(len(files), enabled=None if progress else False)
-    dumps = []
+    dumps, unreadable = [], []
     try:
         for f in files:
             bar.step(f"reading {os.path.basename(f)}")
-            dumps.append(load_dump(f))
+            try:
+                dumps.append(load_dump(f))
+            except DumpError as e:  # one damaged dump (a rank killed mid-write) does not hide the others'
+                unreadable.append((f, str(e)[len(f) + 2:] if str(e).startswith(f"{f}: ") else str(e)))
     finally:
         bar.close()
-    res = diagnose(dumps)
+    if not dumps:
+        raise DumpError("no readable dump: " + "; ".join(f"{f}: {why}" for f, why in unreadable))
+    res = diagnose(dumps, unreadable)
     if plots:
         target = plots_dir or (paths[0] if os.path.isdir(paths[0]) else os.path.dirname(files[0]) or ".")
         try:
@@ -1010,6 +1057,8 @@ def main(args) -> int:
         res = run(args.paths, args.plots, not args.no_plots, args.progress)
     except DumpError as e:
         print(f"efcomm doctor: error: {_one_line(e)}", file=sys.stderr)
+        if args.json:  # a script reading stdout gets an object too
+            print(json.dumps({"format": "efcomm-doctor", "version": 1, "error": _one_line(e), "exit_code": 2}))
         return 2
     if args.json:
         print(json.dumps(json_safe(res), indent=2))

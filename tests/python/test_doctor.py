@@ -18,12 +18,14 @@ T0 = 1_795_000_000.0
 
 
 def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=0.2, straggler=None,
-               slow_link=None, hang=None, mismatch=None, no_dump=(), peers=True):
+               slow_link=None, hang=None, mismatch=None, no_dump=(), peers=True, job=None, left=None):
     """Writes efcomm-flight-rank<R>.json for a synchronous job into path. Even seqs follow the step's
     compute (gap ~ compute), odd ones are issued right after (gap ~ 0.2 ms), as a Reducer's two keys.
     straggler=(rank, factor); slow_link=(src, dst, factor); hang=(rank, seq): that rank never issues
     seq, the others wait inside it (pending); mismatch=(rank, seq, op): that rank calls op there, every
-    rank fails with a MismatchError and stops."""
+    rank fails with a MismatchError and stops; left=(rank, seq): that rank closes its monitor before
+    seq, where the others fail (their next collective times out without it); job: the dumps' job
+    token."""
     rng = np.random.default_rng(seed)
     records = [[] for _ in range(size)]
     last_end = np.full(size, T0)
@@ -50,8 +52,14 @@ def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=
             error = [f"MismatchError: collective {s}: rank {mismatch[0]} called {mismatch[2]}, "
                      "rank 0 allgatherv"] * size
             stop = s + 1
+        if left and s == left[1]:
+            status = ["failed"] * size
+            error = [f"CollectiveTimeout: collective #{s} cannot complete: rank {left[0]} closed its monitor"] * size
+            stop = s + 1
         for r in range(size):
             if hang and s >= hang[1] and (r == hang[0] or s > hang[1]):
+                continue
+            if left and s >= left[1] and r == left[0]:
                 continue
             pending = bool(hang) and s == hang[1]
             key = "w" if s % 2 == 0 else "b"
@@ -71,11 +79,14 @@ def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=
         if r in no_dump:
             continue
         dump = {"format": "efcomm-flight-record", "version": 1, "rank": r, "size": size, "host": "node0",
-                "pid": 1000 + r, "efcomm": "0.1.0", "reason": "timeout" if hang or mismatch else "close",
+                "pid": 1000 + r, "efcomm": "0.1.0",
+                "reason": "close" if left and r == left[0] else "timeout" if hang or mismatch or left else "close",
                 "written": written,
                 "options": {"timeout_floor": 5.0, "timeout_factor": 4.0, "heartbeat_interval": 0.2,
                             "heartbeat_timeout": 2.0, "capacity": 4096, "window": 20},
                 "dropped": 0, "records": records[r], "anomalies": [], "coordinator": None}
+        if job is not None:
+            dump["job"] = job
         (path / f"efcomm-flight-rank{r}.json").write_text(json.dumps(dump))
     return path
 
@@ -245,18 +256,28 @@ def test_anomalies_are_merged(capsys, tmp_path):
     assert res["faults"][0]["kind"] == "nonfinite" and res["faults"][0]["ranks"] == [2]
 
 
-def test_bad_input_exits_2(capsys, tmp_path):
+def test_unreadable_dump_is_left_out_and_its_rank_missing(capsys, tmp_path):
+    # One damaged dump (a rank killed mid-write) does not hide the others': it is named, its rank
+    # counts as missing; only when no dump can be read is the input bad (exit 2).
     make_dumps(tmp_path)
     bad = tmp_path / "efcomm-flight-rank1.json"
-    bad.write_text("{not json")
-    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
-    assert str(bad) in capsys.readouterr().err
-    bad.write_text(json.dumps({"format": "something-else"}))
-    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
-    assert "not an efcomm flight record" in capsys.readouterr().err
-    bad.write_text(json.dumps({"format": "efcomm-flight-record", "version": 9}))
-    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
-    assert "version 9" in capsys.readouterr().err
+    for text, why in (("{not json", "not valid JSON"), (json.dumps({"format": "something-else"}),
+                                                          "not an efcomm flight record"),
+                      (json.dumps({"format": "efcomm-flight-record", "version": 9}), "version 9")):
+        bad.write_text(text)
+        code, res = doctor_json(capsys, tmp_path)
+        assert code == 1 and res["missing_ranks"] == [1], res["verdict"]
+        assert any(w.startswith(f"{bad} was left out: ") and why in w for w in res["warnings"]), res["warnings"]
+    assert main(["doctor", str(bad), "--no-plots"]) == 2
+    assert "no readable dump" in capsys.readouterr().err
+    # --json: an object on stdout too, for a script that reads it.
+    assert main(["doctor", str(bad), "--no-plots", "--json"]) == 2
+    out = json.loads(capsys.readouterr().out)
+    assert out["exit_code"] == 2 and "no readable dump" in out["error"]
+
+
+def test_bad_input_exits_2(capsys, tmp_path):
+    make_dumps(tmp_path)
     empty = tmp_path / "empty"
     empty.mkdir()
     assert main(["doctor", str(empty)]) == 2
@@ -264,17 +285,19 @@ def test_bad_input_exits_2(capsys, tmp_path):
     assert main(["doctor", str(tmp_path / "nosuch")]) == 2
 
 
-def test_anomaly_naming_a_rank_outside_the_job_is_bad_input(capsys, tmp_path):
+def test_anomaly_naming_a_rank_outside_the_job_is_a_damaged_dump(capsys, tmp_path):
     make_dumps(tmp_path)
     f = tmp_path / "efcomm-flight-rank0.json"
     d = json.loads(f.read_text())
     d["anomalies"] = [{"kind": "crash", "ranks": [99], "seq": 3, "detail": "", "time": T0}]
     f.write_text(json.dumps(d))
-    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
-    assert "names rank 99 of a job of 4" in capsys.readouterr().err
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and res["missing_ranks"] == [0]
+    assert any("names rank 99 of a job of 4" in w for w in res["warnings"]), res["warnings"]
 
 
-def test_sizes_disagree_are_reported(capsys, tmp_path):
+def test_sizes_disagree_is_bad_input(capsys, tmp_path):
+    # Dumps of different jobs (or a damaged one) mixed: no diagnosis of a job that is not there.
     make_dumps(tmp_path)
     f = tmp_path / "efcomm-flight-rank3.json"
     d = json.loads(f.read_text())
@@ -282,9 +305,32 @@ def test_sizes_disagree_are_reported(capsys, tmp_path):
     for rec in d["records"]:
         rec["peer_seconds"] = rec["peer_seconds"] and rec["peer_seconds"] + [None] * 4
     f.write_text(json.dumps(d))
-    _, res = doctor_json(capsys, tmp_path)
-    assert res["size"] == 8 and res["missing_ranks"] == [4, 5, 6, 7]
-    assert any("disagree on the number of ranks" in w for w in res["warnings"])
+    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
+    err = capsys.readouterr().err
+    assert "the dumps disagree on the number of ranks: ranks 0, 1, 2 say 4; rank 3 says 8" in err, err
+
+
+def test_dumps_of_another_run_are_left_out(capsys, tmp_path):
+    # Rank 2 crashed in this run and left no dump; its dump of an earlier run (another job token,
+    # written minutes before) is still in the directory: left out, rank 2 named, not the others.
+    make_dumps(tmp_path, seed=1, job="00000000000000aa")
+    old = json.loads((tmp_path / "efcomm-flight-rank2.json").read_text())
+    make_dumps(tmp_path, hang=(2, 30), no_dump=(2,), job="00000000000000bb")
+    (tmp_path / "efcomm-flight-rank2.json").write_text(json.dumps(dict(old, written=old["written"] - 600)))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and res["missing_ranks"] == [2], res["verdict"]
+    assert [(f["kind"], f["ranks"]) for f in res["faults"]][0][1] == [2]
+    assert any("1 dump(s) of another run left out" in w and "this run is job 00000000000000bb" in w
+               for w in res["warnings"]), res["warnings"]
+
+
+def test_rank_that_left_early_is_named_as_such(capsys, tmp_path):
+    make_dumps(tmp_path, left=(3, 12))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 1 and res["left"] == [3] and res["behind"] == [] and res["ends_early"] == [{"rank": 3, "seq": 12}]
+    f = res["faults"][0]
+    assert (f["kind"], f["ranks"], f["seq"]) == ("left", [3], 12), f
+    assert f["summary"].startswith("Rank 3 left the job early at seq 12: rank 3 left the job: it closed its monitor")
 
 
 def _set_size(path, rank, size):
@@ -294,21 +340,23 @@ def _set_size(path, rank, size):
     f.write_text(json.dumps(d))
 
 
-def test_implausible_size_is_bad_input(capsys, tmp_path):
+def test_implausible_size_is_a_damaged_dump(capsys, tmp_path):
     # No per-peer times, so no list of that length vouches for the size: before the check, the
     # doctor looped over range(size) and allocated (seqs, size, size) arrays.
     _set_size(make_dumps(tmp_path, peers=False), 3, (1 << 20) + 1)
-    assert main(["doctor", str(tmp_path), "--no-plots"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith(f"efcomm doctor: error: {tmp_path / 'efcomm-flight-rank3.json'}: size 1048577 is not a "
-                          "number of ranks a job has (at most 1048576)")
+    code, res = doctor_json(capsys, tmp_path)  # that dump is left out: rank 3 is missing
+    assert code == 1 and res["size"] == 4 and res["missing_ranks"] == [3]
+    assert f"{tmp_path / 'efcomm-flight-rank3.json'} was left out: size 1048577 is not a number of ranks a job has " \
+           "(at most 1048576)" in res["warnings"][0]
+    assert main(["doctor", str(tmp_path / "efcomm-flight-rank3.json"), "--no-plots"]) == 2  # nothing else to read
 
 
 def test_large_size_skips_the_link_analysis(capsys, tmp_path):
-    _set_size(make_dumps(tmp_path, peers=False), 3, 100_000)
+    make_dumps(tmp_path, peers=False)
+    for r in range(4):
+        _set_size(tmp_path, r, 100_000)
     code, res = doctor_json(capsys, tmp_path)
     assert code == 1 and res["size"] == 100_000 and len(res["missing_ranks"]) == 100_000 - 4
-    assert any("disagree on the number of ranks" in w for w in res["warnings"])
     assert res["links"]["matrix_s"] is None
     assert res["links"]["note"].startswith("links were not compared: 100000 ranks are more than the 256")
 

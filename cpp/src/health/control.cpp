@@ -807,6 +807,7 @@ struct Agent::Impl {
   bool closing_ = false;
   bool closed_ = false;
   std::optional<Arrival> lastArrival_;  // this rank's latest
+  std::string job_;  // the rendezvous token (hex), set by start()
   int64_t rank0Reached_ = -1;  // from the coordinator's goodbye: collectives rank 0 arrived at
   bool rank0LeftReported_ = false;
 
@@ -855,6 +856,7 @@ void Agent::Impl::start(Backend& bootstrap, double connectTimeout) {
   EFCOMM_CHECK_T(Error, fields.size() == 4 && fields[0] == "efhm1" && fields[1].size() == 16,
                  "health.Monitor: bad rendezvous message from rank 0: '", info, "'");
   const uint64_t token = std::stoull(fields[1], nullptr, 16);
+  job_ = fields[1];
   const unsigned long port = std::stoul(fields[2]);
   EFCOMM_CHECK_T(Error, port > 0 && port < 65536, "health.Monitor: bad coordinator port ", fields[2]);
   const std::vector<std::string> addresses = split(fields[3], ',');
@@ -1194,5 +1196,7 @@ void Agent::complete(const Completion& completion) {
 void Agent::close() { impl_->close(); }
 
 std::string Agent::coordinatorJson() const { return impl_->coordinator_ ? impl_->coordinator_->json() : "null"; }
+
+const std::string& Agent::job() const { return impl_->job_; }
 
 }  // namespace efcomm::health

@@ -70,6 +70,10 @@ class Agent {
   /// deadline); "null" on other ranks.
   std::string coordinatorJson() const;
 
+  /// The job's identity: rank 0's random token of the rendezvous, as 16 hex digits, the same on
+  /// every rank of one Monitor (dumps of two runs in one directory tell themselves apart by it).
+  const std::string& job() const;
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

@@ -99,6 +99,7 @@ class MonitorImpl {
     auto agent = std::make_shared<Agent>(
         *inner_, options_, [this](const Anomaly& a, bool fatal) { onFinding(a, fatal); }, connectTimeout);
     std::lock_guard<std::mutex> lk(mu_);
+    job_ = agent->job();
     agent_ = std::move(agent);
   }
 
@@ -285,6 +286,7 @@ class MonitorImpl {
   mutable std::mutex dumpMu_;    // one dump at a time (see dump)
   mutable uint64_t dumps_ = 0;   // under dumpMu_: numbers the temporary files
   std::shared_ptr<Agent> agent_;
+  std::string job_;  // the agent's job token (kept after close)
   bool closed_ = false;
   std::vector<Record> ring_;
   uint64_t nextSeq_ = 0;
@@ -310,6 +312,7 @@ std::string MonitorImpl::dumpJson(const std::string& reason, const std::string* 
   s.reserve(256 + 256 * std::min<size_t>(nextSeq_, ring_.size()));
   s += "{\"format\":\"efcomm-flight-record\",\"version\":1";
   s += ",\"rank\":" + std::to_string(inner_->rank()) + ",\"size\":" + std::to_string(inner_->size());
+  s += ",\"job\":" + json::quote(job_);
   s += ",\"host\":" + json::quote(hostName()) + ",\"pid\":" + std::to_string(getpid());
   s += ",\"efcomm\":" + json::quote(buildInfo().version) + ",\"reason\":" + json::quote(reason);
   s += ",\"written\":" + json::number(epochNow());
