@@ -50,8 +50,13 @@ def test_records_every_collective_with_key_and_algorithm(tmp_path):
         closing = json.loads((tmp_path / f"efcomm-flight-rank{rank}.json").read_text())
         assert closing["reason"] == "close"
         assert len(closing["records"]) == len(records)
-    # Every rank numbers the same collectives alike.
+    # Every rank numbers the same collectives alike, and names the same job (another run: another).
     assert len({tuple((r["seq"], r["op"], r["bytes"] > 0) for r in rec) for rec, _ in results}) == 1
+    jobs = {json.loads((tmp_path / f"efcomm-flight-rank{r}.json").read_text())["job"] for r in range(3)}
+    assert len(jobs) == 1 and len(next(iter(jobs))) == 16
+    ef.testing.run_ranks(3, body)
+    again = {json.loads((tmp_path / f"efcomm-flight-rank{r}.json").read_text())["job"] for r in range(3)}
+    assert len(again) == 1 and again != jobs
 
 
 def test_reducers_built_before_the_monitor_are_watched_until_it_closes():
