@@ -557,6 +557,11 @@ def _stragglers(ranks, recs, complete, one_host: bool) -> dict:
     compute = (np.where(np.isfinite(gap), gap, -np.inf).max(axis=0) >= COMPUTE_FLOOR_S) & (
         np.isfinite(gap).sum(axis=0) >= 2)
     gtests, _ = _paired(gap[:, compute])
+    # A slowdown that began late (a node degrading mid-run) is diluted in medians over the whole
+    # record: the latest third of the compute collectives (at least 2 x MIN_SAMPLES) is tested too.
+    cols = np.flatnonzero(compute)
+    tail = cols[-max(2 * MIN_SAMPLES, len(cols) // 3):]
+    rtests = _paired(gap[:, tail])[0] if len(tail) < len(cols) else None
     # Lateness over the compute collectives (a step's first; the later ones inherit the previous end);
     # over all when there are too few.
     lcols = compute if compute.sum() >= MIN_SAMPLES else np.ones(len(complete), bool)
@@ -580,6 +585,10 @@ def _stragglers(ranks, recs, complete, one_host: bool) -> dict:
                "late_z": ltests[i]["z"], "late_samples": ltests[i]["samples"], "last_share": last_share}
         gap_flag = _passes(gtests[i], STRAGGLER_RATIO, STRAGGLER_FLOOR_S)
         late_flag = _passes(ltests[i], None, late_floor)
+        if not gap_flag and rtests is not None and _passes(rtests[i], STRAGGLER_RATIO, STRAGGLER_FLOOR_S):
+            gap_flag = True
+            row.update(since_seq=complete[int(tail[0])], recent_seqs=len(tail), recent_ratio=rtests[i]["ratio"],
+                       recent_excess_s=rtests[i]["excess_s"], recent_z=rtests[i]["z"])
         if gap_flag or (late_flag and gtests[i]["samples"] < MIN_SAMPLES and one_host):
             row["straggler"] = True
             flagged.append(r)
@@ -760,7 +769,12 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
     st = res["stragglers"]
     for r in st["flagged"]:
         row = next(x for x in st["rows"] if x["rank"] == r)
-        if row["gap_samples"] >= MIN_SAMPLES:
+        if "since_seq" in row:
+            text = (f"Straggler: rank {r} computes {row['recent_ratio']:.2f}x as long as the other ranks between "
+                    f"the latest {row['recent_seqs']} compute collectives, from seq {row['since_seq']} on "
+                    f"(+{_ms(row['recent_excess_s'])} per collective, {row['recent_z']:.0f} standard errors; "
+                    f"{row['gap_ratio']:.2f}x over the whole record: it began late and lasts to the end)")
+        elif row["gap_samples"] >= MIN_SAMPLES:
             text = (f"Straggler: rank {r} computes {row['gap_ratio']:.2f}x as long as the other ranks between "
                     f"collectives (+{_ms(row['gap_excess_s'])} per collective, {row['gap_z']:.0f} standard errors, "
                     f"median gap {_ms(row['gap_median_s'])}) and arrives {_ms(row['late_median_s'])} late at "

@@ -21,7 +21,7 @@ def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=
                slow_link=None, hang=None, mismatch=None, no_dump=(), peers=True, job=None, left=None):
     """Writes efcomm-flight-rank<R>.json for a synchronous job into path. Even seqs follow the step's
     compute (gap ~ compute), odd ones are issued right after (gap ~ 0.2 ms), as a Reducer's two keys.
-    straggler=(rank, factor); slow_link=(src, dst, factor); hang=(rank, seq): that rank never issues
+    straggler=(rank, factor[, from seq]); slow_link=(src, dst, factor); hang=(rank, seq): that rank never issues
     seq, the others wait inside it (pending); mismatch=(rank, seq, op): that rank calls op there, every
     rank fails with a MismatchError and stops; left=(rank, seq): that rank closes its monitor before
     seq, where the others fail (their next collective times out without it); job: the dumps' job
@@ -33,7 +33,7 @@ def make_dumps(path, size=4, seqs=50, seed=0, compute=0.050, link=0.003, jitter=
     for s in range(seqs):
         base = compute if s % 2 == 0 else 0.0002
         gap = base * rng.lognormal(0.0, jitter, size)
-        if straggler and s % 2 == 0:
+        if straggler and s % 2 == 0 and s >= (straggler[2] if len(straggler) > 2 else 0):
             gap[straggler[0]] *= straggler[1]
         enq = last_end + gap
         if s == 0:
@@ -199,6 +199,17 @@ def test_straggler_names_the_rank(capsys, tmp_path):
     row = res["stragglers"]["rows"][3]
     assert 1.3 < row["gap_ratio"] < 1.7 and row["late_median_s"] > 0.015 and row["straggler"]
     assert "rank 3" in res["verdict"]
+
+
+def test_straggler_that_began_late_is_named(capsys, tmp_path):
+    # 2.5x from seq 70 of 100 (the last 15 of 50 compute collectives): diluted in the whole
+    # record's median (the monitor's windowed finding then looked like "a passing slowdown").
+    make_dumps(tmp_path, seqs=100, straggler=(2, 2.5, 70))
+    code, res = doctor_json(capsys, tmp_path)
+    row = next(x for x in res["stragglers"]["rows"] if x["rank"] == 2)
+    assert code == 1 and res["stragglers"]["flagged"] == [2] and row["gap_ratio"] < 1.25 < row["recent_ratio"]
+    f = res["faults"][0]
+    assert (f["kind"], f["ranks"]) == ("straggler", [2]) and "it began late and lasts to the end" in f["summary"]
 
 
 def test_straggler_whose_peers_do_not_compute_is_named(capsys, tmp_path):
