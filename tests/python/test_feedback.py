@@ -411,3 +411,23 @@ def test_state_tensor_numpy_cannot_read_is_invalid_argument():
     damaged["tensors"][name] = torch.from_numpy(damaged["tensors"][name]).to(torch.bfloat16)
     with pytest.raises(ef.InvalidArgument, match=f"tensor '{name}' \\(a Tensor\\) is not an array numpy reads"):
         obj.load_state_dict(damaged)
+
+
+@pytest.mark.parametrize("kind", ["ef14", "ef21sgdm", "econtrol", "aggregate", "powersgd"])
+def test_state_with_entries_the_object_does_not_keep_is_refused(kind):
+    # torch's strict=True: an unknown entry (a misspelling, tensors beside initialized=0, PowerSGD's
+    # q beside warm=0) is InvalidArgument naming it, and the object keeps its state.
+    obj, name = _stepped(kind)
+    before = obj.state_dict()
+    for damaged, entry in (({**before, "meta": {**before["meta"], "stepp": "3"}}, "'stepp'"),
+                           ({**before, "tensors": {**before["tensors"], name + "x": before["tensors"][name]}},
+                            f"tensor '{name}x'")):
+        with pytest.raises(ef.InvalidArgument, match=f"entries this object does not keep: {entry}"):
+            obj.load_state_dict(damaged)
+        after = obj.state_dict()
+        assert after["meta"] == before["meta"]
+        assert all(after["tensors"][k].tobytes() == v.tobytes() for k, v in before["tensors"].items())
+    if kind == "ef14":  # a state of an object that had not stepped, with the tensors of one that had
+        fresh = ef.feedback.make("ef14", "topk:k=2").state_dict()
+        with pytest.raises(ef.InvalidArgument, match="does not keep: tensor 'e'"):
+            obj.load_state_dict({**fresh, "tensors": before["tensors"]})

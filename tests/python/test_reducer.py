@@ -139,6 +139,11 @@ def test_state_dict_of_other_weights_or_damaged_is_refused_naming_the_entry(algo
         with pytest.raises(ef.InvalidArgument, match=f"missing tensor '{entry}'"):  # the whole name
             same.load_state_dict(damaged)
         same.load_state_dict(saved[comm.rank])
+        # A slot beyond reducer.keys would be dropped silently: refused, naming its entries.
+        fewer = dict(saved[comm.rank], meta=dict(saved[comm.rank]["meta"], **{"reducer.keys": "0"}))
+        with pytest.raises(ef.InvalidArgument, match="entries this object does not keep: 'slot/0/"):
+            same.load_state_dict(fewer)
+        assert same.state_dict()["meta"]["reducer.keys"] == "1"  # unchanged
 
     ef.testing.run_ranks(2, load)
 
