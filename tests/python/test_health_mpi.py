@@ -72,7 +72,7 @@ def test_campaign_quick_run_reports_every_target(tmp_path):
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert [s["kind"] for s in result["summary"]] == list(faults.KINDS)
-    assert len(result["targets"]) == 6
+    assert len(result["targets"]) == 7  # crash, hang, leave; straggler, slow link; overhead; no false alarm
     assert {r["compute"] for r in result["fault_free"]} == {"sleep", "busy"}
     assert result["overhead"]["collectives_per_allreduce"] == 2
     text = doc.read_text()

@@ -30,11 +30,9 @@ from typing import Optional
 #: child, does not.
 SURVIVE_SIGUSR1 = ("sh", "-c", 'trap "" USR1; "$@"', "efcomm-rank")
 
-#: fault kinds the campaign injects
-KINDS = ("crash", "hang", "straggler", "slow_link", "nonfinite", "mismatch")
-#: and a trial: also ``leave``, a rank whose loop ends early (an exception out of its ``with
-#: Monitor`` block): it closes its monitor while the others go on
-TRIAL_KINDS = KINDS + ("leave",)
+#: fault kinds a trial injects (``leave``: a rank whose loop ends early, as an exception out of
+#: its ``with Monitor`` block: it closes its monitor while the others go on)
+KINDS = ("crash", "hang", "leave", "straggler", "slow_link", "nonfinite", "mismatch")
 FATAL = ("crash", "hang", "leave")
 
 
@@ -105,8 +103,8 @@ def trial(kind: Optional[str], ranks: int, *, rank: int = 0, step: int = 5, step
     fault = None
     env = {}
     if kind is not None:
-        if kind not in TRIAL_KINDS:
-            raise ValueError(f"unknown fault {kind!r}: choose from {', '.join(TRIAL_KINDS)}")
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault {kind!r}: choose from {', '.join(KINDS)}")
         fault = {"kind": kind, "rank": rank, "step": step, "factor": factor}
         if kind == "slow_link":
             peer = (rank + 1) % ranks if peer is None else peer
@@ -173,11 +171,11 @@ def score(job: dict) -> dict:
 # ---- the campaign: efcomm bench faults ----------------------------------------------------------
 
 DOCS_SECTION = "bench:faults"
-DEFAULT_TRIALS = 120         # 20 of each kind, 10 per compute mode
+DEFAULT_TRIALS = 140         # 20 of each kind, 10 per compute mode
 DEFAULT_RANKS = (4, 8)
 DEFAULT_FAULT_FREE_STEPS = 200
 #: --quick: a smoke run of about a minute
-QUICK = {"trials": 6, "ranks": (3,), "fault_free_steps": 20}
+QUICK = {"trials": len(KINDS), "ranks": (3,), "fault_free_steps": 20}
 TARGET_LATENCY_S = 5.0
 TARGET_PRECISION = TARGET_RECALL = 0.95
 STEPS = 40                   # per faulty trial; the fault comes at a step in [3, 8]
@@ -398,10 +396,11 @@ def _report(result: dict):
         f"machine, mpiexec -disable-auto-cleanup), {c['steps']} steps each: 20 ms of compute (alternately a sleep, and "
         f"CPU work of 20 ms of CPU time, with which {max(c['ranks'])} ranks oversubscribe the {cores} cores "
         f"{max(c['ranks']) / cores:.3g}x) then a Reducer allreduce (TopK 1% + EF21, allgather) of 65,536 float32, watched by ef.health.Monitor with its default "
-        "settings; the fault at a random step in [3, 8]: SIGKILL (crash), SIGSTOP (hang), a 1.3-3x longer compute "
+        "settings; the fault at a random step in [3, 8]: SIGKILL (crash), SIGSTOP (hang), the loop left early and "
+        "the monitor closed (leave), a 1.3-3x longer compute "
         "(straggler), a 10-50 ms delay on one directed link (slow_link, EFCOMM_FAULT_LINK_DELAY), a NaN in one "
         "gradient (nonfinite), one allreduce under another key (mismatch). Seed " + str(c["seed"]) + ".",
-        "Named: every live rank raised CollectiveTimeout with exactly the faulty rank as culprit (crash, hang), or "
+        "Named: every live rank raised CollectiveTimeout with exactly the faulty rank as culprit (crash, hang, leave), or "
         "rank 0's monitor reported an anomaly of that kind naming exactly the faulty rank(s). Latency: from the "
         "injection (the slow link: the job's start) to the last live rank's error, or to the anomaly. A false "
         "alarm: any anomaly or error naming another kind or other ranks; precision counts them against the kind "
@@ -466,7 +465,8 @@ def add_arguments(p) -> None:
     g.add_argument("--fault-free-steps", type=positive_int, metavar="N",
                    help=f"fault-free iterations per number of ranks and compute mode (default {DEFAULT_FAULT_FREE_STEPS})")
     g.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the trial plan (default 0)")
-    g.add_argument("--quick", action="store_true", help="a smoke run: 6 trials on 3 ranks, 20 fault-free steps")
+    g.add_argument("--quick", action="store_true",
+                   help=f"a smoke run: {QUICK['trials']} trials (one of each kind) on 3 ranks, 20 fault-free steps")
     add_output_arguments(g, DOCS_SECTION)
 
 
