@@ -371,14 +371,15 @@ def _stuck_after(d: Dump) -> float:
 
 def _one_job(dumps: Sequence[Dump], warnings: List[str]) -> List[Dump]:
     """The dumps of one run: where a directory holds dumps of several (a rank that crashed left its
-    dump of an earlier run in place), the run most dumps belong to (ties: the latest written);
-    the others' are left out, with a warning, so that their ranks count as missing."""
+    dump of an earlier run in place; an earlier run of more ranks), the latest run, whose newest
+    dump is the newest (ties: the one with more dumps); the others' are left out, with a warning,
+    so that their ranks count as missing."""
     jobs = sorted({d.job for d in dumps if d.job})
     if len(jobs) <= 1:
         return list(dumps)
     latest = {j: max((d.written for d in dumps if d.job == j and math.isfinite(d.written)), default=-math.inf)
               for j in jobs}
-    main = max(jobs, key=lambda j: (sum(d.job == j for d in dumps), latest[j]))
+    main = max(jobs, key=lambda j: (latest[j], sum(d.job == j for d in dumps)))
     foreign = [d for d in dumps if d.job not in (main, None)]
     warnings.append(f"{len(foreign)} dump(s) of another run left out ({', '.join(d.path for d in foreign)}: job "
                     f"{'/'.join(sorted({d.job for d in foreign}))}, this run is job {main}); a rank without a "

@@ -335,6 +335,18 @@ def test_dumps_of_another_run_are_left_out(capsys, tmp_path):
                for w in res["warnings"]), res["warnings"]
 
 
+def test_the_latest_run_is_diagnosed_though_an_older_one_left_more_dumps(capsys, tmp_path):
+    # A 4-rank run, then a 2-rank one in the same directory: ranks 2 and 3's dumps are the old run's.
+    make_dumps(tmp_path, job="00000000000000aa")
+    make_dumps(tmp_path, size=2, seed=3, job="00000000000000bb")
+    for r in (0, 1):
+        f = tmp_path / f"efcomm-flight-rank{r}.json"
+        f.write_text(json.dumps(dict(json.loads(f.read_text()), written=T0 + 3600)))
+    code, res = doctor_json(capsys, tmp_path)
+    assert code == 0 and res["size"] == 2 and res["ranks"] == [0, 1], res["verdict"]
+    assert any("2 dump(s) of another run left out" in w for w in res["warnings"]), res["warnings"]
+
+
 def test_rank_that_left_early_is_named_as_such(capsys, tmp_path):
     make_dumps(tmp_path, left=(3, 12))
     code, res = doctor_json(capsys, tmp_path)
