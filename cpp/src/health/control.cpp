@@ -67,6 +67,9 @@ constexpr size_t kMaxQueued = 64u << 20;
 constexpr size_t kMaxQueuedHeartbeats = 1u << 20;
 // The goodbye exchange: bound of sending BYE and seeing the other side close.
 constexpr double kGoodbyeSeconds = 1.0;
+// A lost connection waits this long (at most a heartbeat interval) for others lost with it (a
+// job's processes killed together drop theirs within milliseconds), to name them in one finding.
+constexpr double kCrashSettleSeconds = 0.05;
 // Connections that have not said HELLO, at most (strays are closed).
 constexpr size_t kMaxPendingConnections = 64;
 
@@ -414,6 +417,7 @@ class Coordinator {
     if (!c.out.empty() && !flushSome(c.fd.get(), c.out, &why)) lost(c, why, now);
   }
   void goodbye();
+  double crashSettle() const { return std::min(options_.heartbeatInterval, kCrashSettleSeconds); }
 
   const int size_;
   const uint64_t token_;
@@ -474,8 +478,9 @@ void Coordinator::run() {
     fds.push_back({listener_.get(), POLLIN, 0});
     for (auto& c : conns_)
       fds.push_back({c->fd.get(), static_cast<short>(POLLIN | (c->out.empty() ? 0 : POLLOUT)), 0});
-    // Never sleep past the next heartbeat.
-    const int k = ::poll(fds.data(), fds.size(), pollMs(std::min(options_.heartbeatInterval, nextBeat_ - now)));
+    // Never sleep past the next heartbeat, nor past a lost connection's settling time.
+    const double wake = crashes_.empty() ? nextBeat_ : std::min(nextBeat_, firstCrash_ + crashSettle());
+    const int k = ::poll(fds.data(), fds.size(), pollMs(std::min(options_.heartbeatInterval, wake - now)));
     if (k < 0 && errno != EINTR) break;  // cannot happen with valid descriptors; leave rather than spin
     const double t = monoNow();
     if (k > 0) {
@@ -602,7 +607,7 @@ void Coordinator::lost(Conn& c, const std::string& reason, double now) {
   if (info.state != State::kLive) return;
   info.state = State::kDead;
   if (!ready_ || fatal_ || stopping_) return;
-  // Reported by checkFaults a heartbeat interval later, with the ranks lost meanwhile.
+  // Reported by checkFaults crashSettle() later, with the ranks lost meanwhile.
   if (crashes_.empty()) firstCrash_ = now;
   crashes_.push_back({c.rank, reason + "); it " + tracker_.lastReached(c.rank, now)});
 }
@@ -610,10 +615,10 @@ void Coordinator::lost(Conn& c, const std::string& reason, double now) {
 void Coordinator::checkFaults(double now) {
   // Also while stopping: rank 0 has left, and a rank already waiting for it learns so at once.
   if (!ready_ || fatal_) return;
-  // Ranks whose connections drop together (a process group killed, a host's network gone) in one
-  // finding: the first drop waits a heartbeat interval for the others.
+  // Ranks whose connections drop together (a process group killed) in one finding: the first
+  // drop waits crashSettle() for the others.
   if (!crashes_.empty()) {
-    if (now - firstCrash_ < options_.heartbeatInterval) return;
+    if (now - firstCrash_ < crashSettle()) return;
     const int64_t last = tracker_.lastSeq(crashes_.front().rank);
     std::sort(crashes_.begin(), crashes_.end(), [](const LostRank& a, const LostRank& b) { return a.rank < b.rank; });
     std::vector<int> ranks;
