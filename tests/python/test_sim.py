@@ -294,6 +294,10 @@ def test_cli_rejects_bad_numbers(argv, message, capsys):
     (["--feedback", "ef21w:n=3"], "drop n= from the feedback spec"),
     # A client's seed derives from the spec's: the error names the seed as given.
     (["--compressor", "randk:ratio=0.5,seed=1.5"], "randk: parameter seed='1.5' is not an integer"),
+    # Fewer data than dimensions: x* is not unique (numpy's LinAlgError, or a wrong x* silently).
+    (["--problem", "lsq", "--clients", "1", "--samples", "1", "--dim", "5"], "the mean Hessian is singular"),
+    (["--problem", "lsq", "--clients", "3", "--l-ratio", "1e300"], "the smoothness constants overflow"),
+    (["--feedback", "ef21", "ef21"], "a --feedback/--compressor pair given twice (ef21__topk_k=1)"),
 ])
 def test_cli_bad_input_is_one_line_and_status_2(argv, message, capsys):
     assert cli_main(["sim", "--rounds", "2", "--no-plots", *argv]) == 2
@@ -339,3 +343,21 @@ def test_cli_out_not_writable(tmp_path, capsys):
     assert cli_main(["sim", "--rounds", "2", "--no-plots", "--out", str(out)]) == 2
     assert f"--out {out}: cannot write into this directory" in capsys.readouterr().err
     assert not list(out.iterdir())
+
+
+def test_theory_stepsize_with_an_unbiased_compressor_warns_and_the_label_keeps_the_seed():
+    # alpha(d) of an unbiased C is that of C/(1 + omega), which EF21 does not apply.
+    with pytest.warns(RuntimeWarning, match=r"natural:seed=5 is unbiased \(omega = 0.125\).*alpha = 1 - omega = 0.875"):
+        r = sim.run(sim.Counterexample(), "ef21", "natural:seed=5", rounds=2)
+    assert r.compressor == "natural:seed=5"  # the user's spec, not client 0's derived seed
+
+
+def test_a_diverged_run_writes_inf_not_an_empty_cell(tmp_path):
+    import csv
+
+    p = sim.make_problem("lsq", clients=3, seed=0, dim=5, samples=5)
+    r = sim.run(p, "ef21", "identity", rounds=400, stepsize=1e3, csv_path=str(tmp_path / "run.csv"))
+    assert r.diverged
+    rows = list(csv.DictReader(open(tmp_path / "run.csv")))
+    assert rows[-1]["f"] == "inf" or float(rows[-1]["f"]) > 1e12, rows[-1]
+    assert rows[-1]["f_gap"] != "", rows[-1]

@@ -29,7 +29,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--participation", type=_probability, default=1.0,
                    help="probability that a client takes part in a round (EF21-PP); absent clients send nothing")
     p.add_argument("--clients", type=positive_int, default=10, help="number of clients (counterexample: always 3)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="data split / synthetic data seed")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the data (synthetic data, the split) and of partial participation; randomized "
+                        "compressors take theirs from the spec (seed=, default 0)")
     p.add_argument("--lam", type=float, default=0.1, help="nonconvex regularizer weight (logreg)")
     p.add_argument("--zeta", type=float, default=1.0, help="heterogeneity of the clients' minimizers (lsq)")
     p.add_argument("--l-ratio", type=float, default=None,
@@ -100,6 +102,10 @@ def main(args) -> int:
     consts = theory.problem_constants(prob)
     if args.out:
         _out_dir(args.out)
+    names = [f"{_slug(fb)}__{_slug(comp)}" for fb in args.feedback for comp in args.compressor]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # the same run twice, and one CSV file for both
+        raise InvalidArgument(f"efcomm sim: a --feedback/--compressor pair given twice ({', '.join(twice)})")
     results = []
     for fb in args.feedback:
         for comp in args.compressor:

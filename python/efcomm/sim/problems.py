@@ -80,6 +80,12 @@ class Quadratic(Problem):
         q = np.asarray(q, dtype=np.float64)
         self.H_i, self.q_i, self.c_i = H, q, np.asarray(c, dtype=np.float64)
         self.H = H.mean(axis=0)
+        # x* must be unique: H positive definite (lsq: clients x samples >= dim, data of full rank).
+        eig = np.linalg.eigvalsh(self.H)
+        if not (np.all(np.isfinite(eig)) and eig[0] > 1e-12 * max(eig[-1], 1e-300)):
+            raise InvalidArgument(f"{self.name}: the mean Hessian is singular (smallest eigenvalue {eig[0]:.3g}, "
+                                  f"largest {eig[-1]:.3g}): x* is not unique; give more data than dimensions "
+                                  "(lsq: clients x samples >= dim)")
         x_star = np.linalg.solve(self.H, q.mean(axis=0))
         super().__init__(n=H.shape[0], d=H.shape[1], L_i=[_lambda_max(h) for h in H],
                          L=_lambda_max(self.H), x0=x0, x_star=x_star)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
@@ -217,6 +218,13 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     comps = [ef.compressor(s) for s in specs]
     alpha = comps[0].alpha(d)
     consts = theory.problem_constants(problem)
+    if stepsize in theory.RULES and comps[0].omega(d):
+        warnings.warn(f"{compressor} is unbiased (omega = {comps[0].omega(d):.3g}): its alpha = 1/(1 + omega) = "
+                      f"{alpha:.3g} is that of C/(1 + omega), which error feedback does not apply; C itself contracts "
+                      + (f"only with alpha = 1 - omega = {1 - comps[0].omega(d):.3g}" if comps[0].omega(d) < 1 else
+                         "not at all (omega >= 1)")
+                      + f": the {stepsize} stepsize's guarantee does not hold (a contractive form: scaled=false for "
+                        "randk)", RuntimeWarning, stacklevel=2)
     if stepsize in theory.RULES and not alpha > 0:
         # The theory's stepsizes need a contractive compressor; one that guarantees no contraction
         # (PowerSGD: alpha = 0) gets its stepsize from the user.
@@ -260,9 +268,13 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
         hist["bits_per_client"].append(bits / n)
         hist["grad_norm_sq"].append(gn)
         with np.errstate(all="ignore"):
-            hist["f"].append(problem.f(x))
+            # Overflowed (a diverging run: inf - inf is NaN) reads as inf, not as the empty cell
+            # of a quantity the problem does not know.
+            blown = not np.all(np.isfinite(x))
+            f = problem.f(x)
+            hist["f"].append(math.inf if blown and math.isnan(f) else f)
             gap = problem.f_gap(x)
-            hist["f_gap"].append(math.nan if gap is None else gap)
+            hist["f_gap"].append(math.nan if gap is None else math.inf if blown and math.isnan(gap) else gap)
             if problem.x_star is None:
                 hist["dist_sq"].append(math.nan)
             else:
@@ -296,7 +308,7 @@ def run(problem, feedback: str = "ef21", compressor: str = "topk:k=1", rounds: i
     finally:
         bar.close()
     result = RunResult(label=label, problem=problem.name, feedback=feedback,
-                       compressor=comps[0].spec if specs[0] == specs[-1] else compressor,
+                       compressor=ef.compressor(compressor).spec,  # the user's (clients derive seeds)
                        stepsize=gamma, stepsize_rule=rule, multiplier=multiplier, participation=participation,
                        alpha=alpha, n=n, d=d,
                        rounds=rounds, history={k: np.asarray(v) for k, v in hist.items()},

@@ -69,8 +69,12 @@ def constants(L: float, L_i: Sequence[float]) -> Constants:
     L_i = np.asarray(L_i, dtype=np.float64)
     if L_i.ndim != 1 or not len(L_i) or np.any(L_i <= 0) or L <= 0:
         raise InvalidArgument("constants need L > 0 and one positive L_i per client")
-    return Constants(L=float(L), L_i=tuple(float(v) for v in L_i), L_AM=float(L_i.mean()),
-                     L_QM=float(np.sqrt(np.mean(L_i * L_i))))
+    with np.errstate(over="ignore"):
+        L_QM = float(np.sqrt(np.mean(L_i * L_i)))
+    if not (math.isfinite(L) and np.all(np.isfinite(L_i)) and math.isfinite(L_QM)):
+        raise InvalidArgument(f"the smoothness constants overflow (L = {L:.3g}, largest L_i = {L_i.max():.3g}, "
+                              f"L_QM = {L_QM:.3g}): a smaller l_ratio or data scale")
+    return Constants(L=float(L), L_i=tuple(float(v) for v in L_i), L_AM=float(L_i.mean()), L_QM=L_QM)
 
 
 def problem_constants(problem) -> Constants:
