@@ -736,7 +736,7 @@ def _stats(values: Sequence[float]) -> dict:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .bench._util import png_path
+    from .bench._util import nonnegative_int, png_path, writable_file
 
     topo = p.add_argument_group("fabric")
     src = topo.add_mutually_exclusive_group()
@@ -766,13 +766,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     how.add_argument("--ecmp-seeds", type=int, default=10, metavar="N", help="ecmp hash seeds to try (default %(default)s)")
     how.add_argument("--seed", type=int, default=0, help="first ecmp seed; seed of --fail-links and --placement random")
     how.add_argument("--lp", action="store_true", help="also solve the LP optimum (scipy; small instances only)")
-    how.add_argument("--sim-max-subflows", type=int, default=SIM_MAX_SUBFLOWS, metavar="N",
+    how.add_argument("--sim-max-subflows", type=nonnegative_int, default=SIM_MAX_SUBFLOWS, metavar="N",
                      help="simulate completion times only for plans of at most N sub-flows: the simulation's cost "
                           "grows with the sub-flows and their distinct finishing times (default %(default)s)")
     out = p.add_argument_group("output")
     out.add_argument("--json", action="store_true", help="machine-readable output (one JSON object)")
     out.add_argument("--plot", type=png_path, metavar="FILE.png", help="write a PNG of the link loads per strategy (needs matplotlib)")
-    out.add_argument("--export", metavar="FILE.json", help="write every connection's path(s) of one strategy as JSON")
+    out.add_argument("--export", type=writable_file, metavar="FILE.json",
+                     help="write every connection's path(s) of one strategy as JSON")
     out.add_argument("--export-strategy", choices=STRATEGIES, default=None,
                      help="the strategy --export writes (default: split if planned, else the last one; ecmp: the first seed)")
     out.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

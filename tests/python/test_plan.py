@@ -480,6 +480,17 @@ def test_cli_topology_json(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
+    (["--sim-max-subflows", "-1"], "--sim-max-subflows: must be >= 0, got -1"),
+    # Checked before the planning, not after it.
+    (["--export", "/nonexistent/dir/x.json"], "argument --export: '/nonexistent/dir/x.json': the directory"),
+])
+def test_cli_bad_option_values_are_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["plan", "--no-progress"] + argv)
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
     (["--topology", "leaf_spine:leaves=x,spines=2,hosts_per_leaf=2"], "leaves must be an integer"),
     (["--topology", "torus:k=4"], "unknown kind"),
     (["--topology", "leaf_spine:leaves=2,spines=2"], "needs hosts_per_leaf"),

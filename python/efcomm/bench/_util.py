@@ -306,15 +306,21 @@ def seed32(text: str) -> int:
     return v
 
 
+def writable_file(text: str) -> str:
+    """argparse type: a file to write after the work, checked before it: its directory exists
+    and is writable."""
+    folder = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: the directory {folder} does not exist or is not writable")
+    return text
+
+
 def png_path(text: str) -> str:
     """argparse type: where a PNG goes, checked before any work: a .png name in an existing,
     writable directory (a plot that fails after minutes of training loses the run's picture)."""
     if not text.lower().endswith(".png"):
         raise argparse.ArgumentTypeError(f"must name a .png file, got {text!r}")
-    folder = os.path.dirname(os.path.abspath(text))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise argparse.ArgumentTypeError(f"{text!r}: the directory {folder} does not exist or is not writable")
-    return text
+    return writable_file(text)
 
 
 def plot_path(text: str) -> str:
