@@ -13,7 +13,7 @@ Three parts, each checked against issue 7's targets:
    rank placement: the max-min fair simulated completion time of each strategy (ecmp: median and
    worst over the seeds) and the gain of balanced/split over ecmp.
 3. Planner speed. Wall time of ``ef.plan.plan`` (flows generated beforehand; best of a few calls)
-   for ring and hierarchical allreduce up to 16,384 endpoints (2,048 hosts x 8 NICs) and
+   for ring and hierarchical allreduce up to 65,536 endpoints (8,192 hosts x 8 NICs; the targets at 16,384) and
    all-to-all up to 1,024 endpoints (1,047,552 flows), with the growth factor per size step.
 """
 
@@ -269,15 +269,18 @@ def _targets(r: dict, ef) -> list:
                        "exceeds the splittable bound")),
     if fams:
         e = np.concatenate([np.asarray(x["ecmp"]) for x in r["optimality"]["instances"]])
-        out.append(_target("ecmp's ratio reported (typically well above 1)", True,
+        # Issue 7 asks for the distribution reported: met when every plan's ratio was measured.
+        out.append(_target("ecmp's ratio reported (typically well above 1)", bool(e.size) and bool(np.all(np.isfinite(e))),
                            f"median {np.median(e):.2f}, p90 {np.percentile(e, 90):.2f}, max {e.max():.2f} "
                            f"({len(e)} plans: {r['ecmp_seeds']} seeds x {n} instances)"))
     comp = r["completion"]
     if comp:
         gains = [c["gain_balanced"] for c in comp if c["placement"] == "random"]
+        # Reported across sizes (issue 7): met when every size's simulated gain is a number.
         out.append(_target("completion-time gain of balanced/split over ecmp, ring allreduce on 1:1 leaf-spine, across sizes",
-                           True, ", ".join(f"{c['endpoints']} ep {c['placement']}: +{100 * c['gain_balanced']:.0f}%"
-                                           for c in comp) + (f" (random placement: mean +{100 * np.mean(gains):.0f}%)" if gains else "")))
+                           all(math.isfinite(c["gain_balanced"]) and math.isfinite(c["gain_split"]) for c in comp),
+                           ", ".join(f"{c['endpoints']} ep {c['placement']}: {100 * c['gain_balanced']:+.0f}%"
+                                     for c in comp) + (f" (random placement: mean {100 * np.mean(gains):+.0f}%)" if gains else "")))
     for pattern, limit, size in (("ring_allreduce", 1.0, 16384), ("hierarchical_allreduce", 1.0, 16384), ("alltoall", 5.0, 1024)):
         rows = [x for x in r["speed"] if x["pattern"] == pattern and x["endpoints"] == size]
         if not rows:
@@ -307,7 +310,7 @@ def _report(r: dict) -> Report:
                 for f, v in s.items()]
     comp_rows = [[f"{c['leaves']} x {c['hosts_per_leaf']} ({c['endpoints']})", c["placement"],
                   f"{c['ideal']:.3f}", f"{c['ecmp_median']:.3f}", f"{c['ecmp_worst']:.3f}", f"{c['balanced']:.3f}",
-                  f"{c['split']:.3f}", f"+{100 * c['gain_balanced']:.0f}%", f"+{100 * c['gain_split']:.0f}%"]
+                  f"{c['split']:.3f}", f"{100 * c['gain_balanced']:+.0f}%", f"{100 * c['gain_split']:+.0f}%"]
                  for c in r["completion"]]
 
     def growth(x, st):
