@@ -78,7 +78,9 @@ def test_feedback_benchmark_json(capsys):
     result = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in result["methods"]] == ["none", "ef14", "ef21", "ef21sgdm", "econtrol"]
     assert all(r["gbps"] > 0 and r["fraction_of_compressor"] > 0 for r in result["methods"])
-    assert result["target"]["status"] in ("PASS", "FAIL")
+    # Set for 64 MiB: the value shows, the verdict waits for a full-size run; the command repeats the run.
+    assert result["target"]["status"] == "SKIP" and result["target"]["value"] > 0
+    assert result["command"] == "efcomm bench feedback --size 65536 --repeats 1 --min-time 0"
 
 
 def test_gradient_energy_script(capsys, monkeypatch):

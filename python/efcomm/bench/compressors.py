@@ -27,6 +27,7 @@ DEFAULT_SIZE = 1 << 24
 DEFAULT_REPEATS = 5
 DEFAULT_MIN_TIME = 0.1
 DEFAULT_SEED = 0
+DEFAULT_WARMUP = 1
 TOPK_RATIO = 0.01
 DOCS_SECTION = "bench:compressors"
 
@@ -99,7 +100,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-time", type=nonnegative_float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
                    help="and more calls until each measurement has taken this long in all "
                         f"(default {DEFAULT_MIN_TIME}; 0: exactly --repeats calls)")
-    g.add_argument("--warmup", type=nonnegative_int, default=1, help="untimed calls before timing (default 1)")
+    g.add_argument("--warmup", type=nonnegative_int, default=DEFAULT_WARMUP,
+                   help=f"untimed calls before timing (default {DEFAULT_WARMUP})")
     g.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED, help="seed of the random input (default 0)")
     g.add_argument("--input", choices=sorted(INPUTS), default="normal",
                    help="input distribution: normal (default), ints (integers -3..3: heavy ties), "
@@ -217,10 +219,11 @@ def evaluate(result: dict) -> list:
         for d in ("compress", "decompress"):
             if d in row:
                 row[d]["memcpy_fraction"] = row[d]["gbps"] / memcpy
-        name = row["spec"].split(":", 1)[0]
-        if "compress" in row and name in SPEEDUP_BASELINES:
+        # Only the default rows: the baselines select the default TopK's k (another --spec's k
+        # would be compared with a selection of another size).
+        if "compress" in row and row["key"] in SPEEDUP_BASELINES:
             row["speedup"] = {b: base[b]["best_s"] / row["compress"]["best_s"]
-                              for b in SPEEDUP_BASELINES[name] if "best_s" in base[b]}
+                              for b in SPEEDUP_BASELINES[row["key"]] if "best_s" in base[b]}
 
     rows = {r["key"]: r for r in result["compressors"]}
     out = []
@@ -306,6 +309,8 @@ def command_line(args) -> str:
         parts.append(f"--repeats {args.repeats}")
     if args.min_time != DEFAULT_MIN_TIME:
         parts.append(f"--min-time {args.min_time:g}")
+    if args.warmup != DEFAULT_WARMUP:
+        parts.append(f"--warmup {args.warmup}")
     if args.seed != DEFAULT_SEED:
         parts.append(f"--seed {args.seed}")
     if args.input != "normal":

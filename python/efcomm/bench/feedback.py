@@ -18,6 +18,10 @@ from ._util import (Progress, busy_warning, emit, format_table, gbps, machine_in
                     markdown_table, nonnegative_float, nonnegative_int, positive_int, time_calls)
 
 DEFAULT_SIZE = 1 << 24
+DEFAULT_COMPRESSOR = "topk:ratio=0.01"
+DEFAULT_REPEATS = 5
+DEFAULT_MIN_TIME = 0.1
+DEFAULT_SEED = 0
 METHODS = ("none", "ef14", "ef21", "ef21sgdm", "econtrol")
 TARGET = ("ef21", 0.40)
 DOCS_SECTION = "bench:feedback"
@@ -45,12 +49,13 @@ class _Stepper:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=positive_int, default=DEFAULT_SIZE,
                    help="float32 elements (default 16777216 = 64 MiB)")
-    p.add_argument("--compressor", default="topk:ratio=0.01", help="compressor spec (default topk:ratio=0.01)")
-    p.add_argument("--repeats", type=positive_int, default=5,
-                   help="at least this many timed steps per method (default 5)")
-    p.add_argument("--min-time", type=nonnegative_float, default=0.1, metavar="SECONDS",
-                   help="and more steps until each measurement took this long (default 0.1)")
-    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of the random gradients (default 0)")
+    p.add_argument("--compressor", default=DEFAULT_COMPRESSOR, help=f"compressor spec (default {DEFAULT_COMPRESSOR})")
+    p.add_argument("--repeats", type=positive_int, default=DEFAULT_REPEATS,
+                   help=f"at least this many timed steps per method (default {DEFAULT_REPEATS})")
+    p.add_argument("--min-time", type=nonnegative_float, default=DEFAULT_MIN_TIME, metavar="SECONDS",
+                   help=f"and more steps until each measurement took this long (default {DEFAULT_MIN_TIME:g})")
+    p.add_argument("--seed", type=nonnegative_int, default=DEFAULT_SEED,
+                   help=f"seed of the random gradients (default {DEFAULT_SEED})")
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true", help="machine-readable output")
     out.add_argument("--markdown", action="store_true", help="print the markdown table")
@@ -87,7 +92,7 @@ def run(args) -> dict:
     return {
         "benchmark": "feedback",
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": f"efcomm bench feedback --size {args.size} --compressor {args.compressor}",
+        "command": command_line(args),
         "machine": machine,
         "config": {"size": args.size, "dtype": "float32", "compressor": args.compressor},
         "baselines": {"memcpy": {"best_s": memcpy.best, "gbps": gbps(grads[0].nbytes, memcpy.best)},
@@ -95,8 +100,27 @@ def run(args) -> dict:
         "methods": rows,
         "target": {"what": f"{TARGET[0]} step >= {TARGET[1]:.0%} of {args.compressor} compress alone",
                    "value": target["fraction_of_compressor"],
-                   "status": "PASS" if target["fraction_of_compressor"] >= TARGET[1] else "FAIL"},
+                   "status": _status(args, target["fraction_of_compressor"])},
     }
+
+
+def _status(args, value: float) -> str:
+    """The target's verdict: set for TopK 1 % on 64 MiB; another size (in cache) or compressor
+    shows its value and waits for a run of the target's own (SKIP)."""
+    if args.size < DEFAULT_SIZE or args.compressor != DEFAULT_COMPRESSOR:
+        return "SKIP"
+    return "PASS" if value >= TARGET[1] else "FAIL"
+
+
+def command_line(args) -> str:
+    """The command that repeats this run (the options that differ from the defaults)."""
+    parts = ["efcomm bench feedback"]
+    for flag, value, default in (("--size", args.size, DEFAULT_SIZE), ("--compressor", args.compressor, DEFAULT_COMPRESSOR),
+                                 ("--repeats", args.repeats, DEFAULT_REPEATS),
+                                 ("--min-time", args.min_time, DEFAULT_MIN_TIME), ("--seed", args.seed, DEFAULT_SEED)):
+        if value != default:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts)
 
 
 def _table(result: dict):
@@ -129,7 +153,7 @@ def render_markdown(result: dict) -> str:
 def render_text(result: dict) -> str:
     headers, rows = _table(result)
     lines = [f"efcomm feedback benchmark: {result['config']['size']:,} float32, {result['config']['compressor']}",
-             f"machine: {machine_summary(result['machine'])}"]
+             f"{result['date']}: {result['command']}", f"machine: {machine_summary(result['machine'])}"]
     warning = busy_warning(result["machine"])
     if warning:
         lines.append(f"WARNING: {warning}")
@@ -140,4 +164,4 @@ def render_text(result: dict) -> str:
 def main(args) -> int:
     result = run(args)
     emit(result, args, render_text, render_markdown, DOCS_SECTION)
-    return 1 if args.check and result["target"]["status"] != "PASS" else 0
+    return 1 if args.check and result["target"]["status"] == "FAIL" else 0
