@@ -182,8 +182,9 @@ class DDPHookState:
         self._saved_rank = 0  # the rank a loaded state was saved by (this process's, outside a process group)
         self._saved_world = 1  # and the ranks it was saved by
         # algorithm != "allgather": an ef.Reducer over the process group (made at the first
-        # compressed bucket) holds the error feedback instead of the slots; a loaded state of its
-        # waits here until then.
+        # compressed bucket, or when a state is loaded under the group) holds the error feedback
+        # instead of the slots; a state loaded before the group existed waits here until the first
+        # bucket (_agree).
         self._reducer = None
         self._reducer_state = None
 

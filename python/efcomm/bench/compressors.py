@@ -247,6 +247,9 @@ def evaluate(result: dict) -> list:
                 # compare differently. The value shows; the verdict waits for a full-size run.
                 entry.update(status="SKIP", reason=f"--size {result['config']['size']}: the targets are for "
                                                    f"{DEFAULT_SIZE} float32 (64 MiB)")
+            elif result["config"]["input"] != "normal":  # and for standard normal data
+                entry.update(status="SKIP", reason=f"--input {result['config']['input']}: the targets are for "
+                                                   "standard normal data")
         out.append(entry)
     return out
 
