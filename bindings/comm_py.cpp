@@ -422,7 +422,7 @@ void initComm(py::module_& m) {
       .def("load_state_dict", [](Reducer& r, py::handle d) {
         StateDict s = stateFromPython(d);
         py::gil_scoped_release nogil;
-        loadStrict(r, s);
+        loadStateDictStrict(r, s);
       }, py::arg("state"));
 }
 

@@ -118,7 +118,7 @@ void initCompress(py::module_& m) {
         c.decompress(msg, t.mutableView());
       }, py::arg("msg"), py::arg("out"))
       .def("state_dict", [](const Compressor& c) { return stateToPython(c.stateDict()); })
-      .def("load_state_dict", [](Compressor& c, py::handle d) { loadStrict(c, stateFromPython(d)); },
+      .def("load_state_dict", [](Compressor& c, py::handle d) { loadStateDictStrict(c, stateFromPython(d)); },
            py::arg("state"));
 
   m.def("make_compressor", [](const std::string& spec) {

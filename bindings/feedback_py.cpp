@@ -31,7 +31,7 @@ void initFeedback(py::module_& m) {
       .def("load_state_dict", [](Feedback& f, py::handle d) {
         StateDict s = stateFromPython(d);
         py::gil_scoped_release nogil;
-        loadStrict(f, s);
+        loadStateDictStrict(f, s);
       }, py::arg("state"));
 
   // The GPU counterpart (efcomm::cuda::DeviceFeedback): state in device memory, the same state
@@ -65,7 +65,7 @@ void initFeedback(py::module_& m) {
       .def("load_state_dict", [](cuda::DeviceFeedback& f, py::handle d) {
         StateDict s = stateFromPython(d);
         py::gil_scoped_release nogil;
-        loadStrict(f, s);
+        loadStateDictStrict(f, s);
       }, py::arg("state"));
 
   m.def("make_feedback", [](const std::string& spec, std::shared_ptr<Compressor> c) {
@@ -108,7 +108,7 @@ void initFeedback(py::module_& m) {
       .def("load_state_dict", [](Aggregate& a, py::handle d) {
         StateDict s = stateFromPython(d);
         py::gil_scoped_release nogil;
-        loadStrict(a, s);
+        loadStateDictStrict(a, s);
       }, py::arg("state"));
 }
 

@@ -88,25 +88,4 @@ inline StateDict stateFromPython(pybind11::handle obj) {
   return s;
 }
 
-/// obj.loadStateDict(s), strictly (torch's load_state_dict(strict=True)): an entry the object does
-/// not keep (a misspelled key, tensors beside initialized=0, a slot beyond reducer.keys) is
-/// InvalidArgument naming it, and the object keeps the state it had: what a loader ignores is
-/// known after the load, by what the object saves again, so the load is undone then. The
-/// Reducer's "spec" tag (its dict's layout, not its state) is not an entry.
-template <typename T>
-void loadStrict(T& obj, const StateDict& s) {
-  StateDict before = obj.stateDict();
-  obj.loadStateDict(s);
-  const StateDict after = obj.stateDict();
-  std::string unknown;
-  for (const auto& kv : s.meta)
-    if (!after.meta.count(kv.first) && kv.first != "spec") unknown += (unknown.empty() ? "'" : ", '") + kv.first + "'";
-  for (const auto& kv : s.tensors)
-    if (!after.tensors.count(kv.first)) unknown += (unknown.empty() ? "tensor '" : ", tensor '") + kv.first + "'";
-  if (unknown.empty()) return;
-  obj.loadStateDict(before);
-  throw InvalidArgument("load_state_dict: entries this object does not keep: " + unknown +
-                        " (a state of another layout, or edited?); pass what state_dict() returned");
-}
-
 }  // namespace efcomm::py_bind

@@ -166,6 +166,21 @@ TEST(Feedback, Errors) {
   EXPECT_THROW(makeFeedback("ef21", nullptr), InvalidArgument);
   auto other = makeFeedback("ef21:init=compressed", comp("topk:k=1"));
   EXPECT_THROW(other->loadStateDict(fb->stateDict()), MismatchError);
+  // loadStateDict ignores entries it does not read; loadStateDictStrict refuses them, unchanged.
+  StateDict extra = fb->stateDict();
+  extra.meta["compressor.stepp"] = "3";
+  extra.tensors["gg"] = extra.tensors.at("g");
+  const StateDict kept = fb->stateDict();
+  try {
+    loadStateDictStrict(*fb, extra);
+    ADD_FAILURE() << "no error";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("does not keep: 'compressor.stepp', tensor 'gg'"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_EQ(fb->stateDict().meta, kept.meta);
+  EXPECT_EQ(fb->stateDict().tensors.at("g").bytes, kept.tensors.at("g").bytes);
+  loadStateDictStrict(*fb, kept);
   EXPECT_EQ(makeFeedback(fb->spec(), comp("topk:k=1"))->spec(), fb->spec());
   // EF21-W's receiver needs the workers' weights (1/n would not undo their 1 / (n w_i)).
   EXPECT_THROW(Aggregate("ef21w", 2, {}, {4}, DType::kFloat32), InvalidArgument);

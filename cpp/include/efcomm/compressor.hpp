@@ -66,6 +66,7 @@ class Compressor {
   StateDict stateDict() const;
   /// Restores a `stateDict()`. Throws `MismatchError` if it was saved by another spec and
   /// `InvalidArgument` if an entry is missing or malformed; on a throw nothing is changed.
+  /// Entries it does not read are ignored (`loadStateDictStrict` refuses them).
   void loadStateDict(const StateDict& state);
 
   /// For other implementations of `compress` (the GPU path, efcomm/cuda.hpp): the step a call

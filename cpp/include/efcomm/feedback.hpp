@@ -57,7 +57,8 @@ class Feedback {
   /// prefix).
   StateDict stateDict() const;
   /// Restores a stateDict(). Throws `MismatchError` if it was saved by another spec or
-  /// compressor spec, `InvalidArgument` if malformed; on a throw nothing is changed.
+  /// compressor spec, `InvalidArgument` if malformed; on a throw nothing is changed. Entries it
+  /// does not read are ignored (`loadStateDictStrict` refuses them).
   void loadStateDict(const StateDict& state);
 
  protected:

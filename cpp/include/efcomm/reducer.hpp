@@ -184,7 +184,8 @@ class Reducer {
   /// Restores a stateDict() saved by the same rank of a reducer with the same specs, algorithm,
   /// size and weights; the keys it holds replace all current keys. Throws `MismatchError` for
   /// state of another configuration or rank, `InvalidArgument` if malformed; nothing changes on
-  /// a throw.
+  /// a throw. Entries it does not read (a slot beyond `reducer.keys`) are ignored
+  /// (`loadStateDictStrict` refuses them).
   void loadStateDict(const StateDict& state);
 
   /// One key's state and algorithm; defined in reducer.cpp.

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "efcomm/error.hpp"
 #include "efcomm/tensor.hpp"
 
 namespace efcomm {
@@ -51,5 +52,28 @@ struct StateDict {
   /// The entries whose names start with `prefix`, with the prefix removed.
   StateDict sub(const std::string& prefix) const;
 };
+
+/// `obj.loadStateDict(s)`, strictly (torch's `load_state_dict(strict=True)`; the Python package's
+/// `load_state_dict`): an entry `obj` does not keep (a misspelled key, tensors beside
+/// `initialized=0`, a Reducer slot beyond `reducer.keys`) is `InvalidArgument` naming it, and
+/// `obj` keeps the state it had. `loadStateDict` alone ignores such entries. What a loader leaves
+/// unread shows in what `obj` saves again, so the load is undone then. A `"spec"` entry `obj`
+/// does not save (the Reducer's tag in Python) is not counted. T: a type with `stateDict()` and
+/// `loadStateDict(const StateDict&)` (Compressor, Feedback, Aggregate, Reducer, DeviceFeedback).
+template <typename T>
+void loadStateDictStrict(T& obj, const StateDict& s) {
+  StateDict before = obj.stateDict();
+  obj.loadStateDict(s);
+  const StateDict after = obj.stateDict();
+  std::string unknown;
+  for (const auto& kv : s.meta)
+    if (!after.meta.count(kv.first) && kv.first != "spec") unknown += (unknown.empty() ? "'" : ", '") + kv.first + "'";
+  for (const auto& kv : s.tensors)
+    if (!after.tensors.count(kv.first)) unknown += (unknown.empty() ? "tensor '" : ", tensor '") + kv.first + "'";
+  if (unknown.empty()) return;
+  obj.loadStateDict(before);
+  throw InvalidArgument("load_state_dict: entries this object does not keep: " + unknown +
+                        " (a state of another layout, or edited?); pass what state_dict() returned");
+}
 
 }  // namespace efcomm
