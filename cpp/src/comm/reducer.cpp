@@ -4,7 +4,6 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
-#include <cstdio>
 #include <cstring>
 #include <exception>
 #include <functional>
@@ -104,14 +103,10 @@ enum HeaderField : size_t {
 };
 constexpr size_t kHeaderBytes = kFieldCount * sizeof(uint64_t);
 
-// The weights as saved in a state dict: each to 17 significant digits (exact), comma-separated.
+// The weights as saved in a state dict: each the shortest text that reads back to it, comma-separated.
 std::string weightsText(const std::vector<double>& weights) {
   std::string s;
-  char buf[32];
-  for (const double w : weights) {
-    std::snprintf(buf, sizeof buf, "%.17g", w);
-    s += (s.empty() ? "" : ",") + std::string(buf);
-  }
+  for (const double w : weights) s += (s.empty() ? "" : ",") + formatDouble(w);
   return s;
 }
 
