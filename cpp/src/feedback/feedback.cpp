@@ -46,17 +46,17 @@ Message Feedback::step(const ConstTensorView& v, std::optional<uint64_t> step) {
 }
 
 Message Feedback::compressFormed(const ConstTensorView& v, const ConstTensorView& p, std::optional<uint64_t> step) {
-  if (!compressor_->readsEveryElement() && anyNonFinite(p)) {
+  // Says whether the caller's input was at fault or its combination with the state overflowed.
+  const auto blame = [&] {
     throwIfNonFinite(v, spec() + ".step");
     throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
-  }
+  };
+  if (!compressor_->readsEveryElement() && anyNonFinite(p)) blame();
   try {
     return compressor_->compress(p, step);
   } catch (const NonFiniteError&) {
-    // The compressor names its own input, the formed vector: say whether the caller's was at
-    // fault or the combination with the state overflowed (the error path only: one more scan).
-    throwIfNonFinite(v, spec() + ".step");
-    throwIfNonFinite(p, spec() + ".step (the vector to compress: the input combined with the state overflowed)");
+    // The compressor names its own input, the formed vector (the error path only: one more scan).
+    blame();
     throw;
   }
 }
