@@ -719,7 +719,7 @@ def _faults(res: dict, by_rank, recs, early) -> List[dict]:
         kind = "crash" if any(a["kind"] == "crash" for a in monitor) else "hang"
         if culprits and set(culprits) <= set(res["left"]):
             kind = "left"
-            head = f"{_ranks_text(culprits)[0].upper()}{_ranks_text(culprits)[1:]} left the job early"
+            head = f"{_ranks_text(culprits).capitalize()} left the job early"
             head += f" at seq {seq}: " if seq is not None else ": "
         elif culprits:
             head = f"{'Crash' if kind == 'crash' else 'Hang or crash'} of {_ranks_text(culprits)}"

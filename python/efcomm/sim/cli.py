@@ -100,20 +100,20 @@ def main(args) -> int:
     prob = problems.make_problem(args.problem, clients=args.clients, seed=args.seed, lam=args.lam,
                                  zeta=args.zeta, l_ratio=args.l_ratio, dim=args.dim, samples=args.samples)
     consts = theory.problem_constants(prob)
-    if args.out:
-        _out_dir(args.out)
-    names = [f"{_slug(fb)}__{_slug(comp)}" for fb in args.feedback for comp in args.compressor]
+    runs = [(fb, comp, f"{_slug(fb)}__{_slug(comp)}") for fb in args.feedback for comp in args.compressor]
+    names = [name for _, _, name in runs]
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # the same run twice, and one CSV file for both
-        raise InvalidArgument(f"efcomm sim: a --feedback/--compressor pair given twice ({', '.join(twice)})")
+        raise InvalidArgument(f"a --feedback/--compressor pair given twice ({', '.join(twice)})")
+    if args.out:
+        _out_dir(args.out)
     results = []
-    for fb in args.feedback:
-        for comp in args.compressor:
-            csv_path = (os.path.join(args.out, f"{_slug(fb)}__{_slug(comp)}.csv") if args.out else None)
-            results.append(runner.run(prob, fb, comp, rounds=args.rounds, stepsize=step,
-                                      multiplier=args.multiplier, dtype=args.dtype,
-                                      participation=args.participation, participation_seed=args.seed,
-                                      csv_path=csv_path, progress=None if getattr(args, "progress", True) else False))
+    for fb, comp, name in runs:
+        csv_path = os.path.join(args.out, f"{name}.csv") if args.out else None
+        results.append(runner.run(prob, fb, comp, rounds=args.rounds, stepsize=step,
+                                  multiplier=args.multiplier, dtype=args.dtype,
+                                  participation=args.participation, participation_seed=args.seed,
+                                  csv_path=csv_path, progress=None if getattr(args, "progress", True) else False))
     pngs = []
     if args.out and not args.no_plots:
         try:
