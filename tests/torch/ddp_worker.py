@@ -44,6 +44,34 @@ def train(ddp, opt, batches, steps, accumulate=1):
     return losses
 
 
+def topk_hook(algorithm="allgather", feedback="ef21"):
+    """The TopK 5 % hook from the first step: (state, hook)."""
+    return ef.torch.ddp_hook("topk:ratio=0.05", feedback, start_iter=0, min_compress_numel=100, algorithm=algorithm)
+
+
+def topk_hooked(rank, algorithm="allgather", feedback="ef21"):
+    """The test model under DDP with topk_hook: (model, batches, ddp, hook state)."""
+    model, batches = model_and_data(rank)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    state, hook = topk_hook(algorithm, feedback)
+    ddp.register_comm_hook(state, hook)
+    return model, batches, ddp, state
+
+
+def error_of(fn):
+    """None when fn() returns, else its error as "Type: message" (DDP re-raises a hook's error)."""
+    try:
+        fn()
+        return None
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+
+
+def backward(ddp, batch):
+    x, y = batch
+    torch.nn.functional.cross_entropy(ddp(x), y).backward()
+
+
 def params(model):
     wide = next(model.parameters()).dtype == torch.float64
     return torch.cat([p.detach().to(torch.float64 if wide else torch.float32).flatten() for p in model.parameters()])
@@ -150,11 +178,7 @@ def scenario_result(rank, scenario, out):
             result["keys"] = sorted(saved["slots"]) or sorted(v for k, v in saved["reducer"]["meta"].items()
                                                              if k.endswith("/key"))
         elif scenario == "nonfinite":
-            model, batches = model_and_data(rank)
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
-                                            algorithm=algorithm)
-            ddp.register_comm_hook(state, hook)
+            model, batches, ddp, state = topk_hooked(rank, algorithm)
             opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
             x, y = batches[0]
             if rank == 1:
@@ -194,48 +218,24 @@ def scenario_result(rank, scenario, out):
             # error and rank 0 MismatchError, neither waits for the other.
             from unittest import mock
 
-            model, batches = model_and_data(rank)
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
-                                            algorithm=algorithm)
-            ddp.register_comm_hook(state, hook)
-            opt = torch.optim.SGD(ddp.parameters(), lr=0.1)
-            train(ddp, opt, batches, 2)
+            model, batches, ddp, state = topk_hooked(rank, algorithm)
+            train(ddp, torch.optim.SGD(ddp.parameters(), lr=0.1), batches, 2)
             saved = state.state_dict()
             result["deleted"] = sorted(saved["reducer"]["tensors"])[0]
             if rank == 1:
                 del saved["reducer"]["tensors"][result["deleted"]]
-            fresh, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21", start_iter=0, min_compress_numel=100,
-                                            algorithm=algorithm)
-            try:
-                fresh.load_state_dict(saved)
-                result["load_error"] = None
-            except Exception as e:  # noqa: BLE001
-                result["load_error"] = f"{type(e).__name__}: {e}"
+            fresh, hook = topk_hook(algorithm)
+            result["load_error"] = error_of(lambda: fresh.load_state_dict(saved))
             with mock.patch.object(ef.torch.dist, "is_initialized", return_value=False):
                 fresh.load_state_dict(saved)
             ddp = torch.nn.parallel.DistributedDataParallel(model)
             ddp.register_comm_hook(fresh, hook)
-            x, y = batches[2]
-            try:
-                torch.nn.functional.cross_entropy(ddp(x), y).backward()
-                result["error"] = None
-            except Exception as e:  # noqa: BLE001 - DDP re-raises the hook's error
-                result["error"] = f"{type(e).__name__}: {e}"
+            result["error"] = error_of(lambda: backward(ddp, batches[2]))
         elif scenario == "config_mismatch":
             # Rank 1's hook uses another feedback method: every rank raises MismatchError at the
             # first bucket, before any gradient travels.
-            model, batches = model_and_data(rank)
-            ddp = torch.nn.parallel.DistributedDataParallel(model)
-            state, hook = ef.torch.ddp_hook("topk:ratio=0.05", "ef21" if rank == 0 else "ef14", start_iter=0,
-                                            min_compress_numel=100)
-            ddp.register_comm_hook(state, hook)
-            x, y = batches[0]
-            try:
-                torch.nn.functional.cross_entropy(ddp(x), y).backward()
-                result["error"] = None
-            except Exception as e:  # noqa: BLE001 - DDP re-raises the hook's error
-                result["error"] = f"{type(e).__name__}: {e}"
+            _, batches, ddp, _ = topk_hooked(rank, feedback="ef21" if rank == 0 else "ef14")
+            result["error"] = error_of(lambda: backward(ddp, batches[0]))
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     return result
